@@ -1,0 +1,1 @@
+"""coordinator role of Cairn; imports protocol/ only."""

@@ -1,0 +1,1 @@
+"""dashboard role of Cairn; imports protocol/ only."""

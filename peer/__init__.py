@@ -1,0 +1,1 @@
+"""peer role of Cairn; imports protocol/ only."""
