@@ -1,0 +1,68 @@
+"""`cairn train` (single-process baseline) and `cairn embed` (embeddings from a release or bundle)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from protocol.errors import CairnError
+
+
+@click.command()
+@click.option("--corpus", default="wordnet", show_default=True, help="wordnet | jsonl:PATH | hf:NAME:COL_A:COL_B[:SPLIT] | hf-json:PATH:COL_A:COL_B")
+@click.option("--model", "model_size", default="tiny", show_default=True, type=click.Choice(["tiny", "small"]))
+@click.option("--minutes", type=float, help="wall-clock training budget (resumed runs count time already spent)")
+@click.option("--max-samples", type=int, help="stop after this many training samples")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="output directory (resumes if it holds a checkpoint)")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--landmarks", "landmark_count", type=int, default=256, show_default=True)
+@click.option("--landmark-order", type=click.Choice(["farthest", "random"]), default="farthest", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--quick-eval", is_flag=True, help="evaluate on subsamples (faster, noisier)")
+@click.option("--no-eval", is_flag=True)
+def train(corpus: str, model_size: str, minutes: float | None, max_samples: int | None, out: Path, batch_size: int, lr: float,
+          landmark_count: int, landmark_order: str, seed: int, device: str, quick_eval: bool, no_eval: bool) -> None:
+    """Train the encoder in one process; write encoder, tokenizer, landmarks and eval report to OUT."""
+    from protocol.report import print_report
+    from protocol.trainer import train as run_training
+    from protocol.training import TrainingConfig
+
+    if landmark_count < 16:
+        raise CairnError("--landmarks must be at least 16")
+    config = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count, landmark_order=landmark_order, seed=seed)
+    result = run_training(corpus, out, config, minutes=minutes, max_samples=max_samples, device=device,
+                          evaluate=not no_eval, quick_eval=quick_eval)
+    print_report(result.report)
+    click.echo(f"encoder, tokenizer, landmarks and eval.json written to {out}")
+
+
+@click.command()
+@click.option("--release", "release_dir", type=click.Path(path_type=Path), required=True, help="an installed release (or trained bundle) directory")
+@click.option("--dims", type=int, default=None, help="first m relational coordinates (default: all K)")
+@click.option("--absolute", is_flag=True, help="print the absolute (pooled) vector instead of the relational one")
+@click.option("--file", "text_file", type=click.Path(path_type=Path), help="read texts from a file, one per line")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.argument("texts", nargs=-1)
+def embed(release_dir: Path, dims: int | None, absolute: bool, text_file: Path | None, texts: tuple[str, ...], device: str) -> None:
+    """Print one JSON line per text: {"text": ..., "embedding": [...]}."""
+    from protocol.embedder import load_bundle
+
+    lines = list(texts)
+    if text_file is not None:
+        try:
+            lines += [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise CairnError(f"{text_file}: cannot read texts ({error.__class__.__name__})") from None
+    if not lines:
+        raise CairnError("no texts given: pass TEXT arguments or --file")
+    embedder = load_bundle(release_dir, device)
+    if dims is not None and not 1 <= dims <= embedder.dims:
+        raise CairnError(f"--dims must be between 1 and {embedder.dims}")
+    vectors = embedder.absolute(lines) if absolute else embedder.embed(lines, dims)
+    for text, vector in zip(lines, vectors):
+        sys.stdout.write(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]}) + "\n")

@@ -1,0 +1,91 @@
+"""The embedded default corpus: WordNet 3.0 read straight from Debian's `wordnet-base` data files.
+
+Pairs per synset: lemma<->definition, definition<->example sentence, synonym<->synonym.
+10 % of synsets are held out by a hash of their (pos, offset), never seen in training; evaluation
+uses them for gloss->lemma retrieval.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from protocol.corpora.base import Pair, PairCorpus, held_out
+from protocol.errors import CorpusError
+
+DEFAULT_DIR = Path("/usr/share/wordnet")
+POS_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
+_MARKER = re.compile(r"\([a-z]+\)$")  # adjective syntactic markers such as "galore(ip)"
+
+
+@dataclass(frozen=True)
+class Synset:
+    pos: str
+    offset: str
+    lemmas: tuple[str, ...]
+    definition: str
+    examples: tuple[str, ...]
+
+
+def wordnet_dir() -> Path:
+    return Path(os.environ.get("CAIRN_WORDNET_DIR", DEFAULT_DIR))
+
+
+def parse_line(pos: str, line: str) -> Synset | None:
+    """Parse one data.* line (see wndb(5)); license header lines start with spaces and are skipped."""
+    if line.startswith(" ") or "|" not in line:
+        return None
+    fields, gloss = line.split("|", 1)
+    parts = fields.split()
+    word_count = int(parts[3], 16)
+    lemmas = tuple(_MARKER.sub("", parts[4 + 2 * i]).replace("_", " ") for i in range(word_count))
+    pieces = [piece.strip() for piece in gloss.strip().split(";")]
+    definition = "; ".join(p for p in pieces if p and not p.startswith('"'))
+    examples = tuple(p.strip('"').strip() for p in pieces if p.startswith('"') and len(p.strip('"').strip()) > 3)
+    return Synset(pos, parts[0], lemmas, definition, examples)
+
+
+@lru_cache(maxsize=2)
+def read_synsets(directory: Path) -> tuple[Synset, ...]:
+    synsets = []
+    for pos, name in POS_FILES.items():
+        path = directory / name
+        if not path.exists():
+            raise CorpusError(
+                f"{path}: WordNet 3.0 data not found; install Debian's wordnet-base package (apt-get install wordnet-base) "
+                "or set CAIRN_WORDNET_DIR"
+            )
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    synset = parse_line(pos, line)
+                    if synset is not None and synset.definition:
+                        synsets.append(synset)
+        except UnicodeDecodeError as error:
+            raise CorpusError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        except (ValueError, IndexError):
+            raise CorpusError(f"{path}: not a WordNet data file (malformed line)") from None
+    return tuple(synsets)
+
+
+def synset_pairs(synset: Synset) -> list[Pair]:
+    pairs = [Pair(lemma, synset.definition, "lemma_gloss") for lemma in synset.lemmas]
+    pairs += [Pair(synset.definition, example, "gloss_example") for example in synset.examples]
+    pairs += [Pair(x, y, "synonym") for x, y in zip(synset.lemmas, synset.lemmas[1:])]
+    return pairs
+
+
+def load_wordnet(directory: Path | None = None) -> PairCorpus:
+    train: list[Pair] = []
+    heldout: list[Pair] = []
+    for synset in read_synsets(Path(directory or wordnet_dir())):
+        (heldout if held_out(f"{synset.pos}:{synset.offset}") else train).extend(synset_pairs(synset))
+    return PairCorpus("wordnet-3.0", train, heldout)
+
+
+def heldout_gloss_lemma(corpus: PairCorpus) -> list[tuple[str, str]]:
+    """(definition, lemma) pairs of held-out synsets: the gloss->lemma retrieval benchmark."""
+    return [(gloss, lemma) for lemma, gloss in corpus.heldout_by_kind("lemma_gloss")]

@@ -1,0 +1,58 @@
+"""The training objective: symmetric in-batch InfoNCE on relational prefixes and the absolute vector.
+
+Wrapped the way sentence-transformers' MatryoshkaLoss wraps an inner loss: one forward pass, the
+relational vector sliced at each prefix size, re-normalised, and scored with the same InfoNCE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of `a` should match row i of `b` against every other row in the batch."""
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+    targets = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def relational_torch(vectors: torch.Tensor, anchor_vectors: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Differentiable twin of `protocol.landmarks.relational` (gradient flows through `vectors`)."""
+    sims = F.normalize(vectors, dim=-1) @ F.normalize(anchor_vectors, dim=-1).T
+    return (sims - mean) / std
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    prefix_dims: Sequence[int] = (16, 32, 64, 128, 256)
+    relational_weight: float = 1.0  # weight of the mean relational-prefix loss
+    absolute_weight: float = 1.0  # weight of the absolute-vector loss
+    temperature: float = 0.05
+
+
+def matryoshka_relational_loss(
+    abs_a: torch.Tensor,
+    abs_b: torch.Tensor,
+    anchor_vectors: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    config: ObjectiveConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts; anchors are given (refreshed without gradient by the caller)."""
+    rel_a = relational_torch(abs_a, anchor_vectors, mean, std)
+    rel_b = relational_torch(abs_b, anchor_vectors, mean, std)
+    width = rel_a.shape[1]
+    parts: dict[str, float] = {}
+    prefix_losses = []
+    for dims in sorted({min(d, width) for d in config.prefix_dims}):
+        loss = info_nce(rel_a[:, :dims], rel_b[:, :dims], config.temperature)
+        parts[f"rel{dims}"] = float(loss.detach())
+        prefix_losses.append(loss)
+    absolute = info_nce(abs_a, abs_b, config.temperature)
+    parts["abs"] = float(absolute.detach())
+    total = config.relational_weight * torch.stack(prefix_losses).mean() + config.absolute_weight * absolute
+    return total, parts

@@ -1,0 +1,73 @@
+"""The tokenizer: a WordPiece vocabulary trained with Hugging Face `tokenizers` on the corpus.
+
+It ships as `tokenizer.json` beside the weights; its SHA-256 is in the run configuration so every
+peer provably tokenizes the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from protocol.errors import CairnError
+from protocol.fsutil import atomic_write_bytes
+
+TOKENIZER_FILE = "tokenizer.json"
+SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] must be id 0: the encoder's padding_idx
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train a lower-cased WordPiece tokenizer; deterministic for the same texts and size."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+class TextTokenizer:
+    """Turns texts into padded id tensors for the encoder (truncating at `max_len`)."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int):
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.tokenizer.enable_truncation(max_len)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+        return ids, mask
+
+    def round_trip(self, text: str) -> str:
+        return self.tokenizer.decode(self.tokenizer.encode(text).ids)
+
+    def to_bytes(self) -> bytes:
+        return self.tokenizer.to_str().encode("utf-8")
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    def save(self, directory: Path) -> None:
+        atomic_write_bytes(Path(directory) / TOKENIZER_FILE, self.to_bytes())
+
+    @classmethod
+    def load(cls, directory: Path, max_len: int) -> "TextTokenizer":
+        path = Path(directory) / TOKENIZER_FILE
+        try:
+            return cls(Tokenizer.from_file(str(path)), max_len)
+        except FileNotFoundError:
+            raise CairnError(f"{path}: missing tokenizer") from None
+        except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
+            raise CairnError(f"{path}: not a valid tokenizer.json ({str(error).splitlines()[0]})") from None

@@ -1,0 +1,141 @@
+"""One training step's worth of shared logic, used by the single-process trainer and by every peer.
+
+Keeping it here (in the contract) is what lets the swarm be compared with the single-process
+baseline: same tokenizer, same landmarks, same loss, same batches for the same samples.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from protocol.corpora.base import Pair, PairCorpus
+from protocol.embedder import encode_texts
+from protocol.encoder import Encoder, EncoderConfig, config_for
+from protocol.landmarks import MIN_STD, LandmarkSet, select_landmarks
+from protocol.objective import ObjectiveConfig, matryoshka_relational_loss
+from protocol.tokenizer import TextTokenizer, train_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyperparameters; the coordinator publishes these in the run configuration."""
+
+    model: str = "tiny"
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    landmarks: int = 256
+    landmark_order: str = "farthest"
+    # Anchor encodings and their standardisation stats are refreshed without gradient every N steps
+    # (bench/anchor_refresh.py measures the trade-off against refreshing every step).
+    anchor_refresh_every: int = 25
+    reference_size: int = 512
+    seed: int = 0
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def to_json(self) -> dict:
+        document = asdict(self)
+        document["objective"]["prefix_dims"] = list(self.objective.prefix_dims)
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict) -> "TrainingConfig":
+        document = dict(document)
+        objective = ObjectiveConfig(**{**document.pop("objective", {})})
+        objective = ObjectiveConfig(tuple(objective.prefix_dims), objective.relational_weight, objective.absolute_weight, objective.temperature)
+        return cls(objective=objective, **document)
+
+
+def encoder_config(config: TrainingConfig, tokenizer: TextTokenizer) -> EncoderConfig:
+    base = config_for(config.model)
+    return EncoderConfig(**{**asdict(base), "vocab_size": tokenizer.vocab_size})
+
+
+def prepare_run(corpus: PairCorpus, config: TrainingConfig) -> tuple[TextTokenizer, LandmarkSet]:
+    """Deterministically derive the tokenizer and landmark set of a run from its corpus.
+
+    Same corpus + config -> same tokenizer.json and landmark digest on every machine, so peers can
+    check they agree with the coordinator before training.
+    """
+    base = config_for(config.model)
+    tokenizer = TextTokenizer(train_tokenizer(corpus.texts(), base.vocab_size), base.max_len)
+    landmarks = select_landmarks(corpus.landmark_candidates(seed=config.seed), config.landmarks, config.landmark_order, config.seed)
+    return tokenizer, landmarks
+
+
+def reference_texts(corpus: PairCorpus, size: int, seed: int = 0) -> list[str]:
+    """The fixed sample over which per-anchor standardisation stats are computed."""
+    sample = random.Random(seed + 1).sample(corpus.train, min(size, len(corpus.train)))
+    return [p.b for p in sample]
+
+
+def batches(pairs: list[Pair], batch_size: int, start: int = 0) -> Iterator[tuple[int, list[Pair]]]:
+    """(offset after the batch, batch) from `start`, wrapping around at the end of the pairs."""
+    offset = start % max(len(pairs), 1)
+    while True:
+        batch = pairs[offset : offset + batch_size]
+        if len(batch) < batch_size:
+            batch = batch + pairs[: batch_size - len(batch)]
+        offset = (offset + batch_size) % len(pairs)
+        yield offset, batch
+
+
+class TrainingTask:
+    """Holds the anchors' current encodings and computes the loss of a batch of pairs."""
+
+    def __init__(self, model: Encoder, tokenizer: TextTokenizer, landmarks: LandmarkSet, reference: list[str],
+                 config: TrainingConfig):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.landmarks = landmarks
+        self.reference = reference
+        self.config = config
+        self.steps_since_refresh = config.anchor_refresh_every  # refresh before the first step
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def refresh_anchors(self) -> None:
+        anchors = torch.from_numpy(encode_texts(self.model, self.tokenizer, self.landmarks.anchors)).to(self.device)
+        reference = torch.from_numpy(encode_texts(self.model, self.tokenizer, self.reference)).to(self.device)
+        sims = torch.nn.functional.normalize(reference, dim=-1) @ torch.nn.functional.normalize(anchors, dim=-1).T
+        self.anchor_vectors, self.mean, self.std = anchors, sims.mean(0), sims.std(0).clamp(min=MIN_STD)
+        self.steps_since_refresh = 0
+
+    def loss(self, pairs: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.steps_since_refresh >= self.config.anchor_refresh_every:
+            self.refresh_anchors()
+        self.steps_since_refresh += 1
+        ids_a, mask_a = self.tokenizer.batch([p.a for p in pairs])
+        ids_b, mask_b = self.tokenizer.batch([p.b for p in pairs])
+        device = self.device
+        abs_a = self.model(ids_a.to(device), mask_a.to(device))
+        abs_b = self.model(ids_b.to(device), mask_b.to(device))
+        return matryoshka_relational_loss(abs_a, abs_b, self.anchor_vectors, self.mean, self.std, self.config.objective)
+
+    @torch.no_grad()
+    def eval_loss(self, pairs: list[Pair], batch_size: int = 128) -> float:
+        """Mean loss over fixed pairs in eval mode: comparable between the swarm and the baseline."""
+        was_training = self.model.training
+        self.model.eval()
+        self.refresh_anchors()
+        try:
+            losses = [float(self.loss(pairs[i : i + batch_size])[0]) for i in range(0, len(pairs) - batch_size + 1, batch_size)]
+        finally:
+            self.model.train(was_training)
+        return sum(losses) / max(len(losses), 1)
+
+
+def make_optimizer(model: Encoder, config: TrainingConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def warmup_factor(step: int, config: TrainingConfig) -> float:
+    return min(1.0, (step + 1) / max(config.warmup_steps, 1))
