@@ -19,13 +19,14 @@ from protocol.errors import CairnError
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output directory (resumes if it holds a checkpoint)")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--accumulate", type=int, default=1, show_default=True, help="batches per update (single-process twin of a swarm's target batch)")
 @click.option("--landmarks", "landmark_count", type=int, default=256, show_default=True)
 @click.option("--landmark-order", type=click.Choice(["farthest", "random"]), default="farthest", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--quick-eval", is_flag=True, help="evaluate on subsamples (faster, noisier)")
 @click.option("--no-eval", is_flag=True)
-def train(corpus: str, model_size: str, minutes: float | None, max_samples: int | None, out: Path, batch_size: int, lr: float,
+def train(corpus: str, model_size: str, minutes: float | None, max_samples: int | None, out: Path, batch_size: int, lr: float, accumulate: int,
           landmark_count: int, landmark_order: str, seed: int, device: str, quick_eval: bool, no_eval: bool) -> None:
     """Train the encoder in one process; write encoder, tokenizer, landmarks and eval report to OUT."""
     from protocol.report import print_report
@@ -35,7 +36,7 @@ def train(corpus: str, model_size: str, minutes: float | None, max_samples: int 
     if landmark_count < 16:
         raise CairnError("--landmarks must be at least 16")
     config = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count, landmark_order=landmark_order, seed=seed)
-    result = run_training(corpus, out, config, minutes=minutes, max_samples=max_samples, device=device,
+    result = run_training(corpus, out, config, minutes=minutes, max_samples=max_samples, device=device, accumulate=accumulate,
                           evaluate=not no_eval, quick_eval=quick_eval)
     print_report(result.report)
     click.echo(f"encoder, tokenizer, landmarks and eval.json written to {out}")

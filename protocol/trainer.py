@@ -23,7 +23,7 @@ from protocol.fsutil import atomic_write_bytes, atomic_write_json
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from protocol.tokenizer import TextTokenizer
 from protocol.training import (TrainingConfig, TrainingTask, batches, encoder_config, make_optimizer, prepare_run,
-                               reference_texts, warmup_factor)
+                               reference_texts, warmup_factor_for_samples)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILE = "run.json"
@@ -39,9 +39,13 @@ class TrainResult:
 
 
 def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | None = None, max_samples: int | None = None,
-          device: str = "auto", checkpoint_every_s: float = 60.0, evaluate: bool = True, quick_eval: bool = False,
+          device: str = "auto", checkpoint_every_s: float = 60.0, accumulate: int = 1, evaluate: bool = True, quick_eval: bool = False,
           show_progress: bool = True) -> TrainResult:
-    """Train (or resume) until `minutes` of wall time or `max_samples` samples, then save and evaluate."""
+    """Train (or resume) until `minutes` of wall time or `max_samples` samples, then save and evaluate.
+
+    `accumulate` > 1 sums gradients over that many batches per update: the single-process twin of a
+    swarm whose target batch is batch_size * accumulate.
+    """
     if minutes is None and max_samples is None:
         raise CairnError("give --minutes or --max-samples so training knows when to stop")
     out = Path(out)
@@ -66,22 +70,24 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
         bar = progress.add_task("train", total=total, step=state["step"], loss=float("nan"), rate=0.0,
                                 completed=state["samples"] if max_samples is not None else elapsed_before)
         for offset, batch in batches(corpus.train, config.batch_size, state["offset"]):
-            if (deadline is not None and time.monotonic() >= deadline) or (max_samples is not None and state["samples"] >= max_samples):
+            if state["step"] % accumulate == 0 and ((deadline is not None and time.monotonic() >= deadline)
+                                                    or (max_samples is not None and state["samples"] >= max_samples)):
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * warmup_factor(state["step"], config)
             loss, _ = task.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            (loss / accumulate).backward()
             loss_value = float(loss.detach())
             state.update(step=state["step"] + 1, samples=state["samples"] + len(batch), offset=offset)
+            if state["step"] % accumulate == 0:
+                # the learning rate of an update depends on the samples seen before it, as in the swarm
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * warmup_factor_for_samples(state["samples"] - len(batch) * accumulate, config)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             now = time.monotonic()
             state["seconds"] = elapsed_before + now - started
             progress.update(bar, completed=state["samples"] if max_samples is not None else state["seconds"], step=state["step"],
                             loss=loss_value, rate=(state["samples"] - 0) / max(state["seconds"], 1e-9))
-            if now - last_checkpoint >= checkpoint_every_s:
+            if now - last_checkpoint >= checkpoint_every_s and state["step"] % accumulate == 0:
                 _save_checkpoint(out, model, optimizer, state)
                 last_checkpoint = now
     _save_checkpoint(out, model, optimizer, state)

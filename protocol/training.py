@@ -137,5 +137,7 @@ def make_optimizer(model: Encoder, config: TrainingConfig) -> torch.optim.Optimi
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def warmup_factor(step: int, config: TrainingConfig) -> float:
-    return min(1.0, (step + 1) / max(config.warmup_steps, 1))
+def warmup_factor_for_samples(samples: int, config: TrainingConfig) -> float:
+    """Linear warm-up measured in samples, so a swarm stepping once per 2048 samples and a single
+    process stepping every 64 follow the same learning-rate curve per sample seen."""
+    return min(1.0, (samples + config.batch_size) / max(config.warmup_steps * config.batch_size, 1))

@@ -1,0 +1,193 @@
+"""The coordinator's main loop: one asyncio program around a DHT node it created in the main thread.
+
+Every `poll_seconds` it copies contribution records into the ledger; every `spot_check_seconds` it
+loads the averaged state from peers (as an auxiliary peer that never trains and never serves its
+state), spot-checks the probe losses peers reported for that epoch, and cuts a release when R global
+steps have passed or an operator asked for one (`cairn coordinator release` drops a request file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import signal
+import time
+from functools import partial
+from pathlib import Path
+
+import hivemind
+import torch
+
+from protocol.corpora import load_corpus
+from protocol.dht_keys import RunKeys, decode_contributions, owner_subkey
+from protocol.encoder import Encoder, config_for
+from protocol.fsutil import atomic_write_json
+from protocol.identity import load_or_create_identity
+from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
+from protocol.run_config import RunConfig
+from protocol.tokenizer import TextTokenizer
+from protocol.training import TrainingTask, encoder_config, reference_texts
+
+from coordinator.ledger import Ledger
+from coordinator.node import Backend, CoordinatorOptions, join_addresses, start_dht
+from coordinator.releaser import ReleaseInputs, cut_release
+from coordinator.workdir import Workdir
+
+logger = logging.getLogger("cairn.coordinator")
+RELEASE_REQUEST = "release.request"
+SPOT_CHECK_TOLERANCE = 0.05  # absolute loss difference: fp16 state transfer + 8-bit averaging drift
+
+
+class Coordinator:
+    def __init__(self, options: CoordinatorOptions):
+        import bitsandbytes.functional  # noqa: F401  (before any averager forks, as on peers)
+
+        self.options = options
+        self.workdir = Workdir(Path(options.workdir))
+        self.config: RunConfig = self.workdir.load_run_config()
+        self.key = load_or_create_identity(self.workdir.dht_key)
+        self.ledger = Ledger(self.workdir.ledger)
+        self.corpus = load_corpus(self.config.corpus)
+        max_len = config_for(self.config.training.model).max_len
+        self.inputs = ReleaseInputs(self.config, self.corpus, TextTokenizer.load(self.workdir.run_dir, max_len),
+                                    LandmarkSet.load(self.workdir.run_dir / LANDMARKS_FILE),
+                                    reference_texts(self.corpus, self.config.training.reference_size, self.config.training.seed))
+        self.dht = start_dht(self.workdir, self.config, options, self.key)
+        self.join = join_addresses(self.dht, options.announce_host)
+        self.repository_url = f"http://{options.announce_host or options.http_host}:{options.http_port}"
+        torch.manual_seed(self.config.training.seed)
+        self.model = Encoder(encoder_config(self.config.training, self.inputs.tokenizer))
+        self.state_loader = self._make_state_loader()  # main thread: hivemind requires it
+        self.task = TrainingTask(self.model, self.inputs.tokenizer, self.inputs.landmarks, self.inputs.reference, self.config.training)
+        self.loaded_epoch = -1
+        self._seen_epoch, self._epoch_changed_at = -1, None
+        self._last_records: dict = {}
+        self.last_release_step = int(self.ledger.meta("last_release_step", "0"))
+        self.stopping: asyncio.Event | None = None
+
+    def _make_state_loader(self) -> hivemind.Optimizer:
+        training, swarm = self.config.training, self.config.swarm
+        return hivemind.Optimizer(
+            dht=self.dht, run_id=self.config.run_id, target_batch_size=swarm.target_batch_size, auxiliary=True,
+            params=self.model.parameters(), optimizer=partial(torch.optim.AdamW, lr=training.lr, weight_decay=training.weight_decay),
+            matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
+            averager_opts=dict(request_timeout=swarm.request_timeout, allow_state_sharing=False), verbose=False,
+        )
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        from aiohttp import web
+
+        from coordinator.publishing.repository import ReleaseRepository
+        from coordinator.publishing.server import make_repository_app
+        from protocol.rpc import CoordinatorService
+
+        self.stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.stopping.set)
+        repository = ReleaseRepository(self.workdir.root)
+        repository.publish_landmarks(self.workdir.run_dir / LANDMARKS_FILE, self.inputs.landmarks.version)
+        repository.refresh_timestamp()
+        p2p = await self.dht.replicate_p2p()
+        await CoordinatorService(Backend(self.config, self.key, self.workdir, self.repository_url)).add_p2p_handlers(p2p)
+        runner = web.AppRunner(make_repository_app(self.workdir.repository))
+        await runner.setup()
+        await web.TCPSite(runner, self.options.http_host, self.options.http_port).start()
+        self._announce_config()
+        atomic_write_json(self.workdir.state_file, {"join": self.join, "repository_url": self.repository_url, "pid": os.getpid(),
+                                                   "run_id": self.config.run_id, "started_at": time.time()})
+        logger.info("coordinator of run %s at %s; releases at %s", self.config.run_id, self.join[0], self.repository_url)
+        last_check, last_timestamp = 0.0, time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                await loop.run_in_executor(None, self.poll_once)
+                now = time.monotonic()
+                if now - last_check >= self.options.spot_check_seconds:
+                    await loop.run_in_executor(None, self.check_and_maybe_release)
+                    last_check = time.monotonic()
+                if now - last_timestamp >= self.options.timestamp_refresh_seconds:
+                    await loop.run_in_executor(None, repository.refresh_timestamp)
+                    last_timestamp = now
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), timeout=self.options.poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await runner.cleanup()
+
+    def poll_once(self) -> None:
+        """Copy the live, owner-signed contribution records into the ledger (one transaction)."""
+        found = self.dht.get(RunKeys(self.config.run_id).contributions, latest=True)
+        records = decode_contributions(found.value if found is not None else None)
+        tracker = self.state_loader.tracker
+        if tracker.global_epoch > self._seen_epoch:  # the swarm finished an averaging round since the last poll
+            self._seen_epoch, self._epoch_changed_at = tracker.global_epoch, time.time()
+        result = self.ledger.apply_poll(records, tracker.global_epoch, self.config.swarm.target_batch_size,
+                                        last_allreduce_at=self._epoch_changed_at)
+        self._last_records = records
+        logger.debug("poll: %s", result)
+
+    def check_and_maybe_release(self) -> None:
+        """Load the averaged state, spot-check claims for its epoch, cut a release when due."""
+        global_epoch = self.state_loader.tracker.global_epoch
+        if global_epoch <= 0:
+            return
+        try:
+            self.state_loader.load_state_from_peers(timeout=30)
+        except Exception as error:  # no peer could serve its state right now: try at the next check
+            logger.warning("could not load state from peers: %r", error)
+            return
+        self.loaded_epoch = self.state_loader.local_epoch
+        self._spot_check(self._last_records)
+        release_due = self.options.release_every and self.loaded_epoch - self.last_release_step >= self.options.release_every
+        requested = (self.workdir.root / RELEASE_REQUEST).exists()
+        if release_due or requested:
+            manifest = cut_release(self.workdir, self.inputs, self.model, self.loaded_epoch, self.ledger)
+            self.last_release_step = self.loaded_epoch
+            self.ledger.set_meta("last_release_step", str(self.loaded_epoch))
+            (self.workdir.root / RELEASE_REQUEST).unlink(missing_ok=True)
+            self._announce_release(str(manifest.version), manifest.global_step)
+            logger.info("released %s at global step %s", manifest.version, manifest.global_step)
+
+    def _spot_check(self, records: dict) -> None:
+        """Recompute each probe loss reported for the loaded epoch from the shard samples it names."""
+        for public_id, record in records.items():
+            if record.probe_epoch != self.loaded_epoch or record.probe_count <= 0 or self.ledger.spot_checked(public_id, record.probe_epoch):
+                continue
+            if not 0 <= record.probe_shard < self.config.swarm.num_shards:
+                self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, math.inf, False)
+                continue
+            pairs = self.corpus.shard(record.probe_shard, self.config.swarm.num_shards)
+            batch = [pairs[(record.probe_offset + i) % len(pairs)] for i in range(record.probe_count)]
+            recomputed = self.task.eval_loss(batch, batch_size=len(batch))
+            passed = abs(recomputed - record.probe_loss) <= SPOT_CHECK_TOLERANCE
+            self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, recomputed, passed)
+
+    def _announce_config(self) -> None:
+        self.dht.store(RunKeys(self.config.run_id).config, subkey=owner_subkey(self.key),
+                       value=self.config.to_json_bytes().decode(), expiration_time=hivemind.get_dht_time() + 3600)
+
+    def _announce_release(self, version: str, global_step: int) -> None:
+        self.dht.store(RunKeys(self.config.run_id).release, subkey=owner_subkey(self.key),
+                       value=json.dumps({"version": version, "global_step": global_step, "repository_url": self.repository_url}),
+                       expiration_time=hivemind.get_dht_time() + 7 * 24 * 3600)
+
+    def shutdown(self) -> None:
+        try:
+            self.state_loader.shutdown()
+        finally:
+            self.dht.shutdown()
+            self.ledger.close()
+
+
+def run_coordinator(options: CoordinatorOptions) -> None:
+    coordinator = Coordinator(options)
+    try:
+        asyncio.run(coordinator.serve())
+    finally:
+        coordinator.shutdown()
