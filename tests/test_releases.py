@@ -425,6 +425,19 @@ def test_interrupted_download_leaves_the_installed_release(repo, releases, root,
         assert_refused_and_intact(lambda: client(evil, tmp_path, root).pull(installed), installed, "download failed")
 
 
+def test_a_swap_interrupted_between_its_renames_is_undone(repo, releases, root, installed, tmp_path):
+    """A crash after moving the old release aside but before moving the new one in."""
+    aside = installed.parent / f".{installed.name}.previous"
+    installed.rename(aside)
+    weights = bytearray((releases["1.1.0"] / "model.safetensors").read_bytes())
+    weights[0] ^= 1
+    app = tampering(repo.repository_dir, {target_url(releases["1.1.0"], "model.safetensors"): body(bytes(weights))})
+    with serve(app) as evil, pytest.raises(ReleaseError, match="signed hash"):
+        client(evil, tmp_path, root).pull(installed)
+    assert installed_version(installed) == "1.0.0" and not aside.exists()
+    assert str(verify_installed(installed, root).version) == "1.0.0"
+
+
 def test_root_rotation_is_followed_from_v1_to_v3(repo, releases, root, url, tmp_path):
     destination = tmp_path / "installed"
     repo.publish_release(releases["1.0.0"])

@@ -22,7 +22,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 from protocol.errors import ReleaseError
 from protocol.fsutil import atomic_write_bytes
 from protocol.releases.fetcher import ProgressFetcher
-from protocol.releases.install import install_dir, installed_version, staging_dir
+from protocol.releases.install import install_dir, installed_version, recover_interrupted_install, staging_dir
 from protocol.releases.layout import INSTALL_METADATA_DIR, MANIFEST_FILE
 from protocol.releases.manifest import Manifest, check_release_dir, read_landmarks_ref, read_manifest
 from protocol.releases.offline import ROOT_HISTORY, load_root
@@ -88,6 +88,7 @@ class ReleaseClient:
             raise ReleaseError(f"release {wanted} is not published at {self.url} (available: {available})")
         manifest_sha256 = release.files[MANIFEST_FILE].hashes["sha256"]
         self.trust.check_not_rollback(wanted, manifest_sha256)
+        recover_interrupted_install(Path(destination))
         current = installed_version(Path(destination))
         if current is not None and wanted < current:
             raise ReleaseError(f"refusing release {wanted}: {destination} already holds release {current} (rollback)")
