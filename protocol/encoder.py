@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from protocol.errors import CairnError
@@ -163,4 +164,6 @@ def load_encoder(directory: Path, device: torch.device | str = "cpu") -> Encoder
         raise CairnError(f"{directory / WEIGHTS_FILE}: missing encoder weights") from None
     except (RuntimeError, OSError) as error:
         raise CairnError(f"{directory / WEIGHTS_FILE}: weights do not match the config ({str(error).splitlines()[0]})") from None
+    except SafetensorError as error:  # truncated or not a safetensors file at all
+        raise CairnError(f"{directory / WEIGHTS_FILE}: not a valid safetensors file ({str(error).splitlines()[0]})") from None
     return model.to(device).eval()

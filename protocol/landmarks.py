@@ -64,6 +64,12 @@ class LandmarkSet:
             raise LandmarkError("a landmark set needs a non-empty list of non-empty anchor texts")
         if len(set(self.anchors)) != len(self.anchors):
             raise LandmarkError("landmark anchors must be distinct")
+        try:
+            for anchor in self.anchors:
+                anchor.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON can spell lone surrogates ("\\ud800"); they have no UTF-8 form, so no digest
+            raise LandmarkError("landmark anchors must be valid Unicode text (no lone surrogates)") from None
         if self.stats is not None:
             self.stats = _checked_stats(self.stats, len(self.anchors))
 
@@ -120,7 +126,7 @@ class LandmarkSet:
                 raise LandmarkError(f"{source}: 'stats' must be an object")
             try:
                 stats = LandmarkStats(np.asarray(raw_stats.get("mean"), dtype=np.float32), np.asarray(raw_stats.get("std"), dtype=np.float32))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
                 raise LandmarkError(f"{source}: 'stats' mean/std must be lists of numbers") from None
             try:
                 landmarks = landmarks.with_stats(stats)

@@ -7,6 +7,7 @@ peer provably tokenizes the same way.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,14 +22,38 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] must be id 0: the encoder's padding
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train a lower-cased WordPiece tokenizer; deterministic for the same texts and size."""
+    """Train a lower-cased WordPiece tokenizer; deterministic for the same texts and size.
+
+    The `tokenizers` trainer on its own is not: it gives the continuing-subword pieces ("##e") ids in
+    hash-map order, and those ids break ties between equally frequent merges, so two trainings on the
+    same texts can differ in ids and even in vocabulary (huggingface/tokenizers#1794). We give every
+    continuing piece a fixed id up front (as temporary special tokens, in sorted order), then drop
+    them from the added-token list so they behave as ordinary vocabulary entries.
+    """
+    texts = list(texts)
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    pinned = SPECIAL_TOKENS + _continuing_pieces(tokenizer, texts)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=pinned, show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return tokenizer
+    document = json.loads(tokenizer.to_str())
+    document["added_tokens"] = [token for token in document["added_tokens"] if token["content"] in SPECIAL_TOKENS]
+    return Tokenizer.from_str(json.dumps(document))
+
+
+def _continuing_pieces(tokenizer: Tokenizer, texts: list[str]) -> list[str]:
+    """"##c" for every character c that occurs after the first position of a pre-tokenized word, sorted."""
+    normalise, split = tokenizer.normalizer.normalize_str, tokenizer.pre_tokenizer.pre_tokenize_str
+    words: set[str] = set()
+    for start in range(0, len(texts), 1024):  # normalisation never crosses whitespace, so chunks are exact
+        words.update(normalise("\n".join(texts[start : start + 1024])).split())
+    characters: set[str] = set()
+    for word in words:
+        for piece, _ in split(word):
+            characters.update(piece[1:])
+    return ["##" + c for c in sorted(characters)]
 
 
 class TextTokenizer:
@@ -65,9 +90,9 @@ class TextTokenizer:
     @classmethod
     def load(cls, directory: Path, max_len: int) -> "TextTokenizer":
         path = Path(directory) / TOKENIZER_FILE
+        if not path.is_file():  # checked first: tokenizers reports a missing file as a bare Exception
+            raise CairnError(f"{path}: missing tokenizer")
         try:
             return cls(Tokenizer.from_file(str(path)), max_len)
-        except FileNotFoundError:
-            raise CairnError(f"{path}: missing tokenizer") from None
         except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
             raise CairnError(f"{path}: not a valid tokenizer.json ({str(error).splitlines()[0]})") from None

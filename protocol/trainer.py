@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,6 @@ def _load_checkpoint(out: Path, model: Encoder, optimizer: torch.optim.Optimizer
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"].cpu())
-    except (RuntimeError, KeyError, EOFError, OSError) as error:
+    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as error:  # a non-checkpoint file: UnpicklingError
         raise CairnError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]}); move it away to start over") from None
     return dict(checkpoint["state"])

@@ -25,6 +25,8 @@ def load_hf(name: str, columns: tuple[str, str], split: str = "train", data_file
                 break
     except CorpusError:
         raise
+    except StopIteration:  # the json builder infers its schema from the first rows: there are none
+        raise CorpusError(f"{source}: corpus is empty (no rows)") from None
     except FileNotFoundError as error:
         raise CorpusError(f"{source}: not found ({str(error).splitlines()[0]})") from None
     except UnicodeDecodeError as error:
