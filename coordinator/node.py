@@ -8,24 +8,17 @@ It never trains.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import hivemind
-from aiohttp import web
 
-from protocol.dht_keys import RunKeys, make_validators
-from protocol.identity import load_or_create_identity
+from protocol.dht_keys import make_validators
 from protocol.proto import cairn_pb2
-from protocol.rpc import CoordinatorService, sign_run_config
+from protocol.rpc import sign_run_config
 from protocol.run_config import RunConfig
 from protocol import PROTOCOL_VERSION
-from protocol.fsutil import atomic_write_json
 
 from coordinator.workdir import Workdir
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from protocol.compatibility import compatibility_report
 from protocol.corpora import PairCorpus

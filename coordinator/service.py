@@ -15,10 +15,12 @@ import math
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import hivemind
+from hivemind.utils import get_dht_time
 import torch
 
 from protocol.corpora import load_corpus
@@ -67,6 +69,9 @@ class Coordinator:
         self._last_records: dict = {}
         self.last_release_step = int(self.ledger.meta("last_release_step", "0"))
         self.stopping: asyncio.Event | None = None
+        # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
+        # ledger writes are serialised and the event loop keeps answering RPCs and HTTP meanwhile
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-worker")
 
     def _make_state_loader(self) -> hivemind.Optimizer:
         training, swarm = self.config.training, self.config.swarm
@@ -74,7 +79,8 @@ class Coordinator:
             dht=self.dht, run_id=self.config.run_id, target_batch_size=swarm.target_batch_size, auxiliary=True,
             params=self.model.parameters(), optimizer=partial(torch.optim.AdamW, lr=training.lr, weight_decay=training.weight_decay),
             matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
-            averager_opts=dict(request_timeout=swarm.request_timeout, allow_state_sharing=False), verbose=False,
+            averager_opts=dict(request_timeout=swarm.request_timeout, allow_state_sharing=False),
+            tracker_opts=dict(private_key=self.key), verbose=False,
         )
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -98,20 +104,20 @@ class Coordinator:
         runner = web.AppRunner(make_repository_app(self.workdir.repository))
         await runner.setup()
         await web.TCPSite(runner, self.options.http_host, self.options.http_port).start()
-        self._announce_config()
+        await loop.run_in_executor(self.worker, self._announce_config)
         atomic_write_json(self.workdir.state_file, {"join": self.join, "repository_url": self.repository_url, "pid": os.getpid(),
                                                    "run_id": self.config.run_id, "started_at": time.time()})
         logger.info("coordinator of run %s at %s; releases at %s", self.config.run_id, self.join[0], self.repository_url)
         last_check, last_timestamp = 0.0, time.monotonic()
         try:
             while not self.stopping.is_set():
-                await loop.run_in_executor(None, self.poll_once)
+                await loop.run_in_executor(self.worker, self.poll_once)
                 now = time.monotonic()
                 if now - last_check >= self.options.spot_check_seconds:
-                    await loop.run_in_executor(None, self.check_and_maybe_release)
+                    await loop.run_in_executor(self.worker, self.check_and_maybe_release)
                     last_check = time.monotonic()
                 if now - last_timestamp >= self.options.timestamp_refresh_seconds:
-                    await loop.run_in_executor(None, repository.refresh_timestamp)
+                    await loop.run_in_executor(self.worker, repository.refresh_timestamp)
                     last_timestamp = now
                 try:
                     await asyncio.wait_for(self.stopping.wait(), timeout=self.options.poll_seconds)
@@ -137,12 +143,16 @@ class Coordinator:
         global_epoch = self.state_loader.tracker.global_epoch
         if global_epoch <= 0:
             return
+        # the state averager directly: the Optimizer's wrapper retries forever and may relabel the epoch
+        averager = self.state_loader.state_averager
         try:
-            self.state_loader.load_state_from_peers(timeout=30)
+            averager.load_state_from_peers(timeout=30)  # returns nothing; success shows in local_epoch
         except Exception as error:  # no peer could serve its state right now: try at the next check
             logger.warning("could not load state from peers: %r", error)
             return
-        self.loaded_epoch = self.state_loader.local_epoch
+        if averager.local_epoch <= 0:
+            return
+        self.loaded_epoch = averager.local_epoch
         self._spot_check(self._last_records)
         release_due = self.options.release_every and self.loaded_epoch - self.last_release_step >= self.options.release_every
         requested = (self.workdir.root / RELEASE_REQUEST).exists()
@@ -170,12 +180,12 @@ class Coordinator:
 
     def _announce_config(self) -> None:
         self.dht.store(RunKeys(self.config.run_id).config, subkey=owner_subkey(self.key),
-                       value=self.config.to_json_bytes().decode(), expiration_time=hivemind.get_dht_time() + 3600)
+                       value=self.config.to_json_bytes().decode(), expiration_time=get_dht_time() + 3600)
 
     def _announce_release(self, version: str, global_step: int) -> None:
         self.dht.store(RunKeys(self.config.run_id).release, subkey=owner_subkey(self.key),
                        value=json.dumps({"version": version, "global_step": global_step, "repository_url": self.repository_url}),
-                       expiration_time=hivemind.get_dht_time() + 7 * 24 * 3600)
+                       expiration_time=get_dht_time() + 7 * 24 * 3600)
 
     def shutdown(self) -> None:
         try:

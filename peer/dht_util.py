@@ -7,8 +7,6 @@ must not announce itself as someone others can dial, or their matchmaking waits 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -21,35 +19,11 @@ from hivemind.dht.node import DHTNode
 from hivemind.dht.protocol import ValidationError
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.p2p import P2PDaemonError
-from hivemind.utils.logging import use_hivemind_log_handler
 from hivemind.utils.multiaddr import Multiaddr
 
-from peer.identity import load_or_create_identity, write_p2p_identity
+from protocol.identity import load_or_create_identity, write_p2p_identity
 from protocol.errors import CairnError
-
-_HARMLESS_SHUTDOWN_NOISE = ("did not shut down within the grace period", "[Errno 2]")
-
-
-def quiet_hivemind_logs(level: int = logging.WARNING) -> None:
-    """Route hivemind's logs through the application's logging at `level`, without its known noise.
-
-    hivemind installs its own colored stderr handler; "nowhere" hands its records to the root logger
-    instead, so the peer's logging configuration decides. p2pd (Go) logs are cut at the source with
-    GOLOG_LOG_LEVEL unless the user set it. Must run before the DHT process forks to take effect there.
-    """
-    use_hivemind_log_handler("nowhere")
-    logging.getLogger("hivemind").setLevel(level)
-    os.environ.setdefault("GOLOG_LOG_LEVEL", "error")
-    for name in ("hivemind.dht.dht", "hivemind.utils.mpfuture"):  # filters are not inherited by child loggers
-        shutdown_logger = logging.getLogger(name)
-        if _drop_shutdown_noise not in shutdown_logger.filters:
-            shutdown_logger.addFilter(_drop_shutdown_noise)
-
-
-def _drop_shutdown_noise(record: logging.LogRecord) -> bool:
-    message = record.getMessage()
-    return not any(noise in message for noise in _HARMLESS_SHUTDOWN_NOISE)
-
+from protocol.logs import quiet_hivemind_logs
 
 def make_dht(
     initial_peers: Sequence[str],

@@ -20,17 +20,14 @@ from pathlib import Path
 import bitsandbytes.functional  # noqa: F401  (pitfall: lazy import inside averager threads crashes)
 import hivemind
 import torch
-from hivemind.averaging import DecentralizedAverager  # noqa: F401
 from hivemind.compression import Float16Compression
 from hivemind.optim.grad_averager import GradientAverager
 
 from protocol import PROTOCOL_VERSION
-from protocol.corpora import load_corpus
-from protocol.embedder import encode_texts  # noqa: F401
 from protocol.encoder import Encoder, pick_device
 from protocol.errors import CairnError
 from protocol.run_config import RunConfig
-from protocol.training import TrainingTask, encoder_config, reference_texts, warmup_factor_for_samples
+from protocol.training import TrainingTask, encoder_config, reference_texts
 
 from peer.instrumentation import RoundCounters, install_traffic_taps, make_compression, watch_rounds
 
@@ -82,7 +79,7 @@ class StopFlag:
 
 
 def make_optimizer(dht: hivemind.DHT, model: Encoder, config: RunConfig, batch_size: int, compression: str,
-                   sent, received) -> hivemind.Optimizer:
+                   sent, received, key) -> hivemind.Optimizer:
     """hivemind.Optimizer with the measured settings (docs/benchmarks.md); must run in the main thread."""
     swarm, training = config.swarm, config.training
     grad_compression = make_compression(compression, sent, received)
@@ -96,6 +93,8 @@ def make_optimizer(dht: hivemind.DHT, model: Encoder, config: RunConfig, batch_s
         matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
         next_chunk_timeout=swarm.next_chunk_timeout, averager_opts=dict(request_timeout=swarm.request_timeout),
         state_averaging_compression=state_compression, load_state_compression=Float16Compression(),
+        # hivemind keeps only the DHT's first signature validator: the tracker must sign with the same key
+        tracker_opts=dict(private_key=key),
         verbose=False,
     )
     if swarm.local_updates:
@@ -113,7 +112,8 @@ def _epoch_warmup(epoch: int, target: int, training) -> float:
 
 def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     """Join, train until stopped (signal, max_samples or max_minutes), leave cleanly."""
-    from peer.dht_util import check_reachable, make_dht, quiet_hivemind_logs
+    from peer.dht_util import check_reachable, make_dht
+    from protocol.logs import quiet_hivemind_logs
     from peer.identity import load_or_create_identity, peer_public_id
     from peer.leases import ShardLease
     from peer.metrics import create_peer_metrics, start_metrics_server
@@ -121,7 +121,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     from peer.run_setup import coordinator_peer_id, fetch_config, prepare_local_run
     from protocol.dht_keys import ContributionRecord, make_validators
 
-    stop = stop or StopFlag()
+    stop = stop if stop is not None else StopFlag()
     quiet_hivemind_logs()
     options.workdir.mkdir(parents=True, exist_ok=True)
     if options.torch_threads:
@@ -156,7 +156,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     torch.manual_seed(config.training.seed)  # identical initial weights on every peer (pitfall 5)
     model = Encoder(encoder_config(config.training, tokenizer)).to(device)
     batch_size = options.batch_size or config.training.batch_size
-    optimizer = make_optimizer(dht, model, config, batch_size, options.compression or config.swarm.compression, sent, received)
+    optimizer = make_optimizer(dht, model, config, batch_size, options.compression or config.swarm.compression, sent, received, key)
     stats = PeerStats()
     lease = ShardLease(dht, config.run_id, public_id, config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds)
     try:
@@ -207,6 +207,7 @@ def _train_loop(options, config, corpus, task, optimizer, lease, stats, metrics,
     last_report, epoch_seen = 0.0, optimizer.local_epoch
     samples_at_start_of_window, window_start = 0, time.monotonic()
     throughput = 0.0
+    traffic_seen = (0, 0)  # averaging bytes already added to the counters
     line = TextColumn("{task.fields[text]}")
     with Progress(SpinnerColumn(), line, disable=not options.progress, transient=False) as progress:
         bar = progress.add_task("peer", text="joining", total=None)
@@ -249,7 +250,9 @@ def _train_loop(options, config, corpus, task, optimizer, lease, stats, metrics,
                 throughput = (stats.samples - samples_at_start_of_window) / max(now - window_start, 1e-9)
                 samples_at_start_of_window, window_start = stats.samples, now
                 peers = optimizer.tracker.global_progress.num_peers
-                metrics.update_traffic(sent.value, received.value)
+                metrics.bytes_sent.inc(sent.value - traffic_seen[0])
+                metrics.bytes_received.inc(received.value - traffic_seen[1])
+                traffic_seen = (sent.value, received.value)
                 metrics.visible_peers.set(peers)
                 metrics.global_step.set(optimizer.tracker.global_epoch)
                 if not lease.renew():  # someone else holds it now: stop reading this shard

@@ -58,7 +58,7 @@ def prepare_local_run(config: RunConfig, workdir: Path) -> tuple[PairCorpus, Tex
 
 def coordinator_peer_id(join_address: str) -> str:
     """The coordinator's PeerID is the /p2p/... part of the join address; libp2p authenticates it."""
-    from multiaddr import Multiaddr
+    from hivemind.utils.multiaddr import Multiaddr
 
     try:
         return Multiaddr(join_address).value_for_protocol("p2p")

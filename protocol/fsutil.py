@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = 0o644) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path` (mode 0644 unless told: secrets pass 0o600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

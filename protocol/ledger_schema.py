@@ -84,8 +84,11 @@ CREATE TABLE IF NOT EXISTS releases (
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Writer connection: WAL + synchronous=FULL, so an acknowledged commit survives kill -9."""
-    connection = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+    """Writer connection: WAL + synchronous=FULL, so an acknowledged commit survives kill -9.
+
+    The caller serialises use (the coordinator runs all ledger work on one worker thread).
+    """
+    connection = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     connection.row_factory = sqlite3.Row
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")

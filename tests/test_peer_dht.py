@@ -24,7 +24,7 @@ from hivemind.utils import MSGPackSerializer, get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from peer.dht_util import _behind_nat, check_reachable, make_dht
-from peer.identity import load_or_create_identity, peer_public_id
+from protocol.identity import load_or_create_identity, peer_public_id
 from peer.leases import ShardLease
 from peer.metrics import create_peer_metrics, start_metrics_server
 from peer.records import publish_record, read_records

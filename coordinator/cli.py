@@ -1,0 +1,121 @@
+"""`cairn coordinator init | run | release | export-root-key`: operate a run's coordinator."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from protocol.errors import CairnError
+from protocol.run_config import COMPRESSIONS
+
+
+@click.group()
+def coordinator() -> None:
+    """Operate a run's coordinator: bootstrap node, ledger and signed releases."""
+
+
+@coordinator.command()
+@click.option("--workdir", type=click.Path(path_type=Path), required=True)
+@click.option("--run-id", default="cairn-wordnet-tiny", show_default=True, help="letters, digits, '.' and '-'")
+@click.option("--corpus", default="wordnet", show_default=True)
+@click.option("--model", "model_size", default="tiny", show_default=True, type=click.Choice(["tiny", "small"]))
+@click.option("--batch-size", type=int, default=64, show_default=True, help="samples per local step on each peer")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--target-batch-size", type=int, default=2048, show_default=True, help="samples per global step (all peers)")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default="blockwise8", show_default=True)
+@click.option("--local-updates", is_flag=True, help="DiLoCo-style: peers step locally, parameters averaged once per global step")
+@click.option("--shards", type=int, default=16, show_default=True)
+@click.option("--landmarks", "landmark_count", type=int, default=256, show_default=True)
+def init(workdir: Path, run_id: str, corpus: str, model_size: str, batch_size: int, lr: float, target_batch_size: int, compression: str,
+         local_updates: bool, shards: int, landmark_count: int) -> None:
+    """Write the run configuration, create the signing keys and an empty release repository."""
+    from dataclasses import replace
+
+    from coordinator.init import init_workdir
+    from protocol.dht_keys import RunKeys
+    from protocol.run_config import SwarmConfig
+    from protocol.training import TrainingConfig
+
+    try:
+        RunKeys(run_id)
+    except ValueError as error:
+        raise CairnError(str(error)) from None
+    training = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count)
+    swarm = replace(SwarmConfig(), target_batch_size=target_batch_size, compression=compression, local_updates=local_updates, num_shards=shards)
+    config = init_workdir(workdir, run_id, corpus, training, swarm)
+    click.echo(f"initialised run {config.run_id} in {workdir}")
+    click.echo(f"  landmark set v{config.landmarks_version} {config.landmarks_digest[:16]}…, tokenizer {config.tokenizer_digest[:16]}…")
+    click.echo(f"  keep the root key offline: cairn coordinator export-root-key --workdir {workdir} --to FILE")
+
+
+@coordinator.command()
+@click.option("--workdir", type=click.Path(path_type=Path), required=True)
+@click.option("--host", default="0.0.0.0", show_default=True, help="interface for the DHT")
+@click.option("--port", type=int, default=31337, show_default=True, help="fixed DHT port: peers join here")
+@click.option("--http-host", default="0.0.0.0", show_default=True)
+@click.option("--http-port", type=int, default=8700, show_default=True, help="release repository over HTTP")
+@click.option("--announce-host", help="public address to put in the join address and repository URL")
+@click.option("--release-every", type=int, default=0, show_default=True, help="cut a release every R global steps (0: on request)")
+@click.option("--spot-check-seconds", type=float, default=20.0, show_default=True)
+def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, announce_host: str | None, release_every: int,
+        spot_check_seconds: float) -> None:
+    """Bootstrap the DHT, keep the ledger, serve and cut signed releases (Ctrl+C stops)."""
+    import logging
+
+    from coordinator.node import CoordinatorOptions
+    from coordinator.service import run_coordinator
+
+    from protocol.logs import quiet_hivemind_logs
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    quiet_hivemind_logs()
+    run_coordinator(CoordinatorOptions(workdir=workdir, host=host, port=port, http_host=http_host, http_port=http_port,
+                                       announce_host=announce_host, release_every=release_every,
+                                       spot_check_seconds=spot_check_seconds))
+
+
+@coordinator.command()
+@click.option("--workdir", type=click.Path(path_type=Path), required=True)
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+def release(workdir: Path, timeout: float) -> None:
+    """Ask the running coordinator to cut a release now, and wait for it."""
+    from coordinator.service import RELEASE_REQUEST
+    from coordinator.workdir import Workdir
+    from protocol.ledger_schema import open_readonly
+
+    wd = Workdir(workdir)
+    wd.load_run_config()
+    before = _latest_release(open_readonly, wd)
+    (wd.root / RELEASE_REQUEST).touch()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = _latest_release(open_readonly, wd)
+        if latest is not None and latest != before:
+            click.echo(f"released {latest}")
+            return
+        time.sleep(1.0)
+    raise CairnError(f"no release within {timeout:.0f} s; is `cairn coordinator run --workdir {workdir}` running with peers training?")
+
+
+def _latest_release(open_readonly, wd) -> str | None:
+    if not wd.ledger.exists():
+        return None
+    db = open_readonly(wd.ledger)
+    try:
+        row = db.execute("SELECT version FROM releases ORDER BY created_at DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+    return row["version"] if row else None
+
+
+@coordinator.command("export-root-key")
+@click.option("--workdir", type=click.Path(path_type=Path), required=True)
+@click.option("--to", "destination", type=click.Path(path_type=Path), required=True)
+def export_root_key(workdir: Path, destination: Path) -> None:
+    """Move the TUF root key out of the workdir (mode 0600) to keep it offline; rotations take it back."""
+    from coordinator.publishing.repository import ReleaseRepository
+
+    ReleaseRepository(workdir).export_root_key(destination)
+    click.echo(f"root key written to {destination}; store it offline")
