@@ -104,9 +104,12 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def json_text(data: Any) -> str:
+    return json.dumps(_finite(data), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    body = json.dumps(_finite(data), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return web.Response(text=body, status=status, content_type="application/json")
+    return web.Response(text=json_text(data), status=status, content_type="application/json")
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -115,86 +118,78 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     return web.Response(text=html, status=status, content_type="text/html")
 
 
-# ---- handlers ----------------------------------------------------------------------------------
+# ---- pages and their JSON twins ----------------------------------------------------------------
 
 
-def _sort(request: web.Request) -> str:
+def _sort(request: web.Request) -> tuple[str]:
     sort = request.query.get("sort", "samples")
     if sort not in SORT_COLUMNS:
         raise web.HTTPBadRequest(reason=f"sort must be one of {', '.join(SORT_COLUMNS)}")
-    return sort
+    return (sort,)
 
 
-def _public_id(request: web.Request) -> str:
+def _public_id(request: web.Request) -> tuple[str]:
     public_id = request.match_info["public_id"]
     if PUBLIC_ID.fullmatch(public_id) is None:
-        raise web.HTTPNotFound()
-    return public_id
-
-
-async def _swarm(request: web.Request) -> dict[str, Any]:
-    data = await request.app[DASHBOARD].call(views.swarm)
-    return data
-
-
-async def swarm_page(request: web.Request) -> web.Response:
-    data = await _swarm(request)
-    return render(request, "swarm.html", data=data, charts=pages.swarm_charts(data), api="/api/swarm")
-
-
-async def contributors_page(request: web.Request) -> web.Response:
-    data = await request.app[DASHBOARD].call(views.contributors, _sort(request))
-    return render(request, "contributors.html", data=data, api="/api/contributors")
-
-
-async def contributor_page(request: web.Request) -> web.Response:
-    public_id = _public_id(request)
-    data = await request.app[DASHBOARD].call(views.contributor, public_id)
-    if data is None:
         raise web.HTTPNotFound(reason="no contributor with this id")
-    return render(request, "contributor.html", data=data, charts=pages.contributor_charts(data), api=f"/api/contributors/{public_id}")
+    return (public_id,)
 
 
-async def convergence_page(request: web.Request) -> web.Response:
-    data = await request.app[DASHBOARD].call(views.convergence)
-    return render(request, "convergence.html", data=data, charts=pages.convergence_charts(data), api="/api/convergence")
+def _no_args(request: web.Request) -> tuple:
+    return ()
 
 
-async def releases_page(request: web.Request) -> web.Response:
-    data = await request.app[DASHBOARD].call(views.releases)
-    return render(request, "releases.html", data=data, api="/api/releases")
+@dataclass(frozen=True)
+class Page:
+    """A page and its JSON twin: one data function of dashboard.views (by name), a template, its charts."""
+
+    path: str
+    api_path: str
+    view: str
+    template: str
+    charts: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    args: Callable[[web.Request], tuple] = _no_args  # validated request parameters for the view
 
 
-async def landmarks_page(request: web.Request) -> web.Response:
-    data = await request.app[DASHBOARD].call(views.landmarks)
-    return render(request, "landmarks.html", data=data, api="/api/landmarks")
+PAGES = (
+    Page("/", "/api/swarm", "swarm", "swarm.html", pages.swarm_charts),
+    Page("/contributors", "/api/contributors", "contributors", "contributors.html", args=_sort),
+    Page("/contributors/{public_id}", "/api/contributors/{public_id}", "contributor", "contributor.html", pages.contributor_charts, _public_id),
+    Page("/convergence", "/api/convergence", "convergence", "convergence.html", pages.convergence_charts),
+    Page("/releases", "/api/releases", "releases", "releases.html"),
+    Page("/landmarks", "/api/landmarks", "landmarks", "landmarks.html"),
+)
 
 
-async def swarm_api(request: web.Request) -> web.Response:
-    return json_response(await _swarm(request))
+def page_handlers(page: Page):
+    """The HTML and JSON handlers of `page`; both outputs are cached like the data they come from."""
 
+    async def answer(request: web.Request, kind: str) -> str:
+        dashboard = request.app[DASHBOARD]
+        args = page.args(request)
 
-async def contributors_api(request: web.Request) -> web.Response:
-    return json_response(await request.app[DASHBOARD].call(views.contributors, _sort(request)))
+        async def build() -> str | None:
+            data = await dashboard.call(getattr(views, page.view), *args)
+            if data is None:
+                return None
+            if kind == "json":
+                return json_text(data)
+            charts = page.charts(data) if page.charts is not None else {}
+            api = page.api_path.format(**request.match_info)
+            return dashboard.templates.get_template(page.template).render(request_path=request.path, data=data, charts=charts, api=api)
 
+        text = await dashboard.cache.get((kind, page.view, *args), build)
+        if text is None:
+            raise web.HTTPNotFound(reason="not found")
+        return text
 
-async def contributor_api(request: web.Request) -> web.Response:
-    data = await request.app[DASHBOARD].call(views.contributor, _public_id(request))
-    if data is None:
-        raise web.HTTPNotFound(reason="no contributor with this id")
-    return json_response(data)
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text=await answer(request, "html"), content_type="text/html")
 
+    async def api(request: web.Request) -> web.Response:
+        return web.Response(text=await answer(request, "json"), content_type="application/json")
 
-async def convergence_api(request: web.Request) -> web.Response:
-    return json_response(await request.app[DASHBOARD].call(views.convergence))
-
-
-async def releases_api(request: web.Request) -> web.Response:
-    return json_response(await request.app[DASHBOARD].call(views.releases))
-
-
-async def landmarks_api(request: web.Request) -> web.Response:
-    return json_response(await request.app[DASHBOARD].call(views.landmarks))
+    return html, api
 
 
 async def release_file(request: web.Request) -> web.StreamResponse:
@@ -294,16 +289,10 @@ def make_app(config: DashboardConfig, *, clock: Callable[[], float] = time.time,
     app[DASHBOARD] = dashboard
     app.on_response_prepare.append(add_security_headers)
     app.cleanup_ctx.append(partial(_lifecycle, dashboard))
-    for path, page, api_path, api in (
-        ("/", swarm_page, "/api/swarm", swarm_api),
-        ("/contributors", contributors_page, "/api/contributors", contributors_api),
-        ("/contributors/{public_id}", contributor_page, "/api/contributors/{public_id}", contributor_api),
-        ("/convergence", convergence_page, "/api/convergence", convergence_api),
-        ("/releases", releases_page, "/api/releases", releases_api),
-        ("/landmarks", landmarks_page, "/api/landmarks", landmarks_api),
-    ):
-        app.router.add_get(path, page)
-        app.router.add_get(api_path, api)
+    for page in PAGES:
+        html, api = page_handlers(page)
+        app.router.add_get(page.path, html)
+        app.router.add_get(page.api_path, api)
     app.router.add_get("/releases/{version}/files/{name}", release_file)
     app.router.add_get("/static/{name}", static_file)
     app.router.add_get("/metrics", metrics_endpoint)

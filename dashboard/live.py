@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from protocol.dht_keys import ContributionRecord, RunKeys, decode_contributions, make_validators
+if TYPE_CHECKING:  # protocol.dht_keys imports hivemind (and torch): only a dashboard with --dht-join pays for it
+    from protocol.dht_keys import ContributionRecord
 
 logger = logging.getLogger("cairn.dashboard")
 
@@ -22,18 +22,20 @@ class LiveRecords:
     """Polls `{run_id}_contributions` every `interval` seconds on a background thread."""
 
     def __init__(self, run_id: str, initial_peers: Sequence[str], interval: float = 5.0):
+        from protocol.dht_keys import RunKeys
+
         self.keys = RunKeys(run_id)
         self.run_id = run_id
         self.initial_peers = list(initial_peers)
         self.interval = interval
-        self._records: dict[str, ContributionRecord] = {}
+        self._records: dict[str, "ContributionRecord"] = {}
         self._error: str | None = "connecting to the DHT"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dht: Any = None
 
-    def snapshot(self) -> tuple[dict[str, ContributionRecord], str | None]:
+    def snapshot(self) -> tuple[dict[str, "ContributionRecord"], str | None]:
         with self._lock:
             return dict(self._records), self._error
 
@@ -54,6 +56,8 @@ class LiveRecords:
             import hivemind
             from hivemind.utils.crypto import RSAPrivateKey
 
+            from protocol.dht_keys import make_validators
+
             self._dht = hivemind.DHT(
                 initial_peers=self.initial_peers,
                 client_mode=True,
@@ -70,6 +74,8 @@ class LiveRecords:
             self._stop.wait(self.interval)
 
     def poll_once(self) -> None:
+        from protocol.dht_keys import decode_contributions
+
         try:
             found = self._dht.get(self.keys.contributions, latest=True)
             records = decode_contributions(found.value if found is not None else None)
@@ -79,5 +85,4 @@ class LiveRecords:
         with self._lock:
             if records is not None:
                 self._records = records
-                self.fetched_at = time.time()
             self._error = error

@@ -20,6 +20,7 @@ from dashboard.repository import SignedRepository
 
 MAX_STATE_FILE_BYTES = 64 << 10
 HISTORY_SECONDS = 3600.0
+STALE_SNAPSHOT_SECONDS = 60.0
 
 
 @dataclass
@@ -81,6 +82,8 @@ def swarm(sources: Sources) -> dict[str, Any]:
     if sources.live is not None:
         used.append("dht")
         _merge_live(peers, sources.live, now, notices)
+    if snapshot is not None and now - snapshot["at"] > STALE_SNAPSHOT_SECONDS:
+        notices.append(f"the coordinator's latest swarm snapshot is {int(now - snapshot['at'])} s old: is the coordinator running?")
     samples_per_second = snapshot["samples_per_second"] if snapshot else sum(p["samples_per_second"] or 0 for p in peers)
     last_allreduce = snapshot["last_allreduce_at"] if snapshot else None
     return {

@@ -127,6 +127,13 @@ def free_port() -> int:
 @contextmanager
 def serve_dashboard(workdir: Path, *, extra_args: Sequence[str] = (), startup_timeout: float = 60.0) -> Iterator[str]:
     """Run `cairn dashboard serve --workdir DIR` on a free 127.0.0.1 port; yields the base URL."""
+    with dashboard_process(workdir, extra_args=extra_args, startup_timeout=startup_timeout) as (base, _):
+        yield base
+
+
+@contextmanager
+def dashboard_process(workdir: Path, *, extra_args: Sequence[str] = (), startup_timeout: float = 60.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Like serve_dashboard, also yielding the server process (for its pid, say)."""
     port = free_port()
     command = [sys.executable, "-m", "cairn_cli", "dashboard", "serve", "--workdir", str(workdir), "--port", str(port), *extra_args]
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
@@ -147,7 +154,7 @@ def serve_dashboard(workdir: Path, *, extra_args: Sequence[str] = (), startup_ti
             if time.monotonic() > deadline:
                 raise RuntimeError(f"dashboard did not answer on {base} within {startup_timeout:.0f} s")
             time.sleep(0.2)
-        yield base
+        yield base, process
     finally:
         process.terminate()
         try:
