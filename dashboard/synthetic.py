@@ -89,7 +89,8 @@ def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None =
         progress = (at - start) / max(now - start, 1.0)
         db.execute(
             "INSERT INTO swarm VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (at, int((at - start) * step_rate), sum(p.online for p in peers), sum(p.speed for p in peers if p.online) * rng.uniform(0.9, 1.1),
+            (at, int((at - start) * step_rate), sum(p.online for p in peers),
+             sum(p.speed for p in peers if p.online) * (1 + 0.06 * math.sin(12 * progress)) * rng.uniform(0.98, 1.02),
              _loss(progress, rng), int((at - start) * step_rate * 256), at - rng.uniform(0.0, 8.0)),
         )
     releases_dir = root / "releases"

@@ -79,16 +79,17 @@ def swarm(sources: Sources) -> dict[str, Any]:
     for peer in peers:
         peer["source"] = "ledger"
     used = ["ledger"]
+    live_step = None
     if sources.live is not None:
         used.append("dht")
-        _merge_live(peers, sources.live, now, notices)
+        live_step = _merge_live(peers, sources.live, now, notices)
     if snapshot is not None and now - snapshot["at"] > STALE_SNAPSHOT_SECONDS:
         notices.append(f"the coordinator's latest swarm snapshot is {int(now - snapshot['at'])} s old: is the coordinator running?")
     samples_per_second = snapshot["samples_per_second"] if snapshot else sum(p["samples_per_second"] or 0 for p in peers)
     last_allreduce = snapshot["last_allreduce_at"] if snapshot else None
     return {
         "now": now,
-        "global_step": snapshot["global_step"] if snapshot else None,
+        "global_step": max(filter(None.__ne__, (snapshot["global_step"] if snapshot else None, live_step)), default=None),
         "samples_per_second": samples_per_second,
         "mean_loss": snapshot["mean_loss"] if snapshot else None,
         "snapshot_at": snapshot["at"] if snapshot else None,
@@ -103,15 +104,22 @@ def swarm(sources: Sources) -> dict[str, Any]:
     }
 
 
-def _merge_live(peers: list[dict[str, Any]], live: LiveRecords, now: float, notices: list[str]) -> None:
-    """Overlay fresh DHT records on the ledger's view: fresher speed and shard, peers the ledger lacks."""
+def _merge_live(peers: list[dict[str, Any]], live: LiveRecords, now: float, notices: list[str]) -> int | None:
+    """Overlay fresh DHT records on the ledger's view: fresher speed and shard, peers the ledger lacks.
+
+    Returns the highest global step (hivemind epoch) a fresh record reports, if any.
+    """
     records, error = live.snapshot()
     if error:
         notices.append(f"DHT: {error}")
     by_id = {p["public_id"]: p for p in peers}
+    step = None
     for public_id, record in sorted(records.items()):
         if record.reported_at < now - q.ONLINE_SECONDS:
             continue
+        epoch = getattr(record, "epoch", None)
+        if isinstance(epoch, int):
+            step = max(step or 0, epoch)
         fresh = {
             "display_name": record.display_name,
             "device": record.device,
@@ -125,6 +133,7 @@ def _merge_live(peers: list[dict[str, Any]], live: LiveRecords, now: float, noti
             by_id[public_id].update(fresh, source="ledger+dht")
         else:
             peers.append({"public_id": public_id, "first_seen": None, **fresh, "source": "dht"})
+    return step
 
 
 def contributors(sources: Sources, sort: str) -> dict[str, Any]:

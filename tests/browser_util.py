@@ -74,6 +74,7 @@ def visit_pages(
     viewport: tuple[int, int] = (1280, 900),
     wait_for_api: str | None = None,
     timeout_ms: int = 20000,
+    screenshot_prefix: str = "",
 ) -> list[PageVisit]:
     """Open each URL in one headless Chromium, wait for the network to settle, and report.
 
@@ -104,12 +105,14 @@ def visit_pages(
                     try:
                         with page.expect_response(lambda r: wait_for_api in r.url and r.status == 200, timeout=timeout_ms):
                             pass
+                        page.wait_for_timeout(500)  # let the page apply what it fetched
                         visit.live_update = True
+                        visit.text = page.inner_text("body")  # the text as the live refresh left it
                     except PlaywrightTimeout:
                         visit.live_update = False
                 if screenshot_dir is not None:
                     Path(screenshot_dir).mkdir(parents=True, exist_ok=True)
-                    visit.screenshot = Path(screenshot_dir) / screenshot_name(url)
+                    visit.screenshot = Path(screenshot_dir) / (screenshot_prefix + screenshot_name(url))
                     page.screenshot(path=str(visit.screenshot), full_page=True)
                 page.close()
                 visits.append(visit)

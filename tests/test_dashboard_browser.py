@@ -2,8 +2,8 @@
 
 Checks what only a browser can: the pages render under the strict CSP with no console error (a CSP
 violation is a console error), the charts are drawn with data, the swarm page refreshes itself from
-the JSON API, and hostile display names stay text. Screenshots go to the test's tmp dir (and to
-$CAIRN_SCREENSHOTS if set, to refresh docs/).
+the JSON API, and hostile display names stay text. Screenshots go to the test's tmp dir, or to
+$CAIRN_SCREENSHOTS if set (CAIRN_SCREENSHOTS=docs refreshes docs/dashboard-*.png).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ PAGES = ["/", "/contributors", "/contributors/0000000000000002", "/convergence",
 def test_pages_in_chromium(tmp_path):
     workdir = tmp_path / "coordinator"
     # 'now' a little ahead, so the synthetic peers still count as online while the browser works
-    build_workdir(workdir, now=time.time() + 20, peers=default_peers(5), publisher=ReleaseRepository(workdir))
+    build_workdir(workdir, now=time.time() + 5, peers=default_peers(5), publisher=ReleaseRepository(workdir))
     shots = Path(os.environ.get("CAIRN_SCREENSHOTS") or tmp_path / "screenshots")
     with serve_dashboard(workdir) as base:
-        visits = visit_pages([base + path for path in PAGES], screenshot_dir=shots, wait_for_api="/api/swarm")
+        visits = visit_pages([base + path for path in PAGES], screenshot_dir=shots, wait_for_api="/api/swarm", screenshot_prefix="dashboard-")
     by_path = dict(zip(PAGES, visits))
 
     for path, visit in by_path.items():
@@ -44,7 +44,9 @@ def test_pages_in_chromium(tmp_path):
 
     swarm = by_path["/"]
     assert swarm.live_update is True, "the swarm page did not poll /api/swarm"
+    # the text after the live refresh rebuilt the peers table: names still there, as text
     assert "alice-laptop" in swarm.text and all(name in swarm.text for name in HOSTILE_NAMES)
+    assert "No peer is online" not in swarm.text
 
     board = by_path["/contributors"].text
     rows = [line for line in board.splitlines() if "\t" in line and line.split("\t")[0].strip().isdigit()]
