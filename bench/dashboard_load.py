@@ -86,6 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from browser_util import dashboard_process
+
     from coordinator.publishing.repository import ReleaseRepository
     from dashboard.synthetic import build_workdir, default_peers
 

@@ -15,23 +15,29 @@ import math
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from protocol.errors import CairnError
-from protocol.releases.version import ReleaseVersion
 
 from dashboard import pages, views
 from dashboard.ledger import SORT_COLUMNS
 from dashboard.live import LiveRecords
 from dashboard.metrics import DashboardMetrics, create_metrics, metrics_middleware
-from dashboard.security import MAX_BODY_BYTES, RateLimiter, add_security_headers, body_limit, rate_limit_middleware
+from dashboard.security import (
+    MAX_BODY_BYTES,
+    RateLimiter,
+    add_security_headers,
+    body_limit,
+    rate_limit_middleware,
+)
+from protocol.errors import CairnError
+from protocol.releases.version import ReleaseVersion
 
 logger = logging.getLogger("cairn.dashboard")
 
@@ -60,7 +66,7 @@ class Dashboard:
     executor: ThreadPoolExecutor
     static: dict[str, tuple[bytes, str, str]]
     templates: Any
-    cache: "TTLCache"
+    cache: TTLCache
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run a data function on the worker thread, through the cache."""

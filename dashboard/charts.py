@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 XKind = Literal["number", "time", "log2", "category"]
 PALETTE_SIZE = 8

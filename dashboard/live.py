@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # protocol.dht_keys imports hivemind (and torch): only a dashboard with --dht-join pays for it
     from protocol.dht_keys import ContributionRecord
@@ -28,14 +29,14 @@ class LiveRecords:
         self.run_id = run_id
         self.initial_peers = list(initial_peers)
         self.interval = interval
-        self._records: dict[str, "ContributionRecord"] = {}
+        self._records: dict[str, ContributionRecord] = {}
         self._error: str | None = "connecting to the DHT"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dht: Any = None
 
-    def snapshot(self) -> tuple[dict[str, "ContributionRecord"], str | None]:
+    def snapshot(self) -> tuple[dict[str, ContributionRecord], str | None]:
         with self._lock:
             return dict(self._records), self._error
 

@@ -26,7 +26,7 @@ class DashboardMetrics:
 
 def create_metrics() -> DashboardMetrics:
     registry = CollectorRegistry()
-    common = dict(namespace="cairn", subsystem="dashboard", registry=registry)
+    common = {"namespace": "cairn", "subsystem": "dashboard", "registry": registry}
     return DashboardMetrics(
         registry=registry,
         requests=Counter("requests", "HTTP requests by route template and status", ["route", "status"], **common),

@@ -17,13 +17,17 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from dashboard.repository import SignedRepository
 from protocol.errors import CairnError
 from protocol.landmarks import LandmarkSet
 from protocol.releases.layout import LANDMARKS_FILE, MANIFEST_FILE
-from protocol.releases.manifest import MAX_LANDMARKS_BYTES, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from protocol.releases.manifest import (
+    MAX_LANDMARKS_BYTES,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    parse_manifest,
+)
 from protocol.releases.version import ReleaseVersion
-
-from dashboard.repository import SignedRepository
 
 _INTEGER = re.compile(r"0|[1-9][0-9]{0,8}")
 _MAX_DEPTH = 6

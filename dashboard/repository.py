@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuf.api.metadata import Metadata, Root, Snapshot, Targets, TargetFile, Timestamp
+from tuf.api.metadata import Metadata, Root, Snapshot, TargetFile, Targets, Timestamp
 
 from protocol.errors import ReleaseError
 from protocol.releases.files import file_sha256

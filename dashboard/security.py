@@ -15,7 +15,7 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dashboard import ledger as q
 from dashboard.ledger import Ledger, LedgerUnavailable
@@ -35,7 +36,7 @@ class Sources:
     parsed: ParsedCache = field(default_factory=ParsedCache)
 
     @classmethod
-    def for_workdir(cls, workdir: Path, **kwargs: Any) -> "Sources":
+    def for_workdir(cls, workdir: Path, **kwargs: Any) -> Sources:
         workdir = Path(workdir)
         return cls(workdir, Ledger(workdir / "ledger.sqlite"), SignedRepository(workdir / "repository"), **kwargs)
 

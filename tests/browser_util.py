@@ -22,10 +22,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -139,30 +139,30 @@ def dashboard_process(workdir: Path, *, extra_args: Sequence[str] = (), startup_
     """Like serve_dashboard, also yielding the server process (for its pid, say)."""
     port = free_port()
     command = [sys.executable, "-m", "cairn_cli", "dashboard", "serve", "--workdir", str(workdir), "--port", str(port), *extra_args]
-    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on it
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"dashboard exited with {process.returncode}: {log.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(base + "/api/swarm", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"dashboard did not answer on {base} within {startup_timeout:.0f} s")
-            time.sleep(0.2)
-        yield base, process
-    finally:
-        process.terminate()
+    # output to a file, not a pipe: a chatty server never blocks on it
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"dashboard exited with {process.returncode}: {log.read()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(base + "/api/swarm", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"dashboard did not answer on {base} within {startup_timeout:.0f} s")
+                time.sleep(0.2)
+            yield base, process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

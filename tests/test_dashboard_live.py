@@ -24,7 +24,12 @@ def swarm_node():
     from hivemind.utils import get_dht_time
     from hivemind.utils.crypto import RSAPrivateKey
 
-    from protocol.dht_keys import ContributionRecord, RunKeys, make_validators, owner_subkey
+    from protocol.dht_keys import (
+        ContributionRecord,
+        RunKeys,
+        make_validators,
+        owner_subkey,
+    )
 
     key = RSAPrivateKey()
     node = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], record_validators=make_validators(RUN_ID, key))
