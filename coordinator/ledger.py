@@ -2,10 +2,10 @@
 
 Signatures prove who wrote a record, not that it is true, so credit is bounded:
 - only records read from owner-signed subkeys reach here (the DHT validators reject the rest);
-- a peer is credited the increase of its own samples counter since its last record (a restart,
-  where the counter starts again, credits the new counter);
-- all new credit of one poll is capped by what the swarm's global step can explain
-  (target batch x epochs advanced, plus one epoch of slack), scaled down proportionally if exceeded;
+- a peer claims the increase of its own samples counter since its last record (a restart, where
+  the counter starts again, claims the new counter);
+- total credit never exceeds what the swarm's global step can explain ((step + 1) x target batch);
+  claims beyond it wait, scaled proportionally, until the step catches up;
 - spot checks (recomputed probe losses) are stored beside, and a peer that failed one gets no
   further credit until it passes again.
 Each poll is one SQLite transaction (WAL, synchronous=FULL): acknowledged means durable.
@@ -46,50 +46,54 @@ class Ledger:
 
     def apply_poll(self, records: dict[str, ContributionRecord], global_step: int, target_batch_size: int,
                    last_allreduce_at: float | None = None, now: float | None = None) -> PollResult:
-        """Store new records, credit increments within the cap, snapshot the swarm; one transaction."""
+        """Store new records, credit outstanding claims within the cap, snapshot the swarm; one transaction.
+
+        The cap is cumulative: everything ever credited stays within (global_step + 1) x target batch
+        (the +1 is the epoch in progress). Claims beyond it stay outstanding and are credited as the
+        global step catches up, so honest work is delayed, never lost.
+        """
         now = now if now is not None else time.time()
         with self._transaction():
-            previous_step = int(self.meta("credited_through_step", "-1"))
-            cap = max(0, (global_step - previous_step)) * target_batch_size + int(self.meta("unused_cap", "0"))
-            increments: dict[str, int] = {}
-            fresh: list[tuple[str, ContributionRecord]] = []
             for public_id, record in records.items():
                 row = self.db.execute("SELECT * FROM peers WHERE public_id = ?", (public_id,)).fetchone()
-                seen = self.db.execute("SELECT 1 FROM records WHERE public_id = ? AND reported_at = ?", (public_id, record.reported_at)).fetchone()
-                if seen:
+                if self.db.execute("SELECT 1 FROM records WHERE public_id = ? AND reported_at = ?", (public_id, record.reported_at)).fetchone():
                     continue
-                fresh.append((public_id, record))
-                if row is None:
-                    increment = record.samples
-                elif record.samples >= row["last_counter"] and record.uptime_seconds >= row["last_uptime"]:
+                if row is None or record.samples < row["last_counter"] or record.uptime_seconds < row["last_uptime"]:
+                    increment = record.samples  # a new peer, or one that restarted and counts from zero again
+                else:
                     increment = record.samples - row["last_counter"]
-                else:  # the peer restarted: its counter began again from zero
-                    increment = record.samples
-                if self._failed_last_spot_check(public_id):
-                    increment = 0
-                increments[public_id] = increment
-            claimed = sum(increments.values())
-            scale = 1.0 if claimed <= cap else cap / claimed
-            credited_total = 0
-            for public_id, record in fresh:
-                credited = int(increments[public_id] * scale)
-                credited_total += credited
-                self._upsert_peer(public_id, record, increments[public_id], credited, now)
+                self._upsert_peer(public_id, record, increment, now)
                 self.db.execute(
                     "INSERT INTO records(public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                     (public_id, record.reported_at, now, record.samples, record.steps, record.loss, record.samples_per_second,
-                     getattr(record, "epoch", 0), record.shard, credited))
-            self.set_meta("credited_through_step", str(max(global_step, previous_step)))
-            self.set_meta("unused_cap", str(min(cap - credited_total, target_batch_size)))
+                     record.epoch, record.shard))
+            cap = (max(global_step, 0) + 1) * target_batch_size
+            credited_total = self._credit_outstanding(cap)
             online = [r for r in records.values() if now - r.reported_at < 60]
             mean_loss = sum(r.loss for r in online) / len(online) if online else None
             self.db.execute("INSERT OR REPLACE INTO swarm(at, global_step, peers_online, samples_per_second, mean_loss, credit_cap, last_allreduce_at)"
                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (now, global_step, len(online), sum(r.samples_per_second for r in online), mean_loss, cap, last_allreduce_at))
+        claimed = int(self.db.execute("SELECT COALESCE(SUM(claimed_samples), 0) FROM peers").fetchone()[0])
         return PollResult(claimed, credited_total, cap, len(online))
 
-    def _upsert_peer(self, public_id: str, record: ContributionRecord, claimed: int, credited: int, now: float) -> None:
+    def _credit_outstanding(self, cap: int) -> int:
+        """Credit claimed-but-uncredited samples of peers in good standing, scaled down to fit the cap."""
+        rows = self.db.execute("SELECT public_id, claimed_samples - credited_samples AS outstanding FROM peers").fetchall()
+        eligible = {r["public_id"]: r["outstanding"] for r in rows if r["outstanding"] > 0 and not self._failed_last_spot_check(r["public_id"])}
+        room = max(0, cap - self.total_credited())
+        wanted = sum(eligible.values())
+        scale = 1.0 if wanted <= room else room / wanted
+        for public_id, outstanding in eligible.items():
+            credit = int(outstanding * scale)
+            if credit:
+                self.db.execute("UPDATE peers SET credited_samples = credited_samples + ? WHERE public_id = ?", (credit, public_id))
+                self.db.execute("UPDATE records SET credited_delta = credited_delta + ? WHERE id = "
+                                "(SELECT MAX(id) FROM records WHERE public_id = ?)", (credit, public_id))
+        return self.total_credited()
+
+    def _upsert_peer(self, public_id: str, record: ContributionRecord, claimed: int, now: float) -> None:
         row = self.db.execute("SELECT last_uptime FROM peers WHERE public_id = ?", (public_id,)).fetchone()
         if row is None or record.uptime_seconds < row["last_uptime"]:  # new peer, or restarted
             online_delta = record.uptime_seconds
@@ -102,12 +106,11 @@ class Ledger:
                ON CONFLICT(public_id) DO UPDATE SET display_name = excluded.display_name, peer_id = excluded.peer_id,
                    device = excluded.device, last_seen = excluded.last_seen,
                    claimed_samples = peers.claimed_samples + excluded.claimed_samples,
-                   credited_samples = peers.credited_samples + excluded.credited_samples,
                    seconds_online = peers.seconds_online + excluded.seconds_online,
                    shards_completed = MAX(peers.shards_completed, excluded.shards_completed),
                    last_counter = excluded.last_counter, last_uptime = excluded.last_uptime""",
-            (public_id, record.display_name, record.peer_id, record.device, now, now, claimed, credited, online_delta,
-             getattr(record, "shards_completed", 0), record.samples, record.uptime_seconds))
+            (public_id, record.display_name, record.peer_id, record.device, now, now, claimed, 0, online_delta,
+             record.shards_completed, record.samples, record.uptime_seconds))
 
     def _failed_last_spot_check(self, public_id: str) -> bool:
         row = self.db.execute("SELECT passed FROM spot_checks WHERE public_id = ? ORDER BY checked_at DESC LIMIT 1", (public_id,)).fetchone()

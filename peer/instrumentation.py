@@ -34,6 +34,7 @@ class RoundCounters:
     failure: int = 0
     timeout: int = 0
     last_success_at: float = 0.0
+    last_outcome: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def snapshot(self) -> dict[str, int]:
@@ -68,6 +69,7 @@ class RoundOutcomeHandler(logging.Handler):
             return
         with self.counters.lock:
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
+            self.counters.last_outcome = outcome
             if outcome == "success":
                 self.counters.last_success_at = time.time()
         if self.on_outcome is not None and outcome != "alone":

@@ -114,7 +114,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     """Join, train until stopped (signal, max_samples or max_minutes), leave cleanly."""
     from peer.dht_util import check_reachable, make_dht
     from protocol.logs import quiet_hivemind_logs
-    from peer.identity import load_or_create_identity, peer_public_id
+    from protocol.identity import load_or_create_identity, peer_public_id
     from peer.leases import ShardLease
     from peer.metrics import create_peer_metrics, start_metrics_server
     from peer.records import publish_record
@@ -244,7 +244,8 @@ def _train_loop(options, config, corpus, task, optimizer, lease, stats, metrics,
             if optimizer.local_epoch != epoch_seen:
                 metrics.allreduce_duration.observe(time.monotonic() - step_started)
                 epoch_seen = optimizer.local_epoch
-                stats.last_probe = _probe(task, batch, shard, batch_start, epoch_seen)
+                if rounds.last_outcome == "success":  # after a failed round our parameters are our own: no claim
+                    stats.last_probe = _probe(task, batch, shard, batch_start, epoch_seen)
             now = time.monotonic()
             if now - last_report >= REPORT_EVERY_S:
                 throughput = (stats.samples - samples_at_start_of_window) / max(now - window_start, 1e-9)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The README's test command: install everything (tests included) and run the whole suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for a quick pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test
+exec .venv/bin/python -m pytest -q "$@"
