@@ -113,13 +113,12 @@ def _epoch_warmup(epoch: int, target: int, training) -> float:
 def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     """Join, train until stopped (signal, max_samples or max_minutes), leave cleanly."""
     from peer.dht_util import check_reachable, make_dht
-    from protocol.logs import quiet_hivemind_logs
-    from protocol.identity import load_or_create_identity, peer_public_id
     from peer.leases import ShardLease
     from peer.metrics import create_peer_metrics, start_metrics_server
-    from peer.records import publish_record
     from peer.run_setup import coordinator_peer_id, fetch_config, prepare_local_run
-    from protocol.dht_keys import ContributionRecord, make_validators
+    from protocol.dht_keys import make_validators
+    from protocol.identity import load_or_create_identity, peer_public_id
+    from protocol.logs import quiet_hivemind_logs
 
     stop = stop if stop is not None else StopFlag()
     quiet_hivemind_logs()
@@ -129,8 +128,6 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     device = pick_device(options.device)
     identity_path = options.identity or options.workdir / "identity.pem"
     key = load_or_create_identity(identity_path)
-    public_id = peer_public_id(key)
-    host_maddrs = [f"/ip4/{options.host}/tcp/{options.port}"]
 
     # the run id (and so the validators) is known only after asking the coordinator: a throwaway node first
     probe_dht = make_dht(options.join, validators=[], host_maddrs=["/ip4/127.0.0.1/tcp/0"], client_mode=True)
@@ -139,15 +136,15 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     finally:
         probe_dht.shutdown()
     corpus, tokenizer, landmarks = prepare_local_run(config, options.workdir)
-    dht = make_dht(options.join, validators=make_validators(config.run_id, key), host_maddrs=host_maddrs,
+    dht = make_dht(options.join, validators=make_validators(config.run_id, key), host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"],
                    client_mode=options.client_mode, identity_path=identity_path)
     if not options.client_mode:
         reachability = check_reachable(dht)
         if not reachability:
             dht.shutdown()
             raise CairnError(f"this peer is not reachable from the swarm: {reachability.reason}")
-    sent, received = mp.Value("q", 0), mp.Value("q", 0)
-    install_traffic_taps(sent, received)
+    traffic = Traffic(mp.Value("q", 0), mp.Value("q", 0))
+    install_traffic_taps(traffic.sent, traffic.received)
     rounds = RoundCounters()
     metrics = create_peer_metrics()
     watch_rounds(rounds, on_outcome=metrics.observe_round)
@@ -156,18 +153,19 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     torch.manual_seed(config.training.seed)  # identical initial weights on every peer (pitfall 5)
     model = Encoder(encoder_config(config.training, tokenizer)).to(device)
     batch_size = options.batch_size or config.training.batch_size
-    optimizer = make_optimizer(dht, model, config, batch_size, options.compression or config.swarm.compression, sent, received, key)
-    stats = PeerStats()
-    lease = ShardLease(dht, config.run_id, public_id, config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds)
+    optimizer = make_optimizer(dht, model, config, batch_size, options.compression or config.swarm.compression,
+                               traffic.sent, traffic.received, key)
+    lease = ShardLease(dht, config.run_id, peer_public_id(key), config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds)
+    session = None
     try:
         _wait_for_swarm(optimizer, options.wait_for_peers, stop)
         if optimizer.tracker.global_epoch > optimizer.local_epoch:
-            optimizer.load_state_from_peers()
+            optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
         task = TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.training.reference_size, config.training.seed),
                             config.training)
-        model.train()
-        _train_loop(options, config, corpus, task, optimizer, lease, stats, metrics, rounds, stop, dht, key, public_id, device,
-                    batch_size, sent, received, publish_record, ContributionRecord)
+        session = TrainingSession(options, config, corpus, task, optimizer, lease, dht, key, device, batch_size, metrics, rounds,
+                                  traffic, stop)
+        session.run()
     finally:
         lease.release()
         _save_local_state(model, options.workdir)
@@ -175,7 +173,9 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         dht.shutdown()
         if metrics_server is not None:
             metrics_server.stop()
-    return stats
+        if session is not None:
+            session.write_summary()
+    return session.stats if session is not None else PeerStats()
 
 
 def _wait_for_swarm(optimizer: hivemind.Optimizer, expected: int, stop: StopFlag, timeout: float = 30.0) -> None:
@@ -193,81 +193,158 @@ def _save_local_state(model: Encoder, workdir: Path) -> None:
     save_encoder(model, workdir / "state")
 
 
+@dataclass
+class Traffic:
+    """Averaging payload bytes, counted in the averager processes (shared memory counters)."""
+
+    sent: object
+    received: object
+
+
 REPORT_EVERY_S = 3.0
 RECORD_TTL_S = 60.0  # a record not refreshed within a minute means the peer is gone
+SUMMARY_FILE = "peer-summary.json"
 
 
-def _train_loop(options, config, corpus, task, optimizer, lease, stats, metrics, rounds, stop, dht, key, public_id, device,
-                batch_size, sent, received, publish_record, record_type) -> None:
-    """The algorithm: take the next batch of the leased shard, compute the loss, let hivemind step."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn
+class TrainingSession:
+    """The training loop of one peer and the bookkeeping around it (lease, records, metrics)."""
 
-    started = time.monotonic()
-    shard, pairs, offset = None, [], 0
-    last_report, epoch_seen = 0.0, optimizer.local_epoch
-    samples_at_start_of_window, window_start = 0, time.monotonic()
-    throughput = 0.0
-    traffic_seen = (0, 0)  # averaging bytes already added to the counters
-    line = TextColumn("{task.fields[text]}")
-    with Progress(SpinnerColumn(), line, disable=not options.progress, transient=False) as progress:
-        bar = progress.add_task("peer", text="joining", total=None)
-        while not stop:
-            if options.max_samples is not None and stats.samples >= options.max_samples:
-                break
-            if options.max_minutes is not None and time.monotonic() - started >= options.max_minutes * 60:
-                break
-            if shard is None or lease.lost:
-                shard = lease.acquire()
-                if shard is None:
+    def __init__(self, options: PeerOptions, config: RunConfig, corpus, task: TrainingTask, optimizer: hivemind.Optimizer, lease,
+                 dht: hivemind.DHT, key, device: torch.device, batch_size: int, metrics, rounds: RoundCounters, traffic: Traffic,
+                 stop: StopFlag):
+        self.options, self.config, self.corpus, self.task = options, config, corpus, task
+        self.optimizer, self.lease, self.dht, self.key, self.device = optimizer, lease, dht, key, device
+        self.batch_size, self.metrics, self.rounds, self.traffic, self.stop = batch_size, metrics, rounds, traffic, stop
+        self.stats = PeerStats()
+        self.shard: int | None = None
+        self.pairs: list = []
+        self.offset = 0
+        self.throughput = 0.0
+        self.traffic_seen = (0, 0)
+        self.compute_seconds = 0.0  # forward + backward: what utilisation divides by wall time
+        self.first_loss: float | None = None
+        self.epochs_at_start = optimizer.local_epoch
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        """The algorithm: take the next batch of the leased shard, compute the loss, let hivemind step."""
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        self.task.model.train()
+        last_report, epoch_seen = 0.0, self.optimizer.local_epoch
+        window = (0, time.monotonic())
+        with Progress(SpinnerColumn(), TextColumn("{task.fields[text]}"), disable=not self.options.progress) as progress:
+            bar = progress.add_task("peer", text="joining", total=None)
+            while not self.stop and not self._limit_reached():
+                if not self._ensure_shard():
                     progress.update(bar, text="no free shard; waiting for one")
-                    stop.event.wait(2.0)
+                    self.stop.event.wait(2.0)
                     continue
-                pairs, offset = corpus.shard(shard, config.swarm.num_shards), lease.progress(shard)
-                stats.shard = shard
-            batch_start = offset
-            batch = [pairs[(offset + i) % len(pairs)] for i in range(batch_size)]
-            loss, _ = task.loss(batch)
-            loss.backward()
-            step_started = time.monotonic()
-            optimizer.step()
-            optimizer.zero_grad()
-            new_offset = offset + batch_size
-            if new_offset >= len(pairs):
-                stats.shards_completed += 1
-            offset = new_offset % len(pairs)
-            stats.samples += batch_size
-            stats.steps += 1
-            stats.loss = float(loss.detach())
-            metrics.samples.inc(batch_size)
-            metrics.steps.inc()
-            metrics.loss.set(stats.loss)
-            if optimizer.local_epoch != epoch_seen:
-                metrics.allreduce_duration.observe(time.monotonic() - step_started)
-                epoch_seen = optimizer.local_epoch
-                if rounds.last_outcome == "success":  # after a failed round our parameters are our own: no claim
-                    stats.last_probe = _probe(task, batch, shard, batch_start, epoch_seen)
-            now = time.monotonic()
-            if now - last_report >= REPORT_EVERY_S:
-                throughput = (stats.samples - samples_at_start_of_window) / max(now - window_start, 1e-9)
-                samples_at_start_of_window, window_start = stats.samples, now
-                peers = optimizer.tracker.global_progress.num_peers
-                metrics.bytes_sent.inc(sent.value - traffic_seen[0])
-                metrics.bytes_received.inc(received.value - traffic_seen[1])
-                traffic_seen = (sent.value, received.value)
-                metrics.visible_peers.set(peers)
-                metrics.global_step.set(optimizer.tracker.global_epoch)
-                if not lease.renew():  # someone else holds it now: stop reading this shard
-                    lease.save_progress(shard, offset)
-                    shard = None
-                else:
-                    lease.save_progress(shard, offset)
-                _publish(dht, config, key, public_id, stats, throughput, device, options, optimizer, publish_record, record_type)
-                progress.update(bar, text=f"{options.name}: {throughput:6.1f} samples/s | global step {optimizer.tracker.global_epoch} | "
-                                          f"peers {peers} | shard {shard} | loss {stats.loss:.3f}")
-                last_report = now
-        if shard is not None:
-            lease.save_progress(shard, offset)
-        _publish(dht, config, key, public_id, stats, throughput, device, options, optimizer, publish_record, record_type)
+                batch_start, batch = self.offset, self._next_batch()
+                computing = time.monotonic()
+                loss, _ = self.task.loss(batch)
+                loss.backward()
+                self.compute_seconds += time.monotonic() - computing
+                stepping = time.monotonic()
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                self._count(batch, float(loss.detach()))
+                if self.optimizer.local_epoch != epoch_seen:
+                    self.metrics.allreduce_duration.observe(time.monotonic() - stepping)
+                    epoch_seen = self.optimizer.local_epoch
+                    if self.rounds.last_outcome == "success":  # after a failed round our parameters are our own: no claim
+                        self.stats.last_probe = _probe(self.task, batch, self.shard, batch_start, epoch_seen)
+                now = time.monotonic()
+                if now - last_report >= REPORT_EVERY_S:
+                    self.throughput = (self.stats.samples - window[0]) / max(now - window[1], 1e-9)
+                    window, last_report = (self.stats.samples, now), now
+                    self._report()
+                    progress.update(bar, text=self._status_line())
+        if self.shard is not None:
+            self.lease.save_progress(self.shard, self.offset)
+        self._publish()
+
+    def _limit_reached(self) -> bool:
+        if self.options.max_samples is not None and self.stats.samples >= self.options.max_samples:
+            return True
+        return self.options.max_minutes is not None and time.monotonic() - self.started >= self.options.max_minutes * 60
+
+    def _ensure_shard(self) -> bool:
+        if self.shard is None or self.lease.lost:
+            self.shard = self.lease.acquire()
+            if self.shard is None:
+                return False
+            self.pairs = self.corpus.shard(self.shard, self.config.swarm.num_shards)
+            self.offset = self.lease.progress(self.shard) % len(self.pairs)
+            self.stats.shard = self.shard
+        return True
+
+    def _next_batch(self) -> list:
+        batch = [self.pairs[(self.offset + i) % len(self.pairs)] for i in range(self.batch_size)]
+        if self.offset + self.batch_size >= len(self.pairs):
+            self.stats.shards_completed += 1
+        self.offset = (self.offset + self.batch_size) % len(self.pairs)
+        return batch
+
+    def _count(self, batch: list, loss: float) -> None:
+        self.stats.samples += len(batch)
+        self.stats.steps += 1
+        self.stats.loss = loss
+        if self.first_loss is None:
+            self.first_loss = loss
+        self.metrics.samples.inc(len(batch))
+        self.metrics.steps.inc()
+        self.metrics.loss.set(loss)
+
+    def _report(self) -> None:
+        """Every few seconds: metrics, lease renewal and progress, the signed contribution record."""
+        sent, received = self.traffic.sent.value, self.traffic.received.value
+        self.metrics.bytes_sent.inc(sent - self.traffic_seen[0])
+        self.metrics.bytes_received.inc(received - self.traffic_seen[1])
+        self.traffic_seen = (sent, received)
+        self.metrics.visible_peers.set(self.optimizer.tracker.global_progress.num_peers)
+        self.metrics.global_step.set(self.optimizer.tracker.global_epoch)
+        self.lease.save_progress(self.shard, self.offset)
+        if not self.lease.renew():  # someone else holds it now: stop reading this shard
+            self.shard = None
+        self._publish()
+
+    def _status_line(self) -> str:
+        return (f"{self.options.name}: {self.throughput:6.1f} samples/s | global step {self.optimizer.tracker.global_epoch} | "
+                f"peers {self.optimizer.tracker.global_progress.num_peers} | shard {self.stats.shard} | loss {self.stats.loss:.3f}")
+
+    def _publish(self) -> None:
+        """Publish this peer's signed contribution record (owner-tagged subkey: nobody else can write it)."""
+        from peer.records import publish_record
+        from protocol.dht_keys import ContributionRecord
+
+        probe = self.stats.last_probe or {"probe_epoch": -1, "probe_shard": -1, "probe_offset": 0, "probe_count": 0, "probe_loss": 0.0}
+        loss = self.stats.loss if self.stats.loss == self.stats.loss else 0.0  # NaN before the first step
+        record = ContributionRecord(
+            display_name=self.options.name, peer_id=self.dht.peer_id.to_base58(), samples=self.stats.samples, steps=self.stats.steps,
+            loss=float(loss), samples_per_second=float(max(self.throughput, 0.0)), device=self.device.type,
+            uptime_seconds=float(time.time() - self.stats.started_at), shard=self.stats.shard, protocol_version=PROTOCOL_VERSION,
+            reported_at=time.time(), epoch=int(self.optimizer.local_epoch), shards_completed=self.stats.shards_completed,
+            **{k: (float(v) if k == "probe_loss" else int(v)) for k, v in probe.items()},
+        )
+        publish_record(self.dht, self.config.run_id, record, RECORD_TTL_S, identity=self.key)
+
+    def write_summary(self) -> None:
+        """What this peer did, for benchmarks and tests: samples, epochs, bytes, utilisation, losses."""
+        from protocol.fsutil import atomic_write_json
+
+        wall = time.monotonic() - self.started
+        epochs = self.optimizer.local_epoch - self.epochs_at_start
+        atomic_write_json(self.options.workdir / SUMMARY_FILE, {
+            "name": self.options.name, "samples": self.stats.samples, "steps": self.stats.steps, "wall_seconds": wall,
+            "compute_seconds": self.compute_seconds, "utilisation": self.compute_seconds / wall if wall else 0.0,
+            "samples_per_second": self.stats.samples / wall if wall else 0.0, "epochs": epochs,
+            "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "last_loss": self.stats.loss,
+            "bytes_sent": self.traffic.sent.value, "bytes_received": self.traffic.received.value,
+            "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
+            "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,
+            "compression": self.options.compression or self.config.swarm.compression, "local_updates": self.config.swarm.local_updates,
+        })
 
 
 @torch.no_grad()
@@ -279,18 +356,3 @@ def _probe(task: TrainingTask, batch, shard: int, batch_start: int, epoch: int) 
     """
     return {"probe_epoch": epoch, "probe_shard": shard, "probe_offset": batch_start, "probe_count": len(batch),
             "probe_loss": task.eval_loss(batch, batch_size=len(batch))}
-
-
-def _publish(dht, config, key, public_id, stats: PeerStats, throughput: float, device, options: PeerOptions, optimizer,
-             publish_record, record_type) -> None:
-    """Publish this peer's signed contribution record (owner-tagged subkey: nobody else can write it)."""
-    probe = stats.last_probe or {"probe_epoch": -1, "probe_shard": -1, "probe_offset": 0, "probe_count": 0, "probe_loss": 0.0}
-    loss = stats.loss if stats.loss == stats.loss else 0.0  # NaN before the first step
-    record = record_type(
-        display_name=options.name, peer_id=dht.peer_id.to_base58(), samples=stats.samples, steps=stats.steps,
-        loss=float(loss), samples_per_second=float(max(throughput, 0.0)), device=device.type,
-        uptime_seconds=float(time.time() - stats.started_at), shard=stats.shard, protocol_version=PROTOCOL_VERSION,
-        reported_at=time.time(), epoch=int(optimizer.local_epoch), shards_completed=stats.shards_completed,
-        **{k: (float(v) if k == "probe_loss" else int(v)) for k, v in probe.items()},
-    )
-    publish_record(dht, config.run_id, record, RECORD_TTL_S, identity=key)
