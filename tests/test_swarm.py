@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,122 @@ def _pull_verify_embed(swarm, tmp_path: Path) -> None:
         assert isinstance(relational[key], float) and 0.0 <= relational[key] <= 1.5, (key, relational)
     # computed, not copied: the two releases' weights differ, so agreement is below a perfect 1
     assert relational["agreement"] < 0.99999
+
+
+def _records(swarm) -> dict[str, tuple]:
+    """The latest ledger record of each peer: name -> (samples, loss, shard, epoch, reported_at)."""
+    rows = swarm.ledger("SELECT p.display_name, r.samples, r.loss, r.shard, r.epoch, r.reported_at FROM records r "
+                        "JOIN peers p USING(public_id) WHERE r.id IN (SELECT MAX(id) FROM records GROUP BY public_id)")
+    return {name: (samples, loss, shard, epoch, at) for name, samples, loss, shard, epoch, at in rows}
+
+
+@pytest.mark.timeout(1500)
+def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path, corpus_spec: str):
+    """A SIGKILLed peer stalls the others at most about one averaging timeout and its shard is re-leased
+    by a newcomer; the newcomer starts from the swarm's state; a coordinator killed with -9 comes back
+    with its ledger and releases intact and continues the version sequence while peers kept training."""
+    with swarm_in(tmp_path, corpus_spec) as swarm:
+        # three shards for three peers: a newcomer can only train on the shard the killed peer held
+        swarm.init("--target-batch-size", "384", "--batch-size", "32", "--landmarks", "64", "--shards", "3")
+        coordinator = swarm.start_coordinator("--release-every", "4")
+        peers = {name: swarm.start_peer(name, "--wait-for-peers", "3") for name in ("ann", "ben", "cat")}
+        wait_for(lambda: swarm.global_step() >= 3 and len(_records(swarm)) == 3, 600, 3, "three peers to train together")
+
+        # -- SIGKILL a peer mid-round (the whole group: its hivemind daemons die with it)
+        victim_shard = _records(swarm)["cat"][2]
+        step_at_kill = swarm.global_step()
+        peers["cat"].kill_group()
+        averaging_timeout, poll = 10, 3
+        # the survivors keep stepping: the next global step comes within the averaging timeout plus one
+        # ordinary epoch (384 samples at >= 30 samples/s) plus the ledger's poll interval and slack
+        wait_for(lambda: swarm.global_step() >= step_at_kill + 2, averaging_timeout + 2 * 13 + poll + 30, 1,
+                 "the survivors to make progress after a peer was killed")
+
+        # -- a late joiner: only the dead peer's shard is free once its lease (8 s) expires
+        late = swarm.start_peer("dan", "--wait-for-peers", "1")
+        wait_for(lambda: "dan" in _records(swarm), 180, 2, "the late joiner's first record")
+        assert _records(swarm)["dan"][2] == victim_shard, "the newcomer should have taken over the dead peer's shard"
+
+        # -- kill -9 the coordinator while peers train; restart it on the same workdir and address
+        wait_for(lambda: swarm.ledger("SELECT version FROM releases"), 300, 3, "a first release")
+        releases_before = [v for (v,) in swarm.ledger("SELECT version FROM releases ORDER BY created_at")]
+        credited_before = dict(swarm.ledger("SELECT display_name, credited_samples FROM peers"))
+        step_before = swarm.global_step()
+        coordinator.kill_group()
+        killed_at = time.time()
+        time.sleep(15)  # peers train on without their coordinator
+        swarm.start_coordinator("--release-every", "4")
+        wait_for(lambda: len(swarm.ledger("SELECT version FROM releases")) > len(releases_before), 600, 3,
+                 "a new release after the coordinator restart")
+        steps_after_restart = [step for (step,) in swarm.ledger("SELECT global_step FROM swarm WHERE at > ?", killed_at)]
+        assert max(steps_after_restart) > step_before, "the peers did not train while the coordinator was down"
+        releases_after = [v for (v,) in swarm.ledger("SELECT version FROM releases ORDER BY created_at")]
+        assert releases_after[: len(releases_before)] == releases_before  # nothing lost
+        assert releases_after[len(releases_before)] == _next_minor(releases_before[-1])  # the sequence continues
+        credited_after = dict(swarm.ledger("SELECT display_name, credited_samples FROM peers"))
+        assert all(credited_after[name] >= credited for name, credited in credited_before.items())
+        listed = subprocess.run(cairn("release", "list", swarm.repository_url, "--cache-dir", str(tmp_path / "trust")), cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0 and all(version in listed.stdout for version in releases_after), listed.stdout + listed.stderr
+
+        for name in ("ann", "ben", "dan"):
+            assert (peers.get(name) or late).terminate(timeout=90) == 0
+        late_summary, veteran = swarm.summary("dan"), swarm.summary("ann")
+        # the newcomer loaded the swarm's state: its first loss is near the swarm's, far below a fresh model's
+        fresh = veteran["first_loss"]
+        assert late_summary["first_loss"] < fresh - 0.5 * (fresh - veteran["last_loss"]), (late_summary, veteran)
+
+
+def _next_minor(version: str) -> str:
+    major, minor, _ = (int(part) for part in version.split("."))
+    return f"{major}.{minor + 1}.0"
+
+
+@pytest.mark.timeout(1200)
+def test_swarm_matches_the_single_process_baseline_after_the_same_samples(tmp_path: Path, corpus_spec: str):
+    """Same samples, same global batch, same learning-rate schedule: the swarm's held-out loss is within
+    15 % of the single-process trainer's (the trainer accumulates gradients to the swarm's target batch)."""
+    from protocol.corpora import load_corpus
+    from protocol.landmarks import LandmarkSet
+    from protocol.tokenizer import TextTokenizer
+    from protocol.trainer import train
+    from protocol.training import TrainingConfig, TrainingTask, reference_texts
+
+    samples_per_peer, target, batch = 4096, 256, 32
+    with swarm_in(tmp_path, corpus_spec) as swarm:
+        swarm.init("--target-batch-size", str(target), "--batch-size", str(batch), "--landmarks", "64", "--compression", "none")
+        swarm.start_coordinator()
+        peers = [swarm.start_peer(name, "--wait-for-peers", "2", "--max-samples", str(samples_per_peer)) for name in ("p", "q")]
+        for peer in peers:
+            assert peer.popen.wait(timeout=900) == 0, peer.tail()
+        swarm_state = swarm.peer_dir("p") / "state"
+
+    config = TrainingConfig(batch_size=batch, landmarks=64)
+    baseline_dir = tmp_path / "baseline"
+    train(corpus_spec, baseline_dir, config, max_samples=2 * samples_per_peer, accumulate=target // batch, evaluate=False,
+          show_progress=False)
+    corpus = load_corpus(corpus_spec)
+    heldout = corpus.heldout[:512]
+
+    def heldout_loss(directory: Path) -> float:
+        model = load_encoder(directory)
+        tokenizer = TextTokenizer.load(baseline_dir / "run", model.config.max_len)
+        landmarks = LandmarkSet.load(baseline_dir / "run" / "landmarks.json")
+        return TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size), config).eval_loss(heldout)
+
+    swarm_loss, baseline_loss = heldout_loss(swarm_state), heldout_loss(baseline_dir)
+    initial = _initial_loss(baseline_dir, corpus, heldout, config)
+    assert swarm_loss < initial - 0.5, (swarm_loss, initial)  # it learned
+    assert abs(swarm_loss - baseline_loss) <= 0.15 * baseline_loss, (swarm_loss, baseline_loss)
+
+
+def _initial_loss(bundle: Path, corpus, heldout, config) -> float:
+    from protocol.landmarks import LandmarkSet
+    from protocol.tokenizer import TextTokenizer
+    from protocol.training import TrainingTask, reference_texts
+
+    torch.manual_seed(0)
+    model = Encoder(load_encoder(bundle).config)
+    tokenizer = TextTokenizer.load(bundle / "run", model.config.max_len)
+    landmarks = LandmarkSet.load(bundle / "run" / "landmarks.json")
+    return TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size), config).eval_loss(heldout)

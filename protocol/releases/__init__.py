@@ -5,3 +5,21 @@ Modules, one job each: `version` (semver ordering), `layout` (file and target na
 targets), `trust` (pinned roots and the highest installed version), `offline` (verifying a metadata
 chain without a network), `install` (atomic directory swaps), `client` and `cli`.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def load_release(directory: Path | str, device: str = "auto", verify: bool = True):
+    """Load an installed release as an Embedder: `load_release(DIR).embed(texts, dims=m)`.
+
+    The directory's files are first checked against its manifest (hashes, lengths, and that the
+    landmark set is the one the weights were released with), so a tampered or mixed release is refused.
+    """
+    from protocol.embedder import load_bundle
+    from protocol.releases.manifest import check_release_dir
+
+    if verify:
+        check_release_dir(Path(directory))
+    return load_bundle(Path(directory), device)

@@ -118,3 +118,19 @@ def _size(length: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+@release.command("export-st")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--to", "destination", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--dims", type=int, help="first m relational coordinates (default: all)")
+def export_st(directory: Path, destination: Path, dims: int | None) -> None:
+    """Write DIRECTORY (a verified release) as a sentence-transformers model directory."""
+    from protocol.releases import load_release
+    from protocol.st_module import export_sentence_transformers
+
+    embedder = load_release(directory)
+    if dims is not None and not 1 <= dims <= embedder.dims:
+        raise ReleaseError(f"--dims must be between 1 and {embedder.dims}")
+    export_sentence_transformers(directory, destination, dims)
+    click.echo(f"SentenceTransformer({str(destination)!r}, trust_remote_code=True) now loads this release")
