@@ -6,6 +6,7 @@ baseline: same tokenizer, same landmarks, same loss, same batches for the same s
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,7 @@ import torch
 from protocol.corpora.base import Pair, PairCorpus
 from protocol.embedder import encode_texts
 from protocol.encoder import Encoder, EncoderConfig, config_for
-from protocol.landmarks import MIN_STD, LandmarkSet, select_landmarks
+from protocol.landmarks import LandmarkSet, select_landmarks
 from protocol.objective import ObjectiveConfig, matryoshka_relational_loss
 from protocol.tokenizer import TextTokenizer, train_tokenizer
 
@@ -26,7 +27,7 @@ class TrainingConfig:
 
     model: str = "tiny"
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
     landmarks: int = 256
@@ -47,7 +48,7 @@ class TrainingConfig:
     def from_json(cls, document: dict) -> "TrainingConfig":
         document = dict(document)
         objective = ObjectiveConfig(**{**document.pop("objective", {})})
-        objective = ObjectiveConfig(tuple(objective.prefix_dims), objective.relational_weight, objective.absolute_weight, objective.temperature)
+        objective = dataclasses.replace(objective, prefix_dims=tuple(objective.prefix_dims))
         return cls(objective=objective, **document)
 
 
@@ -96,6 +97,7 @@ class TrainingTask:
         self.reference = reference
         self.config = config
         self.steps_since_refresh = config.anchor_refresh_every  # refresh before the first step
+        self.anchor_vectors: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -104,13 +106,12 @@ class TrainingTask:
     @torch.no_grad()
     def refresh_anchors(self) -> None:
         anchors = torch.from_numpy(encode_texts(self.model, self.tokenizer, self.landmarks.anchors)).to(self.device)
-        reference = torch.from_numpy(encode_texts(self.model, self.tokenizer, self.reference)).to(self.device)
-        sims = torch.nn.functional.normalize(reference, dim=-1) @ torch.nn.functional.normalize(anchors, dim=-1).T
-        self.anchor_vectors, self.mean, self.std = anchors, sims.mean(0), sims.std(0).clamp(min=MIN_STD)
+        self.anchor_vectors = anchors
         self.steps_since_refresh = 0
 
     def loss(self, pairs: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.steps_since_refresh >= self.config.anchor_refresh_every:
+        relational = self.config.objective.relational_weight > 0
+        if relational and self.steps_since_refresh >= self.config.anchor_refresh_every:
             self.refresh_anchors()
         self.steps_since_refresh += 1
         ids_a, mask_a = self.tokenizer.batch([p.a for p in pairs])
@@ -118,14 +119,15 @@ class TrainingTask:
         device = self.device
         abs_a = self.model(ids_a.to(device), mask_a.to(device))
         abs_b = self.model(ids_b.to(device), mask_b.to(device))
-        return matryoshka_relational_loss(abs_a, abs_b, self.anchor_vectors, self.mean, self.std, self.config.objective)
+        return matryoshka_relational_loss(abs_a, abs_b, self.anchor_vectors if relational else None, self.config.objective)
 
     @torch.no_grad()
     def eval_loss(self, pairs: list[Pair], batch_size: int = 128) -> float:
         """Mean loss over fixed pairs in eval mode: comparable between the swarm and the baseline."""
         was_training = self.model.training
         self.model.eval()
-        self.refresh_anchors()
+        if self.config.objective.relational_weight > 0:
+            self.refresh_anchors()
         try:
             losses = [float(self.loss(pairs[i : i + batch_size])[0]) for i in range(0, len(pairs) - batch_size + 1, batch_size)]
         finally:
