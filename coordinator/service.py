@@ -34,6 +34,7 @@ from protocol.tokenizer import TextTokenizer
 from protocol.training import TrainingTask, encoder_config, reference_texts
 
 from coordinator.ledger import Ledger
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.node import Backend, CoordinatorOptions, join_addresses, start_dht
 from coordinator.releaser import ReleaseInputs, cut_release
 from coordinator.workdir import Workdir
@@ -72,6 +73,7 @@ class Coordinator:
         # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
         # ledger writes are serialised and the event loop keeps answering RPCs and HTTP meanwhile
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-worker")
+        self.metrics = CoordinatorMetrics()
 
     def _make_state_loader(self) -> hivemind.Optimizer:
         training, swarm = self.config.training, self.config.swarm
@@ -101,7 +103,9 @@ class Coordinator:
         repository.refresh_timestamp()
         p2p = await self.dht.replicate_p2p()
         await CoordinatorService(Backend(self.config, self.key, self.workdir, self.repository_url)).add_p2p_handlers(p2p)
-        runner = web.AppRunner(make_repository_app(self.workdir.repository))
+        app = make_repository_app(self.workdir.repository)
+        app.router.add_get("/metrics", self.metrics.handle)
+        runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, self.options.http_host, self.options.http_port).start()
         await loop.run_in_executor(self.worker, self._announce_config)
@@ -136,6 +140,10 @@ class Coordinator:
         result = self.ledger.apply_poll(records, tracker.global_epoch, self.config.swarm.target_batch_size,
                                         last_allreduce_at=self._epoch_changed_at)
         self._last_records = records
+        self.metrics.global_step.set(tracker.global_epoch)
+        self.metrics.peers_online.set(result.peers_online)
+        self.metrics.credited_samples.set(result.credited)
+        self.metrics.claimed_samples.set(result.claimed)
         logger.debug("poll: %s", result)
 
     def check_and_maybe_release(self) -> None:
@@ -162,6 +170,7 @@ class Coordinator:
             self.ledger.set_meta("last_release_step", str(self.loaded_epoch))
             (self.workdir.root / RELEASE_REQUEST).unlink(missing_ok=True)
             self._announce_release(str(manifest.version), manifest.global_step)
+            self.metrics.releases.inc()
             logger.info("released %s at global step %s", manifest.version, manifest.global_step)
 
     def _spot_check(self, records: dict) -> None:
@@ -177,6 +186,7 @@ class Coordinator:
             recomputed = self.task.eval_loss(batch, batch_size=len(batch))
             passed = abs(recomputed - record.probe_loss) <= SPOT_CHECK_TOLERANCE
             self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, recomputed, passed)
+            self.metrics.spot_checks.labels(result="passed" if passed else "failed").inc()
 
     def _announce_config(self) -> None:
         self.dht.store(RunKeys(self.config.run_id).config, subkey=owner_subkey(self.key),

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from protocol.encoder import Encoder, load_encoder
-from swarm_util import ROOT, cairn, process_group_members, swarm_in, wait_for, write_corpus
+from swarm_util import ROOT, cairn, free_port, process_group_members, swarm_in, wait_for, write_corpus
 
 pytestmark = [pytest.mark.slow]
 
@@ -45,7 +46,8 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
     with swarm_in(tmp_path, corpus_spec) as swarm:
         swarm.init("--target-batch-size", "512", "--batch-size", "32", "--landmarks", "128")
         swarm.start_coordinator("--release-every", "3")
-        alice = swarm.start_peer("alice", "--wait-for-peers", "2")
+        metrics_port = free_port()
+        alice = swarm.start_peer("alice", "--wait-for-peers", "2", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1")
         bob = swarm.start_peer("bob", "--wait-for-peers", "2")
 
         def two_releases():
@@ -56,6 +58,12 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
         wait_for(two_releases, 700, 5, "two releases")
         credited = dict(swarm.ledger("SELECT display_name, credited_samples FROM peers"))
         assert credited.get("alice", 0) > 0 and credited.get("bob", 0) > 0, credited
+
+        peer_metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert 'cairn_allreduce_rounds_total{outcome="success"}' in peer_metrics and "cairn_bytes_sent_total" in peer_metrics
+        assert float(peer_metrics.split("cairn_samples_total ")[1].split()[0]) > 0
+        coordinator_metrics = urllib.request.urlopen(f"{swarm.repository_url}/metrics", timeout=10).read().decode()
+        assert "cairn_coordinator_global_step" in coordinator_metrics
 
         _check_dashboard(swarm.coordinator_dir, tmp_path / "screenshots")
 
