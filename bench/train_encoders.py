@@ -1,6 +1,8 @@
-"""Train the tiny and small encoders for a fixed wall-clock budget on WordNet and evaluate them.
+"""Train the tiny and small encoders for a fixed sample budget on WordNet and evaluate them.
 
-    .venv/bin/python bench/train_encoders.py --minutes 8 --out bench/out/encoders.json
+    .venv/bin/python bench/train_encoders.py --samples tiny=60000 small=12000 --quick --out bench/out/encoders.json
+
+The budget is in samples, not minutes, so the result does not depend on how busy the machine is.
 
 For each size: one single-process training run (the `cairn train` baseline), then the evaluation
 suite on the absolute vector and on relational prefixes for two landmark orders of the same 256
@@ -42,18 +44,18 @@ def evaluate_orders(bundle: Path, corpus, quick: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--minutes", type=float, default=8.0)
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--samples", nargs="+", default=["tiny=60000", "small=12000"], help="SIZE=SAMPLES budgets")
     parser.add_argument("--root", type=Path, default=Path("bench/out/encoders"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/encoders.json"))
     parser.add_argument("--quick", action="store_true", help="evaluate on subsamples")
     args = parser.parse_args()
     corpus = load_corpus("wordnet")
     results = {}
-    for size in args.sizes:
-        out = args.root / f"{size}-{args.minutes:g}min"
+    for budget in args.samples:
+        size, samples = budget.split("=")
+        out = args.root / f"{size}-{samples}"
         started = time.monotonic()
-        trained = train("wordnet", out, TrainingConfig(model=size), minutes=args.minutes, evaluate=False, show_progress=False)
+        trained = train("wordnet", out, TrainingConfig(model=size), max_samples=int(samples), evaluate=False, show_progress=False)
         report = evaluate_orders(out, corpus, args.quick)
         report["training"] = {"samples": trained.samples, "steps": trained.steps, "seconds": trained.seconds,
                               "final_loss": trained.final_loss, "wall_seconds_with_eval": time.monotonic() - started}
