@@ -8,6 +8,7 @@ It never trains.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import hivemind
 
 from protocol.dht_keys import make_validators
+from protocol.fsutil import atomic_write_bytes
 from protocol.proto import cairn_pb2
 from protocol.rpc import sign_run_config
 from protocol.run_config import RunConfig
@@ -62,13 +64,41 @@ class Backend:
 
 
 def start_dht(workdir: Workdir, config: RunConfig, options: CoordinatorOptions, key) -> hivemind.DHT:
-    """A DHT node at a fixed address with a persistent libp2p identity (same PeerID after restarts)."""
+    """A DHT node at a fixed address with a persistent libp2p identity (same PeerID after restarts).
+
+    After a restart it rejoins through the peers it knew (saved at every poll): as the bootstrap
+    node it has no one else to ask, and peers only redial it when their routing needs it.
+    """
+    known = load_known_peers(workdir)
     return hivemind.DHT(
         start=True,
+        initial_peers=known or None,
+        ensure_bootstrap_success=False,
         host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"],
         identity_path=str(workdir.p2p_identity),
         record_validators=make_validators(config.run_id, key),
     )
+
+
+KNOWN_PEERS_FILE = "known_peers.json"
+
+
+async def _connected_peers(dht: hivemind.DHT, node) -> list[str]:
+    return [f"{addr}/p2p/{info.peer_id}" for info in await node.p2p.list_peers() for addr in info.addrs]
+
+
+def save_known_peers(dht: hivemind.DHT, workdir: Workdir) -> None:
+    addresses = dht.run_coroutine(_connected_peers)
+    if addresses:
+        atomic_write_bytes(workdir.root / KNOWN_PEERS_FILE, json.dumps(addresses[:64]).encode())
+
+
+def load_known_peers(workdir: Workdir) -> list[str]:
+    try:
+        addresses = json.loads((workdir.root / KNOWN_PEERS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [a for a in addresses if isinstance(a, str)] if isinstance(addresses, list) else []
 
 
 def join_addresses(dht: hivemind.DHT, announce_host: str | None) -> list[str]:

@@ -35,7 +35,7 @@ from protocol.training import TrainingTask, encoder_config, reference_texts
 
 from coordinator.ledger import Ledger
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.node import Backend, CoordinatorOptions, join_addresses, start_dht
+from coordinator.node import Backend, CoordinatorOptions, join_addresses, save_known_peers, start_dht
 from coordinator.releaser import ReleaseInputs, cut_release
 from coordinator.workdir import Workdir
 
@@ -140,6 +140,7 @@ class Coordinator:
         result = self.ledger.apply_poll(records, tracker.global_epoch, self.config.swarm.target_batch_size,
                                         last_allreduce_at=self._epoch_changed_at)
         self._last_records = records
+        save_known_peers(self.dht, self.workdir)
         self.metrics.global_step.set(tracker.global_epoch)
         self.metrics.peers_online.set(result.peers_online)
         self.metrics.credited_samples.set(result.credited)

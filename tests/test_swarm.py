@@ -190,9 +190,21 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
                                 capture_output=True, text=True, timeout=120)
         assert listed.returncode == 0 and all(version in listed.stdout for version in releases_after), listed.stdout + listed.stderr
 
-        for name in ("ann", "ben", "dan"):
-            assert (peers.get(name) or late).terminate(timeout=90) == 0
-        late_summary, veteran = swarm.summary("dan"), swarm.summary("ann")
+        leaving = [peers["ann"], peers["ben"], late]
+        for peer in leaving:  # all at once, so none steps on alone after the others left
+            peer.popen.send_signal(15)
+        for peer in leaving:
+            assert peer.popen.wait(timeout=90) == 0, peer.tail()
+        summaries = {name: swarm.summary(name) for name in ("ann", "ben", "dan")}
+        last_epoch = max(s["final_epoch"] for s in summaries.values())
+        together = [name for name, s in summaries.items() if s["final_epoch"] == last_epoch]
+        assert len(together) >= 2, summaries
+        params = {name: _parameters(swarm.peer_dir(name) / "state") for name in together}
+        reference = params[together[0]]
+        moved = np.abs(reference - _initial_parameters(swarm.peer_dir(together[0]) / "state")).mean()
+        for name in together[1:]:
+            assert np.abs(params[name] - reference).mean() < moved / 50, f"{name} disagrees with {together[0]}"
+        late_summary, veteran = summaries["dan"], summaries["ann"]
         # the newcomer loaded the swarm's state: its first loss is near the swarm's, far below a fresh model's
         fresh = veteran["first_loss"]
         assert late_summary["first_loss"] < fresh - 0.5 * (fresh - veteran["last_loss"]), (late_summary, veteran)
