@@ -62,8 +62,10 @@ def init(workdir: Path, run_id: str, corpus: str, model_size: str, batch_size: i
 @click.option("--announce-host", help="public address to put in the join address and repository URL")
 @click.option("--release-every", type=int, default=0, show_default=True, help="cut a release every R global steps (0: on request)")
 @click.option("--spot-check-seconds", type=float, default=20.0, show_default=True)
+@click.option("--metrics-port", type=int, help="also serve Prometheus /metrics on this port (it is always on the release port)")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True)
 def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, announce_host: str | None, release_every: int,
-        spot_check_seconds: float) -> None:
+        spot_check_seconds: float, metrics_port: int | None, metrics_host: str) -> None:
     """Bootstrap the DHT, keep the ledger, serve and cut signed releases (Ctrl+C stops)."""
     import logging
 
@@ -76,7 +78,8 @@ def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, ann
     quiet_hivemind_logs()
     run_coordinator(CoordinatorOptions(workdir=workdir, host=host, port=port, http_host=http_host, http_port=http_port,
                                        announce_host=announce_host, release_every=release_every,
-                                       spot_check_seconds=spot_check_seconds))
+                                       spot_check_seconds=spot_check_seconds, metrics_port=metrics_port,
+                                       metrics_host=metrics_host))
 
 
 @coordinator.command()

@@ -36,7 +36,9 @@ class CoordinatorOptions:
     http_port: int = 8700  # release repository
     release_every: int = 0  # cut a release every R global steps (0: only on request)
     poll_seconds: float = 3.0
-    spot_check_seconds: float = 20.0  # how often the averaged state is loaded (spot checks, releases)
+    spot_check_seconds: float = 20.0
+    metrics_port: int | None = None  # a separate /metrics listener (health checks), besides the release port
+    metrics_host: str = "0.0.0.0"  # how often the averaged state is loaded (spot checks, releases)
     timestamp_refresh_seconds: float = 3600.0
     announce_host: str | None = None  # public address written into the join address
 

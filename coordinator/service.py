@@ -109,6 +109,12 @@ class Coordinator:
         await runner.setup()
         await web.TCPSite(runner, self.options.http_host, self.options.http_port).start()
         await loop.run_in_executor(self.worker, self._announce_config)
+        if self.options.metrics_port:
+            metrics_app = web.Application()
+            metrics_app.router.add_get("/metrics", self.metrics.handle)
+            metrics_runner = web.AppRunner(metrics_app)
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, self.options.metrics_host, self.options.metrics_port).start()
         atomic_write_json(self.workdir.state_file, {"join": self.join, "repository_url": self.repository_url, "pid": os.getpid(),
                                                    "run_id": self.config.run_id, "started_at": time.time()})
         logger.info("coordinator of run %s at %s; releases at %s", self.config.run_id, self.join[0], self.repository_url)
