@@ -52,15 +52,9 @@ def train(corpus: str, model_size: str, minutes: float | None, max_samples: int 
 def embed(release_dir: Path, dims: int | None, absolute: bool, text_file: Path | None, texts: tuple[str, ...], device: str) -> None:
     """Print one JSON line per text: {"text": ..., "embedding": [...]}."""
     from protocol.embedder import load_bundle
+    from protocol.textinput import gather_texts
 
-    lines = list(texts)
-    if text_file is not None:
-        try:
-            lines += [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as error:
-            raise CairnError(f"{text_file}: cannot read texts ({error.__class__.__name__})") from None
-    if not lines:
-        raise CairnError("no texts given: pass TEXT arguments or --file")
+    lines = gather_texts(texts, text_file)
     embedder = load_bundle(release_dir, device)
     if dims is not None and not 1 <= dims <= embedder.dims:
         raise CairnError(f"--dims must be between 1 and {embedder.dims}")
