@@ -61,7 +61,8 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
 
         peer_metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         assert 'cairn_allreduce_rounds_total{outcome="success"}' in peer_metrics and "cairn_bytes_sent_total" in peer_metrics
-        assert float(peer_metrics.split("cairn_samples_total ")[1].split()[0]) > 0
+        samples_line = next(line for line in peer_metrics.splitlines() if line.startswith("cairn_samples_total "))
+        assert float(samples_line.split()[1]) > 0
         coordinator_metrics = urllib.request.urlopen(f"{swarm.repository_url}/metrics", timeout=10).read().decode()
         assert "cairn_coordinator_global_step" in coordinator_metrics
 
