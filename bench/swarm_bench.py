@@ -45,6 +45,8 @@ def run_config(name: str, coordinator_dir: Path, peers: list[tuple[str, list[str
     services = [coordinator]
     try:
         while not (state.exists() and json.loads(state.read_text()).get("started_at", 0) >= started):
+            if not coordinator.alive():
+                raise RuntimeError(f"the coordinator exited; see {coordinator.log}")
             time.sleep(0.5)
         join = json.loads(state.read_text())["join"][0]
         for peer_name, cpus in peers:

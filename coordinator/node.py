@@ -71,15 +71,17 @@ def start_dht(workdir: Workdir, config: RunConfig, options: CoordinatorOptions, 
     After a restart it rejoins through the peers it knew (saved at every poll): as the bootstrap
     node it has no one else to ask, and peers only redial it when their routing needs it.
     """
+    from hivemind.p2p import P2PDaemonError
+
+    settings = dict(start=True, host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"], identity_path=str(workdir.p2p_identity),
+                    record_validators=make_validators(config.run_id, key))
     known = load_known_peers(workdir)
-    return hivemind.DHT(
-        start=True,
-        initial_peers=known or None,
-        ensure_bootstrap_success=False,
-        host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"],
-        identity_path=str(workdir.p2p_identity),
-        record_validators=make_validators(config.run_id, key),
-    )
+    if known:
+        try:
+            return hivemind.DHT(initial_peers=known, ensure_bootstrap_success=False, **settings)
+        except P2PDaemonError:  # p2pd refuses to start when none of them answers: they have all left
+            logger.info("none of the %d peers known from the last run answered; starting a new network", len(known))
+    return hivemind.DHT(**settings)
 
 
 KNOWN_PEERS_FILE = "known_peers.json"
@@ -100,7 +102,7 @@ def load_known_peers(workdir: Workdir) -> list[str]:
         addresses = json.loads((workdir.root / KNOWN_PEERS_FILE).read_text())
     except (OSError, ValueError):
         return []
-    return [a for a in addresses if isinstance(a, str)] if isinstance(addresses, list) else []
+    return [a for a in addresses if isinstance(a, str) and a.startswith("/")] if isinstance(addresses, list) else []
 
 
 def join_addresses(dht: hivemind.DHT, announce_host: str | None) -> list[str]:
