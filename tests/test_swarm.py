@@ -264,3 +264,28 @@ def _initial_loss(bundle: Path, corpus, heldout, config) -> float:
     tokenizer = TextTokenizer.load(bundle / "run", model.config.max_len)
     landmarks = LandmarkSet.load(bundle / "run" / "landmarks.json")
     return TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size), config).eval_loss(heldout)
+
+
+@pytest.mark.timeout(900)
+def test_cairn_swarm_runs_the_whole_network_and_stops_cleanly(tmp_path: Path, corpus_spec: str):
+    """The README's main job: `cairn swarm --peers 2` trains with both peers contributing, then stops
+    everything it started (SIGTERM to the command: the same path as Ctrl+C's clean shutdown)."""
+    workdir = tmp_path / "swarm"
+    process = subprocess.Popen(cairn("swarm", "--peers", "2", "--minutes", "2.5", "--workdir", str(workdir), "--corpus", corpus_spec,
+                                     "--target-batch-size", "256", "--release-every", "0"), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+    assert process.returncode == 0, output[-3000:]
+    assert "coordinator" in output and "peer-1" in output and "stopped" in output
+    db = workdir / "coordinator" / "ledger.sqlite"
+    import sqlite3
+
+    rows = dict(sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute("SELECT display_name, credited_samples FROM peers").fetchall())
+    assert rows.get("peer-1", 0) > 0 and rows.get("peer-2", 0) > 0, rows
+    step = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute("SELECT MAX(global_step) FROM swarm").fetchone()[0]
+    assert step >= 2
+    assert process_group_members(process.pid) == []
