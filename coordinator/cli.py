@@ -30,8 +30,10 @@ def coordinator() -> None:
 @click.option("--landmarks", "landmark_count", type=int, default=256, show_default=True)
 @click.option("--lease-seconds", type=float, default=30.0, show_default=True, help="shard lease; a departed peer's shard frees after this")
 @click.option("--averaging-timeout", type=float, default=15.0, show_default=True, help="the longest a departed peer can stall a round")
+@click.option("--init", "init_from", type=click.Choice(["fresh", "release"]), default="fresh", show_default=True,
+              help="what a peer alone in the swarm starts from: a fresh seeded model or the latest signed release")
 def init(workdir: Path, run_id: str, corpus: str, model_size: str, batch_size: int, lr: float, target_batch_size: int, compression: str,
-         local_updates: bool, shards: int, landmark_count: int, lease_seconds: float, averaging_timeout: float) -> None:
+         local_updates: bool, shards: int, landmark_count: int, lease_seconds: float, averaging_timeout: float, init_from: str) -> None:
     """Write the run configuration, create the signing keys and an empty release repository."""
     from dataclasses import replace
 
@@ -47,7 +49,7 @@ def init(workdir: Path, run_id: str, corpus: str, model_size: str, batch_size: i
     training = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count)
     swarm = replace(SwarmConfig(), target_batch_size=target_batch_size, compression=compression, local_updates=local_updates,
                     num_shards=shards, lease_seconds=lease_seconds, averaging_timeout=averaging_timeout)
-    config = init_workdir(workdir, run_id, corpus, training, swarm)
+    config = init_workdir(workdir, run_id, corpus, training, swarm, init_from)
     click.echo(f"initialised run {config.run_id} in {workdir}")
     click.echo(f"  landmark set v{config.landmarks_version} {config.landmarks_digest[:16]}…, tokenizer {config.tokenizer_digest[:16]}…")
     click.echo(f"  keep the root key offline: cairn coordinator export-root-key --workdir {workdir} --to FILE")

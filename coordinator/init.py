@@ -14,7 +14,8 @@ from protocol.training import TrainingConfig, prepare_run
 from coordinator.workdir import Workdir
 
 
-def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingConfig, swarm: SwarmConfig) -> RunConfig:
+def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingConfig, swarm: SwarmConfig,
+                 init_from: str = "fresh") -> RunConfig:
     workdir = Workdir(Path(root))
     if workdir.run_config_path.exists():
         raise CairnError(f"{root} already holds run {workdir.load_run_config().run_id}; refusing to overwrite it")
@@ -23,7 +24,8 @@ def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingCo
     tokenizer.save(workdir.run_dir)
     landmarks.save(workdir.run_dir / LANDMARKS_FILE)
     config = RunConfig(run_id=run_id, corpus=corpus_spec, corpus_digest=corpus.digest, tokenizer_digest=tokenizer.digest(),
-                       landmarks_digest=landmarks.digest, landmarks_version=landmarks.version, training=training, swarm=swarm)
+                       landmarks_digest=landmarks.digest, landmarks_version=landmarks.version, training=training, swarm=swarm,
+                       init=init_from)
     from coordinator.publishing.repository import ReleaseRepository
 
     ReleaseRepository(workdir.root).init()

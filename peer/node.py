@@ -24,7 +24,7 @@ from hivemind.compression import Float16Compression
 from hivemind.optim.grad_averager import GradientAverager
 
 from protocol import PROTOCOL_VERSION
-from protocol.encoder import Encoder, pick_device
+from protocol.encoder import Encoder, load_encoder, pick_device
 from protocol.errors import CairnError
 from protocol.run_config import RunConfig
 from protocol.training import TrainingTask, encoder_config, reference_texts
@@ -115,7 +115,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     from peer.dht_util import check_reachable, make_dht
     from peer.leases import ShardLease
     from peer.metrics import create_peer_metrics, start_metrics_server
-    from peer.run_setup import coordinator_peer_id, fetch_config, prepare_local_run
+    from peer.run_setup import coordinator_peer_id, fetch_config, latest_release_weights, prepare_local_run
     from protocol.dht_keys import make_validators
     from protocol.identity import load_or_create_identity, peer_public_id
     from protocol.logs import quiet_hivemind_logs
@@ -132,10 +132,13 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     # the run id (and so the validators) is known only after asking the coordinator: a throwaway node first
     probe_dht = make_dht(options.join, validators=[], host_maddrs=["/ip4/127.0.0.1/tcp/0"], client_mode=True)
     try:
-        config = fetch_config(probe_dht, coordinator_peer_id(options.join[0]))
+        coordinator = coordinator_peer_id(options.join[0])
+        config = fetch_config(probe_dht, coordinator)
+        corpus, tokenizer, landmarks = prepare_local_run(config, options.workdir)
+        # before the optimizer exists, since it copies the parameters it starts from
+        release_dir = latest_release_weights(probe_dht, coordinator, options.workdir) if config.init == "release" else None
     finally:
         probe_dht.shutdown()
-    corpus, tokenizer, landmarks = prepare_local_run(config, options.workdir)
     dht = make_dht(options.join, validators=make_validators(config.run_id, key), host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"],
                    client_mode=options.client_mode, identity_path=identity_path)
     if not options.client_mode:
@@ -152,6 +155,8 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
 
     torch.manual_seed(config.training.seed)  # identical initial weights on every peer (pitfall 5)
     model = Encoder(encoder_config(config.training, tokenizer)).to(device)
+    if release_dir is not None:
+        model.load_state_dict(load_encoder(release_dir).state_dict())
     batch_size = options.batch_size or config.training.batch_size
     optimizer = make_optimizer(dht, model, config, batch_size, options.compression or config.swarm.compression,
                                traffic.sent, traffic.received, key)

@@ -64,3 +64,31 @@ def coordinator_peer_id(join_address: str) -> str:
         return Multiaddr(join_address).value_for_protocol("p2p")
     except Exception:
         raise CairnError(f"join address {join_address!r} must end with /p2p/<coordinator peer id>") from None
+
+
+async def _fetch_release(dht: hivemind.DHT, node, coordinator: str):
+    from hivemind.p2p import PeerID
+
+    from protocol.rpc import fetch_latest_release
+
+    announcement = await fetch_latest_release(node.p2p, PeerID.from_base58(coordinator))
+    return announcement.version, announcement.repository_url
+
+
+def latest_release_weights(dht: hivemind.DHT, coordinator: str, workdir: Path) -> Path | None:
+    """Pull and verify the run's latest signed release into WORKDIR/release; None if there is none.
+
+    Used when the run configuration says `init = "release"`: every peer loads the same verified
+    weights before creating its optimizer, so a restarted swarm resumes from its last release rather
+    than from scratch (and a swarm already training overrides it by loading the averaged state).
+    """
+    import logging
+
+    from protocol.releases.client import ReleaseClient
+
+    version, url = dht.run_coroutine(partial(_fetch_release, coordinator=coordinator))
+    if not version:
+        return None
+    destination = Path(workdir) / "release"
+    ReleaseClient(url, Path(workdir) / "trust", warn=logging.getLogger("cairn.peer").warning).pull(destination, version)
+    return destination

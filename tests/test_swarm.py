@@ -289,3 +289,20 @@ def test_cairn_swarm_runs_the_whole_network_and_stops_cleanly(tmp_path: Path, co
     step = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute("SELECT MAX(global_step) FROM swarm").fetchone()[0]
     assert step >= 2
     assert process_group_members(process.pid) == []
+
+
+@pytest.mark.timeout(900)
+def test_a_lone_peer_starts_from_the_latest_signed_release(tmp_path: Path, corpus_spec: str):
+    """With `init = release`, a peer alone in the swarm pulls and verifies the latest release and starts
+    from its weights: its first loss is near where the release left off, far below a fresh model's."""
+    with swarm_in(tmp_path, corpus_spec) as swarm:
+        swarm.init("--target-batch-size", "256", "--batch-size", "32", "--landmarks", "64", "--init", "release")
+        swarm.start_coordinator("--release-every", "3")
+        first = swarm.start_peer("first", "--wait-for-peers", "1")
+        wait_for(lambda: swarm.ledger("SELECT version FROM releases"), 600, 3, "a first release")
+        assert first.terminate(timeout=90) == 0, first.tail()
+        second = swarm.start_peer("second", "--wait-for-peers", "1", "--max-samples", "96")
+        assert second.popen.wait(timeout=300) == 0, second.tail()
+        fresh, resumed = swarm.summary("first"), swarm.summary("second")
+        assert (swarm.peer_dir("second") / "release" / "manifest.json").exists()
+        assert resumed["first_loss"] < fresh["first_loss"] - 0.5 * (fresh["first_loss"] - fresh["last_loss"]), (resumed, fresh)
