@@ -1,8 +1,8 @@
 """The coordinator's main loop: one asyncio program around a DHT node it created in the main thread.
 
 Every `poll_seconds` it copies contribution records into the ledger; every `spot_check_seconds` it
-loads the averaged state from peers (as an auxiliary peer that never trains and never serves its
-state), spot-checks the probe losses peers reported for that epoch, and cuts a release when R global
+loads the averaged state from peers (as an auxiliary peer that never trains; it serves the state it
+last loaded to peers that join later), spot-checks the probe losses peers reported for that epoch, and cuts a release when R global
 steps have passed or an operator asked for one (`cairn coordinator release` drops a request file).
 """
 
@@ -81,7 +81,9 @@ class Coordinator:
             dht=self.dht, run_id=self.config.run_id, target_batch_size=swarm.target_batch_size, auxiliary=True,
             params=self.model.parameters(), optimizer=partial(torch.optim.AdamW, lr=training.lr, weight_decay=training.weight_decay),
             matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
-            averager_opts=dict(request_timeout=swarm.request_timeout, allow_state_sharing=False),
+            # it shares the last averaged state it loaded: a peer joining a swarm whose peers all left
+            # would otherwise retry forever inside hivemind for a donor that no longer exists
+            averager_opts=dict(request_timeout=swarm.request_timeout),
             tracker_opts=dict(private_key=self.key), verbose=False,
         )
 
