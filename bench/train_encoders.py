@@ -61,8 +61,8 @@ def main() -> None:
                               "final_loss": trained.final_loss, "wall_seconds_with_eval": time.monotonic() - started}
         results[size] = report
         print(size, json.dumps(report["training"]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))  # after each size: a long run keeps what it finished
     metrics = ("gloss_lemma_r1", "gloss_lemma_r10", "simlex_spearman", "wordsim_spearman", "bbc_probe_acc")
     print("| encoder | vector | dims | " + " | ".join(metrics) + " |")
     print("|---|---|---|" + "---|" * len(metrics))
