@@ -118,6 +118,28 @@ def _latest_release(open_readonly, wd) -> str | None:
     return row["version"] if row else None
 
 
+@coordinator.command("extend-landmarks")
+@click.option("--workdir", type=click.Path(path_type=Path), required=True)
+@click.option("--count", type=int, default=64, show_default=True, help="new anchors to append")
+def extend_landmarks_command(workdir: Path, count: int) -> None:
+    """Append anchors as a new landmark-set version (its prefix is the old set) and sign it.
+
+    Releases cut after this use the new version; restart a running coordinator to pick it up.
+    """
+    from coordinator.landmark_versions import extend_landmarks
+    from coordinator.publishing.repository import ReleaseRepository
+    from coordinator.workdir import Workdir
+    from protocol.corpora import load_corpus
+
+    wd = Workdir(workdir)
+    config = wd.load_run_config()
+    newer = extend_landmarks(wd, load_corpus(config.corpus), count)
+    from coordinator.landmark_versions import version_path
+
+    ReleaseRepository(workdir).publish_landmarks(version_path(wd, newer.version), newer.version)
+    click.echo(f"landmark set v{newer.version}: {newer.size} anchors ({count} appended), digest {newer.digest[:16]}…, signed")
+
+
 @coordinator.command("export-root-key")
 @click.option("--workdir", type=click.Path(path_type=Path), required=True)
 @click.option("--to", "destination", type=click.Path(path_type=Path), required=True)

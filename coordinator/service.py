@@ -33,6 +33,7 @@ from protocol.run_config import RunConfig
 from protocol.tokenizer import TextTokenizer
 from protocol.training import TrainingTask, encoder_config, reference_texts
 
+from coordinator.landmark_versions import latest_landmarks, version_path
 from coordinator.ledger import Ledger
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.node import Backend, CoordinatorOptions, join_addresses, save_known_peers, start_dht
@@ -56,7 +57,7 @@ class Coordinator:
         self.corpus = load_corpus(self.config.corpus)
         max_len = config_for(self.config.training.model).max_len
         self.inputs = ReleaseInputs(self.config, self.corpus, TextTokenizer.load(self.workdir.run_dir, max_len),
-                                    LandmarkSet.load(self.workdir.run_dir / LANDMARKS_FILE),
+                                    latest_landmarks(self.workdir),
                                     reference_texts(self.corpus, self.config.training.reference_size, self.config.training.seed))
         self.dht = start_dht(self.workdir, self.config, options, self.key)
         self.join = join_addresses(self.dht, options.announce_host)
@@ -64,7 +65,9 @@ class Coordinator:
         torch.manual_seed(self.config.training.seed)
         self.model = Encoder(encoder_config(self.config.training, self.inputs.tokenizer))
         self.state_loader = self._make_state_loader()  # main thread: hivemind requires it
-        self.task = TrainingTask(self.model, self.inputs.tokenizer, self.inputs.landmarks, self.inputs.reference, self.config.training)
+        # spot checks recompute the training loss, which uses the run's own (v1) landmark set
+        self.task = TrainingTask(self.model, self.inputs.tokenizer, LandmarkSet.load(self.workdir.run_dir / LANDMARKS_FILE),
+                                 self.inputs.reference, self.config.training)
         self.loaded_epoch = -1
         self._seen_epoch, self._epoch_changed_at = -1, None
         self._last_records: dict = {}
@@ -101,7 +104,8 @@ class Coordinator:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.stopping.set)
         repository = ReleaseRepository(self.workdir.root)
-        repository.publish_landmarks(self.workdir.run_dir / LANDMARKS_FILE, self.inputs.landmarks.version)
+        for version in range(1, self.inputs.landmarks.version + 1):  # idempotent for versions already signed
+            repository.publish_landmarks(version_path(self.workdir, version), version)
         repository.refresh_timestamp()
         p2p = await self.dht.replicate_p2p()
         await CoordinatorService(Backend(self.config, self.key, self.workdir, self.repository_url)).add_p2p_handlers(p2p)
