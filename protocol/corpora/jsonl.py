@@ -11,17 +11,32 @@ from protocol.errors import CorpusError
 
 def load_jsonl(path: Path, columns: tuple[str, str] = ("a", "b")) -> PairCorpus:
     path = Path(path)
+    pairs = [pair_from_record(record, columns, where) for where, record in jsonl_records(read_text_file(path), path)]
+    return split_pairs(f"jsonl:{path.name}", pairs, str(path))
+
+
+def read_text_file(path: Path, max_bytes: int | None = None) -> str:
+    """A whole UTF-8 text file (a leading BOM dropped); every failure is one CorpusError naming the file."""
+    path = Path(path)
     try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise CorpusError(f"{path}: larger than {max_bytes >> 20} MiB")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CorpusError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise CorpusError(f"{path}: is a directory, expected a .jsonl file") from None
+        raise CorpusError(f"{path}: is a directory, expected a data file") from None
+    except PermissionError:
+        raise CorpusError(f"{path}: permission denied") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise CorpusError(f"{path}: not UTF-8 (invalid byte at offset {error.start})") from None
-    pairs: list[Pair] = []
+
+
+def jsonl_records(text: str, path: Path) -> list[tuple[str, dict]]:
+    """(`path:line`, object) for every non-blank line; invalid JSON or a non-object is a CorpusError."""
+    records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -29,8 +44,10 @@ def load_jsonl(path: Path, columns: tuple[str, str] = ("a", "b")) -> PairCorpus:
             record = json.loads(line)
         except ValueError:
             raise CorpusError(f"{path}:{number}: not valid JSON") from None
-        pairs.append(pair_from_record(record, columns, f"{path}:{number}"))
-    return split_pairs(f"jsonl:{path.name}", pairs, str(path))
+        if not isinstance(record, dict):
+            raise CorpusError(f"{path}:{number}: expected an object (one JSON object per line)")
+        records.append((f"{path}:{number}", record))
+    return records
 
 
 def pair_from_record(record: object, columns: tuple[str, str], where: str) -> Pair:

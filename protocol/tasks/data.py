@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol.corpora.jsonl import jsonl_records, read_text_file
 from protocol.errors import CorpusError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -39,26 +40,13 @@ def read_labelled(path: Path | str, text_column: str = "text", label_column: str
     suffix = path.suffix.lower()
     if suffix not in JSONL_SUFFIXES and suffix not in DELIMITERS:
         raise CorpusError(f"{path}: unknown data format {suffix or '(no extension)'!r}; use .jsonl, .csv or .tsv")
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            raise CorpusError(f"{path}: larger than {MAX_BYTES >> 20} MiB")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CorpusError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CorpusError(f"{path}: is a directory, expected a data file") from None
-    except PermissionError:
-        raise CorpusError(f"{path}: permission denied") from None
-    try:
-        text = raw.decode("utf-8-sig")  # a BOM (Excel's CSV export) is not part of the first column's name
-    except UnicodeDecodeError as error:
-        raise CorpusError(f"{path}: not UTF-8 (invalid byte at offset {error.start})") from None
+    text = read_text_file(path, MAX_BYTES)
     if text_column == label_column:
         raise CorpusError(f"text and label column are both {text_column!r}; they must differ")
     if suffix in DELIMITERS:
         rows = _csv_rows(text, DELIMITERS[suffix], path, (text_column, label_column))
     else:
-        rows = _jsonl_rows(text, path)
+        rows = jsonl_records(text, path)
     texts, labels = [], []
     for where, record in rows:
         missing = [c for c in (text_column, label_column) if c not in record]
@@ -86,21 +74,6 @@ def _label(value: object, column: str, where: str) -> str:
     if isinstance(value, str) and value.strip():
         return value.strip()
     raise CorpusError(f"{where}: label column {column!r} must be a non-empty string or an integer")
-
-
-def _jsonl_rows(text: str, path: Path) -> list[tuple[str, dict]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise CorpusError(f"{path}:{number}: not valid JSON") from None
-        if not isinstance(record, dict):
-            raise CorpusError(f"{path}:{number}: expected a JSON object per line")
-        rows.append((f"{path}:{number}", record))
-    return rows
 
 
 def _csv_rows(text: str, delimiter: str, path: Path, required: tuple[str, str]) -> list[tuple[str, dict]]:
