@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -26,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from peer.swarm import cairn, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -121,12 +121,6 @@ def visit_pages(
     return visits
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serve_dashboard(workdir: Path, *, extra_args: Sequence[str] = (), startup_timeout: float = 60.0) -> Iterator[str]:
     """Run `cairn dashboard serve --workdir DIR` on a free 127.0.0.1 port; yields the base URL."""
@@ -138,7 +132,7 @@ def serve_dashboard(workdir: Path, *, extra_args: Sequence[str] = (), startup_ti
 def dashboard_process(workdir: Path, *, extra_args: Sequence[str] = (), startup_timeout: float = 60.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """Like serve_dashboard, also yielding the server process (for its pid, say)."""
     port = free_port()
-    command = [sys.executable, "-m", "cairn_cli", "dashboard", "serve", "--workdir", str(workdir), "--port", str(port), *extra_args]
+    command = cairn("dashboard", "serve", "--workdir", str(workdir), "--port", str(port), *extra_args)
     base = f"http://127.0.0.1:{port}"
     # output to a file, not a pipe: a chatty server never blocks on it
     with tempfile.TemporaryFile(mode="w+") as log:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,17 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from peer.swarm import cairn, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cairn(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cairn_cli", *args]
 
 
 def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition"):
