@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.errors import CairnError
+from protocol.ledger_schema import open_readonly
 
 
 def free_port() -> int:
@@ -107,15 +108,20 @@ def ledger_view(coordinator_dir: Path) -> tuple[int, list[tuple[str, int]]]:
     if not path.exists():
         return 0, []
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db = open_readonly(path)
         try:
             step = db.execute("SELECT COALESCE(MAX(global_step), 0) FROM swarm").fetchone()[0]
             peers = db.execute("SELECT display_name, credited_samples FROM peers ORDER BY display_name").fetchall()
         finally:
             db.close()
-    except sqlite3.Error:
+    except (sqlite3.Error, CairnError):  # CairnError: the file went away after the check above
         return 0, []
     return int(step), [(name, int(samples)) for name, samples in peers]
+
+
+def _interrupt_on_sigterm(signum, frame) -> None:
+    """SIGTERM handler: stop `cairn swarm` the way Ctrl+C does."""
+    raise KeyboardInterrupt
 
 
 def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
@@ -131,7 +137,7 @@ def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
     services: list[Service] = []
     interrupted = False
     previous_handler = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         started = time.time()
         coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1",
