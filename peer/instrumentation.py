@@ -33,7 +33,6 @@ class RoundCounters:
     alone: int = 0
     failure: int = 0
     timeout: int = 0
-    last_success_at: float = 0.0
     last_outcome: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -70,8 +69,6 @@ class RoundOutcomeHandler(logging.Handler):
         with self.counters.lock:
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
             self.counters.last_outcome = outcome
-            if outcome == "success":
-                self.counters.last_success_at = time.time()
         if self.on_outcome is not None and outcome != "alone":
             self.on_outcome(outcome, time.monotonic() - self.round_started)
 
