@@ -36,7 +36,7 @@ from protocol.training import TrainingTask, encoder_config, reference_texts
 from coordinator.landmark_versions import latest_landmarks, version_path
 from coordinator.ledger import Ledger
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.node import Backend, CoordinatorOptions, join_addresses, save_known_peers, start_dht
+from coordinator.node import Backend, CoordinatorOptions, _connected_peers, join_addresses, save_known_peers, start_dht
 from coordinator.releaser import ReleaseInputs, cut_release
 from coordinator.workdir import Workdir
 
@@ -71,6 +71,7 @@ class Coordinator:
         self.loaded_epoch = -1
         self._seen_epoch, self._epoch_changed_at = -1, None
         self._last_records: dict = {}
+        self._saved_peers: set[str] = set()  # the connected peers known_peers.json was last written for
         self.last_release_step = int(self.ledger.meta("last_release_step", "0"))
         self.stopping: asyncio.Event | None = None
         # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
@@ -152,7 +153,10 @@ class Coordinator:
         result = self.ledger.apply_poll(records, tracker.global_epoch, self.config.swarm.target_batch_size,
                                         last_allreduce_at=self._epoch_changed_at)
         self._last_records = records
-        save_known_peers(self.dht, self.workdir)
+        peers = set(self.dht.run_coroutine(_connected_peers))
+        if peers and peers != self._saved_peers:  # write the file only when the set of peers changed
+            save_known_peers(self.dht, self.workdir)
+            self._saved_peers = peers
         self.metrics.global_step.set(tracker.global_epoch)
         self.metrics.peers_online.set(result.peers_online)
         self.metrics.credited_samples.set(result.credited)
