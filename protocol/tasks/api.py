@@ -26,21 +26,23 @@ class Release:
 def open_release(directory: Path | str, device: str = "auto") -> Release:
     """Load an installed release (checked against its manifest) or a bundle written by `cairn train`."""
     from protocol.embedder import load_bundle
-    from protocol.releases.files import file_sha256
 
     directory = Path(directory)
     if not directory.is_dir():
         raise CairnError(f"{directory}: not a release or bundle directory")
-    version = None
     if (directory / "manifest.json").exists():
-        from protocol.releases import load_release
-        from protocol.releases.manifest import read_manifest
+        from protocol.releases.manifest import check_release_dir
 
-        embedder = load_release(directory, device)
-        version = str(read_manifest(directory).version)
-    else:
+        manifest = check_release_dir(directory)  # hashes every file, the weights included, against the manifest
         embedder = load_bundle(directory, device)
-    encoder_sha256, _ = file_sha256(directory / "model.safetensors")
+        version = str(manifest.version)
+        encoder_sha256 = manifest.files["model.safetensors"].sha256
+    else:
+        from protocol.releases.files import file_sha256
+
+        embedder = load_bundle(directory, device)
+        version = None
+        encoder_sha256, _ = file_sha256(directory / "model.safetensors")
     return Release(embedder, {"version": version, "encoder_sha256": encoder_sha256, "path": str(directory)})
 
 
