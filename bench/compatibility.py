@@ -97,6 +97,16 @@ def build_releases(budgets: list[int], root: Path) -> list[Path]:
     return releases
 
 
+def releases_root(budgets: list[int]) -> Path:
+    """Where build_releases keeps the releases for these budgets (shared by the benches that reuse them)."""
+    return RUNS / ("releases-" + "-".join(map(str, budgets)))
+
+
+def release_path(budgets: list[int], index: int) -> Path:
+    """The directory of release `index` (0 = N) of these budgets, building all of them first if needed."""
+    return build_releases(budgets, releases_root(budgets))[index]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budgets", default="20000,40000,60000", help="samples seen by releases N, N+1, N+2")
@@ -107,7 +117,7 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     if len(budgets) != 3:
         raise SystemExit("give three budgets (releases N, N+1, N+2)")
-    root = RUNS / ("releases-" + "-".join(map(str, budgets)))
+    root = releases_root(budgets)
     paths = build_releases(budgets, root)
     releases = [open_release(path, "cpu") for path in paths]
     runs = [Run(path) for path in paths]

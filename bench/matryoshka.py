@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 from common import (
-    RUNS,
     Probe,
     Run,
     log,
@@ -34,7 +33,7 @@ from common import (
     wordnet,
     write_outputs,
 )
-from compatibility import build_releases
+from compatibility import release_path
 
 from protocol.landmarks import select_landmarks
 from protocol.tasks.measures import pca_projection, smallest_k
@@ -97,7 +96,7 @@ def main() -> None:
     setup(args.threads)
     started = time.perf_counter()
     budgets = [int(b) for b in args.budgets.split(",")]
-    path = build_releases(budgets, RUNS / ("releases-" + "-".join(map(str, budgets))))[args.release]
+    path = release_path(budgets, args.release)
     run = Run(path)
     probe = Probe.load()
     reference()  # warm the calibration sample

@@ -32,7 +32,7 @@ from common import (
     setup,
     write_outputs,
 )
-from compatibility import build_releases
+from compatibility import release_path
 
 from protocol.corpora.wordnet import heldout_gloss_lemma
 from protocol.evaluation import METRICS, SuiteData, mutual_knn, run_suite
@@ -75,7 +75,7 @@ def main() -> None:
     setup(args.threads)
     started = time.perf_counter()
     budgets = [int(b) for b in args.budgets.split(",")]
-    path = build_releases(budgets, RUNS / ("releases-" + "-".join(map(str, budgets))))[args.release]
+    path = release_path(budgets, args.release)
     run = Run(path)
     from protocol.tasks.api import open_release
 
