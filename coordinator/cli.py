@@ -66,8 +66,10 @@ def init(workdir: Path, run_id: str, corpus: str, model_size: str, batch_size: i
 @click.option("--spot-check-seconds", type=float, default=20.0, show_default=True)
 @click.option("--metrics-port", type=int, help="also serve Prometheus /metrics on this port (it is always on the release port)")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
+@click.option("--outside-reference/--no-outside-reference", default=True, show_default=True,
+              help="report each release's mutual kNN with all-MiniLM-L6-v2 (needs the reference extra installed)")
 def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, announce_host: str | None, release_every: int,
-        spot_check_seconds: float, metrics_port: int | None, metrics_host: str) -> None:
+        spot_check_seconds: float, metrics_port: int | None, metrics_host: str, outside_reference: bool) -> None:
     """Bootstrap the DHT, keep the ledger, serve and cut signed releases (Ctrl+C stops)."""
     import logging
 
@@ -81,7 +83,7 @@ def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, ann
     run_coordinator(CoordinatorOptions(workdir=workdir, host=host, port=port, http_host=http_host, http_port=http_port,
                                        announce_host=announce_host, release_every=release_every,
                                        spot_check_seconds=spot_check_seconds, metrics_port=metrics_port,
-                                       metrics_host=metrics_host))
+                                       metrics_host=metrics_host, outside_reference=outside_reference))
 
 
 @coordinator.command()

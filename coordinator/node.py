@@ -41,6 +41,7 @@ class CoordinatorOptions:
     metrics_host: str = "0.0.0.0"  # how often the averaged state is loaded (spot checks, releases)
     timestamp_refresh_seconds: float = 3600.0
     announce_host: str | None = None  # public address written into the join address
+    outside_reference: bool = True  # measure each release's mutual kNN with all-MiniLM-L6-v2 (if installed)
 
 
 class Backend:

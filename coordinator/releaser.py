@@ -3,7 +3,9 @@
 The steps, in order, each checkable on its own:
 1. calibrate the landmark statistics of this encoder on the run's reference sample;
 2. write the bundle (weights, config, tokenizer, landmarks) into a staging directory;
-3. evaluate it (quick suite) and compute the compatibility report against the parent release;
+3. evaluate it: the quick suite; the compatibility report against the parent release and the one
+   before it; Matryoshka prefixes against a random landmark order and PCA-k of the absolute vector;
+   mutual kNN with the outside reference encoder (protocol.evaluation.promises);
 4. write the manifest (hashes of every file), move the directory into place, publish it to TUF.
 """
 
@@ -13,19 +15,26 @@ import shutil
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from protocol.compatibility import compatibility_report
 from protocol.corpora import PairCorpus
 from protocol.embedder import Embedder, calibrate, load_bundle, save_bundle
 from protocol.encoder import Encoder
-from protocol.landmarks import LandmarkSet
+from protocol.evaluation.promises import ALIGNMENT_K, alignment_texts, matryoshka_report, outside_report
+from protocol.evaluation.data import Articles
+from protocol.landmarks import LandmarkSet, relational
 from protocol.releases.files import file_sha256
-from protocol.releases.manifest import FileEntry, Manifest, write_manifest
+from protocol.releases.manifest import FileEntry, Manifest, read_manifest, write_manifest
 from protocol.releases.version import ReleaseVersion
 from protocol.run_config import RunConfig
 from protocol.tokenizer import TextTokenizer
 
 from coordinator.ledger import Ledger
+from coordinator.outside_reference import reference_vectors
 from coordinator.workdir import Workdir
+
+PROBE_PER_TOPIC = 60  # BBC articles per topic for compatibility and Matryoshka (300 in all)
 
 
 @dataclass
@@ -35,6 +44,7 @@ class ReleaseInputs:
     tokenizer: TextTokenizer
     landmarks: LandmarkSet
     reference: list[str]
+    outside_reference: bool = True  # compare each release with all-MiniLM-L6-v2 (mutual kNN)
 
 
 def next_version(latest: ReleaseVersion | None) -> ReleaseVersion:
@@ -57,7 +67,13 @@ def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: Encoder, global_
     shutil.rmtree(staging, ignore_errors=True)
     save_bundle(staging, model, inputs.tokenizer, calibrated)
     metrics = evaluate_bundle(embedder, inputs.corpus, quick=quick_eval)
-    compatibility = _compatibility(workdir, parent, embedder)
+    articles = _probe_articles()
+    texts, labels = list(articles.texts), list(articles.labels)
+    views = _views(embedder, texts)
+    compatibility = _compatibility(workdir, parent, views, texts, labels)
+    metrics["matryoshka"] = matryoshka_report(views["relational"], views["absolute"], labels)
+    if inputs.outside_reference:
+        metrics.update(_outside(workdir, inputs.corpus, embedder))
     files = {}
     for path in sorted(staging.iterdir()):
         digest, length = file_sha256(path)
@@ -79,16 +95,46 @@ def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: Encoder, global_
     return manifest
 
 
-def _compatibility(workdir: Workdir, parent: ReleaseVersion | None, embedder: Embedder) -> dict:
-    """Compare with the parent release on a fixed probe set (BBC subsample); {} for the first release."""
-    if parent is None or not (workdir.releases / str(parent)).is_dir():
-        return {}
+def _probe_articles() -> Articles:
+    """The fixed probe for compatibility and Matryoshka: a balanced, hash-ordered BBC subsample."""
     from protocol.evaluation.data import load_bbc
     from protocol.evaluation.suite import subsample_articles
 
-    old = load_bundle(workdir.releases / str(parent), device="cpu")
-    articles = subsample_articles(load_bbc(), per_label=60)
-    report = compatibility_report({"relational": old.relational, "absolute": old.absolute},
-                                  {"relational": embedder.relational, "absolute": embedder.absolute},
-                                  list(articles.texts), list(articles.labels))
-    return {"parent": str(parent), "probe": "bbc-news 5 topics, 60 per topic", **report}
+    return subsample_articles(load_bbc(), per_label=PROBE_PER_TOPIC)
+
+
+def _views(embedder: Embedder, texts: list[str]) -> dict[str, np.ndarray]:
+    """Relational and absolute vectors of `texts`, encoding them once."""
+    absolute = embedder.absolute(texts)
+    return {"relational": relational(absolute, embedder.anchor_vectors, embedder.landmarks.stats), "absolute": absolute}
+
+
+def _compatibility(workdir: Workdir, parent: ReleaseVersion | None, views: dict[str, np.ndarray], texts: list[str],
+                   labels: list[int]) -> dict:
+    """Compare with the parent release, and with the release before it ("grandparent"); {} for the first release."""
+    if parent is None or not (workdir.releases / str(parent)).is_dir():
+        return {}
+    new = {name: (lambda _texts, vectors=vectors: vectors) for name, vectors in views.items()}
+
+    def against(version: ReleaseVersion) -> dict:
+        old = load_bundle(workdir.releases / str(version), device="cpu")
+        return compatibility_report({"relational": old.relational, "absolute": old.absolute}, new, texts, labels)
+
+    report = {"parent": str(parent), "probe": f"bbc-news 5 topics, {PROBE_PER_TOPIC} per topic", **against(parent)}
+    grandparent = read_manifest(workdir.releases / str(parent)).parent_version
+    if grandparent is not None and (workdir.releases / str(grandparent)).is_dir():
+        report["grandparent"] = {"version": str(grandparent), **against(grandparent)}
+    return report
+
+
+def _outside(workdir: Workdir, corpus: PairCorpus, embedder: Embedder) -> dict:
+    """{"outside": mutual kNN with the reference encoder} or {} where it is not installed."""
+    from protocol.evaluation.reference import MINILM_NAME
+
+    texts = alignment_texts(corpus)
+    if len(texts) <= ALIGNMENT_K:
+        return {}
+    reference = reference_vectors(workdir, texts)
+    if reference is None:
+        return {}
+    return {"outside": outside_report(_views(embedder, texts), reference, MINILM_NAME)}

@@ -58,7 +58,8 @@ class Coordinator:
         max_len = config_for(self.config.training.model).max_len
         self.inputs = ReleaseInputs(self.config, self.corpus, TextTokenizer.load(self.workdir.run_dir, max_len),
                                     latest_landmarks(self.workdir),
-                                    reference_texts(self.corpus, self.config.training.reference_size, self.config.training.seed))
+                                    reference_texts(self.corpus, self.config.training.reference_size, self.config.training.seed),
+                                    outside_reference=options.outside_reference)
         self.dht = start_dht(self.workdir, self.config, options, self.key)
         self.join = join_addresses(self.dht, options.announce_host)
         self.repository_url = f"http://{options.announce_host or options.http_host}:{options.http_port}"

@@ -2,6 +2,7 @@
 
     DIR/run.json            the run configuration (RunConfig JSON)
     DIR/run/                tokenizer.json and landmarks.json of the run (v1 landmark set)
+    DIR/run/outside_reference.npz   all-MiniLM-L6-v2 vectors of the held-out alignment texts (a cache)
     DIR/p2p.key             the libp2p identity: a fixed PeerID, so the join address never changes
     DIR/dht.pem             the RSA key that signs the run configuration and DHT records (0600)
     DIR/keys/               TUF role keys (0600); export the root key and keep it offline

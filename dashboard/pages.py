@@ -167,7 +167,7 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
         for name, points in release["matryoshka"].items():
             curves.setdefault(name, []).append(Series(release["version"], points))
     charts["matryoshka"] = [
-        line_chart(series, title=f"Matryoshka: {name} vs dims", x_label="dimensions (prefix of the relational vector)",
+        line_chart(series, title=_matryoshka_title(name), x_label="dimensions (prefix of the relational vector)",
                    y_label=name.rpartition("/")[2], x_kind="log2", width=HALF, height=250)
         for name, series in sorted(curves.items())
     ]
@@ -179,8 +179,24 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
                 compat.setdefault(head, {}).setdefault(name, []).append((index, value))
     charts["compatibility"] = [
         line_chart([Series(name, points) for name, points in sorted(group.items())],
-                   title=f"Compatibility with the previous release{f' ({head} vectors)' if head else ''}", x_label="release",
+                   title=_compatibility_title(head), x_label="release",
                    y_label="score", x_kind="category", categories=versions, width=HALF, height=250)
-        for head, group in sorted(compat.items(), key=lambda item: (item[0] != "relational", item[0]))
+        for head, group in sorted(compat.items(), key=lambda item: (item[0].startswith("grandparent"), item[0] != "relational", item[0]))
     ]
     return charts
+
+
+def _compatibility_title(head: str) -> str:
+    """"relational" -> previous release, relational vectors; "grandparent/absolute" -> the release before it."""
+    scope, _, view = head.rpartition("/")
+    against = "the release before the previous one" if scope == "grandparent" else "the previous release"
+    return f"Compatibility with {against}{f' ({view} vectors)' if view else ''}"
+
+
+def _matryoshka_title(name: str) -> str:
+    """Suite curves read "relational/<metric>"; the release's probe curves "matryoshka/<ordering>"."""
+    group, _, curve = name.partition("/")
+    if group == "matryoshka":
+        return f"Matryoshka, BBC probe accuracy: {curve.replace('_', ' ')} vs dims"
+    return f"Matryoshka: {name} vs dims"
+

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from dashboard.promises import promise_rows
 from dashboard.repository import SignedRepository
 from protocol.errors import CairnError
 from protocol.landmarks import LandmarkSet
@@ -185,6 +186,7 @@ def _release_entry(version, signed, row, manifest: Manifest | None, problem, rep
         "metrics": scalars,
         "matryoshka": {name: sorted(points.items()) for name, points in curves.items()},
         "compatibility": flatten(manifest.compatibility, numbers_only=False) if manifest else {},
+        "promises": promise_rows(manifest),
         "facts": {key: value for key, value in extra.items() if key not in ("samples_seen", "created_at")},
         "manifest": manifest.to_json() if manifest else None,
         "commands": pull_commands(repository_url, text),

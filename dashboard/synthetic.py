@@ -180,6 +180,20 @@ def _release_dir(directory: Path, version: str, parent: str | None, landmarks: L
         "relational": {**{str(m): view(1 - 0.5 / math.log2(m)) for m in (16, 32, 64)}, "full": view(1.0)},
         "absolute": {"full": view(1.05)},
         "meta": {"quick": True, "dims": [16, 32, 64], "widths": {"relational": 64, "absolute": 256}},
+        # protocol.evaluation.promises: Matryoshka prefixes on the BBC probe, alignment with the outside reference
+        "matryoshka": {
+            "relational_prefix": {"8": round(0.5 + 0.3 * quality, 4), "16": round(0.55 + 0.38 * quality, 4), "32": round(0.6 + 0.38 * quality, 4),
+                                  "64": round(0.6 + 0.4 * quality, 4), "k95": 16 if quality > 0.5 else 32},
+            "random_order": {"8": round(0.35 + 0.2 * quality, 4), "16": round(0.45 + 0.3 * quality, 4), "32": round(0.55 + 0.36 * quality, 4),
+                             "64": round(0.6 + 0.4 * quality, 4), "k95": 64},
+            "pca_absolute": {"8": round(0.55 + 0.4 * quality, 4), "16": round(0.58 + 0.41 * quality, 4), "32": round(0.6 + 0.4 * quality, 4),
+                             "64": round(0.6 + 0.4 * quality, 4), "k95": 8},
+            "goal": {"k95": 8},
+            "goal_met": False,
+        },
+        "outside": {"reference": "all-MiniLM-L6-v2 on 1000 held-out texts of the run's corpus",
+                    "relational": {"mutual_knn10": round(0.25 * quality, 4)}, "absolute": {"mutual_knn10": round(0.27 * quality, 4)},
+                    "chance": {"mutual_knn10": 0.01}},
     }
     compatibility = {} if parent is None else {
         "parent": parent,

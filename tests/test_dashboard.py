@@ -210,9 +210,18 @@ async def test_convergence_data_and_charts(client):
     assert by_version["0.2.0"]["compatibility"]["relational/head_ratio"] == 0.963
     assert by_version["0.2.0"]["compatibility"]["parent"] == "0.1.0"
     assert by_version["0.1.0"]["compatibility"] == {}
+    promises = {row["promise"].split(":")[0]: row for row in by_version["0.2.0"]["promises"]}
+    assert promises["Matryoshka"]["measured"] == 16 and promises["Matryoshka"]["goal"] == "≤ 8 (K/8)"
+    assert promises["Matryoshka"]["met"] is False and promises["Matryoshka"]["detail"] == "random landmark order: 64"
+    previous = promises["Compatibility with the previous release"]
+    assert previous["measured"] == 0.963 and previous["met"] is False and previous["detail"] == "absolute vectors: 0.365"
+    assert promises["Alignment with all-MiniLM-L6-v2"]["measured"] == pytest.approx(0.225) and promises["Alignment with all-MiniLM-L6-v2"]["met"] is None
+    assert [row["promise"].split(":")[0] for row in by_version["0.1.0"]["promises"]] == ["Matryoshka", "Alignment with all-MiniLM-L6-v2"]
     html = await (await client.get("/convergence")).text()
-    assert html.count('class="chart-svg"') == 2 + 5 + 5 + 2  # loss x2, metrics, Matryoshka, compatibility per view
+    # loss x2; metrics: 5 suite metrics + k95 + mutual_knn10; Matryoshka: 5 suite curves + 3 probe curves; compatibility per view
+    assert html.count('class="chart-svg"') == 2 + 7 + 8 + 2
     assert "relational/cross_retrieval_r1" in html
+    assert "Promises by release" in html and '<span class="badge bad">not yet</span>' in html
 
 
 @aio
@@ -642,3 +651,33 @@ def test_ledger_is_opened_read_only(workdir):
         sources.ledger.read(lambda db: db.execute("DELETE FROM peers"))
     assert os.path.getsize(workdir / "ledger.sqlite") > 0
     assert len(views.contributors(sources, "samples")["rows"]) == 4
+
+
+def test_promise_rows_never_guess_from_malformed_manifests():
+    """Manifests arrive from the network: wrong types give "not measured" rows or no row, never an exception."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from dashboard.promises import promise_rows
+    from protocol.releases.manifest import Manifest
+
+    leaves = st.one_of(st.none(), st.booleans(), st.integers(-5, 500), st.floats(allow_nan=False), st.text(max_size=5))
+    documents = st.recursive(leaves, lambda children: st.one_of(st.lists(children, max_size=3),
+                                                                 st.dictionaries(st.sampled_from(
+                                                                     ["matryoshka", "outside", "relational", "absolute", "goal", "k95",
+                                                                      "head_ratio", "grandparent", "mutual_knn10", "chance", "random_order"]),
+                                                                     children, max_size=4)), max_leaves=20)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.sampled_from(["matryoshka", "outside"]), documents), st.dictionaries(
+        st.sampled_from(["relational", "absolute", "grandparent"]), documents))
+    def check(metrics, compatibility):
+        base = Manifest(version=None, parent_version=None, run_id="r", global_step=0, landmarks_version=1,
+                        landmarks_digest="0" * 64, files={}, metrics=metrics, compatibility=compatibility)
+        for row in promise_rows(base):
+            assert row["measured"] is None or isinstance(row["measured"], float)
+            assert row["met"] in (None, True, False)
+            assert row["measured"] is not None or row["met"] is None
+
+    check()
+    assert promise_rows(None) == []

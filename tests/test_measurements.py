@@ -148,3 +148,54 @@ def test_pca_is_the_upper_bound_of_a_prefix_when_signal_hides_in_late_coordinate
     assert pca[2] > 0.95 and prefix[2] < 0.8
     assert pca[32] == pytest.approx(prefix[32], abs=0.02)
     assert smallest_k(pca) == 2 and smallest_k(prefix) == 32
+
+
+# ---- per-release promises (protocol.evaluation.promises) ------------------------------------------
+
+
+def test_prefix_sizes():
+    from protocol.evaluation.promises import prefix_sizes
+
+    assert prefix_sizes(256) == [8, 16, 32, 64, 128, 256]
+    assert prefix_sizes(100) == [8, 16, 32, 64, 100]
+    assert prefix_sizes(8) == [8]
+
+
+def test_matryoshka_report_finds_signal_in_the_leading_coordinates():
+    """Class signal in the first 8 of 64 coordinates: the prefix reaches 95 % at k=8, a random order needs more."""
+    from protocol.evaluation.promises import matryoshka_report
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), 60)
+    leading = 3.0 * np.eye(8)[labels * 2] + 0.3 * rng.normal(size=(240, 8))
+    relational = np.hstack([leading, rng.normal(size=(240, 56))])
+    report = matryoshka_report(relational, relational[:, :32] @ random_rotation(32, seed=1), labels)
+    assert report["relational_prefix"]["k95"] == 8
+    assert report["random_order"]["k95"] > 8
+    assert report["goal"] == {"k95": 8} and report["goal_met"] is True
+    assert report["random_order"]["64"] == pytest.approx(report["relational_prefix"]["64"])
+    assert set(report["pca_absolute"]) == {"8", "16", "32", "k95"}
+
+
+def test_outside_report_of_a_rotated_copy_is_fully_aligned():
+    from protocol.evaluation.promises import outside_report
+
+    rng = np.random.default_rng(4)
+    reference = rng.normal(size=(300, 16))
+    report = outside_report({"relational": reference @ random_rotation(16, seed=2), "absolute": rng.normal(size=(300, 16))},
+                            reference, "ref")
+    assert report["relational"]["mutual_knn10"] == pytest.approx(1.0)
+    assert report["absolute"]["mutual_knn10"] < 0.15
+    assert report["chance"]["mutual_knn10"] == pytest.approx(10 / 299)
+    assert report["reference"] == "ref on 300 held-out texts of the run's corpus"
+
+
+def test_alignment_texts_are_distinct_capped_and_independent_of_order():
+    from protocol.corpora.base import Pair, PairCorpus
+    from protocol.evaluation.promises import alignment_texts
+
+    pairs = [Pair(f"gloss {i}", f"lemma {i % 7}", "lemma_gloss") for i in range(40)]
+    first = alignment_texts(PairCorpus("x", [], list(pairs)), cap=20)
+    second = alignment_texts(PairCorpus("x", [], list(reversed(pairs))), cap=20)
+    assert first == second and len(first) == len(set(first)) == 20
+    assert len(alignment_texts(PairCorpus("x", [], pairs), cap=1000)) == 47
