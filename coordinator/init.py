@@ -15,7 +15,7 @@ from coordinator.workdir import Workdir
 
 
 def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingConfig, swarm: SwarmConfig,
-                 init_from: str = "fresh") -> RunConfig:
+                 init_from: str = "fresh", outside_reference: bool = True) -> RunConfig:
     workdir = Workdir(Path(root))
     if workdir.run_config_path.exists():
         raise CairnError(f"{root} already holds run {workdir.load_run_config().run_id}; refusing to overwrite it")
@@ -33,4 +33,11 @@ def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingCo
 
     load_or_create_identity(workdir.dht_key)
     atomic_write_bytes(workdir.run_config_path, config.to_json_bytes())
+    if outside_reference:
+        # embed the outside reference's texts now, not at the first release: on a machine shared with
+        # peers that one-off CPU burst would stall their averaging rounds
+        from coordinator.outside_reference import reference_vectors
+        from protocol.evaluation.promises import alignment_texts
+
+        reference_vectors(workdir, alignment_texts(corpus))
     return config

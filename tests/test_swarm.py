@@ -133,6 +133,17 @@ def _pull_verify_embed(swarm, tmp_path: Path) -> None:
         assert isinstance(relational[key], float) and 0.0 <= relational[key] <= 1.5, (key, relational)
     # computed, not copied: the two releases' weights differ, so agreement is below a perfect 1
     assert relational["agreement"] < 0.99999
+    # the other promises, signed into the same manifest (coordinator/releaser.py)
+    matryoshka = manifest["metrics"]["matryoshka"]
+    assert matryoshka["goal"] == {"k95": manifest_width(installed) // 8}
+    assert 0.0 < matryoshka["relational_prefix"]["8"] <= 1.0 and isinstance(matryoshka["goal_met"], bool)
+    outside = manifest["metrics"]["outside"]
+    assert 0.0 <= outside["relational"]["mutual_knn10"] <= 1.0 and outside["chance"]["mutual_knn10"] < 0.1
+
+
+def manifest_width(release: Path) -> int:
+    """K: the number of anchors in the release's landmark set."""
+    return len(json.loads((release / "landmarks.json").read_text())["anchors"])
 
 
 def _records(swarm) -> dict[str, tuple]:
