@@ -37,6 +37,8 @@ class ObjectiveConfig:
     absolute_weight: float = 1.0  # weight of the absolute-vector loss
     temperature: float = 0.05  # absolute vectors
     relational_temperature: float = 0.1
+    # Backward compatibility with the parent release (0: off). Measured in bench/compat_loss.py.
+    compat_weight: float = 0.0
 
 
 def batch_standardised(sims: torch.Tensor) -> torch.Tensor:
@@ -74,3 +76,18 @@ def matryoshka_relational_loss(
     parts["abs"] = float(absolute.detach())
     total = config.relational_weight * torch.stack(prefix_losses).mean() + config.absolute_weight * absolute
     return total, parts
+
+
+def compat_loss(vectors: torch.Tensor, anchor_vectors: torch.Tensor, parent_sims: torch.Tensor,
+                parent_std: torch.Tensor) -> torch.Tensor:
+    """Mean squared drift of this encoder's anchor cosines from the parent release's, in the parent's units.
+
+    "Backward-compatible training" (Shen et al., CVPR 2020) in relational coordinates: the parent's
+    standardised relational vector of a text is (cos_parent - mean) / std, so matching the raw cosines
+    scaled by the parent's per-anchor std keeps a task head trained on the parent valid. `parent_sims`
+    (texts x parent anchors) comes from the frozen parent; `anchor_vectors` are this encoder's encodings
+    of the same anchor texts (refreshed without gradient, as for the relational term).
+    """
+    sims = F.normalize(vectors, dim=-1) @ F.normalize(anchor_vectors, dim=-1).T
+    return (((sims - parent_sims) / parent_std) ** 2).mean()
+
