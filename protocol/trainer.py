@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import random
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from protocol.corpora import load_corpus
 from protocol.embedder import Embedder, calibrate, save_bundle
-from protocol.encoder import Encoder, pick_device
+from protocol.encoder import Encoder, config_for, pick_device
 from protocol.errors import CairnError
 from protocol.fsutil import atomic_write_bytes, atomic_write_json
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
@@ -28,6 +30,7 @@ from protocol.training import (TrainingConfig, TrainingTask, batches, encoder_co
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILE = "run.json"
+LOSS_WINDOW = 50  # TrainResult.recent_losses keeps the losses of this many last steps
 
 
 @dataclass
@@ -37,23 +40,41 @@ class TrainResult:
     seconds: float
     final_loss: float
     report: dict
+    recent_losses: list[float] = field(default_factory=list)  # the last LOSS_WINDOW training losses of this call
 
 
 def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | None = None, max_samples: int | None = None,
           device: str = "auto", checkpoint_every_s: float = 60.0, accumulate: int = 1, evaluate: bool = True, quick_eval: bool = False,
-          show_progress: bool = True) -> TrainResult:
+          show_progress: bool = True, init_seed: int | None = None, data_seed: int | None = None, shard: tuple[int, int] | None = None,
+          landmarks: LandmarkSet | None = None) -> TrainResult:
     """Train (or resume) until `minutes` of wall time or `max_samples` samples, then save and evaluate.
 
     `accumulate` > 1 sums gradients over that many batches per update: the single-process twin of a
     swarm whose target batch is batch_size * accumulate.
+
+    For cross-run stability experiments: `init_seed` seeds the initial weights and dropout (default
+    config.seed); `data_seed` shuffles the training pairs with random.Random(data_seed) before batching
+    (default: the corpus order); `shard` (i, n) trains on corpus.shard(i, n) only; `landmarks` replaces
+    the run's landmark set. The tokenizer, the landmark set (unless replaced) and the reference texts
+    always come from config.seed, so runs that differ only in these share them. All four are recorded
+    in run.json: a resume with other values is refused.
     """
     if minutes is None and max_samples is None:
         raise CairnError("give --minutes or --max-samples so training knows when to stop")
+    init_seed = config.seed if init_seed is None else init_seed
+    if shard is not None:
+        shard = (int(shard[0]), int(shard[1]))
+        if shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+            raise CairnError(f"shard {shard[0]}/{shard[1]}: need N >= 1 and 0 <= I < N")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(corpus_spec)
-    tokenizer, landmarks = _load_or_prepare(out, corpus_spec, corpus, config)
-    torch.manual_seed(config.seed)
+    pairs = training_pairs(corpus, data_seed, shard)
+    if not pairs:
+        raise CairnError(f"corpus {corpus_spec!r}" + (f" shard {shard[0]}/{shard[1]}" if shard else "") + " has no training pairs")
+    seeds = {"init_seed": init_seed, "data_seed": data_seed, "shard": list(shard) if shard else None}
+    tokenizer, landmarks = _load_or_prepare(out, corpus_spec, corpus, config, seeds, landmarks)
+    torch.manual_seed(init_seed)
     model = Encoder(encoder_config(config, tokenizer)).to(pick_device(device))
     optimizer = make_optimizer(model, config)
     state = _load_checkpoint(out, model, optimizer)
@@ -64,19 +85,21 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     elapsed_before = state["seconds"]
     deadline = started + minutes * 60 - elapsed_before if minutes is not None else None
     loss_value = float("nan")
+    recent_losses: deque[float] = deque(maxlen=LOSS_WINDOW)
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("step {task.fields[step]} loss {task.fields[loss]:.3f} "
                         "{task.fields[rate]:.0f} samples/s"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress)
     total = max_samples if max_samples is not None else (minutes or 0) * 60
     with progress:
         bar = progress.add_task("train", total=total, step=state["step"], loss=float("nan"), rate=0.0,
                                 completed=state["samples"] if max_samples is not None else elapsed_before)
-        for offset, batch in batches(corpus.train, config.batch_size, state["offset"]):
+        for offset, batch in batches(pairs, config.batch_size, state["offset"]):  # the offset indexes `pairs`
             if state["step"] % accumulate == 0 and ((deadline is not None and time.monotonic() >= deadline)
                                                     or (max_samples is not None and state["samples"] >= max_samples)):
                 break
             loss, _ = task.loss(batch)
             (loss / accumulate).backward()
             loss_value = float(loss.detach())
+            recent_losses.append(loss_value)
             state.update(step=state["step"] + 1, samples=state["samples"] + len(batch), offset=offset)
             if state["step"] % accumulate == 0:
                 # the learning rate of an update depends on the samples seen before it, as in the swarm
@@ -97,9 +120,18 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     save_bundle(out, model, tokenizer, calibrated)
     report = evaluate_bundle(Embedder(model, tokenizer, calibrated), corpus, quick=quick_eval) if evaluate else {}
     report["training"] = {"steps": state["step"], "samples": state["samples"], "seconds": round(state["seconds"], 1),
-                          "final_loss": loss_value, "corpus": corpus.name, "model": config.model}
+                          "final_loss": loss_value, "corpus": corpus.name, "model": config.model, **seeds}
     atomic_write_json(out / "eval.json", report)
-    return TrainResult(state["step"], state["samples"], state["seconds"], loss_value, report)
+    return TrainResult(state["step"], state["samples"], state["seconds"], loss_value, report, list(recent_losses))
+
+
+def training_pairs(corpus, data_seed: int | None = None, shard: tuple[int, int] | None = None) -> list:
+    """The pair list a run batches through: corpus.shard(i, n) or all training pairs, shuffled with
+    random.Random(data_seed) when given. Deterministic, so a resumed run's offset indexes the same list."""
+    pairs = list(corpus.shard(*shard)) if shard else list(corpus.train)
+    if data_seed is not None:
+        random.Random(data_seed).shuffle(pairs)
+    return pairs
 
 
 def evaluate_bundle(embedder: Embedder, corpus, quick: bool = False) -> dict:
@@ -113,27 +145,48 @@ def evaluate_bundle(embedder: Embedder, corpus, quick: bool = False) -> dict:
                      dims=dims, quick=quick)
 
 
-def _load_or_prepare(out: Path, corpus_spec: str, corpus, config: TrainingConfig) -> tuple[TextTokenizer, LandmarkSet]:
-    """A resumed run must keep its tokenizer, landmarks and hyperparameters; a changed one is refused."""
+def _load_or_prepare(out: Path, corpus_spec: str, corpus, config: TrainingConfig, seeds: dict,
+                     landmarks: LandmarkSet | None) -> tuple[TextTokenizer, LandmarkSet]:
+    """A resumed run must keep its tokenizer, landmarks, hyperparameters and seeds; a changed one is refused."""
     run_path = out / RUN_FILE
-    run = {"corpus": corpus_spec, "corpus_digest": corpus.digest, "config": config.to_json()}
+    run = {"corpus": corpus_spec, "corpus_digest": corpus.digest, "config": config.to_json(), **seeds,
+           "landmarks_override": landmarks.digest if landmarks is not None else None}
     if run_path.exists():
         previous = json.loads(run_path.read_text())
+        # runs written before the seeds were recorded used config.seed, the corpus order, all pairs, their own landmarks
+        if isinstance(previous, dict) and isinstance(previous.get("config"), dict):
+            previous = {"init_seed": previous["config"].get("seed"), "data_seed": None, "shard": None, "landmarks_override": None,
+                        **previous}
         if previous != run:
-            raise CairnError(f"{out} holds a run with a different corpus or configuration; use a new --out directory")
-        tokenizer = TextTokenizer.load(out / "run", config_for_max_len(config))
+            raise CairnError(f"{out} holds a run with a different corpus or configuration ({_differences(previous, run)}); "
+                             "use a new --out directory")
+        tokenizer = TextTokenizer.load(out / "run", config_for(config.model).max_len)
         return tokenizer, LandmarkSet.load(out / "run" / LANDMARKS_FILE)
-    tokenizer, landmarks = prepare_run(corpus, config)
+    tokenizer, prepared = prepare_run(corpus, config)
+    landmarks = landmarks if landmarks is not None else prepared
     tokenizer.save(out / "run")
     landmarks.save(out / "run" / LANDMARKS_FILE)
     atomic_write_json(run_path, run)
     return tokenizer, landmarks
 
 
-def config_for_max_len(config: TrainingConfig) -> int:
-    from protocol.encoder import config_for
+def _differences(previous: dict, run: dict) -> str:
+    """`key: old -> new` for what changed (config fields by name; digests and specs abbreviated)."""
+    def short(value) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
 
-    return config_for(config.model).max_len
+    changes = []
+    for key in sorted(set(previous) | set(run)):
+        old, new = previous.get(key), run.get(key)
+        if old == new:
+            continue
+        if key == "config" and isinstance(old, dict) and isinstance(new, dict):
+            changes += [f"config.{name}: {short(old.get(name))} -> {short(new.get(name))}"
+                        for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+        else:
+            changes.append(f"{key}: {short(old)} -> {short(new)}")
+    return ", ".join(changes)
 
 
 def _save_checkpoint(out: Path, model: Encoder, optimizer: torch.optim.Optimizer, state: dict) -> None:

@@ -17,13 +17,8 @@ from protocol.errors import CairnError
 from protocol.landmarks import LandmarkSet
 from protocol.tokenizer import TextTokenizer, train_tokenizer
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Shared 2-core machines: one torch thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread on the shared 2-core boxes
 
 
 MINI = EncoderConfig(vocab_size=300, max_len=32, d_model=32, n_layers=2, n_heads=4, d_ff=64)

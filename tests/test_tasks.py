@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from protocol.corpora import load_corpus
 from protocol.embedder import calibrate, load_bundle
@@ -44,12 +43,7 @@ GROUPS = {
 ADJECTIVES = ["red", "blue", "green", "old", "tiny", "giant", "quiet", "bright"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread on the shared 2-core boxes
 
 
 def labelled_rows() -> list[dict]:
