@@ -1,9 +1,9 @@
 """Shared pieces of the embedding benchmarks (stability, compatibility, matryoshka, ablations, outside reference).
 
 * `prepared()`             WordNet, and the run's tokenizer and landmark set (prepare_run, cached on disk)
-* `train_encoder(...)`     the single-process trainer's loop (same TrainingTask, batches, AdamW, warm-up) on any
-                           list of pairs with a chosen init seed and data order, so two runs share one landmark set;
-                           the trained bundle is cached under bench/out/runs/NAME and reused if its recipe matches
+* `train_encoder(...)`     the single-process trainer (protocol.trainer.train, i.e. `cairn train --init-seed/--data-seed/
+                           --shard`) on WordNet with a chosen init seed, data order and shard, so two runs share one landmark
+                           set; the trained bundle is cached under bench/out/runs/NAME and reused if its recipe matches
 * `Run`                    a trained bundle with cached absolute vectors and relational read-outs
 * `Probe`                  the fixed evaluation texts: BBC News (5 topics) with a stratified 70/30 split, and
                            held-out WordNet gloss->lemma retrieval (2,000 glosses, as the suite)
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import platform
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,12 +29,9 @@ import torch
 from protocol.compatibility import cross_retrieval
 from protocol.embedder import (
     Embedder,
-    calibrate,
     encode_texts,
     load_bundle,
-    save_bundle,
 )
-from protocol.encoder import Encoder
 from protocol.evaluation.metrics import (
     l2_normalise,
     linear_probe_accuracy,
@@ -44,15 +40,11 @@ from protocol.evaluation.metrics import (
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from protocol.tasks.measures import relational_view
 from protocol.tokenizer import TextTokenizer
+from protocol.trainer import train
 from protocol.training import (
     TrainingConfig,
-    TrainingTask,
-    batches,
-    encoder_config,
-    make_optimizer,
     prepare_run,
     reference_texts,
-    warmup_factor_for_samples,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,18 +101,18 @@ def reference(config: TrainingConfig = DEFAULT) -> list[str]:
 
 def train_encoder(name: str, config: TrainingConfig, samples: int, torch_seed: int = 0, data_seed: int | None = None,
                   shard: tuple[int, int] | None = None, landmarks: LandmarkSet | None = None) -> Path:
-    """Train the tiny encoder like protocol.trainer.train does, on WordNet's training pairs (or one shard of them).
+    """Train the tiny encoder with protocol.trainer.train (`cairn train`) on WordNet's training pairs (or one shard of them).
 
-    torch_seed: initial weights and dropout; data_seed: None keeps the trainer's pair order, else the pairs
-    are shuffled with it; shard (i, n): corpus.shard(i, n) only. The tokenizer and landmark set are always
-    those of `config` (the landmark set can be overridden), so runs differ only in what is asked.
-    Returns the bundle directory (encoder, tokenizer, calibrated landmarks, bench_run.json).
+    torch_seed: initial weights and dropout (--init-seed); data_seed: None keeps the trainer's pair order, else the
+    pairs are shuffled with it (--data-seed); shard (i, n): corpus.shard(i, n) only (--shard I/N). The tokenizer and
+    landmark set are always those of `config` (the landmark set can be overridden), so runs differ only in what is asked.
+    Returns the bundle directory (encoder, tokenizer, calibrated landmarks, bench_run.json; plus the trainer's run.json,
+    run/ and checkpoint.pt, so an interrupted run resumes).
     """
     corpus = wordnet()
-    tokenizer, default_landmarks = prepared(config)
-    landmarks = landmarks or default_landmarks
     recipe = {"config": config.to_json(), "samples": samples, "torch_seed": torch_seed, "data_seed": data_seed,
-              "shard": list(shard) if shard else None, "landmarks_digest": landmarks.digest, "corpus_digest": corpus.digest}
+              "shard": list(shard) if shard else None, "landmarks_digest": (landmarks or prepared(config)[1]).digest,
+              "corpus_digest": corpus.digest}
     out = RUNS / name
     meta_path = out / RUN_META
     if meta_path.exists():
@@ -128,34 +120,15 @@ def train_encoder(name: str, config: TrainingConfig, samples: int, torch_seed: i
         if meta.get("recipe") == recipe:
             return out
         raise SystemExit(f"{out} holds a different run; delete it (rm -r {out}) to retrain")
-    pairs = corpus.shard(*shard) if shard else list(corpus.train)
-    if data_seed is not None:
-        random.Random(data_seed).shuffle(pairs)
-    refs = reference(config)
-    torch.manual_seed(torch_seed)
-    model = Encoder(encoder_config(config, tokenizer))
-    optimizer = make_optimizer(model, config)
-    task = TrainingTask(model, tokenizer, landmarks, refs, config)
-    model.train()
-    seen, losses, started = 0, [], time.perf_counter()
     log(f"training {name}: {samples} samples, torch seed {torch_seed}, data seed {data_seed}, shard {shard}")
-    for _, batch in batches(pairs, config.batch_size):
-        if seen >= samples:
-            break
-        loss, _ = task.loss(batch)
-        loss.backward()
-        for group in optimizer.param_groups:  # the trainer's schedule: warm-up by samples seen before this batch
-            group["lr"] = config.lr * warmup_factor_for_samples(seen, config)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seen += len(batch)
-        losses.append(float(loss.detach()))
-    seconds = time.perf_counter() - started
-    model.eval()
-    save_bundle(out, model, tokenizer, calibrate(model, tokenizer, landmarks, refs))
-    meta = {"recipe": recipe, "steps": len(losses), "seconds": round(seconds, 1), "train_loss_last50": round(float(np.mean(losses[-50:])), 4)}
+    result = train("wordnet", out, config, max_samples=samples, device="cpu", evaluate=False, show_progress=False,
+                   init_seed=torch_seed, data_seed=data_seed, shard=shard, landmarks=landmarks)
+    if result.samples != -(-samples // config.batch_size) * config.batch_size:  # a leftover checkpoint of a longer run
+        raise SystemExit(f"{out} resumed a run past {samples} samples ({result.samples}); delete it (rm -r {out}) to retrain")
+    meta = {"recipe": recipe, "steps": result.steps, "seconds": round(result.seconds, 1),  # the training loop's time, as before
+            "train_loss_last50": round(float(np.mean(result.recent_losses[-50:])), 4)}
     meta_path.write_text(json.dumps(meta, indent=1))
-    log(f"trained {name} in {seconds:.0f}s, loss (last 50 steps) {meta['train_loss_last50']}")
+    log(f"trained {name} in {result.seconds:.0f}s, loss (last 50 steps) {meta['train_loss_last50']}")
     return out
 
 
