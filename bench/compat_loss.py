@@ -7,7 +7,7 @@ WordNet pairs in the run's own order, from where N stopped, with a fresh AdamW a
 --samples samples to release N+1', then again to N+2' (whose parent is N+1'). The loss is the trainer's
 absolute InfoNCE plus w x protocol.objective.compat_loss against the frozen parent release: the drift of this
 encoder's cosines to the parent's anchors from the parent's own cosines, in the parent's per-anchor std. w = 0
-is the control (same continuation, no term).
+is the control (same continuation, no term). The term is protocol.training's, as `cairn train --compat-with` uses it.
 
 Reported per weight: the BBC logistic head on all 256 relational coordinates trained on N and scored on N+1'
 and N+2' without retraining (ratio to its score on N on the benches' split, and its mean over 5 more splits;
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -26,11 +27,10 @@ from common import RUNS, Probe, Run, log, markdown_table, recall_at_10, referenc
 from compatibility import release_path
 
 from protocol.compatibility import head_transfer
-from protocol.embedder import Embedder, calibrate, encode_texts, load_bundle, save_bundle
-from protocol.landmarks import cosines
-from protocol.objective import compat_loss, info_nce
+from protocol.embedder import calibrate, encode_texts, load_bundle, save_bundle
+from protocol.objective import compat_loss
 from protocol.tasks.measures import row_cosine
-from protocol.training import TrainingConfig, batches, make_optimizer, warmup_factor_for_samples
+from protocol.training import ParentRelease, TrainingConfig, TrainingTask, batches, make_optimizer, warmup_factor_for_samples
 
 BUDGETS = [20000, 40000, 60000]  # bench/compatibility.py's releases; N is the first
 GOAL = 0.97
@@ -49,47 +49,46 @@ def mean_ratio(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> float:
 
 
 def continue_training(parent_dir, out, weight: float, start_offset: int, samples: int, config: TrainingConfig) -> dict:
-    """Train a copy of the parent release for `samples` more samples with the compat term at `weight`; save a bundle."""
+    """Train a copy of the parent release for `samples` more samples with the compat term at `weight`; save a bundle.
+
+    protocol.training's TrainingTask and ParentRelease, exactly as `cairn train --compat-with` uses them. The
+    drift from the parent is measured afterwards on the calibration texts for every weight (w = 0 included).
+    """
     if (out / "model.safetensors").exists():
         return {"cached": True}
-    parent: Embedder = load_bundle(parent_dir, "cpu")
+    parent = ParentRelease(load_bundle(parent_dir, "cpu"))
     student = load_bundle(parent_dir, "cpu")  # the same weights, trained on
     model, tokenizer = student.model, student.tokenizer
-    anchors = list(parent.landmarks.anchors)
-    parent_std = torch.from_numpy(parent.landmarks.stats.std)
+    task = TrainingTask(model, tokenizer, student.landmarks, reference(), replace(config, objective=replace(config.objective,
+                        compat_weight=weight)), parent)
     optimizer = make_optimizer(model, config)
     model.train()
-    seen, losses, drifts, started = 0, [], [], time.perf_counter()
-    anchor_vectors = None
-    for step, (_, batch) in enumerate(batches(wordnet().train, config.batch_size, start_offset)):
+    seen, losses, started = 0, [], time.perf_counter()
+    for _, batch in batches(wordnet().train, config.batch_size, start_offset):
         if seen >= samples:
             break
-        if step % config.anchor_refresh_every == 0:
-            anchor_vectors = torch.from_numpy(encode_texts(model, tokenizer, anchors))
-            model.train()
-        texts = [p.a for p in batch] + [p.b for p in batch]
-        ids, mask = tokenizer.batch(texts)
-        vectors = model(ids, mask)
-        abs_a, abs_b = vectors.split(len(batch))
-        loss = info_nce(abs_a, abs_b, config.objective.temperature)
-        parent_sims = torch.from_numpy(cosines(parent.absolute(texts), parent.anchor_vectors))
-        drift = compat_loss(vectors, anchor_vectors, parent_sims, parent_std)
-        total = loss + weight * drift if weight else loss
+        total, parts = task.loss(batch)
         total.backward()
         for group in optimizer.param_groups:
             group["lr"] = config.lr * warmup_factor_for_samples(seen, config)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         seen += len(batch)
-        losses.append(float(loss.detach()))
-        drifts.append(float(drift.detach()))
+        losses.append(parts["abs"])
     model.eval()
-    save_bundle(out, model, tokenizer, calibrate(model, tokenizer, parent.landmarks, reference()))
+    save_bundle(out, model, tokenizer, calibrate(model, tokenizer, parent.embedder.landmarks, reference()))
     seconds = time.perf_counter() - started
-    log(f"{out.name}: {seen} samples in {seconds:.0f}s, InfoNCE (last 50) {np.mean(losses[-50:]):.3f}, "
-        f"drift first/last 50 {np.mean(drifts[:50]):.3f}/{np.mean(drifts[-50:]):.3f}")
-    return {"seconds": round(seconds, 1), "infonce_last50": float(np.mean(losses[-50:])),
-            "drift_first50": float(np.mean(drifts[:50])), "drift_last50": float(np.mean(drifts[-50:]))}
+    drift = final_drift(model, tokenizer, parent, reference())
+    log(f"{out.name}: {seen} samples in {seconds:.0f}s, InfoNCE (last 50) {np.mean(losses[-50:]):.3f}, drift from parent {drift:.3f}")
+    return {"seconds": round(seconds, 1), "infonce_last50": float(np.mean(losses[-50:])), "drift_from_parent": drift}
+
+
+@torch.no_grad()
+def final_drift(model, tokenizer, parent: ParentRelease, texts: list[str]) -> float:
+    """compat_loss of the trained encoder against the parent on `texts` (how far the anchor cosines moved, in std units)."""
+    vectors = torch.from_numpy(encode_texts(model, tokenizer, texts))
+    anchors = torch.from_numpy(encode_texts(model, tokenizer, parent.anchors))
+    return float(compat_loss(vectors, anchors, parent.targets(texts), parent.std))
 
 
 def main() -> None:

@@ -44,12 +44,17 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
               "--init-seed/--data-seed/--shard share one tokenizer and landmark set (cross-run stability)")
 @click.option("--data-seed", type=int, show_default="the corpus order", help="shuffle the training pairs with this seed before batching")
 @click.option("--shard", callback=_parse_shard, metavar="I/N", help="train on shard I of N only (every N-th training pair, from the I-th)")
+@click.option("--compat-with", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="a release (or bundle) to stay compatible with: typically resume a run with its previous release here to train "
+              "the next one, so task models trained on that release keep working")
+@click.option("--compat-weight", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
+              help="weight of the compatibility term (bench/compat_loss.py: 1 kept heads at >= 97 %, 10 cost retrieval quality)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--quick-eval", is_flag=True, help="evaluate on subsamples (faster, noisier)")
 @click.option("--no-eval", is_flag=True)
 def train(corpus: str, model_size: str, minutes: float | None, max_samples: int | None, out: Path, batch_size: int, lr: float, accumulate: int,
           landmark_count: int, landmark_order: str, seed: int, init_seed: int | None, data_seed: int | None, shard: tuple[int, int] | None,
-          device: str, quick_eval: bool, no_eval: bool) -> None:
+          compat_with: Path | None, compat_weight: float, device: str, quick_eval: bool, no_eval: bool) -> None:
     """Train the encoder in one process; write encoder, tokenizer, landmarks and eval report to OUT.
 
     A resumed run (OUT holds a checkpoint) must be given the same options, seeds and shard.
@@ -62,7 +67,8 @@ def train(corpus: str, model_size: str, minutes: float | None, max_samples: int 
         raise CairnError("--landmarks must be at least 16")
     config = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count, landmark_order=landmark_order, seed=seed)
     result = run_training(corpus, out, config, minutes=minutes, max_samples=max_samples, device=device, accumulate=accumulate,
-                          evaluate=not no_eval, quick_eval=quick_eval, init_seed=init_seed, data_seed=data_seed, shard=shard)
+                          evaluate=not no_eval, quick_eval=quick_eval, init_seed=init_seed, data_seed=data_seed, shard=shard,
+                          compat_with=compat_with, compat_weight=compat_weight)
     print_report(result.report)
     click.echo(f"encoder, tokenizer, landmarks and eval.json written to {out}")
 

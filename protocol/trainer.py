@@ -12,7 +12,7 @@ import pickle
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from protocol.errors import CairnError
 from protocol.fsutil import atomic_write_bytes, atomic_write_json
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from protocol.tokenizer import TextTokenizer
-from protocol.training import (TrainingConfig, TrainingTask, batches, encoder_config, make_optimizer, prepare_run,
+from protocol.training import (ParentRelease, TrainingConfig, TrainingTask, batches, encoder_config, make_optimizer, prepare_run,
                                reference_texts, warmup_factor_for_samples)
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -46,7 +46,7 @@ class TrainResult:
 def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | None = None, max_samples: int | None = None,
           device: str = "auto", checkpoint_every_s: float = 60.0, accumulate: int = 1, evaluate: bool = True, quick_eval: bool = False,
           show_progress: bool = True, init_seed: int | None = None, data_seed: int | None = None, shard: tuple[int, int] | None = None,
-          landmarks: LandmarkSet | None = None) -> TrainResult:
+          landmarks: LandmarkSet | None = None, compat_with: Path | None = None, compat_weight: float = 1.0) -> TrainResult:
     """Train (or resume) until `minutes` of wall time or `max_samples` samples, then save and evaluate.
 
     `accumulate` > 1 sums gradients over that many batches per update: the single-process twin of a
@@ -58,6 +58,11 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     the run's landmark set. The tokenizer, the landmark set (unless replaced) and the reference texts
     always come from config.seed, so runs that differ only in these share them. All four are recorded
     in run.json: a resume with other values is refused.
+
+    `compat_with` (a release or bundle directory, typically this run's previous release) adds
+    `compat_weight` x protocol.objective.compat_loss against it: the next release keeps task heads
+    trained on that one working (bench/compat_loss.py). It applies to this call only, so a run can be
+    resumed with it to train its next release; eval.json records it.
     """
     if minutes is None and max_samples is None:
         raise CairnError("give --minutes or --max-samples so training knows when to stop")
@@ -78,7 +83,11 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     model = Encoder(encoder_config(config, tokenizer)).to(pick_device(device))
     optimizer = make_optimizer(model, config)
     state = _load_checkpoint(out, model, optimizer)
-    task = TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size, config.seed), config)
+    task_config, parent = config, None
+    if compat_with is not None:
+        parent = _parent_release(compat_with)
+        task_config = replace(config, objective=replace(config.objective, compat_weight=compat_weight))
+    task = TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size, config.seed), task_config, parent)
     model.train()
 
     started, last_checkpoint = time.monotonic(), time.monotonic()
@@ -120,9 +129,17 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     save_bundle(out, model, tokenizer, calibrated)
     report = evaluate_bundle(Embedder(model, tokenizer, calibrated), corpus, quick=quick_eval) if evaluate else {}
     report["training"] = {"steps": state["step"], "samples": state["samples"], "seconds": round(state["seconds"], 1),
-                          "final_loss": loss_value, "corpus": corpus.name, "model": config.model, **seeds}
+                          "final_loss": loss_value, "corpus": corpus.name, "model": config.model, **seeds,
+                          "compat_with": None if compat_with is None else str(compat_with), "compat_weight": compat_weight if compat_with else 0.0}
     atomic_write_json(out / "eval.json", report)
     return TrainResult(state["step"], state["samples"], state["seconds"], loss_value, report, list(recent_losses))
+
+
+def _parent_release(directory: Path) -> ParentRelease:
+    """The release (or `cairn train` bundle) to stay compatible with, verified against its manifest if it has one."""
+    from protocol.tasks.api import open_release
+
+    return ParentRelease(open_release(Path(directory), "cpu").embedder)
 
 
 def training_pairs(corpus, data_seed: int | None = None, shard: tuple[int, int] | None = None) -> list:

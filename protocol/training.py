@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from protocol.corpora.base import Pair, PairCorpus
-from protocol.embedder import encode_texts
+from protocol.embedder import Embedder, encode_texts
 from protocol.encoder import Encoder, EncoderConfig, config_for
-from protocol.landmarks import LandmarkSet, select_landmarks
-from protocol.objective import ObjectiveConfig, matryoshka_relational_loss
+from protocol.landmarks import LandmarkSet, cosines, select_landmarks
+from protocol.objective import ObjectiveConfig, compat_loss, matryoshka_relational_loss
 from protocol.tokenizer import TextTokenizer, train_tokenizer
 
 
@@ -86,18 +86,40 @@ def batches(pairs: list[Pair], batch_size: int, start: int = 0) -> Iterator[tupl
         yield offset, batch
 
 
+class ParentRelease:
+    """The frozen release a run stays compatible with: its cosines to its own anchors are the compat targets.
+
+    Training continues from (or near) the parent, and `compat_loss` keeps this encoder's cosines to the
+    parent's anchor texts close to the parent's, in the parent's per-anchor std, so that a task head
+    trained on the parent's relational vectors keeps working on the next release (bench/compat_loss.py).
+    """
+
+    def __init__(self, embedder: Embedder):
+        if embedder.landmarks.stats is None:
+            raise ValueError("the parent release's landmark set has no calibration stats")
+        self.embedder = embedder
+        self.anchors = list(embedder.landmarks.anchors)
+        self.std = torch.from_numpy(embedder.landmarks.stats.std)
+
+    def targets(self, texts: list[str]) -> torch.Tensor:
+        """(texts x parent anchors) cosines under the frozen parent."""
+        return torch.from_numpy(cosines(self.embedder.absolute(texts), self.embedder.anchor_vectors))
+
+
 class TrainingTask:
     """Holds the anchors' current encodings and computes the loss of a batch of pairs."""
 
     def __init__(self, model: Encoder, tokenizer: TextTokenizer, landmarks: LandmarkSet, reference: list[str],
-                 config: TrainingConfig):
+                 config: TrainingConfig, parent: ParentRelease | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.landmarks = landmarks
         self.reference = reference
         self.config = config
+        self.parent = parent if config.objective.compat_weight > 0 else None
         self.steps_since_refresh = config.anchor_refresh_every  # refresh before the first step
         self.anchor_vectors: torch.Tensor | None = None
+        self.parent_anchor_vectors: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -105,13 +127,20 @@ class TrainingTask:
 
     @torch.no_grad()
     def refresh_anchors(self) -> None:
-        anchors = torch.from_numpy(encode_texts(self.model, self.tokenizer, self.landmarks.anchors)).to(self.device)
-        self.anchor_vectors = anchors
+        """Re-encode the anchors (and the parent's, for the compat term) with the current weights, without gradient."""
+        was_training = self.model.training
+        if self.config.objective.relational_weight > 0:
+            self.anchor_vectors = torch.from_numpy(encode_texts(self.model, self.tokenizer, self.landmarks.anchors)).to(self.device)
+        if self.parent is not None:
+            self.parent_anchor_vectors = torch.from_numpy(encode_texts(self.model, self.tokenizer, self.parent.anchors)).to(self.device)
+        self.model.train(was_training)
         self.steps_since_refresh = 0
 
-    def loss(self, pairs: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, pairs: list[Pair], compat: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of a batch and its parts; `compat=False` leaves out the compatibility term."""
         relational = self.config.objective.relational_weight > 0
-        if relational and self.steps_since_refresh >= self.config.anchor_refresh_every:
+        with_parent = compat and self.parent is not None
+        if (relational or with_parent) and self.steps_since_refresh >= self.config.anchor_refresh_every:
             self.refresh_anchors()
         self.steps_since_refresh += 1
         ids_a, mask_a = self.tokenizer.batch([p.a for p in pairs])
@@ -119,7 +148,13 @@ class TrainingTask:
         device = self.device
         abs_a = self.model(ids_a.to(device), mask_a.to(device))
         abs_b = self.model(ids_b.to(device), mask_b.to(device))
-        return matryoshka_relational_loss(abs_a, abs_b, self.anchor_vectors if relational else None, self.config.objective)
+        total, parts = matryoshka_relational_loss(abs_a, abs_b, self.anchor_vectors if relational else None, self.config.objective)
+        if with_parent:
+            targets = self.parent.targets([p.a for p in pairs] + [p.b for p in pairs]).to(device)
+            drift = compat_loss(torch.cat([abs_a, abs_b]), self.parent_anchor_vectors, targets, self.parent.std.to(device))
+            total = total + self.config.objective.compat_weight * drift
+            parts["compat"] = float(drift.detach())
+        return total, parts
 
     @torch.no_grad()
     def eval_loss(self, pairs: list[Pair], batch_size: int = 128) -> float:
@@ -128,8 +163,9 @@ class TrainingTask:
         self.model.eval()
         if self.config.objective.relational_weight > 0:
             self.refresh_anchors()
-        try:
-            losses = [float(self.loss(pairs[i : i + batch_size])[0]) for i in range(0, len(pairs) - batch_size + 1, batch_size)]
+        try:  # without the compat term: it depends on which parent a process holds, the contrastive loss does not
+            losses = [float(self.loss(pairs[i : i + batch_size], compat=False)[0])
+                      for i in range(0, len(pairs) - batch_size + 1, batch_size)]
         finally:
             self.model.train(was_training)
         return sum(losses) / max(len(losses), 1)

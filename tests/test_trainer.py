@@ -57,8 +57,8 @@ def count_steps(monkeypatch) -> list[float]:
     losses: list[float] = []
     original = TrainingTask.loss
 
-    def spy(self, pairs):
-        loss, parts = original(self, pairs)
+    def spy(self, pairs, **options):
+        loss, parts = original(self, pairs, **options)
         if self.model.training:
             losses.append(float(loss.detach()))
         return loss, parts
@@ -211,9 +211,9 @@ def test_init_seed_changes_the_weights_but_not_the_tokenizer_landmarks_or_refere
     references: list[list[str]] = []
     original_init = TrainingTask.__init__
 
-    def spy_init(self, model, tokenizer, landmarks, reference, config):
+    def spy_init(self, model, tokenizer, landmarks, reference, config, *rest):
         references.append(list(reference))
-        original_init(self, model, tokenizer, landmarks, reference, config)
+        original_init(self, model, tokenizer, landmarks, reference, config, *rest)
 
     monkeypatch.setattr(TrainingTask, "__init__", spy_init)
     out1 = tmp_path / "seed1"
@@ -359,3 +359,47 @@ def test_a_landmark_override_replaces_the_run_set_and_is_recorded(first_run, cor
     assert run(corpus_path, tmp_path, 32, landmarks=landmarks).steps == 2  # resumes with the same override
     with pytest.raises(CairnError, match="landmarks_override"):
         run(corpus_path, tmp_path, 32)  # ... but not without it
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    for path in source.rglob("*"):
+        if path.is_file():
+            (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            (target / path.relative_to(source)).write_bytes(path.read_bytes())
+    return target
+
+
+def test_compat_with_the_previous_release_keeps_its_relational_vectors(first_run, corpus_path, tmp_path, monkeypatch):
+    """Resuming a run to its next release with --compat-with its previous bundle stays closer to that bundle's vectors."""
+    from protocol.tasks.measures import row_cosine
+
+    out, _ = first_run
+    parent = copy_run(out, tmp_path / "parent")  # "release N": the 160-sample bundle
+    texts = [row["b"] for row in map(json.loads, corpus_path.read_text().splitlines())][:120]
+    before = load_bundle(parent, "cpu").relational(texts)
+    plain = train(f"jsonl:{corpus_path}", copy_run(out, tmp_path / "plain"), CONFIG, max_samples=800, device="cpu", evaluate=False,
+                  show_progress=False)
+    drifts: list[float] = []
+    original = TrainingTask.loss
+
+    def spy(self, pairs, **options):
+        loss, parts = original(self, pairs, **options)
+        drifts.append(parts.get("compat", float("nan")))
+        return loss, parts
+
+    monkeypatch.setattr(TrainingTask, "loss", spy)
+    kept = train(f"jsonl:{corpus_path}", copy_run(out, tmp_path / "kept"), CONFIG, max_samples=800, device="cpu", evaluate=False,
+                 show_progress=False, compat_with=parent, compat_weight=10.0)
+    assert plain.samples == kept.samples == 800 and len(drifts) == 40 and all(np.isfinite(drifts))
+    plain_cos = row_cosine(before, load_bundle(tmp_path / "plain", "cpu").relational(texts))
+    kept_cos = row_cosine(before, load_bundle(tmp_path / "kept", "cpu").relational(texts))
+    assert kept_cos > plain_cos + 0.03, (kept_cos, plain_cos)  # measured here: 0.43 vs 0.35
+    training = json.loads((tmp_path / "kept" / "eval.json").read_text())["training"]
+    assert training["compat_with"] == str(parent) and training["compat_weight"] == 10.0
+
+
+def test_compat_with_a_missing_directory_is_a_usage_error(corpus_path, tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--corpus", f"jsonl:{corpus_path}", "--out", str(tmp_path / "run"), "--max-samples", "16",
+                                      "--compat-with", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "--compat-with" in result.output and "Traceback" not in result.output
+
