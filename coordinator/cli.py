@@ -10,6 +10,9 @@ import click
 from protocol.errors import CairnError
 from protocol.run_config import COMPRESSIONS
 
+# bench/compat_loss.py: weight 1 kept a BBC head trained on release N at >= 97 % on the next two releases
+COMPAT_WEIGHT = 1.0
+
 
 @click.group()
 def coordinator() -> None:
@@ -32,8 +35,12 @@ def coordinator() -> None:
 @click.option("--averaging-timeout", type=float, default=15.0, show_default=True, help="the longest a departed peer can stall a round")
 @click.option("--init", "init_from", type=click.Choice(["fresh", "release"]), default="fresh", show_default=True,
               help="what a peer alone in the swarm starts from: a fresh seeded model or the latest signed release")
+@click.option("--compat-weight", type=click.FloatRange(min=0.0), default=COMPAT_WEIGHT, show_default=True,
+              help="keep each release compatible with the one before: peers add this weight x the drift of their relational "
+              "coordinates from the latest signed release (0: off; bench/compat_loss.py)")
 def init(workdir: Path, run_id: str, corpus: str, model_size: str, batch_size: int, lr: float, target_batch_size: int, compression: str,
-         local_updates: bool, shards: int, landmark_count: int, lease_seconds: float, averaging_timeout: float, init_from: str) -> None:
+         local_updates: bool, shards: int, landmark_count: int, lease_seconds: float, averaging_timeout: float, init_from: str,
+         compat_weight: float) -> None:
     """Write the run configuration, create the signing keys and an empty release repository."""
     from dataclasses import replace
 
@@ -46,7 +53,8 @@ def init(workdir: Path, run_id: str, corpus: str, model_size: str, batch_size: i
         RunKeys(run_id)
     except ValueError as error:
         raise CairnError(str(error)) from None
-    training = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count)
+    objective = replace(TrainingConfig().objective, compat_weight=compat_weight)
+    training = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count, objective=objective)
     swarm = replace(SwarmConfig(), target_batch_size=target_batch_size, compression=compression, local_updates=local_updates,
                     num_shards=shards, lease_seconds=lease_seconds, averaging_timeout=averaging_timeout)
     config = init_workdir(workdir, run_id, corpus, training, swarm, init_from)

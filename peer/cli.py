@@ -36,8 +36,15 @@ def run(join: tuple[str, ...], name: str, device: str, identity: Path | None, wo
         client_mode: bool, host: str, port: int, batch_size: int | None, metrics_port: int | None, metrics_host: str,
         max_samples: int | None, max_minutes: float | None, wait_for_peers: int, torch_threads: int | None, no_progress: bool) -> None:
     """Join a run and train until Ctrl+C (the shard lease is released and hivemind shut down cleanly)."""
+    import logging
+
     from peer.node import PeerOptions, StopFlag, run_peer
 
+    # our own notices (a new compatibility parent, release pulls) on stderr; hivemind's stay quiet
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("cairn").addHandler(handler)
+    logging.getLogger("cairn").setLevel(logging.INFO)
     stop = StopFlag()
     stop.install()
     options = PeerOptions(join=list(join), workdir=workdir, name=name, device=device, identity=identity, compression=compression,

@@ -168,8 +168,14 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
             optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
         task = TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.training.reference_size, config.training.seed),
                             config.training)
+        parent = None
+        if config.training.objective.compat_weight > 0:
+            from peer.compat_parent import ParentTracker
+
+            parent = ParentTracker(dht, coordinator, options.workdir, device, task)
+            parent.maybe_refresh()
         session = TrainingSession(options, config, corpus, task, optimizer, lease, dht, key, device, batch_size, metrics, rounds,
-                                  traffic, stop)
+                                  traffic, stop, parent)
         session.run()
     finally:
         lease.release()
@@ -216,10 +222,11 @@ class TrainingSession:
 
     def __init__(self, options: PeerOptions, config: RunConfig, corpus, task: TrainingTask, optimizer: hivemind.Optimizer, lease,
                  dht: hivemind.DHT, key, device: torch.device, batch_size: int, metrics, rounds: RoundCounters, traffic: Traffic,
-                 stop: StopFlag):
+                 stop: StopFlag, parent=None):
         self.options, self.config, self.corpus, self.task = options, config, corpus, task
         self.optimizer, self.lease, self.dht, self.key, self.device = optimizer, lease, dht, key, device
         self.batch_size, self.metrics, self.rounds, self.traffic, self.stop = batch_size, metrics, rounds, traffic, stop
+        self.parent = parent  # peer.compat_parent.ParentTracker when the run has a compat weight, else None
         self.stats = PeerStats()
         self.shard: int | None = None
         self.pairs: list = []
@@ -247,13 +254,14 @@ class TrainingSession:
                     continue
                 batch_start, batch = self.offset, self._next_batch()
                 computing = time.monotonic()
-                loss, _ = self.task.loss(batch)
+                loss, parts = self.task.loss(batch)
                 loss.backward()
                 self.compute_seconds += time.monotonic() - computing
                 stepping = time.monotonic()
                 self.optimizer.step()
                 self.optimizer.zero_grad()
-                self._count(batch, float(loss.detach()))
+                # reported without the compat term: comparable with the baseline and the spot checks, whichever parent is held
+                self._count(batch, float(loss.detach()) - self.config.training.objective.compat_weight * parts.get("compat", 0.0))
                 if self.optimizer.local_epoch != epoch_seen:
                     self.metrics.allreduce_duration.observe(time.monotonic() - stepping)
                     epoch_seen = self.optimizer.local_epoch
@@ -264,6 +272,8 @@ class TrainingSession:
                     self.throughput = (self.stats.samples - window[0]) / max(now - window[1], 1e-9)
                     window, last_report = (self.stats.samples, now), now
                     self._report()
+                    if self.parent is not None:
+                        self.parent.maybe_refresh()
                     progress.update(bar, text=self._status_line())
         if self.shard is not None:
             self.lease.save_progress(self.shard, self.offset)
@@ -349,6 +359,7 @@ class TrainingSession:
             "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
             "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,
             "compression": self.options.compression or self.config.swarm.compression, "local_updates": self.config.swarm.local_updates,
+            "compat_parent": self.parent.version if self.parent is not None else None,
         })
 
 

@@ -75,6 +75,21 @@ async def _fetch_release(dht: hivemind.DHT, node, coordinator: str):
     return announcement.version, announcement.repository_url
 
 
+def latest_release(dht: hivemind.DHT, coordinator: str) -> tuple[str, str]:
+    """(version, repository URL) of the run's latest signed release, asked of the coordinator; version "" if none."""
+    return dht.run_coroutine(partial(_fetch_release, coordinator=coordinator))
+
+
+def pull_release(url: str, version: str, destination: Path, workdir: Path) -> Path:
+    """Pull and verify (TUF, trust kept in WORKDIR/trust) one release into `destination`."""
+    import logging
+
+    from protocol.releases.client import ReleaseClient
+
+    ReleaseClient(url, Path(workdir) / "trust", warn=logging.getLogger("cairn.peer").warning).pull(destination, version)
+    return destination
+
+
 def latest_release_weights(dht: hivemind.DHT, coordinator: str, workdir: Path) -> Path | None:
     """Pull and verify the run's latest signed release into WORKDIR/release; None if there is none.
 
@@ -82,13 +97,7 @@ def latest_release_weights(dht: hivemind.DHT, coordinator: str, workdir: Path) -
     weights before creating its optimizer, so a restarted swarm resumes from its last release rather
     than from scratch (and a swarm already training overrides it by loading the averaged state).
     """
-    import logging
-
-    from protocol.releases.client import ReleaseClient
-
-    version, url = dht.run_coroutine(partial(_fetch_release, coordinator=coordinator))
+    version, url = latest_release(dht, coordinator)
     if not version:
         return None
-    destination = Path(workdir) / "release"
-    ReleaseClient(url, Path(workdir) / "trust", warn=logging.getLogger("cairn.peer").warning).pull(destination, version)
-    return destination
+    return pull_release(url, version, Path(workdir) / "release", workdir)

@@ -116,10 +116,15 @@ class TrainingTask:
         self.landmarks = landmarks
         self.reference = reference
         self.config = config
-        self.parent = parent if config.objective.compat_weight > 0 else None
         self.steps_since_refresh = config.anchor_refresh_every  # refresh before the first step
         self.anchor_vectors: torch.Tensor | None = None
-        self.parent_anchor_vectors: torch.Tensor | None = None
+        self.set_parent(parent)
+
+    def set_parent(self, parent: ParentRelease | None) -> None:
+        """Stay compatible with `parent` from the next step on (ignored when the compat weight is 0)."""
+        self.parent = parent if self.config.objective.compat_weight > 0 else None
+        self.parent_anchor_vectors = None
+        self.steps_since_refresh = self.config.anchor_refresh_every  # encode the new parent's anchors first
 
     @property
     def device(self) -> torch.device:

@@ -56,6 +56,9 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
             return len(swarm.ledger("SELECT version FROM releases")) >= 2
 
         wait_for(two_releases, 700, 5, "two releases")
+        # the run's default compat weight: each peer pulls, verifies and trains against the latest signed release
+        wait_for(lambda: all("staying compatible with release" in peer.tail(100_000) for peer in (alice, bob)), 120, 2,
+                 "both peers to adopt a release as their compatibility parent")
         credited = dict(swarm.ledger("SELECT display_name, credited_samples FROM peers"))
         assert credited.get("alice", 0) > 0 and credited.get("bob", 0) > 0, credited
 
@@ -77,6 +80,7 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
 
         a, b = swarm.summary("alice"), swarm.summary("bob")
         assert a["rounds"]["success"] > 0 and b["rounds"]["success"] > 0, (a["rounds"], b["rounds"])
+        assert a["compat_parent"] is not None and b["compat_parent"] is not None, (a["compat_parent"], b["compat_parent"])
         assert a["final_epoch"] == b["final_epoch"], "the peers left at different global steps"
         params_a, params_b = _parameters(swarm.peer_dir("alice") / "state"), _parameters(swarm.peer_dir("bob") / "state")
         initial = _initial_parameters(swarm.peer_dir("alice") / "state")
