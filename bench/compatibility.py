@@ -107,6 +107,21 @@ def release_path(budgets: list[int], index: int) -> Path:
     return build_releases(budgets, releases_root(budgets))[index]
 
 
+def release_from_arguments(description: str) -> tuple[Path, int, int]:
+    """The command line of the benches that measure one of these releases: (its path, its index, its budget).
+
+    --budgets (the releases of this bench), --release (which one) and --threads; builds them if needed.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--budgets", default="20000,40000,60000", help="the releases of bench/compatibility.py")
+    parser.add_argument("--release", type=int, default=2, help="which of them (0, 1, 2)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    setup(args.threads)
+    budgets = [int(b) for b in args.budgets.split(",")]
+    return release_path(budgets, args.release), args.release, budgets[args.release]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budgets", default="20000,40000,60000", help="samples seen by releases N, N+1, N+2")

@@ -15,7 +15,6 @@ Reported: the smallest k reaching 95 % of the full (256-coordinate, shipped orde
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -29,11 +28,10 @@ from common import (
     recall_at_10,
     reference,
     save_plot,
-    setup,
     wordnet,
     write_outputs,
 )
-from compatibility import release_path
+from compatibility import release_from_arguments
 
 from protocol.landmarks import select_landmarks
 from protocol.tasks.measures import pca_projection, smallest_k
@@ -88,15 +86,8 @@ def tables(curves: dict, reference_name: str) -> tuple[str, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budgets", default="20000,40000,60000", help="the releases of bench/compatibility.py")
-    parser.add_argument("--release", type=int, default=2, help="which of them (0, 1, 2)")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    setup(args.threads)
+    path, _, budget = release_from_arguments(__doc__.split("\n\n")[0])
     started = time.perf_counter()
-    budgets = [int(b) for b in args.budgets.split(",")]
-    path = release_path(budgets, args.release)
     run = Run(path)
     probe = Probe.load()
     reference()  # warm the calibration sample
@@ -107,7 +98,7 @@ def main() -> None:
     text, summary = tables(curves, shipped_name)
     goal = [[metric, summary[shipped_name][metric], "met" if (summary[shipped_name][metric] or 10**9) <= GOAL_K else "MISSED"]
             for metric in ("bbc", "r10")]
-    markdown = (f"Encoder: {path.name} of bench/compatibility.py ({budgets[args.release]} samples, tiny model, WordNet, default config). "
+    markdown = (f"Encoder: {path.name} of bench/compatibility.py ({budget} samples, tiny model, WordNet, default config). "
                 f"Read-out check: max |bench read-out - Embedder.relational| = {check:.2e}.\n" + text
                 + "\nGoal: 95 % of the full score within the first K/8 = 32 coordinates (shipped order):\n\n"
                 + markdown_table(["metric", "k95", "goal k <= 32"], goal))

@@ -12,7 +12,6 @@ BBC subsample (100 per topic; MiniLM embeds long articles slowly on 2 cores). Ch
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -29,10 +28,9 @@ from common import (
     Run,
     log,
     markdown_table,
-    setup,
     write_outputs,
 )
-from compatibility import release_path
+from compatibility import release_from_arguments
 
 from protocol.corpora.wordnet import heldout_gloss_lemma
 from protocol.evaluation import METRICS, SuiteData, mutual_knn, run_suite
@@ -67,15 +65,8 @@ def lsa_fn():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budgets", default="20000,40000,60000")
-    parser.add_argument("--release", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    setup(args.threads)
+    path, _, budget = release_from_arguments(__doc__.split("\n\n")[0])
     started = time.perf_counter()
-    budgets = [int(b) for b in args.budgets.split(",")]
-    path = release_path(budgets, args.release)
     run = Run(path)
     from protocol.tasks.api import open_release
 
@@ -117,7 +108,7 @@ def main() -> None:
         knn_rows.append(row)
     knn_header = list(knn_rows[0])
     markdown = (
-        f"Encoder: {path.name} ({budgets[args.release]} samples, tiny model: 2 layers, width 128, max 64 tokens). Reference rows from "
+        f"Encoder: {path.name} ({budget} samples, tiny model: 2 layers, width 128, max 64 tokens). Reference rows from "
         "bench/out/reference.json (bench/reference_baselines.py). LSA rows at 32 and 256 (full) components only.\n\n"
         + markdown_table(["row", "view", "gloss→lemma R@1", "R@10", "SimLex ρ", "WordSim ρ", "BBC probe acc"], rows)
         + "\nMutual kNN@10 (cosine neighbours; 1 = same neighbourhoods, chance ≈ 10/n):\n\n"
