@@ -18,6 +18,7 @@ quality that the term may cost), mean cosine of the releases' relational vectors
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 
@@ -34,6 +35,7 @@ from protocol.training import ParentRelease, TrainingConfig, TrainingTask, batch
 
 BUDGETS = [20000, 40000, 60000]  # bench/compatibility.py's releases; N is the first
 GOAL = 0.97
+RUN_FILE = "compat_run.json"
 SPLITS = 5  # the BBC head's ratio also averaged over this many stratified 70/30 splits (one split's SE is about 0.05)
 
 
@@ -54,8 +56,8 @@ def continue_training(parent_dir, out, weight: float, start_offset: int, samples
     protocol.training's TrainingTask and ParentRelease, exactly as `cairn train --compat-with` uses them. The
     drift from the parent is measured afterwards on the calibration texts for every weight (w = 0 included).
     """
-    if (out / "model.safetensors").exists():
-        return {"cached": True}
+    if (out / RUN_FILE).exists():  # trained before: reuse it and what was measured while training it
+        return json.loads((out / RUN_FILE).read_text())
     parent = ParentRelease(load_bundle(parent_dir, "cpu"))
     student = load_bundle(parent_dir, "cpu")  # the same weights, trained on
     model, tokenizer = student.model, student.tokenizer
@@ -80,7 +82,9 @@ def continue_training(parent_dir, out, weight: float, start_offset: int, samples
     seconds = time.perf_counter() - started
     drift = final_drift(model, tokenizer, parent, reference())
     log(f"{out.name}: {seen} samples in {seconds:.0f}s, InfoNCE (last 50) {np.mean(losses[-50:]):.3f}, drift from parent {drift:.3f}")
-    return {"seconds": round(seconds, 1), "infonce_last50": float(np.mean(losses[-50:])), "drift_from_parent": drift}
+    details = {"seconds": round(seconds, 1), "infonce_last50": float(np.mean(losses[-50:])), "drift_from_parent": drift}
+    (out / RUN_FILE).write_text(json.dumps(details))  # written last: its presence means the bundle is complete
+    return details
 
 
 @torch.no_grad()
@@ -124,7 +128,8 @@ def main() -> None:
             averaged = mean_ratio(n_rel, rel, y)
             rows.append([weight, f"N -> N+{step}'", transfer["head_score_old"], transfer["head_score_new"], transfer["head_ratio"],
                          averaged, "met" if averaged >= GOAL else "missed", retrained, row_cosine(n_rel, rel),
-                         recall_at_10(wn[:nq], wn[nq:], probe.gold)])
+                         recall_at_10(wn[:nq], wn[nq:], probe.gold), training[step - 1].get("infonce_last50"),
+                         training[step - 1].get("drift_from_parent")])
         details[f"w={weight:g}"] = training
     n_wn = n_run.shipped(probe.wordnet_texts)
     markdown = (
@@ -133,7 +138,8 @@ def main() -> None:
         "(70/30 split); chance 0.231.\n\n"
         + markdown_table(["compat weight", "releases", "head acc on N", "head acc on later (no retraining)", "ratio",
                           f"ratio, mean of {SPLITS} splits", "goal >= 0.97 (mean)",
-                          "head retrained on later", "relational cos with N (BBC)", "gloss->lemma R@10 of later"], rows)
+                          "head retrained on later", "relational cos with N (BBC)", "gloss->lemma R@10 of later",
+                          "InfoNCE, last 50 steps", "drift from its parent"], rows)
     )
     write_outputs("compat_loss", markdown, {"rows": rows, "training": details, "seconds": round(time.perf_counter() - started, 1)})
 
