@@ -24,7 +24,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from common import RUNS, Probe, Run, log, markdown_table, recall_at_10, reference, setup, wordnet, write_outputs
+from common import RUNS, Probe, Run, log, markdown_table, pyplot, recall_at_10, reference, save_plot, setup, wordnet, write_outputs
 from compatibility import release_path
 
 from protocol.compatibility import head_transfer
@@ -142,6 +142,30 @@ def main() -> None:
                           "InfoNCE, last 50 steps", "drift from its parent"], rows)
     )
     write_outputs("compat_loss", markdown, {"rows": rows, "training": details, "seconds": round(time.perf_counter() - started, 1)})
+    plot(rows)
+
+
+def plot(rows: list[list]) -> None:
+    """Head ratio (mean of splits) and gloss->lemma R@10 against the compat weight, one line per release step."""
+    plt = pyplot()
+    if plt is None:
+        return
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for step in ("N -> N+1'", "N -> N+2'"):
+        chosen = [row for row in rows if row[1] == step]
+        weights = [str(row[0]).rstrip("0").rstrip(".") for row in chosen]
+        left.plot(weights, [row[5] for row in chosen], marker="o", label=step)
+        right.plot(weights, [row[9] for row in chosen], marker="o", label=step)
+    left.axhline(GOAL, color="grey", linestyle="--", linewidth=1, label="goal 0.97")
+    left.set_title("head trained on N: score kept on the later release", fontsize=9)
+    left.set_xlabel("compat weight w")
+    left.set_ylabel("ratio (mean of 5 splits)")
+    right.set_title("what it costs: gloss->lemma R@10 of the later release", fontsize=9)
+    right.set_xlabel("compat weight w")
+    right.set_ylabel("R@10")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    save_plot(figure, "compat-loss")
 
 
 if __name__ == "__main__":
