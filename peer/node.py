@@ -173,7 +173,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
             from peer.compat_parent import ParentTracker
 
             parent = ParentTracker(dht, coordinator, options.workdir, device, task)
-            parent.maybe_refresh()
+            parent.maybe_refresh(wait=True)
         session = TrainingSession(options, config, corpus, task, optimizer, lease, dht, key, device, batch_size, metrics, rounds,
                                   traffic, stop, parent)
         session.run()

@@ -60,15 +60,15 @@ def test_the_parent_follows_new_releases_and_survives_errors(bundle, tmp_path, m
     monkeypatch.setattr(run_setup, "pull_release", pull)
     tracker = ParentTracker(None, "coordinator", tmp_path, "cpu", task, check_every_s=0.0)
 
-    assert not tracker.maybe_refresh() and task.parent is None  # no release yet: the term stays off
+    assert not tracker.maybe_refresh(wait=True) and task.parent is None  # no release yet: the term stays off
     announced["version"] = "0.1.0"
-    assert tracker.maybe_refresh() and tracker.version == "0.1.0" and task.parent is not None
+    assert tracker.maybe_refresh(wait=True) and tracker.version == "0.1.0" and task.parent is not None
     first = task.parent
-    assert not tracker.maybe_refresh() and pulls == ["0.1.0"]  # the same version is not pulled again
+    assert not tracker.maybe_refresh(wait=True) and pulls == ["0.1.0"]  # the same version is not pulled again
     announced["fail"] = True
-    assert not tracker.maybe_refresh() and task.parent is first  # errors keep the current parent
+    assert not tracker.maybe_refresh(wait=True) and task.parent is first  # errors keep the current parent
     announced.update(version="0.2.0", fail=False)
-    assert tracker.maybe_refresh() and task.parent is not first and pulls == ["0.1.0", "0.2.0"]
+    assert tracker.maybe_refresh(wait=True) and task.parent is not first and pulls == ["0.1.0", "0.2.0"]
     assert not (tmp_path / compat_parent.PARENTS_DIR / "0.1.0").exists() and (tmp_path / compat_parent.PARENTS_DIR / "0.2.0").is_dir()
 
     loss, parts = task.loss(task_pairs(corpus))
@@ -80,9 +80,32 @@ def test_checks_are_throttled(bundle, tmp_path, monkeypatch):
     calls: list[int] = []
     monkeypatch.setattr(run_setup, "latest_release", lambda dht, coordinator: calls.append(1) or ("", ""))
     tracker = ParentTracker(None, "coordinator", tmp_path, "cpu", make_task(bundle_dir, corpus), check_every_s=3600.0)
-    tracker.maybe_refresh()
-    tracker.maybe_refresh()
+    tracker.maybe_refresh(wait=True)
+    tracker.maybe_refresh(wait=True)
     assert calls == [1]
+
+
+def test_a_slow_coordinator_does_not_stall_the_training_loop(bundle, tmp_path, monkeypatch):
+    """The check runs in a thread: maybe_refresh returns at once while the coordinator takes its time."""
+    import threading
+    import time
+
+    bundle_dir, corpus = bundle
+    release = threading.Event()
+
+    def slow(dht, coordinator):
+        release.wait(10)
+        return "0.1.0", "http://127.0.0.1:1"
+
+    monkeypatch.setattr(run_setup, "latest_release", slow)
+    monkeypatch.setattr(run_setup, "pull_release", lambda url, version, destination, workdir: shutil.copytree(bundle_dir, destination))
+    task = make_task(bundle_dir, corpus)
+    tracker = ParentTracker(None, "coordinator", tmp_path, "cpu", task, check_every_s=0.0)
+    started = time.monotonic()
+    assert not tracker.maybe_refresh() and time.monotonic() - started < 1.0 and task.parent is None
+    release.set()
+    tracker._worker.join(10)
+    assert tracker.maybe_refresh() and tracker.version == "0.1.0" and task.parent is not None
 
 
 def test_a_zero_compat_weight_never_holds_a_parent(bundle):
