@@ -33,7 +33,8 @@ PARENTS_DIR = "parent"
 class ParentTracker:
     def __init__(self, dht: hivemind.DHT, coordinator: str, workdir: Path, device: torch.device, task: TrainingTask,
                  check_every_s: float = CHECK_EVERY_S):
-        self.dht, self.coordinator, self.workdir, self.device, self.task = dht, coordinator, Path(workdir), device, task
+        self.dht, self.coordinator, self.workdir, self.task = dht, coordinator, Path(workdir), task
+        self.device = torch.device(device)
         self.check_every_s = check_every_s
         self.version: str | None = None
         self.last_check = float("-inf")
@@ -80,6 +81,6 @@ class ParentTracker:
             destination = self.workdir / PARENTS_DIR / version
             shutil.rmtree(destination, ignore_errors=True)  # a pull interrupted earlier
             pull_release(url, version, destination, self.workdir)
-            self._loaded = (version, ParentRelease(load_bundle(destination, self.device)))
+            self._loaded = (version, ParentRelease(load_bundle(destination, self.device.type)))
         except Exception as error:  # the coordinator restarting, a network hiccup: keep the current parent
             logger.warning("could not update the compatibility parent release: %r", error)

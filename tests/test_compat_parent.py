@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from peer import compat_parent, run_setup
 from peer.compat_parent import ParentTracker
@@ -58,7 +59,7 @@ def test_the_parent_follows_new_releases_and_survives_errors(bundle, tmp_path, m
 
     monkeypatch.setattr(run_setup, "latest_release", latest)
     monkeypatch.setattr(run_setup, "pull_release", pull)
-    tracker = ParentTracker(None, "coordinator", tmp_path, "cpu", task, check_every_s=0.0)
+    tracker = ParentTracker(None, "coordinator", tmp_path, torch.device("cpu"), task, check_every_s=0.0)  # as run_peer passes it
 
     assert not tracker.maybe_refresh(wait=True) and task.parent is None  # no release yet: the term stays off
     announced["version"] = "0.1.0"
