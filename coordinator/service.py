@@ -29,6 +29,7 @@ from protocol.encoder import Encoder, config_for
 from protocol.fsutil import atomic_write_json
 from protocol.identity import load_or_create_identity
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
+from protocol.priority import lower_this_thread
 from protocol.run_config import RunConfig
 from protocol.tokenizer import TextTokenizer
 from protocol.training import TrainingTask, encoder_config, reference_texts
@@ -77,7 +78,8 @@ class Coordinator:
         self.stopping: asyncio.Event | None = None
         # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
         # ledger writes are serialised and the event loop keeps answering RPCs and HTTP meanwhile
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-worker")
+        # at a lower CPU priority (protocol.priority): release measurements must not starve peers' averaging
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-worker", initializer=lower_this_thread)
         self.metrics = CoordinatorMetrics()
 
     def _make_state_loader(self) -> hivemind.Optimizer:

@@ -73,7 +73,9 @@ class ParentTracker:
     def _check(self) -> None:
         """In the worker thread: ask for the latest version; pull, verify and load it if it is new."""
         from peer.run_setup import latest_release, pull_release
+        from protocol.priority import lower_this_thread
 
+        lower_this_thread()
         try:
             version, url = latest_release(self.dht, self.coordinator)
             if not version or version == self.version:

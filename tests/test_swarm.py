@@ -44,7 +44,10 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
     """Two peers average into identical parameters; the coordinator credits both, cuts releases that a
     user pulls, verifies and embeds with; the dashboard shows both peers; nothing is left running."""
     with swarm_in(tmp_path, corpus_spec) as swarm:
-        swarm.init("--target-batch-size", "512", "--batch-size", "32", "--landmarks", "128")
+        # no compatibility term here: its extra forward pass of the parent release per batch, on this shared 2-core
+        # box, makes single averaging rounds miss their group and the parameter bound below is about averaging;
+        # test_a_lone_peer_starts_from_the_latest_signed_release runs the term end to end
+        swarm.init("--target-batch-size", "512", "--batch-size", "32", "--landmarks", "128", "--compat-weight", "0")
         swarm.start_coordinator("--release-every", "3")
         metrics_port = free_port()
         alice = swarm.start_peer("alice", "--wait-for-peers", "2", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1")
@@ -56,9 +59,6 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
             return len(swarm.ledger("SELECT version FROM releases")) >= 2
 
         wait_for(two_releases, 700, 5, "two releases")
-        # the run's default compat weight: each peer pulls, verifies and trains against the latest signed release
-        wait_for(lambda: all("staying compatible with release" in peer.tail(100_000) for peer in (alice, bob)), 120, 2,
-                 "both peers to adopt a release as their compatibility parent")
         credited = dict(swarm.ledger("SELECT display_name, credited_samples FROM peers"))
         assert credited.get("alice", 0) > 0 and credited.get("bob", 0) > 0, credited
 
@@ -80,7 +80,7 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
 
         a, b = swarm.summary("alice"), swarm.summary("bob")
         assert a["rounds"]["success"] > 0 and b["rounds"]["success"] > 0, (a["rounds"], b["rounds"])
-        assert a["compat_parent"] is not None and b["compat_parent"] is not None, (a["compat_parent"], b["compat_parent"])
+        assert a["compat_parent"] is None and b["compat_parent"] is None  # --compat-weight 0: no parent is ever pulled
         assert a["final_epoch"] == b["final_epoch"], "the peers left at different global steps"
         params_a, params_b = _parameters(swarm.peer_dir("alice") / "state"), _parameters(swarm.peer_dir("bob") / "state")
         initial = _initial_parameters(swarm.peer_dir("alice") / "state")
@@ -321,3 +321,9 @@ def test_a_lone_peer_starts_from_the_latest_signed_release(tmp_path: Path, corpu
         fresh, resumed = swarm.summary("first"), swarm.summary("second")
         assert (swarm.peer_dir("second") / "release" / "manifest.json").exists()
         assert resumed["first_loss"] < fresh["first_loss"] - 0.5 * (fresh["first_loss"] - fresh["last_loss"]), (resumed, fresh)
+        # the run's default compat weight: the newcomer pulled, verified and trained against the latest signed release
+        # (the latest when it started: the coordinator may publish one more from the first peer's last steps meanwhile)
+        parent = resumed["compat_parent"]
+        assert parent in {row[0] for row in swarm.ledger("SELECT version FROM releases")}, parent
+        assert f"staying compatible with release {parent}" in second.tail(100_000)
+        assert (swarm.peer_dir("second") / "parent" / parent / "manifest.json").exists()

@@ -1,0 +1,23 @@
+"""Background work at a lower CPU priority than training and averaging.
+
+A coordinator's release measurements and a peer's download of its compatibility parent are bursts of CPU
+work that nothing waits for; on a machine shared with training peers they must not starve an averaging
+round (a peer late to matchmaking falls back to its own gradient for that step). Linux schedules threads
+individually, so raising one thread's nice value lowers just that work.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+BACKGROUND_NICENESS = 10
+
+
+def lower_this_thread(niceness: int = BACKGROUND_NICENESS) -> None:
+    """Raise the calling thread's nice value by `niceness` (Linux; a no-op where unsupported or refused)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
+    except (AttributeError, OSError):
+        pass
