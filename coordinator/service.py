@@ -29,7 +29,6 @@ from protocol.encoder import Encoder, config_for
 from protocol.fsutil import atomic_write_json
 from protocol.identity import load_or_create_identity
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
-from protocol.priority import lower_this_thread
 from protocol.run_config import RunConfig
 from protocol.tokenizer import TextTokenizer
 from protocol.training import TrainingTask, encoder_config, reference_texts
@@ -78,8 +77,9 @@ class Coordinator:
         self.stopping: asyncio.Event | None = None
         # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
         # ledger writes are serialised and the event loop keeps answering RPCs and HTTP meanwhile
-        # at a lower CPU priority (protocol.priority): release measurements must not starve peers' averaging
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-worker", initializer=lower_this_thread)
+        # (normal CPU priority: it also refreshes the averaged state the coordinator shares with joining peers; with
+        # this thread at nice +10 two end-to-end runs saw joiners start from a stale state, so it is not lowered)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-worker")
         self.metrics = CoordinatorMetrics()
 
     def _make_state_loader(self) -> hivemind.Optimizer:

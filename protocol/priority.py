@@ -1,8 +1,9 @@
 """Background work at a lower CPU priority than training and averaging.
 
-A coordinator's release measurements and a peer's download of its compatibility parent are bursts of CPU
-work that nothing waits for; on a machine shared with training peers they must not starve an averaging
-round (a peer late to matchmaking falls back to its own gradient for that step). Linux schedules threads
+A peer's download and loading of its compatibility parent is a burst of CPU work that nothing waits for; it
+must not slow the training loop into missing an averaging round (a peer late to matchmaking falls back to
+its own gradient for that step). (The coordinator's worker is not lowered: it also keeps the averaged state
+it shares with joining peers fresh.) Linux schedules threads
 individually, so raising one thread's nice value lowers just that work.
 """
 
