@@ -97,7 +97,7 @@ def test_outside_alignment_is_measured_for_every_release_from_the_cache_init_wro
     assert read_manifest(workdir.releases / "0.3.0").metrics == manifests[2].metrics
 
 
-def test_a_missing_reference_encoder_only_drops_the_outside_block(tmp_path, monkeypatch):
+def test_a_missing_reference_encoder_gives_no_vectors_and_writes_no_cache(tmp_path, monkeypatch):
     def not_installed():
         raise CairnError("the reference encoder all-MiniLM-L6-v2 is not installed")
 
