@@ -29,6 +29,7 @@ from protocol.encoder import Encoder, config_for
 from protocol.fsutil import atomic_write_json
 from protocol.identity import load_or_create_identity
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
+from protocol.priority import run_at_low_priority
 from protocol.run_config import RunConfig
 from protocol.tokenizer import TextTokenizer
 from protocol.training import TrainingTask, encoder_config, reference_texts
@@ -77,8 +78,7 @@ class Coordinator:
         self.stopping: asyncio.Event | None = None
         # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
         # ledger writes are serialised and the event loop keeps answering RPCs and HTTP meanwhile
-        # (normal CPU priority: it also refreshes the averaged state the coordinator shares with joining peers; with
-        # this thread at nice +10 two end-to-end runs saw joiners start from a stale state, so it is not lowered)
+        # (at normal priority: it also loads the averaged state; only a release's evaluation runs lowered)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-worker")
         self.metrics = CoordinatorMetrics()
 
@@ -185,7 +185,9 @@ class Coordinator:
         release_due = self.options.release_every and self.loaded_epoch - self.last_release_step >= self.options.release_every
         requested = (self.workdir.root / RELEASE_REQUEST).exists()
         if release_due or requested:
-            manifest = cut_release(self.workdir, self.inputs, self.model, self.loaded_epoch, self.ledger)
+            # calibration and the promises' measurements are minutes of CPU on a small box: lowered, so peers
+            # sharing the machine keep their averaging rounds (the worker waits; ledger use stays serialised)
+            manifest = run_at_low_priority(partial(cut_release, self.workdir, self.inputs, self.model, self.loaded_epoch, self.ledger))
             self.last_release_step = self.loaded_epoch
             self.ledger.set_meta("last_release_step", str(self.loaded_epoch))
             (self.workdir.root / RELEASE_REQUEST).unlink(missing_ok=True)

@@ -15,16 +15,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from hivemind.compression import (BlockwiseQuantization, CompressionBase, CompressionInfo, Float16Compression,
-                                  NoCompression, Uniform8BitQuantization)
+from hivemind.compression import CompressionBase, CompressionInfo
 from hivemind.proto import runtime_pb2
 
-COMPRESSION_BY_NAME = {
-    "none": NoCompression,
-    "fp16": Float16Compression,
-    "uniform8": Uniform8BitQuantization,
-    "blockwise8": BlockwiseQuantization,
-}
+from peer.compression import COMPRESSION_BY_NAME
 
 
 @dataclass
@@ -87,7 +81,7 @@ class CountingCompression(CompressionBase):
 
     def __init__(self, inner: CompressionBase, sent, received):
         self.inner = inner
-        self.compression_type = inner.compression_type
+        self.compression_type = getattr(inner, "compression_type", None)  # adaptive compressions choose per tensor
         self.sent, self.received = sent, received  # multiprocessing.Value('q')
 
     def compress(self, tensor, info: CompressionInfo, allow_inplace: bool = False) -> runtime_pb2.Tensor:

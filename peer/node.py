@@ -20,7 +20,6 @@ from pathlib import Path
 import bitsandbytes.functional  # noqa: F401  (pitfall: lazy import inside averager threads crashes)
 import hivemind
 import torch
-from hivemind.compression import Float16Compression
 from hivemind.optim.grad_averager import GradientAverager
 
 from protocol import PROTOCOL_VERSION
@@ -29,7 +28,8 @@ from protocol.errors import CairnError
 from protocol.run_config import RunConfig
 from protocol.training import TrainingTask, encoder_config, reference_texts
 
-from peer.instrumentation import RoundCounters, install_traffic_taps, make_compression, watch_rounds
+from peer.compression import make_state_compression
+from peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
 
 
 @dataclass
@@ -83,7 +83,8 @@ def make_optimizer(dht: hivemind.DHT, model: Encoder, config: RunConfig, batch_s
     """hivemind.Optimizer with the measured settings (docs/benchmarks.md); must run in the main thread."""
     swarm, training = config.swarm, config.training
     grad_compression = make_compression(compression, sent, received)
-    state_compression = make_compression("fp16" if compression != "none" else "none", sent, received)
+    # parameters in fp16, optimizer statistics in fp32 (make_state_compression says why)
+    state_compression = CountingCompression(make_state_compression("fp16" if compression != "none" else "none"), sent, received)
     common = dict(
         dht=dht, run_id=config.run_id, target_batch_size=swarm.target_batch_size, batch_size_per_step=batch_size,
         params=model.parameters(),
@@ -92,7 +93,7 @@ def make_optimizer(dht: hivemind.DHT, model: Encoder, config: RunConfig, batch_s
                           lr_lambda=partial(_epoch_warmup, target=swarm.target_batch_size, training=training)),
         matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
         next_chunk_timeout=swarm.next_chunk_timeout, averager_opts=dict(request_timeout=swarm.request_timeout),
-        state_averaging_compression=state_compression, load_state_compression=Float16Compression(),
+        state_averaging_compression=state_compression, load_state_compression=make_state_compression("fp16"),
         # hivemind keeps only the DHT's first signature validator: the tracker must sign with the same key
         tracker_opts=dict(private_key=key),
         verbose=False,

@@ -1,16 +1,19 @@
 """Background work at a lower CPU priority than training and averaging.
 
-A peer's download and loading of its compatibility parent is a burst of CPU work that nothing waits for; it
-must not slow the training loop into missing an averaging round (a peer late to matchmaking falls back to
-its own gradient for that step). (The coordinator's worker is not lowered: it also keeps the averaged state
-it shares with joining peers fresh.) Linux schedules threads
-individually, so raising one thread's nice value lowers just that work.
+A peer's download and loading of its compatibility parent, and a coordinator's evaluation of a release, are
+bursts of CPU work that no training step waits for; they must not slow peers into missing an averaging round
+(a peer late to matchmaking falls back to its own gradient for that step, and one that falls behind has to
+download the state). Linux schedules threads individually, so raising one thread's nice value lowers just
+that work.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 BACKGROUND_NICENESS = 10
 
@@ -22,3 +25,26 @@ def lower_this_thread(niceness: int = BACKGROUND_NICENESS) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
     except (AttributeError, OSError):
         pass
+
+
+def run_at_low_priority(work: Callable[[], T], niceness: int = BACKGROUND_NICENESS) -> T:
+    """Run `work` in a fresh, lowered thread and wait for it: its result, or its exception re-raised here.
+
+    A fresh thread rather than lowering the caller: the caller's priority cannot be raised back without
+    privileges, and the intra-op worker threads torch starts for `work` inherit the thread that starts them.
+    """
+    outcome: dict[str, object] = {}
+
+    def lowered() -> None:
+        lower_this_thread(niceness)
+        try:
+            outcome["result"] = work()
+        except BaseException as error:  # handed to the waiting caller
+            outcome["error"] = error
+
+    thread = threading.Thread(target=lowered, name="low-priority-work")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]

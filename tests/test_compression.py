@@ -9,7 +9,8 @@ import pytest
 import torch
 from hivemind.compression import CompressionInfo, deserialize_torch_tensor
 
-from peer.instrumentation import COMPRESSION_BY_NAME, make_compression
+from peer.compression import COMPRESSION_BY_NAME, make_state_compression
+from peer.instrumentation import CountingCompression, make_compression
 
 # relative L2 error each mode may introduce on a gradient-like tensor, and bytes per value at most
 BOUNDS = {"none": (0.0, 4.1), "fp16": (1e-3, 2.1), "uniform8": (0.15, 1.2), "blockwise8": (0.03, 1.2)}
@@ -42,3 +43,106 @@ def test_eight_bit_modes_are_smaller_than_fp16_and_blockwise_is_more_accurate_th
         errors[mode] = float((deserialize_torch_tensor(serialized) - tensor).norm() / tensor.norm())
     assert sizes["blockwise8"] < sizes["fp16"] and sizes["uniform8"] < sizes["fp16"]
     assert errors["blockwise8"] < errors["uniform8"]
+
+
+def _adam_state_after_small_gradients(steps: int = 16) -> tuple[torch.nn.Parameter, torch.optim.AdamW]:
+    """An AdamW state like the tiny encoder's: gradients of ~1e-4, so second moments of ~1e-8."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(1 << 14) * 0.02)
+    optimizer = torch.optim.AdamW([weight], lr=1e-3)
+    for _ in range(steps):
+        weight.grad = torch.randn_like(weight) * 1e-4
+        optimizer.step()
+    return weight, optimizer
+
+
+def _next_update_after_transfer(compression) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the next AdamW update without a transfer, the same update after the state went through `compression`)."""
+    from hivemind.compression import TensorRole
+
+    weight, optimizer = _adam_state_after_small_gradients()
+    state = optimizer.state[weight]
+    received = {}
+    for name, role in (("param", TensorRole.PARAMETER), ("exp_avg", TensorRole.OPTIMIZER), ("exp_avg_sq", TensorRole.OPTIMIZER)):
+        tensor = weight.detach() if name == "param" else state[name]
+        received[name] = deserialize_torch_tensor(compression.compress(tensor, CompressionInfo.from_tensor(tensor, role=role)))
+    gradient = torch.randn_like(weight) * 1e-4
+    before = weight.detach().clone()
+    weight.grad = gradient
+    optimizer.step()
+    expected = weight.detach() - before
+    with torch.no_grad():
+        weight.copy_(received["param"])
+    state["exp_avg"], state["exp_avg_sq"] = received["exp_avg"], received["exp_avg_sq"]
+    state["step"] -= 1
+    start = weight.detach().clone()
+    weight.grad = gradient
+    optimizer.step()
+    return expected, weight.detach() - start
+
+
+def test_state_transfers_keep_adam_second_moments_so_a_joiner_steps_like_its_donor():
+    """fp16 flushes Adam's second moments to zero: the joiner's next update was ~25x too large (and stays inflated
+    for hundreds of steps while beta2 = 0.999 refills them)."""
+    from hivemind.compression import Float16Compression
+
+    expected, after_state_compression = _next_update_after_transfer(make_state_compression("fp16"))
+    assert torch.allclose(after_state_compression, expected, rtol=1e-3, atol=2e-8)  # fp32 subtraction noise
+    expected, after_plain_fp16 = _next_update_after_transfer(Float16Compression())
+    assert after_plain_fp16.abs().mean() > 10 * expected.abs().mean()  # the failure make_state_compression prevents
+
+
+def test_state_averaging_compression_counts_its_bytes_per_role():
+    """Parameters go at 2 bytes per value, optimizer statistics at 4, and the counting wrapper sees both."""
+    from hivemind.compression import TensorRole
+
+    tensor = torch.randn(1 << 12)
+    sent = mp.Value("q", 0)
+    compression = CountingCompression(make_state_compression("fp16"), sent, mp.Value("q", 0))
+    parameter = compression.compress(tensor, CompressionInfo.from_tensor(tensor, role=TensorRole.PARAMETER))
+    statistic = compression.compress(tensor, CompressionInfo.from_tensor(tensor, role=TensorRole.OPTIMIZER))
+    assert parameter.ByteSize() < 2.1 * tensor.numel() < 4 * tensor.numel() <= statistic.ByteSize()
+    assert sent.value == parameter.ByteSize() + statistic.ByteSize()
+
+
+def _two_peer_adam(compression, rounds: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two peers averaging gradients the way hivemind's all-reduce does (each owns half; the other half comes
+    back as its own value plus a compressed delta), then stepping AdamW; every fourth parameter (an unseen
+    token's embedding, say) is never touched by any batch. Returns (peer A's parameters, peer B's, the untouched mask)."""
+    torch.manual_seed(0)
+    size = 1 << 14
+    untouched = torch.zeros(size, dtype=torch.bool)
+    untouched[::4] = True
+    weights = [torch.zeros(size, requires_grad=True) for _ in range(2)]
+    optimizers = [torch.optim.AdamW([w], lr=2e-3) for w in weights]
+    for _ in range(rounds):
+        gradients = [torch.randn(size).masked_fill(untouched, 0.0) * 1e-3 for _ in range(2)]
+        average = (gradients[0] + gradients[1]) / 2
+        for peer, (weight, optimizer) in enumerate(zip(weights, optimizers)):
+            received = average.clone()
+            others = slice(size // 2, None) if peer == 0 else slice(0, size // 2)
+            delta = (average - gradients[peer])[others]
+            received[others] = gradients[peer][others] + deserialize_torch_tensor(compression.compress(delta, CompressionInfo.from_tensor(delta)))
+            weight.grad = received
+            optimizer.step()
+    return weights[0].detach(), weights[1].detach(), untouched
+
+
+def test_blockwise_keeps_exact_zeros_so_parameters_no_batch_touched_stay_put():
+    """bitsandbytes' CPU quantizer rounds 0 to 2e-5 * absmax; Adam turns that into full random steps."""
+    import bitsandbytes.functional  # noqa: F401
+    from hivemind.compression import BlockwiseQuantization
+
+    tensor = torch.randn(1 << 14) * 1e-3
+    tensor[::3] = 0.0
+    ours = deserialize_torch_tensor(COMPRESSION_BY_NAME["blockwise8"]().compress(tensor, CompressionInfo.from_tensor(tensor)))
+    stock = deserialize_torch_tensor(BlockwiseQuantization().compress(tensor, CompressionInfo.from_tensor(tensor)))
+    assert torch.all(ours[::3] == 0) and not torch.all(stock[::3] == 0)
+    assert torch.equal(ours[tensor != 0], stock[tensor != 0])  # everything else exactly as hivemind sends it
+
+    a, b, untouched = _two_peer_adam(COMPRESSION_BY_NAME["blockwise8"]())
+    moved = a[~untouched].abs().mean()
+    assert torch.all(a[untouched] == 0) and torch.all(b[untouched] == 0)
+    assert (a - b).abs().mean() < moved / 50  # the 8-bit floor on touched parameters: ~1 % after 20 rounds
+    a, b, untouched = _two_peer_adam(BlockwiseQuantization())
+    assert (a - b)[untouched].abs().mean() > moved / 10  # the random walk the exact zero prevents

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from protocol.priority import lower_this_thread
+from protocol.priority import lower_this_thread, run_at_low_priority
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
@@ -25,3 +25,16 @@ def test_only_the_calling_thread_is_lowered():
     worker.join()
     assert seen == [min(19, before + 5)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_low_priority_work_runs_lowered_and_hands_back_its_result_or_error():
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert run_at_low_priority(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), 5) == min(19, before + 5)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # the caller keeps its priority
+
+    def failing():
+        raise ValueError("disk full")
+
+    with pytest.raises(ValueError, match="disk full"):
+        run_at_low_priority(failing)

@@ -34,8 +34,10 @@ def _parameters(directory: Path) -> np.ndarray:
 
 
 def _initial_parameters(like: Path, seed: int = 0) -> np.ndarray:
+    """The peers' shared initialisation (seeded after loading: loading builds a model too, which draws numbers)."""
+    config = load_encoder(like).config
     torch.manual_seed(seed)
-    model = Encoder(load_encoder(like).config)
+    model = Encoder(config)
     return torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
 
 
@@ -277,8 +279,9 @@ def _initial_loss(bundle: Path, corpus, heldout, config) -> float:
     from protocol.tokenizer import TextTokenizer
     from protocol.training import TrainingTask, reference_texts
 
+    config = load_encoder(bundle).config
     torch.manual_seed(0)
-    model = Encoder(load_encoder(bundle).config)
+    model = Encoder(config)
     tokenizer = TextTokenizer.load(bundle / "run", model.config.max_len)
     landmarks = LandmarkSet.load(bundle / "run" / "landmarks.json")
     return TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size), config).eval_loss(heldout)
