@@ -90,7 +90,9 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
         disagreement = np.abs(params_a - params_b).mean()
         # averaging changed every peer: both moved far from the shared initialisation, to the same point
         assert moved > 1e-3 and np.abs(params_b - initial).mean() > 1e-3
-        assert disagreement < moved / 50, (disagreement, moved)
+        # healthy runs disagree by 1-2 % of the distance moved (8-bit gradient deltas; state rounds every 10 steps);
+        # fp16 optimizer statistics or non-zero zeros (peer/compression.py) made it 12-100 %
+        assert disagreement < moved / 20, (disagreement, moved)
 
         _pull_verify_embed(swarm, tmp_path)
 
@@ -222,7 +224,8 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         reference = params[together[0]]
         moved = np.abs(reference - _initial_parameters(swarm.peer_dir(together[0]) / "state")).mean()
         for name in together[1:]:
-            assert np.abs(params[name] - reference).mean() < moved / 50, f"{name} disagrees with {together[0]}"
+            # the bound and why: test_two_peers_train_together_release_and_serve
+            assert np.abs(params[name] - reference).mean() < moved / 20, f"{name} disagrees with {together[0]}"
         late_summary, veteran = summaries["dan"], summaries["ann"]
         # the newcomer loaded the swarm's state: its first loss is near the swarm's, far below a fresh model's
         fresh = veteran["first_loss"]
@@ -279,9 +282,9 @@ def _initial_loss(bundle: Path, corpus, heldout, config) -> float:
     from protocol.tokenizer import TextTokenizer
     from protocol.training import TrainingTask, reference_texts
 
-    config = load_encoder(bundle).config
+    shape = load_encoder(bundle).config  # before seeding: loading builds a model too, which draws numbers
     torch.manual_seed(0)
-    model = Encoder(config)
+    model = Encoder(shape)
     tokenizer = TextTokenizer.load(bundle / "run", model.config.max_len)
     landmarks = LandmarkSet.load(bundle / "run" / "landmarks.json")
     return TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size), config).eval_loss(heldout)
