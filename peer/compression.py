@@ -45,7 +45,7 @@ def make_state_compression(parameters: str) -> CompressionBase:
 
     Why: Adam's second moments sit far below fp16's smallest normal number (median 4e-9 after 16 steps of
     the tiny encoder); an fp16 round trip flushed half of them to zero, a joiner's next updates were ~25
-    times too large and stayed inflated while beta2 = 0.999 refilled them: end-to-end runs saw joiners (and
-    the peers they averaged with) move 100x further than the swarm had.
+    times too large and stayed inflated while beta2 = 0.999 refilled them: in end-to-end runs joiners, and
+    the peers they averaged with, blew up.
     """
     return RoleAdaptiveCompression(parameter=COMPRESSION_BY_NAME[parameters](), default=NoCompression())
