@@ -31,6 +31,18 @@ class ExactZeroBlockwiseQuantization(BlockwiseQuantization):
         return quantized, (absmax, codebook)
 
 
+def install_exact_zero_blockwise() -> None:
+    """Make hivemind's own (de)serialiser use ExactZeroBlockwiseQuantization for BLOCKWISE_8BIT tensors.
+
+    A peer's outgoing parts go through the compression it passes to the Optimizer, but a reducer's replies
+    (the deltas, where the zeros are) are serialised by compression *type* through hivemind's registry.
+    Call in the main process before the averagers fork; the wire format is unchanged.
+    """
+    from hivemind.compression import serialization
+
+    serialization._BASE_COMPRESSION_TYPES["BLOCKWISE_8BIT"] = ExactZeroBlockwiseQuantization()
+
+
 COMPRESSION_BY_NAME = {
     "none": NoCompression,
     "fp16": Float16Compression,

@@ -28,7 +28,7 @@ from protocol.errors import CairnError
 from protocol.run_config import RunConfig
 from protocol.training import TrainingTask, encoder_config, reference_texts
 
-from peer.compression import make_state_compression
+from peer.compression import install_exact_zero_blockwise, make_state_compression
 from peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
 
 
@@ -82,6 +82,7 @@ def make_optimizer(dht: hivemind.DHT, model: Encoder, config: RunConfig, batch_s
                    sent, received, key) -> hivemind.Optimizer:
     """hivemind.Optimizer with the measured settings (docs/benchmarks.md); must run in the main thread."""
     swarm, training = config.swarm, config.training
+    install_exact_zero_blockwise()  # the reducers' replies too, not only what this peer sends
     grad_compression = make_compression(compression, sent, received)
     # parameters in fp16, optimizer statistics in fp32 (make_state_compression says why)
     state_compression = CountingCompression(make_state_compression("fp16" if compression != "none" else "none"), sent, received)

@@ -106,32 +106,42 @@ def test_state_averaging_compression_counts_its_bytes_per_role():
 
 
 def _two_peer_adam(compression, rounds: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two peers averaging gradients the way hivemind's all-reduce does (each owns half; the other half comes
-    back as its own value plus a compressed delta), then stepping AdamW; every fourth parameter (an unseen
-    token's embedding, say) is never touched by any batch. Returns (peer A's parameters, peer B's, the untouched mask)."""
+    """Two peers averaging gradients along hivemind's all-reduce path, then stepping AdamW. Each owns half: the
+    other peer sends its part through `compression`; the owner averages it with its own and replies with
+    the delta, serialised by compression type through hivemind's registry (as allreduce.py does); the sender
+    adds the delta to its own gradient. Every fourth parameter (an unseen token's embedding, say) is never
+    touched by any batch. Returns (peer A's parameters, peer B's, the untouched mask)."""
+    from hivemind.compression import serialize_torch_tensor
+
     torch.manual_seed(0)
     size = 1 << 14
     untouched = torch.zeros(size, dtype=torch.bool)
     untouched[::4] = True
+    halves = (slice(0, size // 2), slice(size // 2, None))
     weights = [torch.zeros(size, requires_grad=True) for _ in range(2)]
     optimizers = [torch.optim.AdamW([w], lr=2e-3) for w in weights]
     for _ in range(rounds):
         gradients = [torch.randn(size).masked_fill(untouched, 0.0) * 1e-3 for _ in range(2)]
-        average = (gradients[0] + gradients[1]) / 2
-        for peer, (weight, optimizer) in enumerate(zip(weights, optimizers)):
-            received = average.clone()
-            others = slice(size // 2, None) if peer == 0 else slice(0, size // 2)
-            delta = (average - gradients[peer])[others]
-            received[others] = gradients[peer][others] + deserialize_torch_tensor(compression.compress(delta, CompressionInfo.from_tensor(delta)))
-            weight.grad = received
+        received = [torch.empty(size), torch.empty(size)]
+        for owner, half in enumerate(halves):
+            sender = 1 - owner
+            sent = compression.compress(gradients[sender][half], CompressionInfo.from_tensor(gradients[sender][half]))
+            part = deserialize_torch_tensor(sent)
+            averaged = (part + gradients[owner][half]) / 2
+            received[owner][half] = averaged
+            received[sender][half] = gradients[sender][half] + deserialize_torch_tensor(serialize_torch_tensor(averaged - part, sent.compression))
+        for weight, optimizer, gradient in zip(weights, optimizers, received):
+            weight.grad = gradient
             optimizer.step()
     return weights[0].detach(), weights[1].detach(), untouched
 
 
-def test_blockwise_keeps_exact_zeros_so_parameters_no_batch_touched_stay_put():
+def test_blockwise_keeps_exact_zeros_so_parameters_no_batch_touched_stay_put(monkeypatch):
     """bitsandbytes' CPU quantizer rounds 0 to 2e-5 * absmax; Adam turns that into full random steps."""
     import bitsandbytes.functional  # noqa: F401
-    from hivemind.compression import BlockwiseQuantization
+    from hivemind.compression import BlockwiseQuantization, serialization
+
+    from peer.compression import install_exact_zero_blockwise
 
     tensor = torch.randn(1 << 14) * 1e-3
     tensor[::3] = 0.0
@@ -140,9 +150,13 @@ def test_blockwise_keeps_exact_zeros_so_parameters_no_batch_touched_stay_put():
     assert torch.all(ours[::3] == 0) and not torch.all(stock[::3] == 0)
     assert torch.equal(ours[tensor != 0], stock[tensor != 0])  # everything else exactly as hivemind sends it
 
+    monkeypatch.setitem(serialization._BASE_COMPRESSION_TYPES, "BLOCKWISE_8BIT", BlockwiseQuantization())
+    a, b, untouched = _two_peer_adam(COMPRESSION_BY_NAME["blockwise8"]())  # exact zeros out, the stock replies back
+    moved = a[~untouched].abs().mean()
+    assert (a - b)[untouched].abs().mean() > moved / 10  # the random walk: zeros must be exact on the way back too
+
+    install_exact_zero_blockwise()  # what the peer does before its averagers start
     a, b, untouched = _two_peer_adam(COMPRESSION_BY_NAME["blockwise8"]())
     moved = a[~untouched].abs().mean()
     assert torch.all(a[untouched] == 0) and torch.all(b[untouched] == 0)
     assert (a - b).abs().mean() < moved / 50  # the 8-bit floor on touched parameters: ~1 % after 20 rounds
-    a, b, untouched = _two_peer_adam(BlockwiseQuantization())
-    assert (a - b)[untouched].abs().mean() > moved / 10  # the random walk the exact zero prevents
