@@ -156,7 +156,10 @@ def load_encoder(directory: Path, device: torch.device | str = "cpu") -> Encoder
         raise CairnError(f"{directory / CONFIG_FILE}: missing encoder config") from None
     except (TypeError, ValueError) as error:
         raise CairnError(f"{directory / CONFIG_FILE}: not a valid encoder config ({error})") from None
-    model = Encoder(config)
+    # the random initialisation is overwritten below; drawing it must not move the caller's generator
+    # (a seeded run that loads a release or a parent would otherwise depend on whether it did)
+    with torch.random.fork_rng(devices=[]):
+        model = Encoder(config)
     try:
         state = load_file(str(directory / WEIGHTS_FILE))
         model.load_state_dict(state)

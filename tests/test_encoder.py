@@ -97,6 +97,17 @@ def test_save_load_round_trip(mini, tmp_path):
     assert torch.equal(loaded(ids, mask), mini(ids, mask))
 
 
+def test_loading_leaves_the_global_random_generator_alone(mini, tmp_path):
+    """Seed, load, build: the built model is the seed's, whether or not something was loaded in between."""
+    save_encoder(mini, tmp_path / "enc")
+    torch.manual_seed(7)
+    expected = Encoder(mini.config).state_dict()
+    torch.manual_seed(7)
+    load_encoder(tmp_path / "enc")
+    built = Encoder(mini.config).state_dict()
+    assert all(torch.equal(built[name], expected[name]) for name in expected)
+
+
 def test_load_errors(mini, tmp_path):
     with pytest.raises(CairnError, match="missing encoder config"):
         load_encoder(tmp_path)

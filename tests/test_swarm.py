@@ -34,10 +34,8 @@ def _parameters(directory: Path) -> np.ndarray:
 
 
 def _initial_parameters(like: Path, seed: int = 0) -> np.ndarray:
-    """The peers' shared initialisation (seeded after loading: loading builds a model too, which draws numbers)."""
-    config = load_encoder(like).config
     torch.manual_seed(seed)
-    model = Encoder(config)
+    model = Encoder(load_encoder(like).config)
     return torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
 
 
@@ -286,9 +284,8 @@ def _initial_loss(bundle: Path, corpus, heldout, config) -> float:
     from protocol.tokenizer import TextTokenizer
     from protocol.training import TrainingTask, reference_texts
 
-    shape = load_encoder(bundle).config  # before seeding: loading builds a model too, which draws numbers
     torch.manual_seed(0)
-    model = Encoder(shape)
+    model = Encoder(load_encoder(bundle).config)
     tokenizer = TextTokenizer.load(bundle / "run", model.config.max_len)
     landmarks = LandmarkSet.load(bundle / "run" / "landmarks.json")
     return TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size), config).eval_loss(heldout)
