@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -33,18 +35,5 @@ def run_at_low_priority(work: Callable[[], T], niceness: int = BACKGROUND_NICENE
     A fresh thread rather than lowering the caller: the caller's priority cannot be raised back without
     privileges, and the intra-op worker threads torch starts for `work` inherit the thread that starts them.
     """
-    outcome: dict[str, object] = {}
-
-    def lowered() -> None:
-        lower_this_thread(niceness)
-        try:
-            outcome["result"] = work()
-        except BaseException as error:  # handed to the waiting caller
-            outcome["error"] = error
-
-    thread = threading.Thread(target=lowered, name="low-priority-work")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["result"]  # type: ignore[return-value]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="low-priority", initializer=partial(lower_this_thread, niceness)) as pool:
+        return pool.submit(work).result()
