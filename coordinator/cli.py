@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from protocol.errors import CairnError
-from protocol.run_config import COMPRESSIONS
+from protocol.objective import ObjectiveConfig
+from protocol.options import config_option
+from protocol.run_options import run_settings, swarm_options, training_options
 
 # bench/compat_loss.py: weight 1 kept a BBC head trained on release N at >= 97 % on the next two releases
 COMPAT_WEIGHT = 1.0
@@ -21,45 +23,31 @@ def coordinator() -> None:
 
 @coordinator.command()
 @click.option("--workdir", type=click.Path(path_type=Path), required=True)
-@click.option("--run-id", default="cairn-wordnet-tiny", show_default=True, help="letters, digits, '.' and '-'")
+@click.option("--run-id", default="cairn-wordnet", show_default=True, help="letters, digits, '.' and '-'")
 @click.option("--corpus", default="wordnet", show_default=True)
-@click.option("--model", "model_size", default="tiny", show_default=True, type=click.Choice(["tiny", "small"]))
-@click.option("--batch-size", type=int, default=64, show_default=True, help="samples per local step on each peer")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--target-batch-size", type=int, default=2048, show_default=True, help="samples per global step (all peers)")
-@click.option("--compression", type=click.Choice(COMPRESSIONS), default="blockwise8", show_default=True)
-@click.option("--local-updates", is_flag=True, help="DiLoCo-style: peers step locally, parameters averaged once per global step")
-@click.option("--shards", type=int, default=16, show_default=True)
-@click.option("--landmarks", "landmark_count", type=int, default=256, show_default=True)
-@click.option("--lease-seconds", type=float, default=30.0, show_default=True, help="shard lease; a departed peer's shard frees after this")
-@click.option("--averaging-timeout", type=float, default=15.0, show_default=True, help="the longest a departed peer can stall a round")
-@click.option("--init", "init_from", type=click.Choice(["fresh", "release"]), default="fresh", show_default=True,
+@training_options
+@config_option(ObjectiveConfig, "compat_weight", default=COMPAT_WEIGHT,
+               help="keep each release compatible with the one before: peers add this weight x the drift of their relational "
+               "coordinates from the latest signed release (0: off; bench/compat_loss.py)")
+@swarm_options
+@click.option("--init", "init_from", type=click.Choice(["fresh", "release"]), show_default="release for a distilled start, else fresh",
               help="what a peer alone in the swarm starts from: a fresh seeded model or the latest signed release")
-@click.option("--compat-weight", type=click.FloatRange(min=0.0), default=COMPAT_WEIGHT, show_default=True,
-              help="keep each release compatible with the one before: peers add this weight x the drift of their relational "
-              "coordinates from the latest signed release (0: off; bench/compat_loss.py)")
-def init(workdir: Path, run_id: str, corpus: str, model_size: str, batch_size: int, lr: float, target_batch_size: int, compression: str,
-         local_updates: bool, shards: int, landmark_count: int, lease_seconds: float, averaging_timeout: float, init_from: str,
-         compat_weight: float) -> None:
-    """Write the run configuration, create the signing keys and an empty release repository."""
-    from dataclasses import replace
-
+def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, **settings) -> None:
+    """Write the run configuration, create the signing keys and the release repository (with the start release
+    when the run starts from a distilled table)."""
     from coordinator.init import init_workdir
     from protocol.dht_keys import RunKeys
-    from protocol.run_config import SwarmConfig
-    from protocol.training import TrainingConfig
 
     try:
         RunKeys(run_id)
     except ValueError as error:
         raise CairnError(str(error)) from None
-    objective = replace(TrainingConfig().objective, compat_weight=compat_weight)
-    training = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count, objective=objective)
-    swarm = replace(SwarmConfig(), target_batch_size=target_batch_size, compression=compression, local_updates=local_updates,
-                    num_shards=shards, lease_seconds=lease_seconds, averaging_timeout=averaging_timeout)
+    training, swarm = run_settings(settings)
     config = init_workdir(workdir, run_id, corpus, training, swarm, init_from)
     click.echo(f"initialised run {config.run_id} in {workdir}")
     click.echo(f"  landmark set v{config.landmarks_version} {config.landmarks_digest[:16]}…, tokenizer {config.tokenizer_digest[:16]}…")
+    if config.init == "release":
+        click.echo("  peers start from the latest signed release")
     click.echo(f"  keep the root key offline: cairn coordinator export-root-key --workdir {workdir} --to FILE")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from protocol.compatibility import compatibility_report
 from protocol.corpora import PairCorpus
 from protocol.embedder import Embedder, calibrate, load_bundle, save_bundle
-from protocol.encoder import Encoder
+from protocol.encoder import TextEncoder
 from protocol.evaluation.promises import ALIGNMENT_K, alignment_texts, matryoshka_report, outside_report
 from protocol.evaluation.data import Articles
 from protocol.landmarks import LandmarkSet, relational
@@ -52,7 +52,7 @@ def next_version(latest: ReleaseVersion | None) -> ReleaseVersion:
     return ReleaseVersion(0, 1, 0) if latest is None else ReleaseVersion(latest.major, latest.minor + 1, 0)
 
 
-def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: Encoder, global_step: int, ledger: Ledger,
+def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: TextEncoder, global_step: int, ledger: Ledger,
                 quick_eval: bool = True) -> Manifest:
     from coordinator.publishing.repository import ReleaseRepository
     from protocol.trainer import evaluate_bundle

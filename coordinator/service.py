@@ -25,7 +25,7 @@ import torch
 
 from protocol.corpora import load_corpus
 from protocol.dht_keys import RunKeys, decode_contributions, owner_subkey
-from protocol.encoder import Encoder, config_for
+from protocol.encoder import build_encoder, config_for
 from protocol.fsutil import atomic_write_json
 from protocol.identity import load_or_create_identity
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
@@ -65,7 +65,7 @@ class Coordinator:
         self.join = join_addresses(self.dht, options.announce_host)
         self.repository_url = f"http://{options.announce_host or options.http_host}:{options.http_port}"
         torch.manual_seed(self.config.training.seed)
-        self.model = Encoder(encoder_config(self.config.training, self.inputs.tokenizer))
+        self.model = build_encoder(encoder_config(self.config.training, self.inputs.tokenizer))
         self.state_loader = self._make_state_loader()  # main thread: hivemind requires it
         # spot checks recompute the training loss, which uses the run's own (v1) landmark set
         self.task = TrainingTask(self.model, self.inputs.tokenizer, LandmarkSet.load(self.workdir.run_dir / LANDMARKS_FILE),

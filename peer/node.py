@@ -9,6 +9,7 @@ finishes its step, releases its lease, publishes a final record and shuts hivemi
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import signal
 import threading
@@ -23,13 +24,15 @@ import torch
 from hivemind.optim.grad_averager import GradientAverager
 
 from protocol import PROTOCOL_VERSION
-from protocol.encoder import Encoder, load_encoder, pick_device
+from protocol.encoder import TextEncoder, build_encoder, load_encoder, pick_device
 from protocol.errors import CairnError
 from protocol.run_config import RunConfig
-from protocol.training import TrainingTask, encoder_config, reference_texts
+from protocol.training import CollapseDetector, TrainingTask, encoder_config, lr_factor, reference_texts
 
 from peer.compression import install_exact_zero_blockwise, make_state_compression
 from peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
+
+logger = logging.getLogger("cairn.peer")
 
 
 @dataclass
@@ -78,7 +81,7 @@ class StopFlag:
         return self.event.is_set()
 
 
-def make_optimizer(dht: hivemind.DHT, model: Encoder, config: RunConfig, batch_size: int, compression: str,
+def make_optimizer(dht: hivemind.DHT, model: TextEncoder, config: RunConfig, batch_size: int, compression: str,
                    sent, received, key) -> hivemind.Optimizer:
     """hivemind.Optimizer with the measured settings (docs/benchmarks.md); must run in the main thread."""
     swarm, training = config.swarm, config.training
@@ -90,8 +93,8 @@ def make_optimizer(dht: hivemind.DHT, model: Encoder, config: RunConfig, batch_s
         dht=dht, run_id=config.run_id, target_batch_size=swarm.target_batch_size, batch_size_per_step=batch_size,
         params=model.parameters(),
         optimizer=partial(torch.optim.AdamW, lr=training.lr, weight_decay=training.weight_decay),
-        scheduler=partial(torch.optim.lr_scheduler.LambdaLR,
-                          lr_lambda=partial(_epoch_warmup, target=swarm.target_batch_size, training=training)),
+        # hivemind steps the scheduler once per global epoch: lr_factor(epoch), the trainer's curve update by update
+        scheduler=partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_factor, config=training)),
         matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
         next_chunk_timeout=swarm.next_chunk_timeout, averager_opts=dict(request_timeout=swarm.request_timeout),
         state_averaging_compression=state_compression, load_state_compression=make_state_compression("fp16"),
@@ -104,12 +107,6 @@ def make_optimizer(dht: hivemind.DHT, model: Encoder, config: RunConfig, batch_s
         return hivemind.Optimizer(**common, use_local_updates=True, average_state_every=1)
     return hivemind.Optimizer(**common, grad_compression=grad_compression, average_state_every=swarm.average_state_every,
                               grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout))
-
-
-def _epoch_warmup(epoch: int, target: int, training) -> float:
-    from protocol.training import warmup_factor_for_samples as factor
-
-    return factor(epoch * target, training)
 
 
 def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
@@ -156,7 +153,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     metrics_server = start_metrics_server(options.metrics_port, metrics.registry, options.metrics_host) if options.metrics_port else None
 
     torch.manual_seed(config.training.seed)  # identical initial weights on every peer (pitfall 5)
-    model = Encoder(encoder_config(config.training, tokenizer)).to(device)
+    model = build_encoder(encoder_config(config.training, tokenizer)).to(device)
     if release_dir is not None:
         model.load_state_dict(load_encoder(release_dir).state_dict())
     batch_size = options.batch_size or config.training.batch_size
@@ -200,7 +197,7 @@ def _wait_for_swarm(optimizer: hivemind.Optimizer, expected: int, stop: StopFlag
         time.sleep(0.5)
 
 
-def _save_local_state(model: Encoder, workdir: Path) -> None:
+def _save_local_state(model: TextEncoder, workdir: Path) -> None:
     from protocol.encoder import save_encoder
 
     save_encoder(model, workdir / "state")
@@ -237,6 +234,7 @@ class TrainingSession:
         self.traffic_seen = (0, 0)
         self.compute_seconds = 0.0  # forward + backward: what utilisation divides by wall time
         self.first_loss: float | None = None
+        self.collapse = CollapseDetector()
         self.epochs_at_start = optimizer.local_epoch
         self.started = time.monotonic()
 
@@ -258,12 +256,13 @@ class TrainingSession:
                 computing = time.monotonic()
                 loss, parts = self.task.loss(batch)
                 loss.backward()
+                self._watch_collapse(len(batch), parts)
                 self.compute_seconds += time.monotonic() - computing
                 stepping = time.monotonic()
                 self.optimizer.step()
                 self.optimizer.zero_grad()
-                # reported without the compat term: comparable with the baseline and the spot checks, whichever parent is held
-                self._count(batch, float(loss.detach()) - self.config.training.objective.compat_weight * parts.get("compat", 0.0))
+                # the absolute InfoNCE: comparable with the baseline and the spot checks, chance level ln(batch)
+                self._count(batch, parts["abs"])
                 if self.optimizer.local_epoch != epoch_seen:
                     self.metrics.allreduce_duration.observe(time.monotonic() - stepping)
                     epoch_seen = self.optimizer.local_epoch
@@ -280,6 +279,12 @@ class TrainingSession:
         if self.shard is not None:
             self.lease.save_progress(self.shard, self.offset)
         self._publish()
+
+    def _watch_collapse(self, batch_size: int, parts: dict) -> None:
+        """One warning in the log when the encoder collapses (and the flag in every record while it lasts)."""
+        was = self.collapse.collapsed
+        if self.collapse.observe(batch_size, parts["abs"], parts["mean_cos"]) and not was:
+            logger.warning(self.collapse.warning(batch_size, parts["abs"], parts["mean_cos"]))
 
     def _limit_reached(self) -> bool:
         if self.options.max_samples is not None and self.stats.samples >= self.options.max_samples:
@@ -342,6 +347,7 @@ class TrainingSession:
             loss=float(loss), samples_per_second=float(max(self.throughput, 0.0)), device=self.device.type,
             uptime_seconds=float(time.time() - self.stats.started_at), shard=self.stats.shard, protocol_version=PROTOCOL_VERSION,
             reported_at=time.time(), epoch=int(self.optimizer.local_epoch), shards_completed=self.stats.shards_completed,
+            collapsed=self.collapse.collapsed,
             **{k: (float(v) if k == "probe_loss" else int(v)) for k, v in probe.items()},
         )
         publish_record(self.dht, self.config.run_id, record, RECORD_TTL_S, identity=self.key)
@@ -361,7 +367,7 @@ class TrainingSession:
             "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
             "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,
             "compression": self.options.compression or self.config.swarm.compression, "local_updates": self.config.swarm.local_updates,
-            "compat_parent": self.parent.version if self.parent is not None else None,
+            "compat_parent": self.parent.version if self.parent is not None else None, "collapsed": self.collapse.collapsed,
         })
 
 

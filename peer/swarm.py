@@ -60,11 +60,9 @@ class SwarmPlan:
     workdir: Path
     peers: int
     minutes: float | None
-    run_id: str = "local-wordnet-tiny"
+    run_id: str = "local-wordnet"
     corpus: str = "wordnet"
-    model: str = "tiny"
-    target_batch_size: int = 2048
-    compression: str = "blockwise8"
+    init_args: list[str] = field(default_factory=list)  # training and swarm options for `cairn coordinator init`
     release_every: int = 0
     dashboard: bool = True
     dht_port: int = field(default_factory=free_port)
@@ -81,8 +79,7 @@ def initialise(plan: SwarmPlan) -> Path:
     coordinator_dir = plan.workdir / "coordinator"
     if not (coordinator_dir / "run.json").exists():
         result = subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", plan.run_id,
-                                      "--corpus", plan.corpus, "--model", plan.model, "--target-batch-size", str(plan.target_batch_size),
-                                      "--compression", plan.compression), capture_output=True, text=True)
+                                      "--corpus", plan.corpus, *plan.init_args), capture_output=True, text=True)
         if result.returncode != 0:
             raise CairnError(f"coordinator init failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
     return coordinator_dir

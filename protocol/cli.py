@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from protocol.errors import CairnError
+from protocol.options import device_option
+from protocol.run_options import training_config, training_options
 
 
 def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -29,43 +31,35 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 @click.command()
 @click.option("--corpus", default="wordnet", show_default=True, help="wordnet | jsonl:PATH | hf:NAME:COL_A:COL_B[:SPLIT] | hf-json:PATH:COL_A:COL_B")
-@click.option("--model", "model_size", default="tiny", show_default=True, type=click.Choice(["tiny", "small"]))
-@click.option("--minutes", type=float, help="wall-clock training budget (resumed runs count time already spent)")
-@click.option("--max-samples", type=int, help="stop after this many training samples")
+@training_options
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="wall-clock training budget (resumed runs count time already spent)")
+@click.option("--max-samples", type=click.IntRange(min=1), help="stop after this many training samples")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output directory (resumes if it holds a checkpoint)")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--accumulate", type=int, default=1, show_default=True, help="batches per update (single-process twin of a swarm's target batch)")
-@click.option("--landmarks", "landmark_count", type=int, default=256, show_default=True)
-@click.option("--landmark-order", type=click.Choice(["farthest", "random"]), default="farthest", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="seed of the landmark set and reference texts; also of the initial weights unless --init-seed is given")
-@click.option("--init-seed", type=int, show_default="--seed", help="seed of the initial weights and dropout; runs that differ only in "
-              "--init-seed/--data-seed/--shard share one tokenizer and landmark set (cross-run stability)")
-@click.option("--data-seed", type=int, show_default="the corpus order", help="shuffle the training pairs with this seed before batching")
+@click.option("--accumulate", type=click.IntRange(min=1, max=4096), default=1, show_default=True,
+              help="batches per update (single-process twin of a swarm's target batch)")
+@click.option("--init-seed", type=click.IntRange(min=0), show_default="--seed", help="seed of the initial weights and dropout; runs that "
+              "differ only in --init-seed/--data-seed/--shard share one tokenizer and landmark set (cross-run stability)")
+@click.option("--data-seed", type=click.IntRange(min=0), show_default="the corpus order", help="shuffle the training pairs with this seed before batching")
 @click.option("--shard", callback=_parse_shard, metavar="I/N", help="train on shard I of N only (every N-th training pair, from the I-th)")
 @click.option("--compat-with", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="a release (or bundle) to stay compatible with: typically resume a run with its previous release here to train "
               "the next one, so task models trained on that release keep working")
 @click.option("--compat-weight", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
               help="weight of the compatibility term (bench/compat_loss.py: 1 kept heads at >= 97 %, 10 cost retrieval quality)")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@device_option()
 @click.option("--quick-eval", is_flag=True, help="evaluate on subsamples (faster, noisier)")
 @click.option("--no-eval", is_flag=True)
-def train(corpus: str, model_size: str, minutes: float | None, max_samples: int | None, out: Path, batch_size: int, lr: float, accumulate: int,
-          landmark_count: int, landmark_order: str, seed: int, init_seed: int | None, data_seed: int | None, shard: tuple[int, int] | None,
-          compat_with: Path | None, compat_weight: float, device: str, quick_eval: bool, no_eval: bool) -> None:
+def train(corpus: str, minutes: float | None, max_samples: int | None, out: Path, accumulate: int, init_seed: int | None,
+          data_seed: int | None, shard: tuple[int, int] | None, compat_with: Path | None, compat_weight: float, device: str,
+          quick_eval: bool, no_eval: bool, **settings) -> None:
     """Train the encoder in one process; write encoder, tokenizer, landmarks and eval report to OUT.
 
     A resumed run (OUT holds a checkpoint) must be given the same options, seeds and shard.
     """
     from protocol.report import print_report
     from protocol.trainer import train as run_training
-    from protocol.training import TrainingConfig
 
-    if landmark_count < 16:
-        raise CairnError("--landmarks must be at least 16")
-    config = TrainingConfig(model=model_size, batch_size=batch_size, lr=lr, landmarks=landmark_count, landmark_order=landmark_order, seed=seed)
+    config = training_config(settings)
     result = run_training(corpus, out, config, minutes=minutes, max_samples=max_samples, device=device, accumulate=accumulate,
                           evaluate=not no_eval, quick_eval=quick_eval, init_seed=init_seed, data_seed=data_seed, shard=shard,
                           compat_with=compat_with, compat_weight=compat_weight)
@@ -78,7 +72,7 @@ def train(corpus: str, model_size: str, minutes: float | None, max_samples: int 
 @click.option("--dims", type=int, default=None, help="first m relational coordinates (default: all K)")
 @click.option("--absolute", is_flag=True, help="print the absolute (pooled) vector instead of the relational one")
 @click.option("--file", "text_file", type=click.Path(path_type=Path), help="read texts from a file, one per line")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@device_option()
 @click.argument("texts", nargs=-1)
 def embed(release_dir: Path, dims: int | None, absolute: bool, text_file: Path | None, texts: tuple[str, ...], device: str) -> None:
     """Print one JSON line per text: {"text": ..., "embedding": [...]}."""

@@ -71,6 +71,7 @@ class ContributionRecord(pydantic.BaseModel):
     probe_offset: _count()
     probe_count: pydantic.conint(strict=True, ge=0, le=4096)
     probe_loss: _finite()
+    collapsed: pydantic.StrictBool = False  # the peer's collapse detector fired (protocol.training.CollapseDetector)
 
     class Config:
         extra = pydantic.Extra.forbid

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protocol.encoder import Encoder, load_encoder, pick_device, save_encoder
+from protocol.encoder import TextEncoder, load_encoder, pick_device, save_encoder
 from protocol.errors import CairnError
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet, compute_stats, prefix, relational
 from protocol.tokenizer import TextTokenizer
 
 
 @torch.no_grad()
-def encode_texts(model: Encoder, tokenizer: TextTokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
+def encode_texts(model: TextEncoder, tokenizer: TextTokenizer, texts: list[str], batch_size: int = 256) -> np.ndarray:
     """Absolute (mean-pooled) vectors, batched; restores the model's train/eval mode afterwards."""
     was_training = model.training
     model.eval()
@@ -38,7 +38,7 @@ def encode_texts(model: Encoder, tokenizer: TextTokenizer, texts: list[str], bat
 class Embedder:
     """`embed(texts, dims=m)` -> the first m relational coordinates, L2-normalised; `absolute(texts)`."""
 
-    def __init__(self, model: Encoder, tokenizer: TextTokenizer, landmarks: LandmarkSet):
+    def __init__(self, model: TextEncoder, tokenizer: TextTokenizer, landmarks: LandmarkSet):
         if landmarks.stats is None:
             raise CairnError("the landmark set has no standardisation stats; calibrate it first")
         self.model = model
@@ -61,14 +61,14 @@ class Embedder:
         return prefix(self.relational(texts), dims)
 
 
-def calibrate(model: Encoder, tokenizer: TextTokenizer, landmarks: LandmarkSet, reference_texts: list[str]) -> LandmarkSet:
+def calibrate(model: TextEncoder, tokenizer: TextTokenizer, landmarks: LandmarkSet, reference_texts: list[str]) -> LandmarkSet:
     """Attach per-anchor mean/std of the cosine over a reference sample for this encoder."""
     anchors = encode_texts(model, tokenizer, landmarks.anchors)
     reference = encode_texts(model, tokenizer, reference_texts)
     return landmarks.with_stats(compute_stats(reference, anchors))
 
 
-def save_bundle(directory: Path, model: Encoder, tokenizer: TextTokenizer, landmarks: LandmarkSet) -> None:
+def save_bundle(directory: Path, model: TextEncoder, tokenizer: TextTokenizer, landmarks: LandmarkSet) -> None:
     directory = Path(directory)
     save_encoder(model, directory)
     tokenizer.save(directory)

@@ -1,8 +1,12 @@
-"""The Cairn text encoder: a small transformer with mean pooling, readable in one sitting.
+"""The Cairn text encoders, readable in one sitting: a static token-vector table, or a small transformer.
 
-The architecture is part of the shared contract: every peer must build bit-identical parameter
-shapes from the same `EncoderConfig`, so sizes are named (`tiny`, `small`) and the config travels
-as JSON beside the safetensors weights.
+Both map (token ids, attention mask) to one mean-pooled vector per text. The architecture is part of the
+shared contract: every peer must build bit-identical parameter shapes from the same `EncoderConfig`, so
+sizes are named (`static`, `tiny`, `small`) and the config travels as JSON beside the safetensors weights.
+
+Why a static model at all (docs/embedding.md, "the recipe"): on a volunteer's CPU a transformer sees a few
+hundred samples a second and, at a swarm's large global batch, spends its few updates collapsed (every
+text on one vector); a table lookup and a mean sees thousands a second and learns from its first updates.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ from protocol.errors import CairnError
 from protocol.fsutil import atomic_write_bytes
 
 
+ARCHITECTURES = ("static", "transformer")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
+    architecture: str = "transformer"  # "static": token vectors and a mean, no attention (the fields below it ignores are unused)
     vocab_size: int = 8000
     max_len: int = 64
     d_model: int = 128
@@ -35,6 +43,9 @@ class EncoderConfig:
 
 
 MODEL_SIZES: dict[str, EncoderConfig] = {
+    # 30,522 x 256 = 7.8M parameters, a lookup and a mean per text: thousands of samples/s per CPU core.
+    "static": EncoderConfig(architecture="static", vocab_size=30522, max_len=256, d_model=256, n_layers=0, n_heads=1, d_ff=0,
+                            dropout=0.0),
     # ~1.4M parameters: trains on 2 CPU cores in minutes; used by tests and the local swarm.
     "tiny": EncoderConfig(vocab_size=8000, max_len=64, d_model=128, n_layers=2, n_heads=4, d_ff=512),
     # ~22M parameters, the size of all-MiniLM-L6-v2 (6 layers, width 384, 30k vocabulary).
@@ -124,6 +135,45 @@ class Encoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+STATIC_INIT_STD = 0.1
+
+
+class StaticEncoder(nn.Module):
+    """A token-vector table and the mean of a text's token vectors: sentence-transformers' `StaticEmbedding`.
+
+    The mean is an `EmbeddingBag` over the real tokens only (padding never enters it), so a text's vector
+    does not depend on the batch it is padded in. An empty text is the zero vector.
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.tokens = nn.EmbeddingBag(config.vocab_size, config.d_model, mode="mean")
+        nn.init.normal_(self.tokens.weight, std=STATIC_INIT_STD)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Return the mean token vector of each text: (batch, d_model)."""
+        real = attention_mask.bool()
+        lengths = real.sum(1)
+        offsets = lengths.cumsum(0) - lengths
+        return self.tokens(input_ids[real], offsets)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+TextEncoder = StaticEncoder | Encoder  # what build_encoder returns; both map (ids, mask) to (batch, d_model)
+
+
+def build_encoder(config: EncoderConfig) -> TextEncoder:
+    """The encoder a config describes (its `architecture`), freshly initialised from torch's generator."""
+    if config.architecture == "static":
+        return StaticEncoder(config)
+    if config.architecture == "transformer":
+        return Encoder(config)
+    raise CairnError(f"unknown encoder architecture {config.architecture!r}; use one of {', '.join(ARCHITECTURES)}")
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     """`auto` takes CUDA when present; asking for CUDA on a machine without it is a clear error."""
     if requested == "auto":
@@ -139,7 +189,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def save_encoder(model: Encoder, directory: Path) -> None:
+def save_encoder(model: TextEncoder, directory: Path) -> None:
     """Write weights (safetensors) and config (JSON) atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
@@ -147,7 +197,7 @@ def save_encoder(model: Encoder, directory: Path) -> None:
     atomic_write_bytes(directory / CONFIG_FILE, json.dumps(asdict(model.config), indent=2).encode())
 
 
-def load_encoder(directory: Path, device: torch.device | str = "cpu") -> Encoder:
+def load_encoder(directory: Path, device: torch.device | str = "cpu") -> TextEncoder:
     """Load an encoder saved by `save_encoder`; mismatched or missing files are a one-line error."""
     directory = Path(directory)
     try:
@@ -159,7 +209,7 @@ def load_encoder(directory: Path, device: torch.device | str = "cpu") -> Encoder
     # the random initialisation is overwritten below; drawing it must not move the caller's generator
     # (a seeded run that loads a release or a parent would otherwise depend on whether it did)
     with torch.random.fork_rng(devices=[]):
-        model = Encoder(config)
+        model = build_encoder(config)
     try:
         state = load_file(str(directory / WEIGHTS_FILE))
         model.load_state_dict(state)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from protocol.options import check_ranges, setting
+
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE: row i of `a` should match row i of `b` against every other row in the batch."""
@@ -28,17 +30,24 @@ def relational_torch(vectors: torch.Tensor, anchor_vectors: torch.Tensor, mean: 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
+    """The loss: weight x InfoNCE on the absolute vector + weight x mean InfoNCE over relational prefixes (+ compat)."""
+
     prefix_dims: Sequence[int] = (16, 32, 64, 128, 256)
-    # The relational-prefix term is off by default: measured on WordNet/tiny (docs/benchmarks.md,
-    # "objective"), any weight from 0.1 to 1 held the absolute loss at chance for hundreds of steps
-    # from a random start, with fixed or in-batch statistics alike, while the absolute loss alone
-    # learns. Relational vectors are computed from the trained encoder with calibrated statistics.
-    relational_weight: float = 0.0  # weight of the mean relational-prefix loss
-    absolute_weight: float = 1.0  # weight of the absolute-vector loss
-    temperature: float = 0.05  # absolute vectors
-    relational_temperature: float = 0.1
+    # Trains the relational vector itself (docs/embedding.md, "the recipe"): with the static encoder it lifts the
+    # relational read-out to the absolute vector's quality. (From a random start the tiny transformer's relational
+    # term stalled at chance: docs/benchmarks.md, "objective".)
+    relational_weight: float = setting(0.0, "weight of the Matryoshka relational term (InfoNCE on relational prefixes)",
+                                       min=0.0, max=100.0)
+    absolute_weight: float = setting(1.0, "weight of InfoNCE on the absolute (pooled) vector", min=0.0, max=100.0)
+    temperature: float = setting(0.05, "InfoNCE temperature of the absolute vector", min=0.0, max=10.0, min_open=True)
+    relational_temperature: float = setting(0.1, "InfoNCE temperature of the relational prefixes", min=0.0, max=10.0, min_open=True)
     # Backward compatibility with the parent release (0: off). Measured in bench/compat_loss.py.
-    compat_weight: float = 0.0
+    compat_weight: float = setting(0.0, "weight of the compatibility term against the parent release (0: off)", min=0.0, max=100.0)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not self.prefix_dims or any(not isinstance(d, int) or d < 1 for d in self.prefix_dims):
+            raise ValueError("prefix_dims must be positive integers")
 
 
 def batch_standardised(sims: torch.Tensor) -> torch.Tensor:

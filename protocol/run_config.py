@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import CairnError, ProtocolMismatch
+from protocol.options import check_ranges, setting
 from protocol.training import TrainingConfig
 
 COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8")
@@ -20,22 +21,23 @@ COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8")
 @dataclass(frozen=True)
 class SwarmConfig:
     """hivemind.Optimizer settings. Defaults measured on 2-core CPUs (docs/benchmarks.md):
-    a small target batch spends most wall time averaging; 2048 brought utilisation to ~0.8."""
+    a small target batch spends most wall time averaging."""
 
-    target_batch_size: int = 2048
-    matchmaking_time: float = 1.0
-    averaging_timeout: float = 15.0
-    next_chunk_timeout: float = 5.0  # >= 5 s: hivemind's default silently half-averages some rounds
-    request_timeout: float = 0.5
-    average_state_every: int = 10  # full-state rounds (fp16) every 10 epochs, not every epoch
-    compression: str = "blockwise8"
+    target_batch_size: int = setting(2048, "samples per global step (all peers together)", min=2, max=2**24)
+    matchmaking_time: float = setting(1.0, "seconds a peer waits to gather a group for an averaging round", min=0.1, max=600.0)
+    averaging_timeout: float = setting(15.0, "the longest an averaging round may take (a departed peer can stall a round this long)",
+                                       min=1.0, max=3600.0)
+    # >= 5 s: hivemind's default silently half-averages some rounds
+    next_chunk_timeout: float = setting(5.0, "seconds to wait for the next chunk of a peer's part in a round", min=5.0, max=600.0)
+    request_timeout: float = setting(0.5, "seconds to wait for a peer to answer a request", min=0.05, max=60.0)
+    average_state_every: int = setting(10, "full-state averaging rounds (fp16) every N global steps", min=1, max=100_000)
+    compression: str = setting("blockwise8", "gradient compression on the wire", choices=COMPRESSIONS)
     local_updates: bool = False  # DiLoCo-style: local steps, parameters averaged once per epoch
-    num_shards: int = 16
-    lease_seconds: float = 30.0
+    num_shards: int = setting(16, "corpus shards that peers lease", min=1, max=1_000_000)
+    lease_seconds: float = setting(30.0, "shard lease; a departed peer's shard frees after this", min=5.0, max=86_400.0)
 
     def __post_init__(self) -> None:
-        if self.compression not in COMPRESSIONS:
-            raise CairnError(f"unknown compression {self.compression!r}; use one of {', '.join(COMPRESSIONS)}")
+        check_ranges(self)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The tokenizer: a WordPiece vocabulary trained with Hugging Face `tokenizers` on the corpus.
+"""The tokenizer: an established WordPiece vocabulary, or one trained on the run's corpus, with HF `tokenizers`.
 
 It ships as `tokenizer.json` beside the weights; its SHA-256 is in the run configuration so every
 peer provably tokenizes the same way.
@@ -19,6 +19,30 @@ from protocol.fsutil import atomic_write_bytes
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] must be id 0: the encoder's padding_idx
+CORPUS_VOCABULARY = "corpus"  # a WordPiece vocabulary trained on the run's own texts
+VOCABULARY_DIR = Path(__file__).resolve().parent / "vocab"
+VOCABULARIES = (CORPUS_VOCABULARY, "bert-base-uncased")
+
+
+def make_tokenizer(vocabulary: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """The tokenizer a run's `vocabulary` names: `corpus` trains one of `vocab_size` on `texts`, any other
+    name is a vocabulary file shipped in protocol/vocab/ (`texts` and `vocab_size` unused)."""
+    if vocabulary == CORPUS_VOCABULARY:
+        return train_tokenizer(texts, vocab_size)
+    if vocabulary not in VOCABULARIES:
+        raise CairnError(f"unknown vocabulary {vocabulary!r}; use one of {', '.join(VOCABULARIES)}")
+    return wordpiece_from_file(VOCABULARY_DIR / f"{vocabulary}.txt")
+
+
+def wordpiece_from_file(path: Path) -> Tokenizer:
+    """A lower-casing BERT WordPiece tokenizer over an existing vocab.txt ([PAD] must be its id 0), no [CLS]/[SEP]."""
+    tokenizer = Tokenizer(models.WordPiece.from_file(str(path), unk_token="[UNK]"))
+    if tokenizer.token_to_id("[PAD]") != 0 or tokenizer.token_to_id("[UNK]") is None:
+        raise CairnError(f"{path}: a vocabulary needs [PAD] as id 0 and an [UNK] token")
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:

@@ -20,13 +20,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from protocol.corpora import load_corpus
 from protocol.embedder import Embedder, calibrate, save_bundle
-from protocol.encoder import Encoder, config_for, pick_device
+from protocol.encoder import TextEncoder, config_for, pick_device
 from protocol.errors import CairnError
 from protocol.fsutil import atomic_write_bytes, atomic_write_json
 from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from protocol.tokenizer import TextTokenizer
-from protocol.training import (ParentRelease, TrainingConfig, TrainingTask, batches, encoder_config, make_optimizer, prepare_run,
-                               reference_texts, warmup_factor_for_samples)
+from protocol.training import (CollapseDetector, ParentRelease, TrainingConfig, TrainingTask, batches, initial_encoder, make_optimizer, make_scheduler,
+                               prepare_run, reference_texts)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILE = "run.json"
@@ -79,10 +79,10 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
         raise CairnError(f"corpus {corpus_spec!r}" + (f" shard {shard[0]}/{shard[1]}" if shard else "") + " has no training pairs")
     seeds = {"init_seed": init_seed, "data_seed": data_seed, "shard": list(shard) if shard else None}
     tokenizer, landmarks = _load_or_prepare(out, corpus_spec, corpus, config, seeds, landmarks)
-    torch.manual_seed(init_seed)
-    model = Encoder(encoder_config(config, tokenizer)).to(pick_device(device))
+    model = initial_encoder(config, tokenizer, init_seed).to(pick_device(device))
     optimizer = make_optimizer(model, config)
-    state = _load_checkpoint(out, model, optimizer)
+    scheduler = make_scheduler(optimizer, config)
+    state = _load_checkpoint(out, model, optimizer, scheduler)
     task_config, parent = config, None
     if compat_with is not None:
         parent = _parent_release(compat_with)
@@ -95,6 +95,7 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     deadline = started + minutes * 60 - elapsed_before if minutes is not None else None
     loss_value = float("nan")
     recent_losses: deque[float] = deque(maxlen=LOSS_WINDOW)
+    collapse, collapse_warned = CollapseDetector(), False
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("step {task.fields[step]} loss {task.fields[loss]:.3f} "
                         "{task.fields[rate]:.0f} samples/s"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress)
     total = max_samples if max_samples is not None else (minutes or 0) * 60
@@ -105,31 +106,32 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
             if state["step"] % accumulate == 0 and ((deadline is not None and time.monotonic() >= deadline)
                                                     or (max_samples is not None and state["samples"] >= max_samples)):
                 break
-            loss, _ = task.loss(batch)
+            loss, parts = task.loss(batch)
             (loss / accumulate).backward()
-            loss_value = float(loss.detach())
+            loss_value = parts["abs"]  # the absolute InfoNCE: chance is ln(batch size), whatever other terms are on
+            if collapse.observe(len(batch), loss_value, parts["mean_cos"]) and not collapse_warned:
+                progress.console.print(f"[yellow]warning:[/] {collapse.warning(len(batch), loss_value, parts['mean_cos'])}")
+                collapse_warned = True
             recent_losses.append(loss_value)
             state.update(step=state["step"] + 1, samples=state["samples"] + len(batch), offset=offset)
             if state["step"] % accumulate == 0:
-                # the learning rate of an update depends on the samples seen before it, as in the swarm
-                for group in optimizer.param_groups:
-                    group["lr"] = config.lr * warmup_factor_for_samples(state["samples"] - len(batch) * accumulate, config)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                scheduler.step()  # the learning rate of update n is lr_factor(n), as in every peer
             now = time.monotonic()
             state["seconds"] = elapsed_before + now - started
             progress.update(bar, completed=state["samples"] if max_samples is not None else state["seconds"], step=state["step"],
                             loss=loss_value, rate=(state["samples"] - 0) / max(state["seconds"], 1e-9))
             if now - last_checkpoint >= checkpoint_every_s and state["step"] % accumulate == 0:
-                _save_checkpoint(out, model, optimizer, state)
+                _save_checkpoint(out, model, optimizer, scheduler, state)
                 last_checkpoint = now
-    _save_checkpoint(out, model, optimizer, state)
+    _save_checkpoint(out, model, optimizer, scheduler, state)
     model.eval()
     calibrated = calibrate(model, tokenizer, landmarks, task.reference)
     save_bundle(out, model, tokenizer, calibrated)
     report = evaluate_bundle(Embedder(model, tokenizer, calibrated), corpus, quick=quick_eval) if evaluate else {}
     report["training"] = {"steps": state["step"], "samples": state["samples"], "seconds": round(state["seconds"], 1),
-                          "final_loss": loss_value, "corpus": corpus.name, "model": config.model, **seeds,
+                          "final_loss": loss_value, "collapsed": collapse.collapsed, "corpus": corpus.name, "model": config.model, **seeds,
                           "compat_with": None if compat_with is None else str(compat_with), "compat_weight": compat_weight if compat_with else 0.0}
     atomic_write_json(out / "eval.json", report)
     return TrainResult(state["step"], state["samples"], state["seconds"], loss_value, report, list(recent_losses))
@@ -206,13 +208,14 @@ def _differences(previous: dict, run: dict) -> str:
     return ", ".join(changes)
 
 
-def _save_checkpoint(out: Path, model: Encoder, optimizer: torch.optim.Optimizer, state: dict) -> None:
+def _save_checkpoint(out: Path, model: TextEncoder, optimizer: torch.optim.Optimizer, scheduler, state: dict) -> None:
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state, "rng": torch.get_rng_state()}, buffer)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
+                "rng": torch.get_rng_state()}, buffer)
     atomic_write_bytes(out / CHECKPOINT_FILE, buffer.getvalue())
 
 
-def _load_checkpoint(out: Path, model: Encoder, optimizer: torch.optim.Optimizer) -> dict:
+def _load_checkpoint(out: Path, model: TextEncoder, optimizer: torch.optim.Optimizer, scheduler) -> dict:
     path = out / CHECKPOINT_FILE
     if not path.exists():
         return {"step": 0, "samples": 0, "offset": 0, "seconds": 0.0}
@@ -220,6 +223,7 @@ def _load_checkpoint(out: Path, model: Encoder, optimizer: torch.optim.Optimizer
         checkpoint = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"].cpu())
     except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as error:  # a non-checkpoint file: UnpicklingError
         raise CairnError(f"{path}: unreadable checkpoint ({str(error).splitlines()[0]}); move it away to start over") from None

@@ -7,7 +7,9 @@ baseline: same tokenizer, same landmarks, same loss, same batches for the same s
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
+from functools import partial
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -15,29 +17,49 @@ import torch
 
 from protocol.corpora.base import Pair, PairCorpus
 from protocol.embedder import Embedder, encode_texts
-from protocol.encoder import Encoder, EncoderConfig, config_for
+from protocol.encoder import MODEL_SIZES, EncoderConfig, TextEncoder, build_encoder, config_for
 from protocol.landmarks import LandmarkSet, cosines, select_landmarks
 from protocol.objective import ObjectiveConfig, compat_loss, matryoshka_relational_loss
-from protocol.tokenizer import TextTokenizer, train_tokenizer
+from protocol.options import check_ranges, setting
+from protocol.tokenizer import CORPUS_VOCABULARY, VOCABULARIES, TextTokenizer, make_tokenizer
+
+
+INITIALISATIONS = ("distilled", "random")
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Hyperparameters; the coordinator publishes these in the run configuration."""
+    """Hyperparameters; the coordinator publishes these in the run configuration. Every command-line option
+    that sets one is generated from its `setting` (protocol/options.py): one default, one range."""
 
-    model: str = "tiny"
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    landmarks: int = 256
-    landmark_order: str = "farthest"
-    # Anchor encodings and their standardisation stats are refreshed without gradient every N steps
-    # (bench/anchor_refresh.py measures the trade-off against refreshing every step).
-    anchor_refresh_every: int = 25
-    reference_size: int = 512
-    seed: int = 0
+    model: str = setting("tiny", "encoder family and size (protocol.encoder.MODEL_SIZES)", choices=tuple(MODEL_SIZES))
+    initialisation: str = setting("random", "initial weights: 'distilled' (static model only) starts from "
+                                  "all-MiniLM-L6-v2's vector of every token, reduced by PCA (protocol/distill.py); "
+                                  "'random' from the seeded random init", choices=INITIALISATIONS)
+    vocabulary: str = setting("corpus", "token vocabulary: an established one shipped in protocol/vocab, or 'corpus' "
+                              "(WordPiece trained on the run's texts)", choices=VOCABULARIES)
+    batch_size: int = setting(64, "pairs per forward pass (in-batch negatives: InfoNCE needs at least 2)", min=2, max=65536)
+    lr: float = setting(2e-3, "peak learning rate of AdamW", min=0.0, max=10.0, min_open=True)
+    weight_decay: float = setting(0.01, "AdamW's decoupled weight decay", min=0.0, max=1.0)
+    # Counted in updates, not samples: a swarm updating once per 2,048 samples got 1.5 updates of warm-up that
+    # way, and its first full-size Adam steps collapsed the encoder (docs/benchmarks.md, "the swarm that trained nothing").
+    warmup_updates: int = setting(50, "linear learning-rate warm-up, in optimizer updates", min=1, max=1_000_000)
+    landmarks: int = setting(256, "anchors in the landmark set: the relational vector's width K", min=16, max=4096)
+    landmark_order: str = setting("farthest", "anchor order: farthest-point (anchors that split the data most first) or random",
+                                  choices=("farthest", "random"))
+    # 0: the anchors are encoded with gradient in every step (cheap for the static encoder: 256 more texts);
+    # N > 0: re-encoded without gradient every N steps (a transformer's cost; bench/anchor_refresh.py)
+    anchor_refresh_every: int = setting(25, "anchors of the relational term: 0 encodes them with gradient in every step, "
+                                        "N re-encodes them without gradient every N steps", min=0, max=100_000)
+    reference_size: int = setting(512, "texts over which each anchor's cosine is standardised", min=16, max=100_000)
+    seed: int = setting(0, "seed of the landmark set and reference texts (and of the initial weights unless --init-seed)",
+                        min=0, max=2**31 - 1)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.initialisation == "distilled" and config_for(self.model).architecture != "static":
+            raise ValueError(f"a distilled start needs the static model, not {self.model!r}: use --initialisation random")
 
     def to_json(self) -> dict:
         document = asdict(self)
@@ -52,7 +74,20 @@ class TrainingConfig:
         return cls(objective=objective, **document)
 
 
+def initial_encoder(config: TrainingConfig, tokenizer: TextTokenizer, init_seed: int) -> TextEncoder:
+    """The encoder a run starts from. Seeds torch with `init_seed` (initial weights and dropout); a distilled
+    start is the teacher's table (protocol/distill.py, cached per machine) rotated at random by `init_seed`."""
+    torch.manual_seed(init_seed)
+    encoder = encoder_config(config, tokenizer)
+    if config.initialisation == "random":
+        return build_encoder(encoder)
+    from protocol.distill import encoder_from_table, load_or_distill
+
+    return encoder_from_table(encoder, load_or_distill(tokenizer, encoder.d_model), rotation_seed=init_seed)
+
+
 def encoder_config(config: TrainingConfig, tokenizer: TextTokenizer) -> EncoderConfig:
+    """The named model size with the run tokenizer's vocabulary size."""
     base = config_for(config.model)
     return EncoderConfig(**{**asdict(base), "vocab_size": tokenizer.vocab_size})
 
@@ -64,7 +99,8 @@ def prepare_run(corpus: PairCorpus, config: TrainingConfig) -> tuple[TextTokeniz
     check they agree with the coordinator before training.
     """
     base = config_for(config.model)
-    tokenizer = TextTokenizer(train_tokenizer(corpus.texts(), base.vocab_size), base.max_len)
+    texts = corpus.texts() if config.vocabulary == CORPUS_VOCABULARY else []
+    tokenizer = TextTokenizer(make_tokenizer(config.vocabulary, texts, base.vocab_size), base.max_len)
     landmarks = select_landmarks(corpus.landmark_candidates(seed=config.seed), config.landmarks, config.landmark_order, config.seed)
     return tokenizer, landmarks
 
@@ -109,7 +145,7 @@ class ParentRelease:
 class TrainingTask:
     """Holds the anchors' current encodings and computes the loss of a batch of pairs."""
 
-    def __init__(self, model: Encoder, tokenizer: TextTokenizer, landmarks: LandmarkSet, reference: list[str],
+    def __init__(self, model: TextEncoder, tokenizer: TextTokenizer, landmarks: LandmarkSet, reference: list[str],
                  config: TrainingConfig, parent: ParentRelease | None = None):
         self.model = model
         self.tokenizer = tokenizer
@@ -145,7 +181,8 @@ class TrainingTask:
         """The training loss of a batch and its parts; `compat=False` leaves out the compatibility term."""
         relational = self.config.objective.relational_weight > 0
         with_parent = compat and self.parent is not None
-        if (relational or with_parent) and self.steps_since_refresh >= self.config.anchor_refresh_every:
+        anchors_with_gradient = relational and self.config.anchor_refresh_every == 0 and self.model.training
+        if ((relational and not anchors_with_gradient) or with_parent) and self.steps_since_refresh >= max(self.config.anchor_refresh_every, 1):
             self.refresh_anchors()
         self.steps_since_refresh += 1
         ids_a, mask_a = self.tokenizer.batch([p.a for p in pairs])
@@ -153,7 +190,12 @@ class TrainingTask:
         device = self.device
         abs_a = self.model(ids_a.to(device), mask_a.to(device))
         abs_b = self.model(ids_b.to(device), mask_b.to(device))
-        total, parts = matryoshka_relational_loss(abs_a, abs_b, self.anchor_vectors if relational else None, self.config.objective)
+        anchors = self.anchor_vectors
+        if anchors_with_gradient:
+            anchor_ids, anchor_mask = self.tokenizer.batch(self.landmarks.anchors)
+            anchors = self.model(anchor_ids.to(device), anchor_mask.to(device))  # with gradient: the anchors learn too
+        total, parts = matryoshka_relational_loss(abs_a, abs_b, anchors if relational else None, self.config.objective)
+        parts["mean_cos"] = mean_pairwise_cosine(abs_b.detach())
         if with_parent:
             targets = self.parent.targets([p.a for p in pairs] + [p.b for p in pairs]).to(device)
             drift = compat_loss(torch.cat([abs_a, abs_b]), self.parent_anchor_vectors, targets, self.parent.std.to(device))
@@ -163,24 +205,74 @@ class TrainingTask:
 
     @torch.no_grad()
     def eval_loss(self, pairs: list[Pair], batch_size: int = 128) -> float:
-        """Mean loss over fixed pairs in eval mode: comparable between the swarm and the baseline."""
+        """Mean absolute InfoNCE over fixed pairs in eval mode (chance: ln batch_size): comparable between the
+        swarm and the baseline, and what peers claim and the coordinator spot-checks."""
         was_training = self.model.training
         self.model.eval()
         if self.config.objective.relational_weight > 0:
             self.refresh_anchors()
-        try:  # without the compat term: it depends on which parent a process holds, the contrastive loss does not
-            losses = [float(self.loss(pairs[i : i + batch_size], compat=False)[0])
+        try:  # the absolute InfoNCE alone: its chance level is ln(batch), whatever the other terms and the parent held
+            losses = [self.loss(pairs[i : i + batch_size], compat=False)[1]["abs"]
                       for i in range(0, len(pairs) - batch_size + 1, batch_size)]
         finally:
             self.model.train(was_training)
         return sum(losses) / max(len(losses), 1)
 
 
-def make_optimizer(model: Encoder, config: TrainingConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: TextEncoder, config: TrainingConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def warmup_factor_for_samples(samples: int, config: TrainingConfig) -> float:
-    """Linear warm-up measured in samples, so a swarm stepping once per 2048 samples and a single
-    process stepping every 64 follow the same learning-rate curve per sample seen."""
-    return min(1.0, (samples + config.batch_size) / max(config.warmup_steps * config.batch_size, 1))
+def lr_factor(update: int, config: TrainingConfig) -> float:
+    """Learning-rate multiplier of optimizer update `update` (0-based): linear warm-up, then constant.
+
+    The one schedule of every loop (torch's LambdaLR calls it in the trainer and, through hivemind, in
+    every peer, where `update` is the global epoch), so a swarm and a single process with the same
+    effective batch follow the same curve update by update.
+    """
+    return min(1.0, (update + 1) / max(config.warmup_updates, 1))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=partial(lr_factor, config=config))
+
+
+def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
+    """Mean cosine between distinct rows: near 1 when every text has collapsed onto one vector."""
+    unit = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    count = len(unit)
+    if count < 2:
+        return float("nan")
+    total = unit.sum(0)
+    return float(((total @ total) - count) / (count * (count - 1)))
+
+
+@dataclass
+class CollapseDetector:
+    """Notices a collapsed encoder: every text on one vector, the contrastive loss pinned at chance.
+
+    A swarm once trained for minutes at loss ln(64) = 4.1589 with nobody noticing (docs/benchmarks.md, "the
+    swarm that trained nothing"). Collapse shows as the absolute InfoNCE within `tolerance` of ln(batch) or the
+    batch's mean pairwise cosine above `max_cosine`, for `patience` steps in a row.
+    """
+
+    patience: int = 20
+    tolerance: float = 1e-3
+    max_cosine: float = 0.98
+    streak: int = 0
+
+    def observe(self, batch_size: int, absolute_loss: float, mean_cosine: float) -> bool:
+        """Record one step; True while collapsed (patience steps in a row looked collapsed)."""
+        collapsed_now = abs(absolute_loss - math.log(batch_size)) < self.tolerance or mean_cosine > self.max_cosine
+        self.streak = self.streak + 1 if collapsed_now else 0
+        return self.streak >= self.patience
+
+    @property
+    def collapsed(self) -> bool:
+        return self.streak >= self.patience
+
+    @staticmethod
+    def warning(batch_size: int, absolute_loss: float, mean_cosine: float) -> str:
+        return (f"training has collapsed: loss {absolute_loss:.4f} against chance ln({batch_size}) = {math.log(batch_size):.4f}, "
+                f"mean cosine between a batch's texts {mean_cosine:.3f}; the encoder maps every text to nearly one vector "
+                "(lower the learning rate or lengthen the warm-up; docs/operating.md, 'collapse')")
