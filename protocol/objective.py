@@ -36,7 +36,7 @@ class ObjectiveConfig:
     # Trains the relational vector itself (docs/embedding.md, "the recipe"): with the static encoder it lifts the
     # relational read-out to the absolute vector's quality. (From a random start the tiny transformer's relational
     # term stalled at chance: docs/benchmarks.md, "objective".)
-    relational_weight: float = setting(0.0, "weight of the Matryoshka relational term (InfoNCE on relational prefixes)",
+    relational_weight: float = setting(1.0, "weight of the Matryoshka relational term (InfoNCE on relational prefixes)",
                                        min=0.0, max=100.0)
     absolute_weight: float = setting(1.0, "weight of InfoNCE on the absolute (pooled) vector", min=0.0, max=100.0)
     temperature: float = setting(0.05, "InfoNCE temperature of the absolute vector", min=0.0, max=10.0, min_open=True)

@@ -14,9 +14,9 @@ from protocol.options import config_option, split_settings
 from protocol.run_config import SwarmConfig
 from protocol.training import TrainingConfig
 
-TRAINING_FIELDS = ("model", "initialisation", "vocabulary", "batch_size", "lr", "weight_decay", "warmup_updates", "landmarks",
-                   "landmark_order", "seed")
-OBJECTIVE_FIELDS = ("relational_weight", "absolute_weight", "temperature")
+TRAINING_FIELDS = ("model", "initialisation", "vocabulary", "batch_size", "lr", "weight_decay", "start_pull", "warmup_updates",
+                   "landmarks", "landmark_order", "anchor_refresh_every", "seed")
+OBJECTIVE_FIELDS = ("relational_weight", "absolute_weight", "temperature", "relational_temperature")
 SWARM_FIELDS = ("target_batch_size", "compression", "num_shards", "lease_seconds", "averaging_timeout")
 OPTION_NAMES = {"num_shards": "--shards"}
 

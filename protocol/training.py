@@ -20,6 +20,7 @@ from protocol.embedder import Embedder, encode_texts
 from protocol.encoder import MODEL_SIZES, EncoderConfig, TextEncoder, build_encoder, config_for
 from protocol.landmarks import LandmarkSet, cosines, select_landmarks
 from protocol.objective import ObjectiveConfig, compat_loss, matryoshka_relational_loss
+from protocol.optim import AdamWTowardStart
 from protocol.options import check_ranges, setting
 from protocol.tokenizer import CORPUS_VOCABULARY, VOCABULARIES, TextTokenizer, make_tokenizer
 
@@ -32,24 +33,26 @@ class TrainingConfig:
     """Hyperparameters; the coordinator publishes these in the run configuration. Every command-line option
     that sets one is generated from its `setting` (protocol/options.py): one default, one range."""
 
-    model: str = setting("tiny", "encoder family and size (protocol.encoder.MODEL_SIZES)", choices=tuple(MODEL_SIZES))
-    initialisation: str = setting("random", "initial weights: 'distilled' (static model only) starts from "
+    model: str = setting("static", "encoder family and size (protocol.encoder.MODEL_SIZES)", choices=tuple(MODEL_SIZES))
+    initialisation: str = setting("distilled", "initial weights: 'distilled' (static model only) starts from "
                                   "all-MiniLM-L6-v2's vector of every token, reduced by PCA (protocol/distill.py); "
                                   "'random' from the seeded random init", choices=INITIALISATIONS)
-    vocabulary: str = setting("corpus", "token vocabulary: an established one shipped in protocol/vocab, or 'corpus' "
+    vocabulary: str = setting("bert-base-uncased", "token vocabulary: an established one shipped in protocol/vocab, or 'corpus' "
                               "(WordPiece trained on the run's texts)", choices=VOCABULARIES)
-    batch_size: int = setting(64, "pairs per forward pass (in-batch negatives: InfoNCE needs at least 2)", min=2, max=65536)
-    lr: float = setting(2e-3, "peak learning rate of AdamW", min=0.0, max=10.0, min_open=True)
-    weight_decay: float = setting(0.01, "AdamW's decoupled weight decay", min=0.0, max=1.0)
+    batch_size: int = setting(1024, "pairs per forward pass (in-batch negatives: InfoNCE needs at least 2)", min=2, max=65536)
+    lr: float = setting(3e-3, "peak learning rate of AdamW", min=0.0, max=10.0, min_open=True)
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay (toward zero)", min=0.0, max=1.0)
+    start_pull: float = setting(1.0, "decoupled decay toward the initial weights (L2-SP, protocol/optim.py): keeps what a "
+                                "distilled start knows while the corpus is learned", min=0.0, max=100.0)
     # Counted in updates, not samples: a swarm updating once per 2,048 samples got 1.5 updates of warm-up that
     # way, and its first full-size Adam steps collapsed the encoder (docs/benchmarks.md, "the swarm that trained nothing").
-    warmup_updates: int = setting(50, "linear learning-rate warm-up, in optimizer updates", min=1, max=1_000_000)
+    warmup_updates: int = setting(20, "linear learning-rate warm-up, in optimizer updates", min=1, max=1_000_000)
     landmarks: int = setting(256, "anchors in the landmark set: the relational vector's width K", min=16, max=4096)
     landmark_order: str = setting("farthest", "anchor order: farthest-point (anchors that split the data most first) or random",
                                   choices=("farthest", "random"))
     # 0: the anchors are encoded with gradient in every step (cheap for the static encoder: 256 more texts);
     # N > 0: re-encoded without gradient every N steps (a transformer's cost; bench/anchor_refresh.py)
-    anchor_refresh_every: int = setting(25, "anchors of the relational term: 0 encodes them with gradient in every step, "
+    anchor_refresh_every: int = setting(0, "anchors of the relational term: 0 encodes them with gradient in every step, "
                                         "N re-encodes them without gradient every N steps", min=0, max=100_000)
     reference_size: int = setting(512, "texts over which each anchor's cosine is standardised", min=16, max=100_000)
     seed: int = setting(0, "seed of the landmark set and reference texts (and of the initial weights unless --init-seed)",
@@ -219,8 +222,14 @@ class TrainingTask:
         return sum(losses) / max(len(losses), 1)
 
 
+def optimizer_factory(config: TrainingConfig) -> partial:
+    """params -> the run's optimizer: one definition for the trainer, every peer and the coordinator's state
+    loader (hivemind packs a downloaded optimizer state into the receiver's own structure: they must match)."""
+    return partial(AdamWTowardStart, lr=config.lr, weight_decay=config.weight_decay, start_pull=config.start_pull)
+
+
 def make_optimizer(model: TextEncoder, config: TrainingConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return optimizer_factory(config)(model.parameters())
 
 
 def lr_factor(update: int, config: TrainingConfig) -> float:
