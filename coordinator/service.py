@@ -32,7 +32,7 @@ from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from protocol.priority import run_at_low_priority
 from protocol.run_config import RunConfig
 from protocol.tokenizer import TextTokenizer
-from protocol.training import TrainingTask, encoder_config, optimizer_factory, reference_texts
+from protocol.training import TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory
 
 from coordinator.landmark_versions import latest_landmarks, version_path
 from coordinator.ledger import Ledger
@@ -86,7 +86,8 @@ class Coordinator:
         training, swarm = self.config.training, self.config.swarm
         return hivemind.Optimizer(
             dht=self.dht, run_id=self.config.run_id, target_batch_size=swarm.target_batch_size, auxiliary=True,
-            params=self.model.parameters(), optimizer=optimizer_factory(training),
+            # the peers' optimizer and schedule: hivemind unpacks a downloaded optimizer state into this one's structure
+            params=self.model.parameters(), optimizer=optimizer_factory(training), scheduler=scheduler_factory(training),
             matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
             # it shares the last averaged state it loaded: a peer joining a swarm whose peers all left
             # would otherwise retry forever inside hivemind for a donor that no longer exists

@@ -27,7 +27,7 @@ from protocol import PROTOCOL_VERSION
 from protocol.encoder import TextEncoder, build_encoder, load_encoder, pick_device
 from protocol.errors import CairnError
 from protocol.run_config import RunConfig
-from protocol.training import CollapseDetector, TrainingTask, encoder_config, lr_factor, optimizer_factory, reference_texts
+from protocol.training import CollapseDetector, TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory
 
 from peer.compression import install_exact_zero_blockwise, make_state_compression
 from peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
@@ -94,7 +94,7 @@ def make_optimizer(dht: hivemind.DHT, model: TextEncoder, config: RunConfig, bat
         params=model.parameters(),
         optimizer=optimizer_factory(training),
         # hivemind steps the scheduler once per global epoch: lr_factor(epoch), the trainer's curve update by update
-        scheduler=partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_factor, config=training)),
+        scheduler=scheduler_factory(training),
         matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
         next_chunk_timeout=swarm.next_chunk_timeout, averager_opts=dict(request_timeout=swarm.request_timeout),
         state_averaging_compression=state_compression, load_state_compression=make_state_compression("fp16"),

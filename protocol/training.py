@@ -155,7 +155,7 @@ class TrainingTask:
         self.landmarks = landmarks
         self.reference = reference
         self.config = config
-        self.steps_since_refresh = config.anchor_refresh_every  # refresh before the first step
+        self.steps_since_refresh = max(config.anchor_refresh_every, 1)  # refresh before the first step
         self.anchor_vectors: torch.Tensor | None = None
         self.set_parent(parent)
 
@@ -163,7 +163,7 @@ class TrainingTask:
         """Stay compatible with `parent` from the next step on (ignored when the compat weight is 0)."""
         self.parent = parent if self.config.objective.compat_weight > 0 else None
         self.parent_anchor_vectors = None
-        self.steps_since_refresh = self.config.anchor_refresh_every  # encode the new parent's anchors first
+        self.steps_since_refresh = max(self.config.anchor_refresh_every, 1)  # encode the new parent's anchors first
 
     @property
     def device(self) -> torch.device:
@@ -242,8 +242,14 @@ def lr_factor(update: int, config: TrainingConfig) -> float:
     return min(1.0, (update + 1) / max(config.warmup_updates, 1))
 
 
+def scheduler_factory(config: TrainingConfig) -> partial:
+    """optimizer -> the run's learning-rate schedule (LambdaLR over lr_factor). Peers and the coordinator's state
+    loader must both have it: a scheduler adds `initial_lr` to the optimizer state that hivemind transfers."""
+    return partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_factor, config=config))
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=partial(lr_factor, config=config))
+    return scheduler_factory(config)(optimizer)
 
 
 def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
