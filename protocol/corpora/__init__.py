@@ -11,12 +11,12 @@ __all__ = ["Pair", "PairCorpus", "load_corpus"]
 
 
 def load_corpus(spec: str) -> PairCorpus:
-    """`wordnet` | `jsonl:PATH` | `hf:NAME:COL_A:COL_B[:SPLIT]` | `hf-json:PATH:COL_A:COL_B`."""
+    """`wordnet` | `wordnet+relations` | `jsonl:PATH` | `hf:NAME:COL_A:COL_B[:SPLIT]` | `hf-json:PATH:COL_A:COL_B`."""
     kind, _, rest = spec.partition(":")
-    if kind == "wordnet":
+    if kind in ("wordnet", "wordnet+relations"):
         from protocol.corpora.wordnet import load_wordnet
 
-        return load_wordnet(Path(rest) if rest else None)
+        return load_wordnet(Path(rest) if rest else None, relations=kind == "wordnet+relations")
     if kind == "jsonl" and rest:
         from protocol.corpora.jsonl import load_jsonl
 
@@ -30,4 +30,4 @@ def load_corpus(spec: str) -> PairCorpus:
         if kind == "hf-json":
             return load_hf("json", (parts[1], parts[2]), data_files=parts[0])
         return load_hf(parts[0], (parts[1], parts[2]), split=parts[3] if len(parts) > 3 else "train")
-    raise CorpusError(f"unknown corpus {spec!r}; use wordnet, jsonl:PATH, hf:NAME:COL_A:COL_B or hf-json:PATH:COL_A:COL_B")
+    raise CorpusError(f"unknown corpus {spec!r}; use wordnet, wordnet+relations, jsonl:PATH, hf:NAME:COL_A:COL_B or hf-json:PATH:COL_A:COL_B")

@@ -1,6 +1,8 @@
 """The embedded default corpus: WordNet 3.0 read straight from Debian's `wordnet-base` data files.
 
-Pairs per synset: lemma<->definition, definition<->example sentence, synonym<->synonym.
+Pairs per synset: lemma<->definition, definition<->example sentence, synonym<->synonym; with
+`wordnet+relations`, also lemma<->lemma along the semantic pointers (hypernym, part/member/substance
+meronym, similar-to), between training synsets only.
 10 % of synsets are held out by a hash of their (pos, offset), never seen in training; evaluation
 uses them for gloss->lemma retrieval.
 """
@@ -21,6 +23,10 @@ POS_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv
 _MARKER = re.compile(r"\([a-z]+\)$")  # adjective syntactic markers such as "galore(ip)"
 
 
+# pointer symbol (wninput(5WN)) -> pair kind; only semantic pointers between synsets
+RELATIONS = {"@": "hypernym", "@i": "hypernym", "%m": "meronym", "%s": "meronym", "%p": "meronym", "&": "similar"}
+
+
 @dataclass(frozen=True)
 class Synset:
     pos: str
@@ -28,6 +34,7 @@ class Synset:
     lemmas: tuple[str, ...]
     definition: str
     examples: tuple[str, ...]
+    pointers: tuple[tuple[str, str, str], ...] = ()  # (symbol, target offset, target pos) of semantic pointers
 
 
 def wordnet_dir() -> Path:
@@ -45,7 +52,13 @@ def parse_line(pos: str, line: str) -> Synset | None:
     pieces = [piece.strip() for piece in gloss.strip().split(";")]
     definition = "; ".join(p for p in pieces if p and not p.startswith('"'))
     examples = tuple(p.strip('"').strip() for p in pieces if p.startswith('"') and len(p.strip('"').strip()) > 3)
-    return Synset(pos, parts[0], lemmas, definition, examples)
+    at = 4 + 2 * word_count
+    pointers = []
+    for index in range(int(parts[at])):
+        symbol, offset, target_pos, source_target = parts[at + 1 + 4 * index: at + 5 + 4 * index]
+        if symbol in RELATIONS and source_target == "0000":  # synset to synset, not between single words
+            pointers.append((symbol, offset, "a" if target_pos == "s" else target_pos))
+    return Synset(pos, parts[0], lemmas, definition, examples, tuple(pointers))
 
 
 @lru_cache(maxsize=2)
@@ -78,12 +91,30 @@ def synset_pairs(synset: Synset) -> list[Pair]:
     return pairs
 
 
-def load_wordnet(directory: Path | None = None) -> PairCorpus:
+def load_wordnet(directory: Path | None = None, relations: bool = False) -> PairCorpus:
     train: list[Pair] = []
     heldout: list[Pair] = []
-    for synset in read_synsets(Path(directory or wordnet_dir())):
+    synsets = read_synsets(Path(directory or wordnet_dir()))
+    for synset in synsets:
         (heldout if held_out(f"{synset.pos}:{synset.offset}") else train).extend(synset_pairs(synset))
-    return PairCorpus("wordnet-3.0", train, heldout)
+    if relations:
+        train.extend(relation_pairs(synsets))
+    return PairCorpus("wordnet-3.0+relations" if relations else "wordnet-3.0", train, heldout)
+
+
+def relation_pairs(synsets: tuple[Synset, ...]) -> list[Pair]:
+    """First lemma <-> first lemma along each semantic pointer whose ends are both training synsets."""
+    by_key = {(s.pos, s.offset): s for s in synsets}
+    training = {key for key in by_key if not held_out(f"{key[0]}:{key[1]}")}
+    pairs = []
+    for synset in synsets:
+        if (synset.pos, synset.offset) not in training:
+            continue
+        for symbol, offset, pos in synset.pointers:
+            target = by_key.get((pos, offset))
+            if target is not None and (pos, offset) in training and target.lemmas[0] != synset.lemmas[0]:
+                pairs.append(Pair(synset.lemmas[0], target.lemmas[0], RELATIONS[symbol]))
+    return pairs
 
 
 def heldout_gloss_lemma(corpus: PairCorpus) -> list[tuple[str, str]]:

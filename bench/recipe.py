@@ -1,0 +1,246 @@
+"""The encoder recipe, chosen by measurement: one ablation row per lever, and the goals at the real budgets.
+
+    .venv/bin/python bench/recipe.py references              TF-IDF+SVD and all-MiniLM-L6-v2 on the full suite (cached)
+    .venv/bin/python bench/recipe.py ablations --minutes 5   every lever as a `cairn train` row at the same CPU time
+    .venv/bin/python bench/recipe.py budget --minutes 30     the default recipe at `cairn train --minutes 30`: suite,
+                                                             landmark order vs random, embed speed vs MiniLM
+    .venv/bin/python bench/recipe.py stability --minutes 10  two init seeds, two disjoint halves: agreement between runs
+    .venv/bin/python bench/recipe.py swarm --minutes 15      `cairn swarm --peers 2`: its last release on the full suite,
+                                                             compatibility across its releases
+    .venv/bin/python bench/recipe.py report                  the tables for docs/embedding.md from what the parts wrote
+
+Every row trains through protocol.trainer.train (what `cairn train` runs) on WordNet, on this 2-core machine,
+one row at a time; each part writes bench/out/recipe-PART.json. Nothing here tunes toward a goal: the rows
+are the configurations the docs name, and a missed goal is reported as missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from protocol.objective import ObjectiveConfig  # noqa: E402
+from protocol.training import TrainingConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"
+RUNS = OUT / "recipe-runs"
+GOALS = {"gloss_lemma_r10": 0.61}
+TASKS = ("gloss_lemma_r10", "simlex_spearman", "wordsim_spearman", "bbc_probe_acc")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def config(**changes) -> TrainingConfig:
+    """TrainingConfig with changes; objective fields may be given at the top level."""
+    objective_fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    objective = {k: changes.pop(k) for k in list(changes) if k in objective_fields}
+    return TrainingConfig(**changes, objective=ObjectiveConfig(**objective))
+
+
+OLD_DEFAULT = dict(model="tiny", initialisation="random", vocabulary="corpus", batch_size=64, lr=2e-3, weight_decay=0.01, start_pull=0.0,
+                   warmup_updates=50, anchor_refresh_every=25, relational_weight=0.0)
+RANDOM_STATIC = dict(initialisation="random", lr=0.05, start_pull=0.0, relational_weight=0.0)  # a random table needs a large step
+# (lever, row name, what changes, TrainingConfig changes, corpus)
+ABLATIONS = [
+    ("1 model", "tiny transformer (the previous default)", "2 layers, width 128, own 8k vocabulary, batch 64, lr 2e-3", OLD_DEFAULT, "wordnet"),
+    ("2 vocabulary", "static, own vocabulary", "30,522 WordPiece tokens trained on WordNet, random table, lr 0.05",
+     {**RANDOM_STATIC, "vocabulary": "corpus"}, "wordnet"),
+    ("1 model", "static, BERT vocabulary", "token table + mean, random table, lr 0.05", RANDOM_STATIC, "wordnet"),
+    ("3 objective", "+ relational term", "Matryoshka InfoNCE on relational prefixes, anchors with gradient",
+     {**RANDOM_STATIC, "relational_weight": 1.0}, "wordnet"),
+    ("4 teacher", "static, distilled start", "table = PCA of all-MiniLM-L6-v2's token vectors, lr 3e-3, absolute term only",
+     dict(relational_weight=0.0, start_pull=0.0), "wordnet"),
+    ("3+4", "distilled start + relational term", "", dict(start_pull=0.0), "wordnet"),
+    ("3+4", "+ pull toward the start (the default)", "L2-SP 1.0 (protocol/optim.py)", {}, "wordnet"),
+    ("5 signal", "+ WordNet relations", "hypernym, meronym, similar-to pairs (+113k pairs)", {}, "wordnet+relations"),
+]
+
+
+def train_row(name: str, training: TrainingConfig, corpus: str, minutes: float, **kwargs) -> dict:
+    """Train (or reuse) one row for `minutes`, evaluate on the full suite; the trainer's report plus timing."""
+    from protocol.trainer import train
+
+    out = RUNS / name
+    report_path = out / "eval.json"
+    if report_path.exists() and json.loads((out / "recipe.json").read_text()) == {"config": training.to_json(), "corpus": corpus,
+                                                                                   "minutes": minutes, **kwargs}:
+        log(f"{name}: reusing {out}")
+        return json.loads(report_path.read_text())
+    log(f"{name}: training {minutes} min on {corpus}")
+    started = time.process_time()
+    result = train(corpus, out, training, minutes=minutes, device="cpu", show_progress=False, **kwargs)
+    report = dict(result.report)
+    report["training"]["cpu_seconds"] = round(time.process_time() - started, 1)
+    (out / "recipe.json").write_text(json.dumps({"config": training.to_json(), "corpus": corpus, "minutes": minutes, **kwargs}))
+    report_path.write_text(json.dumps(report))
+    return report
+
+
+def write(part: str, data: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = {"command": "python " + " ".join(sys.argv), "torch_threads": torch.get_num_threads(), **data}
+    (OUT / f"recipe-{part}.json").write_text(json.dumps(data, indent=1, default=float))
+    log(f"wrote bench/out/recipe-{part}.json")
+
+
+def load(part: str) -> dict | None:
+    path = OUT / f"recipe-{part}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---- parts ------------------------------------------------------------------------------------
+
+
+def references(args) -> None:
+    from reference_baselines import LSA_ROW, MINILM_ROW, lsa_embed_fn, minilm_embed_fn, wordnet_texts
+
+    from protocol.evaluation import SuiteData, run_suite
+
+    heldout, documents, _ = wordnet_texts()
+    data = SuiteData.load()
+    rows = {LSA_ROW: lsa_embed_fn(documents + list(data.bbc.texts)), MINILM_ROW: minilm_embed_fn()}
+    report = run_suite(rows, heldout, dims=(16, 32, 64, 128, 256), prefix_rows=(LSA_ROW,), data=data)
+    write("references", {"report": report})
+
+
+def ablations(args) -> None:
+    rows = []
+    for lever, name, change, changes, corpus in ABLATIONS:
+        report = train_row(f"ablation-{len(rows)}-{args.minutes}min", config(**changes), corpus, args.minutes)
+        rows.append({"lever": lever, "row": name, "change": change, "corpus": corpus, "report": report})
+    write("ablations", {"minutes": args.minutes, "rows": rows})
+
+
+def budget(args) -> None:
+    """The default at --minutes: the suite, the landmark order against a random order, embed speed against MiniLM."""
+    from train_encoders import evaluate_orders
+
+    from protocol.corpora import load_corpus
+    from protocol.embedder import load_bundle
+    from protocol.evaluation.reference import minilm_embed_fn
+
+    report = train_row(f"default-{args.minutes}min", TrainingConfig(), "wordnet", args.minutes)
+    bundle = RUNS / f"default-{args.minutes}min"
+    orders = evaluate_orders(bundle, load_corpus("wordnet"), quick=False)
+    from protocol.evaluation.data import load_bbc
+
+    texts = list(load_bbc().texts)[:1000] + [p.b for p in load_corpus("wordnet").heldout[:4000]]
+    embedder, minilm = load_bundle(bundle, device="cpu"), minilm_embed_fn()
+    speed = {}
+    for label, embed in (("cairn", lambda t: embedder.embed(t)), ("minilm", minilm)):
+        embed(texts[:64])  # warm-up
+        clock = time.perf_counter()
+        embed(texts)
+        speed[label] = len(texts) / (time.perf_counter() - clock)
+    write("budget", {"minutes": args.minutes, "report": report, "orders": orders, "embed_sentences_per_second": speed,
+                     "embed_texts": len(texts)})
+
+
+def stability(args) -> None:
+    from stability import compare
+
+    from common import Probe, Run
+
+    default = TrainingConfig()
+    specs = {"seed0": dict(init_seed=0), "seed1": dict(init_seed=1, data_seed=1),
+             "half0": dict(init_seed=0, shard=(0, 2)), "half1": dict(init_seed=1, shard=(1, 2))}
+    runs = {}
+    for name, kwargs in specs.items():
+        train_row(f"stability-{name}-{args.minutes}min", default, "wordnet", args.minutes, **kwargs)
+        runs[name] = Run(RUNS / f"stability-{name}-{args.minutes}min", name)
+    probe = Probe.load()
+    results = {"seeds": compare(runs["seed0"], runs["seed1"], probe), "halves": compare(runs["half0"], runs["half1"], probe)}
+    write("stability", {"minutes": args.minutes, "results": results})
+
+
+def swarm(args) -> None:
+    """`cairn swarm --peers 2 --minutes M` on a fresh workdir; the full suite on its last release; compatibility."""
+    from protocol.corpora import load_corpus
+    from protocol.embedder import Embedder, load_bundle
+    from protocol.releases.manifest import read_manifest
+    from protocol.trainer import evaluate_bundle
+
+    workdir = RUNS / f"swarm-{args.minutes}min"
+    if not (workdir / "coordinator" / "releases").exists():
+        log(f"cairn swarm --peers 2 --minutes {args.minutes}")
+        subprocess.run([sys.executable, "-m", "cairn_cli", "swarm", "--peers", "2", "--minutes", str(args.minutes), "--workdir",
+                        str(workdir), "--release-every", str(args.release_every)], cwd=REPO, check=True,
+                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    releases = sorted((workdir / "coordinator" / "releases").glob("*.*.*"), key=lambda p: tuple(int(x) for x in p.name.split(".")))
+    manifests = [read_manifest(path) for path in releases]
+    last = load_bundle(releases[-1], device="cpu")
+    report = evaluate_bundle(Embedder(last.model, last.tokenizer, last.landmarks), load_corpus("wordnet"), quick=False)
+    compat = [{"version": str(m.version), "global_step": m.global_step,
+               "parent": m.compatibility.get("relational", {}).get("head_ratio"),
+               "grandparent": m.compatibility.get("grandparent", {}).get("relational", {}).get("head_ratio"),
+               "parent_absolute": m.compatibility.get("absolute", {}).get("head_ratio"),
+               "retrieval_r10": m.metrics["relational"]["full"]["gloss_lemma_r10"]} for m in manifests]
+    summaries = {path.name: json.loads((path / "peer-summary.json").read_text()) for path in (workdir / "peers").iterdir()}
+    write(f"swarm-{args.minutes}min", {"minutes": args.minutes, "release": str(manifests[-1].version), "report": report,
+                                        "releases": compat, "peers": summaries})
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+
+def _cells(scores: dict) -> list[str]:
+    return [f"{scores[m]:.3f}" if scores.get(m) is not None else "n/a" for m in TASKS]
+
+
+def report(args) -> None:
+    lines = []
+    refs = load("references")
+    reference_rows = []
+    if refs:
+        r = refs["report"]
+        reference_rows = [("TF-IDF + SVD (256)", r["lsa_tfidf_svd256"]["full"]), ("all-MiniLM-L6-v2", r["minilm_l6"]["full"])]
+    ablation = load("ablations")
+    if ablation:
+        lines.append(f"Ablations: each row trains {ablation['minutes']} minutes (`cairn train --minutes {ablation['minutes']}`) on "
+                     "WordNet; relational vector (all 256 coordinates) on the full suite.\n")
+        lines.append("| lever | row | change | samples | samples/s | gloss→lemma R@10 | SimLex ρ | WordSim ρ | BBC probe | abs. R@10 |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for row in ablation["rows"]:
+            training = row["report"]["training"]
+            rate = training["samples"] / max(training["seconds"], 1e-9)
+            lines.append(f"| {row['lever']} | {row['row']} | {row['change']} | {training['samples']:,} | {rate:,.0f} | "
+                         + " | ".join(_cells(row["report"]["relational"]["full"]))
+                         + f" | {row['report']['absolute']['full']['gloss_lemma_r10']:.3f} |")
+        for name, scores in reference_rows:
+            lines.append(f"| reference | {name} | | | | " + " | ".join(_cells(scores)) + " | |")
+        lines.append("")
+    print("\n".join(lines))
+
+
+PARTS = {"references": references, "ablations": ablations, "budget": budget, "stability": stability, "swarm": swarm, "report": report}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=sorted(PARTS))
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--release-every", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    np.random.seed(0)
+    PARTS[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
