@@ -40,15 +40,15 @@ from common import (
     write_outputs,
 )
 
-from protocol.landmarks import select_landmarks
-from protocol.tasks.measures import (
+from cairn.protocol.landmarks import select_landmarks
+from cairn.tasks.measures import (
     coordinate_spearman,
     row_cosine,
     smallest_k,
     spearman_summary,
     stitching,
 )
-from protocol.training import TrainingConfig
+from cairn.training.task import TrainingConfig
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

@@ -36,12 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protocol.corpora.wordnet import heldout_gloss_lemma, load_wordnet
-from protocol.embedder import Embedder, calibrate, encode_texts
-from protocol.encoder import Encoder
-from protocol.landmarks import MIN_STD
-from protocol.objective import matryoshka_relational_loss
-from protocol.training import (TrainingConfig, TrainingTask, batches, encoder_config, make_optimizer, prepare_run, reference_texts,
+from cairn.corpora.wordnet import heldout_gloss_lemma, load_wordnet
+from cairn.protocol.embedder import Embedder, calibrate, encode_texts
+from cairn.protocol.encoder import Encoder
+from cairn.protocol.landmarks import MIN_STD
+from cairn.training.objective import matryoshka_relational_loss
+from cairn.training.task import (TrainingConfig, TrainingTask, batches, encoder_config, make_optimizer, prepare_run, reference_texts,
                                warmup_factor_for_samples)
 
 OUT = Path(__file__).parent / "out"
@@ -72,7 +72,7 @@ def run_variant(variant: str, corpus, tokenizer, landmarks, base: TrainingConfig
     config = TrainingConfig(**{**base.__dict__, "anchor_refresh_every": every})
     if name == "abs":  # reference row: the absolute-vector InfoNCE alone (relational weight 0)
         config = TrainingConfig(**{**config.__dict__, "objective": replace(base.objective, relational_weight=0.0)})
-    # same initial weights and dropout stream for every variant (as protocol.trainer seeds them), unless @SEED;
+    # same initial weights and dropout stream for every variant (as cairn.training.trainer seeds them), unless @SEED;
     # tokenizer, landmarks, reference sample and batch order are the same for all variants
     torch.manual_seed(int(seed) if seed else config.seed)
     model = Encoder(encoder_config(config, tokenizer))
@@ -111,7 +111,7 @@ def run_variant(variant: str, corpus, tokenizer, landmarks, base: TrainingConfig
            "samples_per_s": round(seen / seconds, 1), "train_loss_last50": round(float(np.mean(losses[-50:])), 4),
            "eval_loss": round(eval_loss, 4)}
     if gloss_pairs is not None:
-        from protocol.evaluation.suite import run_suite
+        from cairn.evaluation.suite import run_suite
 
         model.eval()
         embedder = Embedder(model, tokenizer, calibrate(model, tokenizer, landmarks, reference))
@@ -165,11 +165,11 @@ def main() -> None:
     gloss_pairs, suite_data = None, None
     if not args.no_suite:
         try:
-            from protocol.evaluation.suite import SuiteData
+            from cairn.evaluation.suite import SuiteData
 
             gloss_pairs, suite_data = heldout_gloss_lemma(corpus), SuiteData.load()
         except ImportError:
-            print("protocol.evaluation.suite not available: recall columns skipped", file=sys.stderr)
+            print("cairn.evaluation.suite not available: recall columns skipped", file=sys.stderr)
     print(f"setup {time.perf_counter() - clock:.1f}s: {len(corpus.train)} training pairs, {landmarks.size} landmarks, "
           f"vocabulary {tokenizer.vocab_size}, {len(eval_pairs)} held-out eval pairs", file=sys.stderr)
 

@@ -1,7 +1,7 @@
 """Shared pieces of the embedding benchmarks (stability, compatibility, matryoshka, ablations, outside reference).
 
 * `prepared()`             WordNet, and the run's tokenizer and landmark set (prepare_run, cached on disk)
-* `train_encoder(...)`     the single-process trainer (protocol.trainer.train, i.e. `cairn train --init-seed/--data-seed/
+* `train_encoder(...)`     the single-process trainer (cairn.training.trainer.train, i.e. `cairn train --init-seed/--data-seed/
                            --shard`) on WordNet with a chosen init seed, data order and shard, so two runs share one landmark
                            set; the trained bundle is cached under bench/out/runs/NAME and reused if its recipe matches
 * `Run`                    a trained bundle with cached absolute vectors and relational read-outs
@@ -26,22 +26,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from protocol.compatibility import cross_retrieval
-from protocol.embedder import (
+from cairn.evaluation.compatibility import cross_retrieval
+from cairn.protocol.embedder import (
     Embedder,
     encode_texts,
     load_bundle,
 )
-from protocol.evaluation.metrics import (
+from cairn.evaluation.metrics import (
     l2_normalise,
     linear_probe_accuracy,
     retrieval_recall,
 )
-from protocol.landmarks import LANDMARKS_FILE, LandmarkSet
-from protocol.tasks.measures import relational_view
-from protocol.tokenizer import TextTokenizer
-from protocol.trainer import train
-from protocol.training import (
+from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
+from cairn.tasks.measures import relational_view
+from cairn.protocol.tokenizer import TextTokenizer
+from cairn.training.trainer import train
+from cairn.training.task import (
     TrainingConfig,
     prepare_run,
     reference_texts,
@@ -69,7 +69,7 @@ def log(message: str) -> None:
 
 @lru_cache(maxsize=1)
 def wordnet():
-    from protocol.corpora.wordnet import load_wordnet
+    from cairn.corpora.wordnet import load_wordnet
 
     return load_wordnet()
 
@@ -77,7 +77,7 @@ def wordnet():
 @lru_cache(maxsize=4)
 def prepared(config: TrainingConfig = DEFAULT) -> tuple[TextTokenizer, LandmarkSet]:
     """The run's tokenizer and landmark set for `config` on WordNet (deterministic; cached in bench/out/runs/_prepared)."""
-    from protocol.encoder import config_for
+    from cairn.protocol.encoder import config_for
 
     corpus = wordnet()
     key = f"{corpus.digest[:12]}-{config.model}-{config.landmarks}-{config.landmark_order}-{config.seed}"
@@ -101,7 +101,7 @@ def reference(config: TrainingConfig = DEFAULT) -> list[str]:
 
 def train_encoder(name: str, config: TrainingConfig, samples: int, torch_seed: int = 0, data_seed: int | None = None,
                   shard: tuple[int, int] | None = None, landmarks: LandmarkSet | None = None) -> Path:
-    """Train the tiny encoder with protocol.trainer.train (`cairn train`) on WordNet's training pairs (or one shard of them).
+    """Train the tiny encoder with cairn.training.trainer.train (`cairn train`) on WordNet's training pairs (or one shard of them).
 
     torch_seed: initial weights and dropout (--init-seed); data_seed: None keeps the trainer's pair order, else the
     pairs are shuffled with it (--data-seed); shard (i, n): corpus.shard(i, n) only (--shard I/N). The tokenizer and
@@ -152,9 +152,9 @@ class Probe:
     def load(cls, seed: int = 0) -> Probe:
         from sklearn.model_selection import train_test_split
 
-        from protocol.corpora.wordnet import heldout_gloss_lemma
-        from protocol.evaluation.data import load_bbc
-        from protocol.evaluation.suite import GLOSS_CAP, gloss_task
+        from cairn.corpora.wordnet import heldout_gloss_lemma
+        from cairn.evaluation.data import load_bbc
+        from cairn.evaluation.suite import GLOSS_CAP, gloss_task
 
         bbc = load_bbc()
         labels = np.asarray(bbc.labels)

@@ -5,9 +5,9 @@
 Start: release N of bench/compatibility.py (tiny model, WordNet, 20k samples). Training continues on the next
 WordNet pairs in the run's own order, from where N stopped, with a fresh AdamW and the trainer's warm-up, for
 --samples samples to release N+1', then again to N+2' (whose parent is N+1'). The loss is the trainer's
-absolute InfoNCE plus w x protocol.objective.compat_loss against the frozen parent release: the drift of this
+absolute InfoNCE plus w x cairn.training.objective.compat_loss against the frozen parent release: the drift of this
 encoder's cosines to the parent's anchors from the parent's own cosines, in the parent's per-anchor std. w = 0
-is the control (same continuation, no term). The term is protocol.training's, as `cairn train --compat-with` uses it.
+is the control (same continuation, no term). The term is cairn.training.task's, as `cairn train --compat-with` uses it.
 
 Reported per weight: the BBC logistic head on all 256 relational coordinates trained on N and scored on N+1'
 and N+2' without retraining (ratio to its score on N on the benches' split, and its mean over 5 more splits;
@@ -27,11 +27,11 @@ import torch
 from common import RUNS, Probe, Run, log, markdown_table, pyplot, recall_at_10, reference, save_plot, setup, wordnet, write_outputs
 from compatibility import release_path
 
-from protocol.compatibility import head_transfer
-from protocol.embedder import calibrate, encode_texts, load_bundle, save_bundle
-from protocol.objective import compat_loss
-from protocol.tasks.measures import row_cosine
-from protocol.training import ParentRelease, TrainingConfig, TrainingTask, batches, make_optimizer, warmup_factor_for_samples
+from cairn.evaluation.compatibility import head_transfer
+from cairn.protocol.embedder import calibrate, encode_texts, load_bundle, save_bundle
+from cairn.training.objective import compat_loss
+from cairn.tasks.measures import row_cosine
+from cairn.training.task import ParentRelease, TrainingConfig, TrainingTask, batches, make_optimizer, warmup_factor_for_samples
 
 BUDGETS = [20000, 40000, 60000]  # bench/compatibility.py's releases; N is the first
 GOAL = 0.97
@@ -53,7 +53,7 @@ def mean_ratio(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> float:
 def continue_training(parent_dir, out, weight: float, start_offset: int, samples: int, config: TrainingConfig) -> dict:
     """Train a copy of the parent release for `samples` more samples with the compat term at `weight`; save a bundle.
 
-    protocol.training's TrainingTask and ParentRelease, exactly as `cairn train --compat-with` uses them. The
+    cairn.training.task's TrainingTask and ParentRelease, exactly as `cairn train --compat-with` uses them. The
     drift from the parent is measured afterwards on the calibration texts for every weight (w = 0 included).
     """
     if (out / RUN_FILE).exists():  # trained before: reuse it and what was measured while training it

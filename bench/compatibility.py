@@ -2,13 +2,13 @@
 
     python bench/compatibility.py [--budgets 20000,40000,60000]
 
-Releases N, N+1, N+2 (1.0.0, 1.1.0, 1.2.0) are checkpoints of ONE run of protocol.trainer.train (tiny model,
+Releases N, N+1, N+2 (1.0.0, 1.1.0, 1.2.0) are checkpoints of ONE run of cairn.training.trainer.train (tiny model,
 WordNet, default TrainingConfig) at increasing sample budgets, each packaged as a release directory with a
 manifest (open_release verifies it). N+2 also appends 32 anchors to the landmark set (v2, K=288: an
 append-only successor), so the task models exercise the prefix rule.
 
 Measured on BBC News (2,225 articles, stratified 70/30 split) and held-out WordNet glosses:
-  * task models (protocol.tasks: logreg on all 256 relational coordinates, logreg on the first 32, MLP on 256)
+  * task models (cairn.tasks: logreg on all 256 relational coordinates, logreg on the first 32, MLP on 256)
     trained on release N's vectors, saved, re-loaded against the later release's landmark set, and scored on
     the later release's vectors without retraining; ratio to the score on N. Reference: a model retrained on
     the later release. Contrast: the same logistic head on the absolute (pooled) vectors.
@@ -42,21 +42,21 @@ from common import (
     write_outputs,
 )
 
-from protocol.compatibility import cross_retrieval, head_transfer
-from protocol.embedder import calibrate, load_bundle
-from protocol.landmarks import LandmarkSet
-from protocol.releases.files import file_sha256
-from protocol.releases.layout import REQUIRED_FILES
-from protocol.releases.manifest import parse_manifest, write_manifest
-from protocol.tasks import (
+from cairn.evaluation.compatibility import cross_retrieval, head_transfer
+from cairn.protocol.embedder import calibrate, load_bundle
+from cairn.protocol.landmarks import LandmarkSet
+from cairn.releases.files import file_sha256
+from cairn.releases.layout import REQUIRED_FILES
+from cairn.releases.manifest import parse_manifest, write_manifest
+from cairn.tasks import (
     evaluate_task_model,
     load_task_model,
     open_release,
     train_task_model,
 )
-from protocol.tasks.measures import row_cosine
-from protocol.trainer import train
-from protocol.training import TrainingConfig
+from cairn.tasks.measures import row_cosine
+from cairn.training.trainer import train
+from cairn.training.task import TrainingConfig
 
 GOAL = 0.97
 EXTRA_ANCHORS = 32

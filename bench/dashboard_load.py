@@ -87,8 +87,8 @@ def main() -> None:
 
     from browser_util import dashboard_process
 
-    from coordinator.publishing.repository import ReleaseRepository
-    from dashboard.synthetic import build_workdir, default_peers
+    from cairn.coordinator.publishing.repository import ReleaseRepository
+    from cairn.dashboard.synthetic import build_workdir, default_peers
 
     with tempfile.TemporaryDirectory(prefix="cairn-dashboard-load-") as scratch:
         workdir = Path(scratch) / "coordinator"
@@ -99,7 +99,7 @@ def main() -> None:
         ledger_mib = (workdir / "ledger.sqlite").stat().st_size / 2**20
         server_args = ["--rate-limit", str(args.rate_limit), "--rate-burst", str(args.rate_limit)]
         with dashboard_process(workdir, extra_args=server_args) as (base, process):
-            rss_start = rss_kib(process.pid)  # `python -m cairn_cli` serves in this very process
+            rss_start = rss_kib(process.pid)  # `python -m cairn.cli` serves in this very process
             latencies, statuses, elapsed = asyncio.run(run_load(base, args.clients, args.seconds))
             rss_end = rss_kib(process.pid)
     report = {

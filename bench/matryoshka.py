@@ -33,8 +33,8 @@ from common import (
 )
 from compatibility import release_from_arguments
 
-from protocol.landmarks import select_landmarks
-from protocol.tasks.measures import pca_projection, smallest_k
+from cairn.protocol.landmarks import select_landmarks
+from cairn.tasks.measures import pca_projection, smallest_k
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GOAL_K = 32

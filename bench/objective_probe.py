@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocol.corpora import load_corpus  # noqa: E402
-from protocol.encoder import Encoder  # noqa: E402
-from protocol.objective import ObjectiveConfig  # noqa: E402
-from protocol.training import (TrainingConfig, TrainingTask, batches, encoder_config, make_optimizer, prepare_run,  # noqa: E402
+from cairn.corpora import load_corpus  # noqa: E402
+from cairn.protocol.encoder import Encoder  # noqa: E402
+from cairn.training.objective import ObjectiveConfig  # noqa: E402
+from cairn.training.task import (TrainingConfig, TrainingTask, batches, encoder_config, make_optimizer, prepare_run,  # noqa: E402
                                reference_texts, warmup_factor_for_samples)
 
 

@@ -32,9 +32,9 @@ from common import (
 )
 from compatibility import release_from_arguments
 
-from protocol.corpora.wordnet import heldout_gloss_lemma
-from protocol.evaluation import METRICS, SuiteData, mutual_knn, run_suite
-from protocol.evaluation.suite import subsample_articles
+from cairn.corpora.wordnet import heldout_gloss_lemma
+from cairn.evaluation import METRICS, SuiteData, mutual_knn, run_suite
+from cairn.evaluation.suite import subsample_articles
 
 REFERENCE = OUT / "reference.json"
 MINILM_CACHE = OUT / "minilm_vectors.npz"
@@ -68,7 +68,7 @@ def main() -> None:
     path, _, budget = release_from_arguments(__doc__.split("\n\n")[0])
     started = time.perf_counter()
     run = Run(path)
-    from protocol.tasks.api import open_release
+    from cairn.tasks.api import open_release
 
     embedder = open_release(path, "cpu").embedder
     if not REFERENCE.exists():

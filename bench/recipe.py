@@ -9,7 +9,7 @@
                                                              compatibility across its releases
     .venv/bin/python bench/recipe.py report                  the tables for docs/embedding.md from what the parts wrote
 
-Every row trains through protocol.trainer.train (what `cairn train` runs) on WordNet, on this 2-core machine,
+Every row trains through cairn.training.trainer.train (what `cairn train` runs) on WordNet, on this 2-core machine,
 one row at a time; each part writes bench/out/recipe-PART.json. Nothing here tunes toward a goal: the rows
 are the configurations the docs name, and a missed goal is reported as missed.
 """
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from protocol.objective import ObjectiveConfig  # noqa: E402
-from protocol.training import TrainingConfig  # noqa: E402
+from cairn.training.objective import ObjectiveConfig  # noqa: E402
+from cairn.training.task import TrainingConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
@@ -66,14 +66,14 @@ ABLATIONS = [
     ("4 teacher", "static, distilled start", "table = PCA of all-MiniLM-L6-v2's token vectors, lr 3e-3, absolute term only",
      dict(relational_weight=0.0, start_pull=0.0), "wordnet"),
     ("3+4", "distilled start + relational term", "", dict(start_pull=0.0), "wordnet"),
-    ("3+4", "+ pull toward the start (the default)", "L2-SP 1.0 (protocol/optim.py)", {}, "wordnet"),
+    ("3+4", "+ pull toward the start (the default)", "L2-SP 1.0 (cairn/training/optim.py)", {}, "wordnet"),
     ("5 signal", "+ WordNet relations", "hypernym, meronym, similar-to pairs (+113k pairs)", {}, "wordnet+relations"),
 ]
 
 
 def train_row(name: str, training: TrainingConfig, corpus: str, minutes: float, **kwargs) -> dict:
     """Train (or reuse) one row for `minutes`, evaluate on the full suite; the trainer's report plus timing."""
-    from protocol.trainer import train
+    from cairn.training.trainer import train
 
     out = RUNS / name
     report_path = out / "eval.json"
@@ -109,7 +109,7 @@ def load(part: str) -> dict | None:
 def references(args) -> None:
     from reference_baselines import LSA_ROW, MINILM_ROW, lsa_embed_fn, minilm_embed_fn, wordnet_texts
 
-    from protocol.evaluation import SuiteData, run_suite
+    from cairn.evaluation import SuiteData, run_suite
 
     heldout, documents, _ = wordnet_texts()
     data = SuiteData.load()
@@ -130,14 +130,14 @@ def budget(args) -> None:
     """The default at --minutes: the suite, the landmark order against a random order, embed speed against MiniLM."""
     from train_encoders import evaluate_orders
 
-    from protocol.corpora import load_corpus
-    from protocol.embedder import load_bundle
-    from protocol.evaluation.reference import minilm_embed_fn
+    from cairn.corpora import load_corpus
+    from cairn.protocol.embedder import load_bundle
+    from cairn.evaluation.reference import minilm_embed_fn
 
     report = train_row(f"default-{args.minutes}min", TrainingConfig(), "wordnet", args.minutes)
     bundle = RUNS / f"default-{args.minutes}min"
     orders = evaluate_orders(bundle, load_corpus("wordnet"), quick=False)
-    from protocol.evaluation.data import load_bbc
+    from cairn.evaluation.data import load_bbc
 
     texts = list(load_bbc().texts)[:1000] + [p.b for p in load_corpus("wordnet").heldout[:4000]]
     embedder, minilm = load_bundle(bundle, device="cpu"), minilm_embed_fn()
@@ -170,15 +170,15 @@ def stability(args) -> None:
 
 def swarm(args) -> None:
     """`cairn swarm --peers 2 --minutes M` on a fresh workdir; the full suite on its last release; compatibility."""
-    from protocol.corpora import load_corpus
-    from protocol.embedder import Embedder, load_bundle
-    from protocol.releases.manifest import read_manifest
-    from protocol.trainer import evaluate_bundle
+    from cairn.corpora import load_corpus
+    from cairn.protocol.embedder import Embedder, load_bundle
+    from cairn.releases.manifest import read_manifest
+    from cairn.training.trainer import evaluate_bundle
 
     workdir = RUNS / f"swarm-{args.minutes}min"
     if not (workdir / "coordinator" / "releases").exists():
         log(f"cairn swarm --peers 2 --minutes {args.minutes}")
-        subprocess.run([sys.executable, "-m", "cairn_cli", "swarm", "--peers", "2", "--minutes", str(args.minutes), "--workdir",
+        subprocess.run([sys.executable, "-m", "cairn.cli", "swarm", "--peers", "2", "--minutes", str(args.minutes), "--workdir",
                         str(workdir), "--release-every", str(args.release_every)], cwd=REPO, check=True,
                        env=dict(os.environ, PYTHONUNBUFFERED="1"))
     releases = sorted((workdir / "coordinator" / "releases").glob("*.*.*"), key=lambda p: tuple(int(x) for x in p.name.split(".")))

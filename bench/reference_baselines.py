@@ -21,8 +21,8 @@ import re
 import time
 from pathlib import Path
 
-from protocol.evaluation import DEFAULT_DIMS, METRICS, EmbedFn, SuiteData, run_suite
-from protocol.evaluation.reference import minilm_embed_fn  # bench/outside.py imports it from here too
+from cairn.evaluation import DEFAULT_DIMS, METRICS, EmbedFn, SuiteData, run_suite
+from cairn.evaluation.reference import minilm_embed_fn  # bench/outside.py imports it from here too
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 POS_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
@@ -30,7 +30,7 @@ LSA_ROW, MINILM_ROW = "lsa_tfidf_svd256", "minilm_l6"
 
 
 def parse_wordnet_minimal(directory: Path = WORDNET_DIR) -> tuple[list[tuple[str, str]], list[str]]:
-    """Fallback while protocol.corpora.wordnet is absent: held-out (definition, first lemma) pairs and
+    """Fallback while cairn.corpora.wordnet is absent: held-out (definition, first lemma) pairs and
     training documents ("lemmas gloss" per synset). Held out: sha256("pos:offset") % 100 < 10, the
     project loader's rule, so both sources hold out the same synsets."""
     heldout, documents = [], []
@@ -51,11 +51,11 @@ def parse_wordnet_minimal(directory: Path = WORDNET_DIR) -> tuple[list[tuple[str
 def wordnet_texts() -> tuple[list[tuple[str, str]], list[str], str]:
     """Held-out gloss->lemma pairs, LSA training documents, and which source gave them."""
     try:
-        from protocol.corpora.wordnet import heldout_gloss_lemma, load_wordnet
+        from cairn.corpora.wordnet import heldout_gloss_lemma, load_wordnet
     except ImportError:
         return (*parse_wordnet_minimal(), "bench minimal parser")
     corpus = load_wordnet()
-    return heldout_gloss_lemma(corpus), [f"{pair.a} {pair.b}" for pair in corpus.train], "protocol.corpora.wordnet"
+    return heldout_gloss_lemma(corpus), [f"{pair.a} {pair.b}" for pair in corpus.train], "cairn.corpora.wordnet"
 
 
 def lsa_embed_fn(documents: list[str]) -> EmbedFn:

@@ -38,8 +38,8 @@ from common import (
     write_outputs,
 )
 
-from protocol.evaluation.alignment import mutual_knn
-from protocol.tasks.measures import (
+from cairn.evaluation.alignment import mutual_knn
+from cairn.tasks.measures import (
     coordinate_spearman,
     random_rotation,
     relational_view,
@@ -47,7 +47,7 @@ from protocol.tasks.measures import (
     spearman_summary,
     stitching,
 )
-from protocol.training import TrainingConfig
+from cairn.training.task import TrainingConfig
 
 GOAL_COSINE, GOAL_STITCH = 0.9, 0.95
 SHORT = {"seed pair (seed0 vs seed1)": "seed pair", "halves pair (shard 0/2 vs shard 1/2)": "disjoint halves",

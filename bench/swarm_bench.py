@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from peer.swarm import Service, cairn, free_port, stop_services  # noqa: E402
+from cairn.peer.swarm import Service, cairn, free_port, stop_services  # noqa: E402
 
 
 def init_run(workdir: Path, *extra: str) -> None:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocol.corpora import load_corpus  # noqa: E402
-from protocol.corpora.wordnet import heldout_gloss_lemma  # noqa: E402
-from protocol.embedder import Embedder, calibrate, load_bundle  # noqa: E402
-from protocol.evaluation.suite import run_suite  # noqa: E402
-from protocol.landmarks import LandmarkSet, random_order  # noqa: E402
-from protocol.trainer import train  # noqa: E402
-from protocol.training import TrainingConfig, reference_texts  # noqa: E402
+from cairn.corpora import load_corpus  # noqa: E402
+from cairn.corpora.wordnet import heldout_gloss_lemma  # noqa: E402
+from cairn.protocol.embedder import Embedder, calibrate, load_bundle  # noqa: E402
+from cairn.evaluation.suite import run_suite  # noqa: E402
+from cairn.protocol.landmarks import LandmarkSet, random_order  # noqa: E402
+from cairn.training.trainer import train  # noqa: E402
+from cairn.training.task import TrainingConfig, reference_texts  # noqa: E402
 
 
 def evaluate_orders(bundle: Path, corpus, quick: bool) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from peer.swarm import cairn, free_port
+from cairn.peer.swarm import cairn, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "cond
 
 def write_corpus(path: Path, pairs: int = 6000) -> str:
     """A WordNet-derived JSONL corpus small enough for fast tokenizer training in tests."""
-    from protocol.corpora.wordnet import load_wordnet
+    from cairn.corpora.wordnet import load_wordnet
 
     corpus = load_wordnet()
     with open(path, "w", encoding="utf-8") as handle:

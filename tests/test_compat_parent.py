@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from peer import compat_parent, run_setup
-from peer.compat_parent import ParentTracker
-from protocol.embedder import load_bundle
-from protocol.trainer import train
-from protocol.training import TrainingConfig, TrainingTask, reference_texts
+from cairn.peer import compat_parent, run_setup
+from cairn.peer.compat_parent import ParentTracker
+from cairn.protocol.embedder import load_bundle
+from cairn.training.trainer import train
+from cairn.training.task import TrainingConfig, TrainingTask, reference_texts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = TrainingConfig(landmarks=16, reference_size=32, batch_size=8, anchor_refresh_every=5,
@@ -34,7 +34,7 @@ def bundle(tmp_path_factory) -> tuple[Path, str]:
 
 
 def make_task(bundle_dir: Path, corpus: str) -> TrainingTask:
-    from protocol.corpora import load_corpus
+    from cairn.corpora import load_corpus
 
     embedder = load_bundle(bundle_dir, "cpu")
     return TrainingTask(embedder.model, embedder.tokenizer, embedder.landmarks,
@@ -113,7 +113,7 @@ def test_a_zero_compat_weight_never_holds_a_parent(bundle):
     bundle_dir, corpus = bundle
     embedder = load_bundle(bundle_dir, "cpu")
     off = replace(CONFIG, objective=replace(CONFIG.objective, compat_weight=0.0))
-    from protocol.training import ParentRelease
+    from cairn.training.task import ParentRelease
 
     task = TrainingTask(embedder.model, embedder.tokenizer, embedder.landmarks, ["x"], off, ParentRelease(embedder))
     assert task.parent is None
@@ -121,6 +121,6 @@ def test_a_zero_compat_weight_never_holds_a_parent(bundle):
 
 
 def task_pairs(corpus: str):
-    from protocol.corpora import load_corpus
+    from cairn.corpora import load_corpus
 
     return load_corpus(corpus).train[:8]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from hivemind.compression import CompressionInfo, deserialize_torch_tensor
 
-from peer.compression import COMPRESSION_BY_NAME, make_state_compression
-from peer.instrumentation import CountingCompression, make_compression
+from cairn.peer.compression import COMPRESSION_BY_NAME, make_state_compression
+from cairn.peer.instrumentation import CountingCompression, make_compression
 
 # relative L2 error each mode may introduce on a gradient-like tensor, and bytes per value at most
 BOUNDS = {"none": (0.0, 4.1), "fp16": (1e-3, 2.1), "uniform8": (0.15, 1.2), "blockwise8": (0.03, 1.2)}
@@ -141,7 +141,7 @@ def test_blockwise_keeps_exact_zeros_so_parameters_no_batch_touched_stay_put(mon
     import bitsandbytes.functional  # noqa: F401
     from hivemind.compression import BlockwiseQuantization, serialization
 
-    from peer.compression import install_exact_zero_blockwise
+    from cairn.peer.compression import install_exact_zero_blockwise
 
     tensor = torch.randn(1 << 14) * 1e-3
     tensor[::3] = 0.0

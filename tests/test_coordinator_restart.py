@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.node import CoordinatorOptions, KNOWN_PEERS_FILE, load_known_peers, start_dht
-from coordinator.workdir import Workdir
-from protocol.identity import load_or_create_identity
-from protocol.run_config import RunConfig
+from cairn.coordinator.node import CoordinatorOptions, KNOWN_PEERS_FILE, load_known_peers, start_dht
+from cairn.coordinator.workdir import Workdir
+from cairn.protocol.identity import load_or_create_identity
+from cairn.protocol.run_config import RunConfig
 from swarm_util import free_port
 
 

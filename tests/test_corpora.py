@@ -14,12 +14,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from protocol.corpora import Pair, load_corpus
-from protocol.corpora.base import PairCorpus, held_out
-from protocol.corpora.hf import load_hf
-from protocol.corpora.jsonl import load_jsonl
-from protocol.corpora.wordnet import (DEFAULT_DIR, heldout_gloss_lemma, load_wordnet, parse_line, read_synsets, synset_pairs)
-from protocol.errors import CorpusError
+from cairn.corpora import Pair, load_corpus
+from cairn.corpora.base import PairCorpus, held_out
+from cairn.corpora.hf import load_hf
+from cairn.corpora.jsonl import load_jsonl
+from cairn.corpora.wordnet import (DEFAULT_DIR, heldout_gloss_lemma, load_wordnet, parse_line, read_synsets, synset_pairs)
+from cairn.protocol.errors import CorpusError
 
 ROWS = [{"q": f"question number {i}", "a": f"answer number {i}", "extra": i} for i in range(200)]
 
@@ -148,7 +148,7 @@ def test_corpus_spec_errors(spec):
 
 def cairn_command() -> list[str]:
     script = Path(sys.executable).parent / "cairn"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cairn_cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cairn.cli"]
 
 
 @pytest.mark.parametrize("make", ["missing", "invalid JSON"])
@@ -201,6 +201,7 @@ def test_parse_line():
     assert Pair("dog", synset.definition, "lemma_gloss") in pairs
     assert Pair(synset.definition, "the dog barked all night", "gloss_example") in pairs
     assert Pair("dog", "domestic dog", "synonym") in pairs
+    assert synset.pointers == (("@", "02083346", "n"),)  # the hypernym (the line is cut after its first pointer)
     adjective = parse_line("a", "01234567 00 s 02 galore(ip) 0 abounding(a) 0 000 | plentiful")
     assert adjective.lemmas == ("galore", "abounding")
     assert parse_line("n", "  1 This software and database is provided") is None
@@ -241,3 +242,21 @@ def test_wordnet_is_deterministic(wordnet):
     again = load_wordnet(DEFAULT_DIR)
     assert again.digest == wordnet.digest and again.heldout == wordnet.heldout
     assert wordnet.landmark_candidates(limit=500, seed=0) == again.landmark_candidates(limit=500, seed=0)
+
+
+def test_relations_join_training_synsets_only(wordnet):
+    from cairn.corpora import load_corpus
+    from cairn.corpora.base import held_out
+    from cairn.corpora.wordnet import read_synsets, relation_pairs, wordnet_dir
+
+    related = load_corpus("wordnet+relations")
+    assert related.name == "wordnet-3.0+relations" and related.heldout == wordnet.heldout
+    extra = [p for p in related.train if p.kind in ("hypernym", "meronym", "similar")]
+    assert len(extra) > 50_000 and Pair("dog", "canine", "hypernym") in extra
+    synsets = read_synsets(wordnet_dir())
+    heldout_lemmas = {s.lemmas[0] for s in synsets if held_out(f"{s.pos}:{s.offset}")}
+    training_lemmas = {s.lemmas[0] for s in synsets if not held_out(f"{s.pos}:{s.offset}")}
+    # every relation pair names two training synsets (a lemma may also head a held-out synset: polysemy)
+    assert all(p.a in training_lemmas and p.b in training_lemmas for p in relation_pairs(synsets))
+    assert heldout_lemmas - training_lemmas  # some held-out synsets' lemmas never appear in any pair
+    assert not any(p.a in heldout_lemmas - training_lemmas or p.b in heldout_lemmas - training_lemmas for p in extra)

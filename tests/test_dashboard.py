@@ -1,6 +1,6 @@
 """The dashboard over a synthetic coordinator workdir: every route, its JSON twin, and its defences.
 
-The workdir is built once: a ledger written through protocol.ledger_schema.connect (three online
+The workdir is built once: a ledger written through cairn.protocol.ledger_schema.connect (three online
 peers, two with hostile display names, one offline), and two releases signed into a real TUF
 repository by the coordinator's publisher, plus one release the ledger knows but nobody signed.
 Requests that must arrive byte-for-byte (traversal attempts, oversized bodies) go over a raw socket,
@@ -26,20 +26,20 @@ from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.publishing.repository import ReleaseRepository
-from dashboard import views
-from dashboard.app import DASHBOARD, DashboardConfig, TTLCache, make_app
-from dashboard.charts import Series, line_chart, nice_ticks
-from dashboard.cli import dashboard as dashboard_cli
-from dashboard.security import (
+from cairn.coordinator.publishing.repository import ReleaseRepository
+from cairn.dashboard import views
+from cairn.dashboard.app import DASHBOARD, DashboardConfig, TTLCache, make_app
+from cairn.dashboard.charts import Series, line_chart, nice_ticks
+from cairn.dashboard.cli import dashboard as dashboard_cli
+from cairn.dashboard.security import (
     SECURITY_HEADERS,
     RateLimiter,
     client_key,
     rate_limit_middleware,
 )
-from dashboard.synthetic import HOSTILE_NAMES, build_workdir, default_peers
-from protocol.dht_keys import ContributionRecord
-from protocol.ledger_schema import connect
+from cairn.dashboard.synthetic import HOSTILE_NAMES, build_workdir, default_peers
+from cairn.protocol.dht_keys import ContributionRecord
+from cairn.protocol.ledger_schema import connect
 
 NOW = 1_800_000_000.0
 ALICE, SCRIPT, IMG, BOB = "0000000000000001", "0000000000000002", "0000000000000003", "00000000000000ff"
@@ -562,7 +562,7 @@ async def test_dashboard_never_writes_and_restart_loses_nothing(aiohttp_client, 
 
 
 class FakeLive:
-    """Stands in for dashboard.live.LiveRecords (a real DHT is covered by the end-to-end test)."""
+    """Stands in for cairn.dashboard.live.LiveRecords (a real DHT is covered by the end-to-end test)."""
 
     def __init__(self, records):
         self.records = records
@@ -658,8 +658,8 @@ def test_promise_rows_never_guess_from_malformed_manifests():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from dashboard.promises import promise_rows
-    from protocol.releases.manifest import Manifest
+    from cairn.dashboard.promises import promise_rows
+    from cairn.releases.manifest import Manifest
 
     leaves = st.one_of(st.none(), st.booleans(), st.integers(-5, 500), st.floats(allow_nan=False), st.text(max_size=5))
     documents = st.recursive(leaves, lambda children: st.one_of(st.lists(children, max_size=3),

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from browser_util import chromium_available, serve_dashboard, visit_pages
 
-from coordinator.publishing.repository import ReleaseRepository
-from dashboard.synthetic import HOSTILE_NAMES, build_workdir, default_peers
+from cairn.coordinator.publishing.repository import ReleaseRepository
+from cairn.dashboard.synthetic import HOSTILE_NAMES, build_workdir, default_peers
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dashboard.app import DashboardConfig, make_app
+from cairn.dashboard.app import DashboardConfig, make_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 RUN_ID = "t-dashboard-live"
@@ -24,7 +24,7 @@ def swarm_node():
     from hivemind.utils import get_dht_time
     from hivemind.utils.crypto import RSAPrivateKey
 
-    from protocol.dht_keys import (
+    from cairn.protocol.dht_keys import (
         ContributionRecord,
         RunKeys,
         make_validators,

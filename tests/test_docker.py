@@ -7,7 +7,7 @@ from its source:
   PyTorch CPU index; for the CUDA image deliberately the CUDA build of the same version), and nothing else;
 - every command an image or a compose service runs (ENTRYPOINT + CMD through docker/entrypoint.py,
   HEALTHCHECK, compose `command:`), and every `cairn` command line in the two guides, resolves to a
-  real click command of `cairn_cli.cli` and parses with it: unknown subcommands and flags, bad values
+  real click command of `cairn.cli.cli` and parses with it: unknown subcommands and flags, bad values
   and missing required options fail here;
 - base images are pinned to exact tags; each image runs as a non-root uid, has a HEALTHCHECK that
   hits the port its command serves, and keeps its workdir on a volume; no key, identity or workdir
@@ -38,7 +38,7 @@ import click
 import pytest
 import yaml
 
-from cairn_cli import cli
+from cairn.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -303,7 +303,7 @@ def test_each_image_installs_what_setup_sh_installs(name):
     build = next(stage for stage in dockerfile.stages.values() if any(is_project(c[2:]) for c in shell_commands(dockerfile, stage)
                                                                        if c[:2] == ["pip", "install"]))
     copies = [i.text.split() for i in build.all("COPY", inherited=False)]
-    assert ["pyproject.toml", "README.md", "cairn_cli.py", "./"] in copies, f"{name}: the build COPYs the repository's pyproject.toml"
+    assert ["pyproject.toml", "README.md", "./"] in copies and ["cairn", "./cairn"] in copies, f"{name}: the build COPYs the repository's pyproject.toml"
     # the evaluation data: scripts/setup.sh's line, verbatim
     assert [a for a in data[0] if not a.startswith("--")] == setup_sh_no_deps(), f"{name}: differs from scripts/setup.sh's --no-deps line"
     # pip check runs after the project's install and before the --no-deps one (gensim's deps are absent on purpose)
@@ -718,7 +718,7 @@ def test_commands_in_the_guides_exist_in_the_package(guide):
 
 
 def test_volunteering_guide_lists_every_field_a_peer_publishes():
-    from protocol.dht_keys import ContributionRecord
+    from cairn.protocol.dht_keys import ContributionRecord
 
     text = (ROOT / "docs" / "volunteering.md").read_text()
     missing = [name for name in ContributionRecord.__fields__ if f"`{name}`" not in text]

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.embedder import Embedder, calibrate, encode_texts, load_bundle, save_bundle
-from protocol.encoder import (CONFIG_FILE, MODEL_SIZES, WEIGHTS_FILE, Encoder, EncoderConfig, config_for, load_encoder, pick_device,
+from cairn.protocol.embedder import Embedder, calibrate, encode_texts, load_bundle, save_bundle
+from cairn.protocol.encoder import (CONFIG_FILE, MODEL_SIZES, WEIGHTS_FILE, Encoder, EncoderConfig, config_for, load_encoder, pick_device,
                               save_encoder)
-from protocol.errors import CairnError
-from protocol.landmarks import LandmarkSet
-from protocol.tokenizer import TextTokenizer, train_tokenizer
+from cairn.protocol.errors import CairnError
+from cairn.protocol.landmarks import LandmarkSet
+from cairn.protocol.tokenizer import TextTokenizer, train_tokenizer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread on the shared 2-core boxes

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from protocol.errors import CorpusError
-from protocol.evaluation import (
+from cairn.protocol.errors import CorpusError
+from cairn.evaluation import (
     Articles,
     SuiteData,
     WordPairs,
@@ -23,7 +23,7 @@ from protocol.evaluation import (
     run_suite,
     spearman_similarity,
 )
-from protocol.evaluation.suite import gloss_task
+from cairn.evaluation.suite import gloss_task
 
 
 def installed(distribution: str) -> bool:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.landmark_versions import extend_landmarks, latest_landmarks, version_path
-from coordinator.workdir import Workdir
-from protocol.corpora.base import Pair, PairCorpus
-from protocol.errors import LandmarkError
-from protocol.landmarks import LANDMARKS_FILE, LandmarkSet, select_landmarks
+from cairn.coordinator.landmark_versions import extend_landmarks, latest_landmarks, version_path
+from cairn.coordinator.workdir import Workdir
+from cairn.corpora.base import Pair, PairCorpus
+from cairn.protocol.errors import LandmarkError
+from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet, select_landmarks
 
 
 @pytest.fixture
@@ -42,8 +42,8 @@ def test_a_tampered_later_version_is_refused(workdir):
 
 
 def test_versions_are_published_as_signed_targets(workdir):
-    from coordinator.publishing.repository import ReleaseRepository
-    from protocol.releases.signed import signed_landmarks
+    from cairn.coordinator.publishing.repository import ReleaseRepository
+    from cairn.releases.signed import signed_landmarks
     from tuf.api.metadata import Metadata, Targets
 
     wd, corpus = workdir

@@ -11,10 +11,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import LandmarkError
-from protocol.landmarks import (FORMAT, LandmarkSet, LandmarkStats, compute_stats, cosines, farthest_point_order, l2_normalise,
+from cairn.protocol.errors import LandmarkError
+from cairn.protocol.landmarks import (FORMAT, LandmarkSet, LandmarkStats, compute_stats, cosines, farthest_point_order, l2_normalise,
                                 prefix, random_order, relational, select_landmarks)
-from protocol.objective import relational_torch
+from cairn.training.objective import relational_torch
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # huge stats -> inf, refused
 

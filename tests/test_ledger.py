@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.ledger import Ledger
-from protocol.dht_keys import ContributionRecord
+from cairn.coordinator.ledger import Ledger
+from cairn.protocol.dht_keys import ContributionRecord
 
 
 def record(samples: int, *, name: str = "alice", uptime: float = 10.0, at: float | None = None, epoch: int = 0,
@@ -74,7 +74,7 @@ def test_a_failed_spot_check_withholds_credit_until_the_next_pass(ledger: Ledger
 
 WRITER = """
 import sys, time
-from coordinator.ledger import Ledger
+from cairn.coordinator.ledger import Ledger
 sys.path.insert(0, {tests!r})
 from test_ledger import record
 ledger = Ledger({path!r})

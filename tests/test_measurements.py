@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol.evaluation.metrics import linear_probe_accuracy
-from protocol.tasks.measures import (
+from cairn.evaluation.metrics import linear_probe_accuracy
+from cairn.tasks.measures import (
     coordinate_spearman,
     gram_schmidt_basis,
     pca_curve,
@@ -113,7 +113,7 @@ def test_gram_schmidt_coordinates_are_nested_and_orthonormal():
 
 
 def test_standardised_view_matches_the_shipped_relational_form(space):
-    from protocol.landmarks import compute_stats, relational
+    from cairn.protocol.landmarks import compute_stats, relational
 
     vectors, _, anchors, reference = space
     shipped = relational(vectors, anchors, compute_stats(reference, anchors))
@@ -150,11 +150,11 @@ def test_pca_is_the_upper_bound_of_a_prefix_when_signal_hides_in_late_coordinate
     assert smallest_k(pca) == 2 and smallest_k(prefix) == 32
 
 
-# ---- per-release promises (protocol.evaluation.promises) ------------------------------------------
+# ---- per-release promises (cairn.evaluation.promises) ------------------------------------------
 
 
 def test_prefix_sizes():
-    from protocol.evaluation.promises import prefix_sizes
+    from cairn.evaluation.promises import prefix_sizes
 
     assert prefix_sizes(256) == [8, 16, 32, 64, 128, 256]
     assert prefix_sizes(100) == [8, 16, 32, 64, 100]
@@ -163,7 +163,7 @@ def test_prefix_sizes():
 
 def test_matryoshka_report_finds_signal_in_the_leading_coordinates():
     """Class signal in the first 8 of 64 coordinates: the prefix reaches 95 % at k=8, a random order needs more."""
-    from protocol.evaluation.promises import matryoshka_report
+    from cairn.evaluation.promises import matryoshka_report
 
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(4), 60)
@@ -178,7 +178,7 @@ def test_matryoshka_report_finds_signal_in_the_leading_coordinates():
 
 
 def test_outside_report_of_a_rotated_copy_is_fully_aligned():
-    from protocol.evaluation.promises import outside_report
+    from cairn.evaluation.promises import outside_report
 
     rng = np.random.default_rng(4)
     reference = rng.normal(size=(300, 16))
@@ -191,8 +191,8 @@ def test_outside_report_of_a_rotated_copy_is_fully_aligned():
 
 
 def test_alignment_texts_are_distinct_capped_and_independent_of_order():
-    from protocol.corpora.base import Pair, PairCorpus
-    from protocol.evaluation.promises import alignment_texts
+    from cairn.corpora.base import Pair, PairCorpus
+    from cairn.evaluation.promises import alignment_texts
 
     pairs = [Pair(f"gloss {i}", f"lemma {i % 7}", "lemma_gloss") for i in range(40)]
     first = alignment_texts(PairCorpus("x", [], list(pairs)), cap=20)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from hivemind.optim.state_averager import dump_optimizer_state, load_optimizer_state
 
-from protocol.optim import AdamWTowardStart
-from protocol.training import TrainingConfig, lr_factor, optimizer_factory, scheduler_factory
+from cairn.training.optim import AdamWTowardStart
+from cairn.training.task import TrainingConfig, lr_factor, optimizer_factory, scheduler_factory
 
 
 def test_the_pull_settles_where_the_gradient_balances_it():

@@ -23,13 +23,13 @@ from hivemind.dht.validation import DHTRecord
 from hivemind.utils import MSGPackSerializer, get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
-from peer.dht_util import _behind_nat, check_reachable, make_dht
-from protocol.identity import load_or_create_identity, peer_public_id
-from peer.leases import ShardLease
-from peer.metrics import create_peer_metrics, start_metrics_server
-from peer.records import publish_record, read_records
-from protocol.dht_keys import ContributionRecord, RunKeys, make_validators, owner_subkey
-from protocol.errors import CairnError
+from cairn.peer.dht_util import _behind_nat, check_reachable, make_dht
+from cairn.protocol.identity import load_or_create_identity, peer_public_id
+from cairn.peer.leases import ShardLease
+from cairn.peer.metrics import create_peer_metrics, start_metrics_server
+from cairn.peer.records import publish_record, read_records
+from cairn.protocol.dht_keys import ContributionRecord, RunKeys, make_validators, owner_subkey
+from cairn.protocol.errors import CairnError
 
 pytestmark = pytest.mark.timeout(120)
 slow = pytest.mark.slow  # starts real hivemind nodes

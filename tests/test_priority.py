@@ -1,4 +1,4 @@
-"""protocol.priority lowers only the calling thread's CPU priority (Linux schedules threads individually)."""
+"""cairn.coordinator.priority lowers only the calling thread's CPU priority (Linux schedules threads individually)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from protocol.priority import lower_this_thread, run_at_low_priority
+from cairn.coordinator.priority import lower_this_thread, run_at_low_priority
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")

@@ -6,19 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coordinator import outside_reference
-from coordinator.init import init_workdir
-from coordinator.landmark_versions import latest_landmarks
-from coordinator.ledger import Ledger
-from coordinator.releaser import ReleaseInputs, cut_release
-from coordinator.workdir import Workdir
-from protocol.corpora import load_corpus
-from protocol.encoder import Encoder, config_for
-from protocol.errors import CairnError
-from protocol.releases.manifest import read_manifest
-from protocol.run_config import SwarmConfig
-from protocol.tokenizer import TextTokenizer
-from protocol.training import TrainingConfig, encoder_config, reference_texts
+from cairn.coordinator import outside_reference
+from cairn.coordinator.init import init_workdir
+from cairn.coordinator.landmark_versions import latest_landmarks
+from cairn.coordinator.ledger import Ledger
+from cairn.coordinator.releaser import ReleaseInputs, cut_release
+from cairn.coordinator.workdir import Workdir
+from cairn.corpora import load_corpus
+from cairn.protocol.encoder import Encoder, config_for
+from cairn.protocol.errors import CairnError
+from cairn.releases.manifest import read_manifest
+from cairn.protocol.run_config import SwarmConfig
+from cairn.protocol.tokenizer import TextTokenizer
+from cairn.training.task import TrainingConfig, encoder_config, reference_texts
 from tests.swarm_util import write_corpus
 
 pytestmark = pytest.mark.slow  # three quick evaluation suites and a MiniLM encoding: about a minute
@@ -101,7 +101,7 @@ def test_a_missing_reference_encoder_gives_no_vectors_and_writes_no_cache(tmp_pa
     def not_installed():
         raise CairnError("the reference encoder all-MiniLM-L6-v2 is not installed")
 
-    monkeypatch.setattr("protocol.evaluation.reference.minilm_embed_fn", not_installed)
+    monkeypatch.setattr("cairn.evaluation.reference.minilm_embed_fn", not_installed)
     other = Workdir(tmp_path)
     assert outside_reference.reference_vectors(other, ["a text", "another"]) is None
     assert not (other.run_dir / outside_reference.CACHE_FILE).exists()

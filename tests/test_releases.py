@@ -24,19 +24,19 @@ import pytest
 from aiohttp import web
 from tuf.api.metadata import Metadata
 
-import cairn_cli
-from coordinator.publishing import repository as repository_module
-from coordinator.publishing.keys import generate_signer
-from coordinator.publishing.repository import ReleaseRepository
-from coordinator.publishing.server import make_repository_app
-from protocol.errors import ReleaseError
-from protocol.releases.client import ReleaseClient
-from protocol.releases.files import file_sha256
-from protocol.releases.layout import REQUIRED_FILES
-from protocol.releases.manifest import check_release_dir, parse_manifest, write_manifest
-from protocol.releases.trust import TrustStore
-from protocol.releases.verify import verify_installed
-from protocol.releases.version import ReleaseVersion
+import cairn.cli
+from cairn.coordinator.publishing import repository as repository_module
+from cairn.coordinator.publishing.keys import generate_signer
+from cairn.coordinator.publishing.repository import ReleaseRepository
+from cairn.coordinator.publishing.server import make_repository_app
+from cairn.protocol.errors import ReleaseError
+from cairn.releases.client import ReleaseClient
+from cairn.releases.files import file_sha256
+from cairn.releases.layout import REQUIRED_FILES
+from cairn.releases.manifest import check_release_dir, parse_manifest, write_manifest
+from cairn.releases.trust import TrustStore
+from cairn.releases.verify import verify_installed
+from cairn.releases.version import ReleaseVersion
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ANCHORS_V1 = ["a cat sat on the mat", "stock markets fell sharply", "the protein folds"]
@@ -197,7 +197,7 @@ def assert_refused_and_intact(pull: Callable[[], object], destination: Path, mat
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["cairn", *map(str, args)])
     try:
-        cairn_cli.main()
+        cairn.cli.main()
         code = 0
     except SystemExit as exit_:
         code = int(exit_.code or 0)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import ReleaseError
-from protocol.releases.manifest import check_release_dir, manifest_bytes, parse_landmarks_ref, parse_manifest, write_manifest
-from protocol.releases.version import ReleaseVersion
+from cairn.protocol.errors import ReleaseError
+from cairn.releases.manifest import check_release_dir, manifest_bytes, parse_landmarks_ref, parse_manifest, write_manifest
+from cairn.releases.version import ReleaseVersion
 
 HEX = "ab" * 32
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from protocol import PROTOCOL_VERSION
-from protocol.errors import CairnError, ProtocolMismatch
-from protocol.identity import load_or_create_identity
-from protocol.proto import cairn_pb2
-from protocol.rpc import sign_run_config, verify_run_config
-from protocol.run_config import RunConfig
+from cairn.protocol import PROTOCOL_VERSION
+from cairn.protocol.errors import CairnError, ProtocolMismatch
+from cairn.protocol.identity import load_or_create_identity
+from cairn.protocol.proto import cairn_pb2
+from cairn.protocol.rpc import sign_run_config, verify_run_config
+from cairn.protocol.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Pa
 
     import hivemind
 
-    from peer.run_setup import coordinator_peer_id, fetch_config
+    from cairn.peer.run_setup import coordinator_peer_id, fetch_config
     key = load_or_create_identity(tmp_path / "coordinator.pem")
     signed = sign_run_config(make_config(), key)
 
@@ -102,13 +102,13 @@ class FixedBackend:
 
 async def _register(dht, node, signed: bytes) -> None:
     """Runs inside the coordinator's DHT process: serve the RPC on its libp2p host."""
-    from protocol.rpc import CoordinatorService
+    from cairn.protocol.rpc import CoordinatorService
 
     await CoordinatorService(FixedBackend(signed)).add_p2p_handlers(node.p2p)
 
 
 def test_generated_protobuf_code_is_current(tmp_path: Path):
-    proto_dir = ROOT / "protocol" / "proto"
+    proto_dir = ROOT / "cairn" / "protocol" / "proto"
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(proto_dir), f"--python_out={tmp_path}",
                     str(proto_dir / "cairn.proto")], check=True)
     assert (tmp_path / "cairn_pb2.py").read_text() == (proto_dir / "cairn_pb2.py").read_text(), "run bash scripts/gen_proto.sh"

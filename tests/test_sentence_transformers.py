@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol.trainer import train
-from protocol.training import TrainingConfig
+from cairn.training.trainer import train
+from cairn.training.task import TrainingConfig
 
 
 @pytest.mark.timeout(300)
 def test_export_loads_in_sentence_transformers_and_matches(tmp_path: Path):
     st = pytest.importorskip("sentence_transformers")
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from protocol.embedder import load_bundle
-    from protocol.st_module import export_sentence_transformers
+    from cairn.protocol.embedder import load_bundle
+    from cairn.releases.st_module import export_sentence_transformers
 
     corpus = tmp_path / "pairs.jsonl"
     words = [f"word{i}" for i in range(400)]

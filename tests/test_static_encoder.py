@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.distill import distilled_table, encoder_from_table, load_or_distill, random_rotation, token_texts
-from protocol.embedder import Embedder, calibrate, encode_texts, load_bundle, save_bundle
-from protocol.encoder import CONFIG_FILE, STATIC_INIT_STD, EncoderConfig, StaticEncoder, build_encoder, config_for, load_encoder, save_encoder
-from protocol.errors import CairnError
-from protocol.landmarks import LandmarkSet
-from protocol.tokenizer import TextTokenizer, make_tokenizer, wordpiece_from_file
+from cairn.training.distill import distilled_table, encoder_from_table, load_or_distill, random_rotation, token_texts
+from cairn.protocol.embedder import Embedder, calibrate, encode_texts, load_bundle, save_bundle
+from cairn.protocol.encoder import CONFIG_FILE, STATIC_INIT_STD, EncoderConfig, StaticEncoder, build_encoder, config_for, load_encoder, save_encoder
+from cairn.protocol.errors import CairnError
+from cairn.protocol.landmarks import LandmarkSet
+from cairn.protocol.tokenizer import TextTokenizer, make_tokenizer, wordpiece_from_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,7 +165,7 @@ def test_random_rotation_is_orthogonal_and_seeded():
 def test_a_transformer_cannot_start_from_a_distilled_table():
     with pytest.raises(CairnError, match="only the static encoder"):
         encoder_from_table(EncoderConfig(), np.zeros((8000, 128), dtype=np.float32), None)
-    from protocol.training import TrainingConfig
+    from cairn.training.task import TrainingConfig
 
     with pytest.raises(ValueError, match="distilled start needs the static model"):
         TrainingConfig(model="tiny", initialisation="distilled")
@@ -173,8 +173,8 @@ def test_a_transformer_cannot_start_from_a_distilled_table():
 
 def test_mean_token_vector_loss_is_ln_batch_when_collapsed():
     """Known answers of the objective's pieces: collapse costs exactly ln B, a perfect match ~0."""
-    from protocol.objective import info_nce
-    from protocol.training import mean_pairwise_cosine
+    from cairn.training.objective import info_nce
+    from cairn.training.task import mean_pairwise_cosine
 
     same = torch.ones(16, 8)
     assert abs(float(info_nce(same, same, 0.05)) - math.log(16)) < 1e-5

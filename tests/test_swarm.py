@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from protocol.encoder import load_encoder
+from cairn.protocol.encoder import load_encoder
 from swarm_util import ROOT, cairn, free_port, process_group_members, swarm_in, wait_for, write_corpus
 
 pytestmark = [pytest.mark.slow]
@@ -88,7 +88,7 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
         # averaging changed every peer: both moved far from the shared initialisation, to the same point
         assert moved > 1e-3 and np.abs(params_b - initial).mean() > 1e-3
         # healthy runs disagree by 0.2-0.5 % of the distance moved (8-bit gradient deltas; state rounds every 10 steps);
-        # fp16 optimizer statistics or inexact zeros (peer/compression.py) made it 6-100 %
+        # fp16 optimizer statistics or inexact zeros (cairn/peer/compression.py) made it 6-100 %
         assert disagreement < moved / 20, (disagreement, moved)
 
         _pull_verify_embed(swarm, tmp_path)
@@ -138,7 +138,7 @@ def _pull_verify_embed(swarm, tmp_path: Path) -> None:
         assert isinstance(relational[key], float) and 0.0 <= relational[key] <= 1.5, (key, relational)
     # computed, not copied: the two releases' weights differ, so agreement is below a perfect 1
     assert relational["agreement"] < 0.99999
-    # the other promises, signed into the same manifest (coordinator/releaser.py)
+    # the other promises, signed into the same manifest (cairn/coordinator/releaser.py)
     matryoshka = manifest["metrics"]["matryoshka"]
     assert matryoshka["goal"] == {"k95": manifest_width(installed) // 8}
     assert 0.0 < matryoshka["relational_prefix"]["8"] <= 1.0 and isinstance(matryoshka["goal_met"], bool)
@@ -248,11 +248,11 @@ def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tm
     On the code before the fix the swarm's loss sat at ln(batch) from global step 3: this fails there."""
     import math
 
-    from coordinator.cli import COMPAT_WEIGHT
-    from protocol.corpora import load_corpus
-    from protocol.embedder import load_bundle
-    from protocol.trainer import train
-    from protocol.training import TrainingConfig, TrainingTask, reference_texts
+    from cairn.coordinator.cli import COMPAT_WEIGHT
+    from cairn.corpora import load_corpus
+    from cairn.protocol.embedder import load_bundle
+    from cairn.training.trainer import train
+    from cairn.training.task import TrainingConfig, TrainingTask, reference_texts
 
     config, target = TrainingConfig(), 2048  # the README's defaults: `cairn swarm` = coordinator init with no options
     samples_per_peer = 40 * target // 2  # 40 global steps

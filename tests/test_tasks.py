@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol.corpora import load_corpus
-from protocol.embedder import calibrate, load_bundle
-from protocol.errors import CairnError, CorpusError, LandmarkError
-from protocol.landmarks import LandmarkSet
-from protocol.releases.files import file_sha256
-from protocol.releases.layout import REQUIRED_FILES
-from protocol.releases.manifest import parse_manifest, write_manifest
-from protocol.tasks import (
+from cairn.corpora import load_corpus
+from cairn.protocol.embedder import calibrate, load_bundle
+from cairn.protocol.errors import CairnError, CorpusError, LandmarkError
+from cairn.protocol.landmarks import LandmarkSet
+from cairn.releases.files import file_sha256
+from cairn.releases.layout import REQUIRED_FILES
+from cairn.releases.manifest import parse_manifest, write_manifest
+from cairn.tasks import (
     evaluate_task_model,
     fit_head,
     load_task_model,
@@ -28,9 +28,9 @@ from protocol.tasks import (
     read_labelled,
     train_task_model,
 )
-from protocol.tasks.model import META_FILE, WEIGHTS_FILE, TaskModel
-from protocol.trainer import train
-from protocol.training import TrainingConfig, reference_texts
+from cairn.tasks.model import META_FILE, WEIGHTS_FILE, TaskModel
+from cairn.training.trainer import train
+from cairn.training.task import TrainingConfig, reference_texts
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = TrainingConfig(landmarks=32, reference_size=64, batch_size=16, anchor_refresh_every=5,
@@ -278,7 +278,7 @@ def test_read_labelled_errors(tmp_path, name, content, message):
 
 
 def cairn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cairn_cli", "task", *args], check=False, capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "cairn.cli", "task", *args], check=False, capture_output=True, text=True, cwd=REPO,
                           timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

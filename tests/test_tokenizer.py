@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import CairnError
-from protocol.tokenizer import TOKENIZER_FILE, TextTokenizer, train_tokenizer
+from cairn.protocol.errors import CairnError
+from cairn.protocol.tokenizer import TOKENIZER_FILE, TextTokenizer, train_tokenizer
 
 WORDS = ("the quick brown fox jumps over lazy dog cat runs fast slow red green blue small large house tree river "
          "mountain sings under bright night garden window yellow old young water stone").split()
@@ -106,7 +106,7 @@ def test_training_is_deterministic_within_a_process(tokenizer):
 def test_training_is_deterministic_across_processes(tokenizer):
     """Hash-map seeds differ per process: every peer must still derive the coordinator's tokenizer."""
     script = ("import sys; sys.path.insert(0, %r); from test_tokenizer import sentences; "
-              "from protocol.tokenizer import TextTokenizer, train_tokenizer; "
+              "from cairn.protocol.tokenizer import TextTokenizer, train_tokenizer; "
               "print(TextTokenizer(train_tokenizer(sentences(), 300), max_len=24).digest())") % str(__import__("pathlib").Path(__file__).parent)
     digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)}
     assert digests == {tokenizer.digest()}

@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
-from cairn_cli import cli
+from cairn.cli import cli
 
-from protocol.corpora import load_corpus
-from protocol.embedder import load_bundle
-from protocol.errors import CairnError
-from protocol.landmarks import LandmarkSet
-from protocol.trainer import CHECKPOINT_FILE, RUN_FILE, train, training_pairs
-from protocol.training import TrainingConfig, TrainingTask, batches, prepare_run, reference_texts
+from cairn.corpora import load_corpus
+from cairn.protocol.embedder import load_bundle
+from cairn.protocol.errors import CairnError
+from cairn.protocol.landmarks import LandmarkSet
+from cairn.training.trainer import CHECKPOINT_FILE, RUN_FILE, train, training_pairs
+from cairn.training.task import TrainingConfig, TrainingTask, batches, prepare_run, reference_texts
 
 ADJECTIVES = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "silver", "golden", "tiny", "giant"]
 NOUNS = ["fox", "dog", "cat", "horse", "river", "mountain", "castle", "garden", "engine", "violin", "forest", "island",
@@ -371,7 +371,7 @@ def copy_run(source: Path, target: Path) -> Path:
 
 def test_compat_with_the_previous_release_keeps_its_relational_vectors(first_run, corpus_path, tmp_path, monkeypatch):
     """Resuming a run to its next release with --compat-with its previous bundle stays closer to that bundle's vectors."""
-    from protocol.tasks.measures import row_cosine
+    from cairn.tasks.measures import row_cosine
 
     out, _ = first_run
     parent = copy_run(out, tmp_path / "parent")  # "release N": the 160-sample bundle

@@ -1,0 +1,67 @@
+"""The option groups of the commands that start training: `cairn train`, `cairn coordinator init`, `cairn swarm`.
+
+All three take the same training settings, generated from TrainingConfig and ObjectiveConfig (cairn/protocol/settings.py),
+so a default changed in the dataclass changes every command, and a run started by `cairn swarm` trains exactly
+like `cairn train` with the same flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cairn.training.objective import ObjectiveConfig
+from cairn.protocol.settings import config_option, split_settings
+from cairn.protocol.run_config import SwarmConfig
+from cairn.training.task import TrainingConfig
+
+TRAINING_FIELDS = ("model", "initialisation", "vocabulary", "batch_size", "lr", "weight_decay", "start_pull", "warmup_updates",
+                   "landmarks", "landmark_order", "anchor_refresh_every", "seed")
+OBJECTIVE_FIELDS = ("relational_weight", "absolute_weight", "temperature", "relational_temperature")
+SWARM_FIELDS = ("target_batch_size", "compression", "num_shards", "lease_seconds", "averaging_timeout")
+OPTION_NAMES = {"num_shards": "--shards"}
+
+
+def _apply(decorators: list[Callable], function: Callable) -> Callable:
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def training_options(function: Callable) -> Callable:
+    """--model, --initialisation, --vocabulary, --batch-size, --lr, ... and the objective's weights."""
+    return _apply([config_option(TrainingConfig, name) for name in TRAINING_FIELDS]
+                  + [config_option(ObjectiveConfig, name) for name in OBJECTIVE_FIELDS], function)
+
+
+def swarm_options(function: Callable) -> Callable:
+    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --local-updates."""
+    decorators = [config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ())) for name in SWARM_FIELDS]
+    import click
+
+    decorators.append(click.option("--local-updates", is_flag=True, help="DiLoCo-style: peers step locally, parameters averaged "
+                                   "once per global step"))
+    return _apply(decorators, function)
+
+
+def training_config(settings: dict) -> TrainingConfig:
+    """A TrainingConfig from the options of `training_options` (any other keys are an error)."""
+    training, objective = split_settings(settings, TrainingConfig, ObjectiveConfig)
+    return TrainingConfig(**training, objective=ObjectiveConfig(**objective))
+
+
+def run_settings(settings: dict) -> tuple[TrainingConfig, SwarmConfig]:
+    """(TrainingConfig, SwarmConfig) from the options of `training_options` and `swarm_options`."""
+    training, objective, swarm = split_settings(settings, TrainingConfig, ObjectiveConfig, SwarmConfig)
+    return TrainingConfig(**training, objective=ObjectiveConfig(**objective)), SwarmConfig(**swarm)
+
+
+def init_arguments(settings: dict) -> list[str]:
+    """The `cairn coordinator init` arguments that reproduce these training and swarm settings exactly."""
+    arguments: list[str] = []
+    for name, value in settings.items():
+        flag = OPTION_NAMES.get(name, f"--{name.replace('_', '-')}")
+        if isinstance(value, bool):
+            arguments += [flag] if value else []
+        else:
+            arguments += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return arguments

@@ -1,0 +1,236 @@
+"""The coordinator's main loop: one asyncio program around a DHT node it created in the main thread.
+
+Every `poll_seconds` it copies contribution records into the ledger; every `spot_check_seconds` it
+loads the averaged state from peers (as an auxiliary peer that never trains; it serves the state it
+last loaded to peers that join later), spot-checks the probe losses peers reported for that epoch, and cuts a release when R global
+steps have passed or an operator asked for one (`cairn coordinator release` drops a request file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import hivemind
+from hivemind.utils import get_dht_time
+import torch
+
+from cairn.corpora import load_corpus
+from cairn.protocol.dht_keys import RunKeys, decode_contributions, owner_subkey
+from cairn.protocol.encoder import build_encoder, config_for
+from cairn.protocol.fsutil import atomic_write_json
+from cairn.protocol.identity import load_or_create_identity
+from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
+from cairn.coordinator.priority import run_at_low_priority
+from cairn.protocol.run_config import RunConfig
+from cairn.protocol.tokenizer import TextTokenizer
+from cairn.training.task import TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory
+
+from cairn.coordinator.landmark_versions import latest_landmarks, version_path
+from cairn.coordinator.ledger import Ledger
+from cairn.coordinator.metrics import CoordinatorMetrics
+from cairn.coordinator.node import Backend, CoordinatorOptions, _connected_peers, join_addresses, save_known_peers, start_dht
+from cairn.coordinator.releaser import ReleaseInputs, cut_release
+from cairn.coordinator.workdir import Workdir
+
+logger = logging.getLogger("cairn.coordinator")
+RELEASE_REQUEST = "release.request"
+SPOT_CHECK_TOLERANCE = 0.05  # absolute loss difference: fp16 state transfer + 8-bit averaging drift
+
+
+class Coordinator:
+    def __init__(self, options: CoordinatorOptions):
+        import bitsandbytes.functional  # noqa: F401  (before any averager forks, as on peers)
+
+        self.options = options
+        self.workdir = Workdir(Path(options.workdir))
+        self.config: RunConfig = self.workdir.load_run_config()
+        self.key = load_or_create_identity(self.workdir.dht_key)
+        self.ledger = Ledger(self.workdir.ledger)
+        self.corpus = load_corpus(self.config.corpus)
+        max_len = config_for(self.config.training.model).max_len
+        self.inputs = ReleaseInputs(self.config, self.corpus, TextTokenizer.load(self.workdir.run_dir, max_len),
+                                    latest_landmarks(self.workdir),
+                                    reference_texts(self.corpus, self.config.training.reference_size, self.config.training.seed),
+                                    outside_reference=options.outside_reference)
+        self.dht = start_dht(self.workdir, self.config, options, self.key)
+        self.join = join_addresses(self.dht, options.announce_host)
+        self.repository_url = f"http://{options.announce_host or options.http_host}:{options.http_port}"
+        torch.manual_seed(self.config.training.seed)
+        self.model = build_encoder(encoder_config(self.config.training, self.inputs.tokenizer))
+        self.state_loader = self._make_state_loader()  # main thread: hivemind requires it
+        # spot checks recompute the training loss, which uses the run's own (v1) landmark set
+        self.task = TrainingTask(self.model, self.inputs.tokenizer, LandmarkSet.load(self.workdir.run_dir / LANDMARKS_FILE),
+                                 self.inputs.reference, self.config.training)
+        self.loaded_epoch = -1
+        self._seen_epoch, self._epoch_changed_at = -1, None
+        self._last_records: dict = {}
+        self._saved_peers: set[str] = set()  # the connected peers known_peers.json was last written for
+        self.last_release_step = int(self.ledger.meta("last_release_step", "0"))
+        self.stopping: asyncio.Event | None = None
+        # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
+        # ledger writes are serialised and the event loop keeps answering RPCs and HTTP meanwhile
+        # (at normal priority: it also loads the averaged state; only a release's evaluation runs lowered)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coordinator-worker")
+        self.metrics = CoordinatorMetrics()
+
+    def _make_state_loader(self) -> hivemind.Optimizer:
+        training, swarm = self.config.training, self.config.swarm
+        return hivemind.Optimizer(
+            dht=self.dht, run_id=self.config.run_id, target_batch_size=swarm.target_batch_size, auxiliary=True,
+            # the peers' optimizer and schedule: hivemind unpacks a downloaded optimizer state into this one's structure
+            params=self.model.parameters(), optimizer=optimizer_factory(training), scheduler=scheduler_factory(training),
+            matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
+            # it shares the last averaged state it loaded: a peer joining a swarm whose peers all left
+            # would otherwise retry forever inside hivemind for a donor that no longer exists
+            averager_opts=dict(request_timeout=swarm.request_timeout),
+            tracker_opts=dict(private_key=self.key), verbose=False,
+        )
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        from aiohttp import web
+
+        from cairn.coordinator.publishing.repository import ReleaseRepository
+        from cairn.coordinator.publishing.server import make_repository_app
+        from cairn.protocol.rpc import CoordinatorService
+
+        self.stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.stopping.set)
+        repository = ReleaseRepository(self.workdir.root)
+        for version in range(1, self.inputs.landmarks.version + 1):  # idempotent for versions already signed
+            repository.publish_landmarks(version_path(self.workdir, version), version)
+        repository.refresh_timestamp()
+        p2p = await self.dht.replicate_p2p()
+        await CoordinatorService(Backend(self.config, self.key, self.workdir, self.repository_url)).add_p2p_handlers(p2p)
+        app = make_repository_app(self.workdir.repository)
+        app.router.add_get("/metrics", self.metrics.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, self.options.http_host, self.options.http_port).start()
+        await loop.run_in_executor(self.worker, self._announce_config)
+        if self.options.metrics_port:
+            metrics_app = web.Application()
+            metrics_app.router.add_get("/metrics", self.metrics.handle)
+            metrics_runner = web.AppRunner(metrics_app)
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, self.options.metrics_host, self.options.metrics_port).start()
+        atomic_write_json(self.workdir.state_file, {"join": self.join, "repository_url": self.repository_url, "pid": os.getpid(),
+                                                   "run_id": self.config.run_id, "started_at": time.time()})
+        logger.info("coordinator of run %s at %s; releases at %s", self.config.run_id, self.join[0], self.repository_url)
+        last_check, last_timestamp = 0.0, time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                await loop.run_in_executor(self.worker, self.poll_once)
+                now = time.monotonic()
+                if now - last_check >= self.options.spot_check_seconds:
+                    await loop.run_in_executor(self.worker, self.check_and_maybe_release)
+                    last_check = time.monotonic()
+                if now - last_timestamp >= self.options.timestamp_refresh_seconds:
+                    await loop.run_in_executor(self.worker, repository.refresh_timestamp)
+                    last_timestamp = now
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), timeout=self.options.poll_seconds)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await runner.cleanup()
+
+    def poll_once(self) -> None:
+        """Copy the live, owner-signed contribution records into the ledger (one transaction)."""
+        found = self.dht.get(RunKeys(self.config.run_id).contributions, latest=True)
+        records = decode_contributions(found.value if found is not None else None)
+        tracker = self.state_loader.tracker
+        if tracker.global_epoch > self._seen_epoch:  # the swarm finished an averaging round since the last poll
+            self._seen_epoch, self._epoch_changed_at = tracker.global_epoch, time.time()
+        result = self.ledger.apply_poll(records, tracker.global_epoch, self.config.swarm.target_batch_size,
+                                        last_allreduce_at=self._epoch_changed_at)
+        self._last_records = records
+        peers = set(self.dht.run_coroutine(_connected_peers))
+        if peers and peers != self._saved_peers:  # write the file only when the set of peers changed
+            save_known_peers(self.dht, self.workdir)
+            self._saved_peers = peers
+        self.metrics.global_step.set(tracker.global_epoch)
+        self.metrics.peers_online.set(result.peers_online)
+        self.metrics.credited_samples.set(result.credited)
+        self.metrics.claimed_samples.set(result.claimed)
+        logger.debug("poll: %s", result)
+
+    def check_and_maybe_release(self) -> None:
+        """Load the averaged state, spot-check claims for its epoch, cut a release when due."""
+        global_epoch = self.state_loader.tracker.global_epoch
+        if global_epoch <= 0:
+            return
+        # the state averager directly: the Optimizer's wrapper retries forever and may relabel the epoch
+        averager = self.state_loader.state_averager
+        try:
+            averager.load_state_from_peers(timeout=30)  # returns nothing; success shows in local_epoch
+        except Exception as error:  # no peer could serve its state right now: try at the next check
+            logger.warning("could not load state from peers: %r", error)
+            return
+        if averager.local_epoch <= 0:
+            return
+        self.loaded_epoch = averager.local_epoch
+        self._spot_check(self._last_records)
+        release_due = self.options.release_every and self.loaded_epoch - self.last_release_step >= self.options.release_every
+        requested = (self.workdir.root / RELEASE_REQUEST).exists()
+        if release_due or requested:
+            # calibration and the promises' measurements are minutes of CPU on a small box: lowered, so peers
+            # sharing the machine keep their averaging rounds (the worker waits; ledger use stays serialised)
+            manifest = run_at_low_priority(partial(cut_release, self.workdir, self.inputs, self.model, self.loaded_epoch, self.ledger))
+            self.last_release_step = self.loaded_epoch
+            self.ledger.set_meta("last_release_step", str(self.loaded_epoch))
+            (self.workdir.root / RELEASE_REQUEST).unlink(missing_ok=True)
+            self._announce_release(str(manifest.version), manifest.global_step)
+            self.metrics.releases.inc()
+            logger.info("released %s at global step %s", manifest.version, manifest.global_step)
+
+    def _spot_check(self, records: dict) -> None:
+        """Recompute each probe loss reported for the loaded epoch from the shard samples it names."""
+        for public_id, record in records.items():
+            if record.probe_epoch != self.loaded_epoch or record.probe_count <= 0 or self.ledger.spot_checked(public_id, record.probe_epoch):
+                continue
+            if not 0 <= record.probe_shard < self.config.swarm.num_shards:
+                self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, math.inf, False)
+                continue
+            pairs = self.corpus.shard(record.probe_shard, self.config.swarm.num_shards)
+            batch = [pairs[(record.probe_offset + i) % len(pairs)] for i in range(record.probe_count)]
+            recomputed = self.task.eval_loss(batch, batch_size=len(batch))
+            passed = abs(recomputed - record.probe_loss) <= SPOT_CHECK_TOLERANCE
+            self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, recomputed, passed)
+            self.metrics.spot_checks.labels(result="passed" if passed else "failed").inc()
+
+    def _announce_config(self) -> None:
+        self.dht.store(RunKeys(self.config.run_id).config, subkey=owner_subkey(self.key),
+                       value=self.config.to_json_bytes().decode(), expiration_time=get_dht_time() + 3600)
+
+    def _announce_release(self, version: str, global_step: int) -> None:
+        self.dht.store(RunKeys(self.config.run_id).release, subkey=owner_subkey(self.key),
+                       value=json.dumps({"version": version, "global_step": global_step, "repository_url": self.repository_url}),
+                       expiration_time=get_dht_time() + 7 * 24 * 3600)
+
+    def shutdown(self) -> None:
+        try:
+            self.state_loader.shutdown()
+        finally:
+            self.dht.shutdown()
+            self.ledger.close()
+
+
+def run_coordinator(options: CoordinatorOptions) -> None:
+    coordinator = Coordinator(options)
+    try:
+        asyncio.run(coordinator.serve())
+    finally:
+        coordinator.shutdown()

@@ -1,0 +1,382 @@
+"""The volunteer peer: join the run's DHT, check the run configuration, lease a shard, and train
+with hivemind.Optimizer until told to stop.
+
+Order matters here (see docs/benchmarks.md, "hivemind on CPU"): bitsandbytes is imported in the main
+process before any averager forks; the DHT and the Optimizer are created in the main thread; every
+peer seeds identically so a lone start is the same model everywhere; and on SIGINT/SIGTERM the peer
+finishes its step, releases its lease, publishes a final record and shuts hivemind down.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import bitsandbytes.functional  # noqa: F401  (pitfall: lazy import inside averager threads crashes)
+import hivemind
+import torch
+from hivemind.optim.grad_averager import GradientAverager
+
+from cairn.protocol import PROTOCOL_VERSION
+from cairn.protocol.encoder import TextEncoder, build_encoder, load_encoder, pick_device
+from cairn.protocol.errors import CairnError
+from cairn.protocol.run_config import RunConfig
+from cairn.training.task import CollapseDetector, TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory
+
+from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
+from cairn.peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
+
+logger = logging.getLogger("cairn.peer")
+
+
+@dataclass
+class PeerOptions:
+    join: list[str]
+    workdir: Path
+    name: str = "anonymous"
+    device: str = "auto"
+    identity: Path | None = None
+    compression: str | None = None  # override the run's; none|fp16|uniform8|blockwise8
+    client_mode: bool = False
+    host: str = "0.0.0.0"
+    port: int = 0
+    batch_size: int | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    max_samples: int | None = None  # stop after this many local samples (tests, benchmarks)
+    max_minutes: float | None = None
+    wait_for_peers: int = 1  # before the first step, wait (bounded) until this many trainers are visible
+    progress: bool = True
+    torch_threads: int | None = None
+
+
+@dataclass
+class PeerStats:
+    samples: int = 0
+    steps: int = 0
+    loss: float = float("nan")
+    started_at: float = field(default_factory=time.time)
+    shards_completed: int = 0
+    shard: int = -1
+    last_probe: dict | None = None
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the loop finishes its current step, then shuts down cleanly."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: self.event.set())
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+
+def make_optimizer(dht: hivemind.DHT, model: TextEncoder, config: RunConfig, batch_size: int, compression: str,
+                   sent, received, key) -> hivemind.Optimizer:
+    """hivemind.Optimizer with the measured settings (docs/benchmarks.md); must run in the main thread."""
+    swarm, training = config.swarm, config.training
+    install_exact_zero_blockwise()  # the reducers' replies too, not only what this peer sends
+    grad_compression = make_compression(compression, sent, received)
+    # parameters in fp16, optimizer statistics in fp32 (make_state_compression says why)
+    state_compression = CountingCompression(make_state_compression("fp16" if compression != "none" else "none"), sent, received)
+    common = dict(
+        dht=dht, run_id=config.run_id, target_batch_size=swarm.target_batch_size, batch_size_per_step=batch_size,
+        params=model.parameters(),
+        optimizer=optimizer_factory(training),
+        # hivemind steps the scheduler once per global epoch: lr_factor(epoch), the trainer's curve update by update
+        scheduler=scheduler_factory(training),
+        matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
+        next_chunk_timeout=swarm.next_chunk_timeout, averager_opts=dict(request_timeout=swarm.request_timeout),
+        state_averaging_compression=state_compression, load_state_compression=make_state_compression("fp16"),
+        # hivemind keeps only the DHT's first signature validator: the tracker must sign with the same key
+        tracker_opts=dict(private_key=key),
+        verbose=False,
+    )
+    if swarm.local_updates:
+        # DiLoCo-style: each peer applies its own updates; parameters are averaged once per epoch
+        return hivemind.Optimizer(**common, use_local_updates=True, average_state_every=1)
+    return hivemind.Optimizer(**common, grad_compression=grad_compression, average_state_every=swarm.average_state_every,
+                              grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout))
+
+
+def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
+    """Join, train until stopped (signal, max_samples or max_minutes), leave cleanly."""
+    from cairn.peer.dht_util import check_reachable, make_dht
+    from cairn.peer.leases import ShardLease
+    from cairn.peer.metrics import create_peer_metrics, start_metrics_server
+    from cairn.peer.run_setup import coordinator_peer_id, fetch_config, latest_release_weights, prepare_local_run
+    from cairn.protocol.dht_keys import make_validators
+    from cairn.protocol.identity import load_or_create_identity, peer_public_id
+    from cairn.network.logs import quiet_hivemind_logs
+
+    stop = stop if stop is not None else StopFlag()
+    quiet_hivemind_logs()
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    if options.torch_threads:
+        torch.set_num_threads(options.torch_threads)
+    device = pick_device(options.device)
+    identity_path = options.identity or options.workdir / "identity.pem"
+    key = load_or_create_identity(identity_path)
+
+    # the run id (and so the validators) is known only after asking the coordinator: a throwaway node first
+    probe_dht = make_dht(options.join, validators=[], host_maddrs=["/ip4/127.0.0.1/tcp/0"], client_mode=True)
+    try:
+        coordinator = coordinator_peer_id(options.join[0])
+        config = fetch_config(probe_dht, coordinator)
+        corpus, tokenizer, landmarks = prepare_local_run(config, options.workdir)
+        # before the optimizer exists, since it copies the parameters it starts from
+        release_dir = latest_release_weights(probe_dht, coordinator, options.workdir) if config.init == "release" else None
+    finally:
+        probe_dht.shutdown()
+    dht = make_dht(options.join, validators=make_validators(config.run_id, key), host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"],
+                   client_mode=options.client_mode, identity_path=identity_path)
+    if not options.client_mode:
+        reachability = check_reachable(dht)
+        if not reachability:
+            dht.shutdown()
+            raise CairnError(f"this peer is not reachable from the swarm: {reachability.reason}")
+    traffic = Traffic(mp.Value("q", 0), mp.Value("q", 0))
+    install_traffic_taps(traffic.sent, traffic.received)
+    rounds = RoundCounters()
+    metrics = create_peer_metrics()
+    watch_rounds(rounds, on_outcome=metrics.observe_round)
+    metrics_server = start_metrics_server(options.metrics_port, metrics.registry, options.metrics_host) if options.metrics_port else None
+
+    torch.manual_seed(config.training.seed)  # identical initial weights on every peer (pitfall 5)
+    model = build_encoder(encoder_config(config.training, tokenizer)).to(device)
+    if release_dir is not None:
+        model.load_state_dict(load_encoder(release_dir).state_dict())
+    batch_size = options.batch_size or config.training.batch_size
+    optimizer = make_optimizer(dht, model, config, batch_size, options.compression or config.swarm.compression,
+                               traffic.sent, traffic.received, key)
+    lease = ShardLease(dht, config.run_id, peer_public_id(key), config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds)
+    session = None
+    try:
+        _wait_for_swarm(optimizer, options.wait_for_peers, stop)
+        if optimizer.tracker.global_epoch > optimizer.local_epoch:
+            optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
+        task = TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.training.reference_size, config.training.seed),
+                            config.training)
+        parent = None
+        if config.training.objective.compat_weight > 0:
+            from cairn.peer.compat_parent import ParentTracker
+
+            parent = ParentTracker(dht, coordinator, options.workdir, device, task)
+            parent.maybe_refresh(wait=True)
+        session = TrainingSession(options, config, corpus, task, optimizer, lease, dht, key, device, batch_size, metrics, rounds,
+                                  traffic, stop, parent)
+        session.run()
+    finally:
+        lease.release()
+        _save_local_state(model, options.workdir)
+        optimizer.shutdown()
+        dht.shutdown()
+        if metrics_server is not None:
+            metrics_server.stop()
+        if session is not None:
+            session.write_summary()
+    return session.stats if session is not None else PeerStats()
+
+
+def _wait_for_swarm(optimizer: hivemind.Optimizer, expected: int, stop: StopFlag, timeout: float = 30.0) -> None:
+    """Pitfall 6: two peers that both step alone at epoch 0 overshoot; wait (bounded) to see the others."""
+    deadline = time.monotonic() + timeout
+    while not stop and time.monotonic() < deadline:
+        if optimizer.tracker.global_progress.num_peers >= expected:
+            return
+        time.sleep(0.5)
+
+
+def _save_local_state(model: TextEncoder, workdir: Path) -> None:
+    from cairn.protocol.encoder import save_encoder
+
+    save_encoder(model, workdir / "state")
+
+
+@dataclass
+class Traffic:
+    """Averaging payload bytes, counted in the averager processes (shared memory counters)."""
+
+    sent: object
+    received: object
+
+
+REPORT_EVERY_S = 3.0
+RECORD_TTL_S = 60.0  # a record not refreshed within a minute means the peer is gone
+SUMMARY_FILE = "peer-summary.json"
+
+
+class TrainingSession:
+    """The training loop of one peer and the bookkeeping around it (lease, records, metrics)."""
+
+    def __init__(self, options: PeerOptions, config: RunConfig, corpus, task: TrainingTask, optimizer: hivemind.Optimizer, lease,
+                 dht: hivemind.DHT, key, device: torch.device, batch_size: int, metrics, rounds: RoundCounters, traffic: Traffic,
+                 stop: StopFlag, parent=None):
+        self.options, self.config, self.corpus, self.task = options, config, corpus, task
+        self.optimizer, self.lease, self.dht, self.key, self.device = optimizer, lease, dht, key, device
+        self.batch_size, self.metrics, self.rounds, self.traffic, self.stop = batch_size, metrics, rounds, traffic, stop
+        self.parent = parent  # cairn.peer.compat_parent.ParentTracker when the run has a compat weight, else None
+        self.stats = PeerStats()
+        self.shard: int | None = None
+        self.pairs: list = []
+        self.offset = 0
+        self.throughput = 0.0
+        self.traffic_seen = (0, 0)
+        self.compute_seconds = 0.0  # forward + backward: what utilisation divides by wall time
+        self.first_loss: float | None = None
+        self.collapse = CollapseDetector()
+        self.epochs_at_start = optimizer.local_epoch
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        """The algorithm: take the next batch of the leased shard, compute the loss, let hivemind step."""
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        self.task.model.train()
+        last_report, epoch_seen = 0.0, self.optimizer.local_epoch
+        window = (0, time.monotonic())
+        with Progress(SpinnerColumn(), TextColumn("{task.fields[text]}"), disable=not self.options.progress) as progress:
+            bar = progress.add_task("peer", text="joining", total=None)
+            while not self.stop and not self._limit_reached():
+                if not self._ensure_shard():
+                    progress.update(bar, text="no free shard; waiting for one")
+                    self.stop.event.wait(2.0)
+                    continue
+                batch_start, batch = self.offset, self._next_batch()
+                computing = time.monotonic()
+                loss, parts = self.task.loss(batch)
+                loss.backward()
+                self._watch_collapse(len(batch), parts)
+                self.compute_seconds += time.monotonic() - computing
+                stepping = time.monotonic()
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                # the absolute InfoNCE: comparable with the baseline and the spot checks, chance level ln(batch)
+                self._count(batch, parts["abs"])
+                if self.optimizer.local_epoch != epoch_seen:
+                    self.metrics.allreduce_duration.observe(time.monotonic() - stepping)
+                    epoch_seen = self.optimizer.local_epoch
+                    if self.rounds.last_outcome == "success":  # after a failed round our parameters are our own: no claim
+                        self.stats.last_probe = _probe(self.task, batch, self.shard, batch_start, epoch_seen)
+                now = time.monotonic()
+                if now - last_report >= REPORT_EVERY_S:
+                    self.throughput = (self.stats.samples - window[0]) / max(now - window[1], 1e-9)
+                    window, last_report = (self.stats.samples, now), now
+                    self._report()
+                    if self.parent is not None:
+                        self.parent.maybe_refresh()
+                    progress.update(bar, text=self._status_line())
+        if self.shard is not None:
+            self.lease.save_progress(self.shard, self.offset)
+        self._publish()
+
+    def _watch_collapse(self, batch_size: int, parts: dict) -> None:
+        """One warning in the log when the encoder collapses (and the flag in every record while it lasts)."""
+        was = self.collapse.collapsed
+        if self.collapse.observe(batch_size, parts["abs"], parts["mean_cos"]) and not was:
+            logger.warning(self.collapse.warning(batch_size, parts["abs"], parts["mean_cos"]))
+
+    def _limit_reached(self) -> bool:
+        if self.options.max_samples is not None and self.stats.samples >= self.options.max_samples:
+            return True
+        return self.options.max_minutes is not None and time.monotonic() - self.started >= self.options.max_minutes * 60
+
+    def _ensure_shard(self) -> bool:
+        if self.shard is None or self.lease.lost:
+            self.shard = self.lease.acquire()
+            if self.shard is None:
+                return False
+            self.pairs = self.corpus.shard(self.shard, self.config.swarm.num_shards)
+            self.offset = self.lease.progress(self.shard) % len(self.pairs)
+            self.stats.shard = self.shard
+        return True
+
+    def _next_batch(self) -> list:
+        batch = [self.pairs[(self.offset + i) % len(self.pairs)] for i in range(self.batch_size)]
+        if self.offset + self.batch_size >= len(self.pairs):
+            self.stats.shards_completed += 1
+        self.offset = (self.offset + self.batch_size) % len(self.pairs)
+        return batch
+
+    def _count(self, batch: list, loss: float) -> None:
+        self.stats.samples += len(batch)
+        self.stats.steps += 1
+        self.stats.loss = loss
+        if self.first_loss is None:
+            self.first_loss = loss
+        self.metrics.samples.inc(len(batch))
+        self.metrics.steps.inc()
+        self.metrics.loss.set(loss)
+
+    def _report(self) -> None:
+        """Every few seconds: metrics, lease renewal and progress, the signed contribution record."""
+        sent, received = self.traffic.sent.value, self.traffic.received.value
+        self.metrics.bytes_sent.inc(sent - self.traffic_seen[0])
+        self.metrics.bytes_received.inc(received - self.traffic_seen[1])
+        self.traffic_seen = (sent, received)
+        self.metrics.visible_peers.set(self.optimizer.tracker.global_progress.num_peers)
+        self.metrics.global_step.set(self.optimizer.tracker.global_epoch)
+        self.lease.save_progress(self.shard, self.offset)
+        if not self.lease.renew():  # someone else holds it now: stop reading this shard
+            self.shard = None
+        self._publish()
+
+    def _status_line(self) -> str:
+        return (f"{self.options.name}: {self.throughput:6.1f} samples/s | global step {self.optimizer.tracker.global_epoch} | "
+                f"peers {self.optimizer.tracker.global_progress.num_peers} | shard {self.stats.shard} | loss {self.stats.loss:.3f}")
+
+    def _publish(self) -> None:
+        """Publish this peer's signed contribution record (owner-tagged subkey: nobody else can write it)."""
+        from cairn.peer.records import publish_record
+        from cairn.protocol.dht_keys import ContributionRecord
+
+        probe = self.stats.last_probe or {"probe_epoch": -1, "probe_shard": -1, "probe_offset": 0, "probe_count": 0, "probe_loss": 0.0}
+        loss = self.stats.loss if self.stats.loss == self.stats.loss else 0.0  # NaN before the first step
+        record = ContributionRecord(
+            display_name=self.options.name, peer_id=self.dht.peer_id.to_base58(), samples=self.stats.samples, steps=self.stats.steps,
+            loss=float(loss), samples_per_second=float(max(self.throughput, 0.0)), device=self.device.type,
+            uptime_seconds=float(time.time() - self.stats.started_at), shard=self.stats.shard, protocol_version=PROTOCOL_VERSION,
+            reported_at=time.time(), epoch=int(self.optimizer.local_epoch), shards_completed=self.stats.shards_completed,
+            collapsed=self.collapse.collapsed,
+            **{k: (float(v) if k == "probe_loss" else int(v)) for k, v in probe.items()},
+        )
+        publish_record(self.dht, self.config.run_id, record, RECORD_TTL_S, identity=self.key)
+
+    def write_summary(self) -> None:
+        """What this peer did, for benchmarks and tests: samples, epochs, bytes, utilisation, losses."""
+        from cairn.protocol.fsutil import atomic_write_json
+
+        wall = time.monotonic() - self.started
+        epochs = self.optimizer.local_epoch - self.epochs_at_start
+        atomic_write_json(self.options.workdir / SUMMARY_FILE, {
+            "name": self.options.name, "samples": self.stats.samples, "steps": self.stats.steps, "wall_seconds": wall,
+            "compute_seconds": self.compute_seconds, "utilisation": self.compute_seconds / wall if wall else 0.0,
+            "samples_per_second": self.stats.samples / wall if wall else 0.0, "epochs": epochs,
+            "start_epoch": self.epochs_at_start, "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "last_loss": self.stats.loss,
+            "bytes_sent": self.traffic.sent.value, "bytes_received": self.traffic.received.value,
+            "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
+            "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,
+            "compression": self.options.compression or self.config.swarm.compression, "local_updates": self.config.swarm.local_updates,
+            "compat_parent": self.parent.version if self.parent is not None else None, "collapsed": self.collapse.collapsed,
+        })
+
+
+@torch.no_grad()
+def _probe(task: TrainingTask, batch, shard: int, batch_start: int, epoch: int) -> dict:
+    """Eval-mode loss on the batch just trained, right after an epoch's averaged update.
+
+    It depends only on the shared parameters of `epoch`, so the coordinator can recompute it from the
+    averaged state and spot-check this peer's claim.
+    """
+    return {"probe_epoch": epoch, "probe_shard": shard, "probe_offset": batch_start, "probe_count": len(batch),
+            "probe_loss": task.eval_loss(batch, batch_size=len(batch))}

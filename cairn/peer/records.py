@@ -1,0 +1,41 @@
+"""Publishing and reading contribution records: the numbers a peer reports about its own work.
+
+Each peer writes one record under its owner-tagged subkey, so nobody else can overwrite it (see
+cairn/protocol/dht_keys.py). A record expires unless republished, so the set of records is also the set of
+peers alive within the last `ttl_seconds`.
+"""
+
+from __future__ import annotations
+
+import hivemind
+from hivemind.utils import get_dht_time
+from hivemind.utils.crypto import RSAPrivateKey
+
+from cairn.protocol.dht_keys import ContributionRecord, RunKeys, decode_contributions, owner_subkey
+
+
+def publish_record(
+    dht: hivemind.DHT, run_id: str, record: ContributionRecord, ttl_seconds: float, *, identity: RSAPrivateKey
+) -> bool:
+    """Store `record` for `ttl_seconds` under `identity`'s owner subkey; False when it was refused.
+
+    `identity` must be the key the DHT's validators sign with (make_validators), since the subkey
+    names it and the DHT signs for that key only. A record that fails the schema or the signature is
+    refused everywhere and returns False. True/False is hivemind's verdict from the last replica to
+    answer, so under concurrent readers (which copy records between nodes) a stored record can still
+    come back False; read_records is the authority.
+    """
+    return bool(
+        dht.store(
+            RunKeys(run_id).contributions,
+            subkey=owner_subkey(identity),
+            value=record.dict(),
+            expiration_time=get_dht_time() + ttl_seconds,
+        )
+    )
+
+
+def read_records(dht: hivemind.DHT, run_id: str) -> dict[str, ContributionRecord]:
+    """The live contribution records of the run by public id; records that fail the schema are skipped."""
+    found = dht.get(RunKeys(run_id).contributions, latest=True)
+    return decode_contributions(found.value if found is not None else None)

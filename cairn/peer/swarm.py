@@ -1,0 +1,217 @@
+"""`cairn swarm`: a whole Cairn network on one machine, on loopback.
+
+It starts the coordinator (initialising its workdir on first use), N peers as separate processes
+(each in its own process group, so stopping one stops its hivemind children too), and the
+dashboard when installed; prints what runs where; shows the global step and each peer's samples
+from the ledger; and on Ctrl+C or when the time is up stops everything and waits for it to exit.
+It talks to the other roles only through their command lines and files, never by importing them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cairn.protocol.errors import CairnError
+from cairn.protocol.ledger_schema import open_readonly
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Service:
+    name: str
+    args: list[str]
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.log, "ab")
+        self.process = subprocess.Popen(self.args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, env=env)
+        handle.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal_group(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class SwarmPlan:
+    workdir: Path
+    peers: int
+    minutes: float | None
+    run_id: str = "local-wordnet"
+    corpus: str = "wordnet"
+    init_args: list[str] = field(default_factory=list)  # training and swarm options for `cairn coordinator init`
+    release_every: int = 0
+    dashboard: bool = True
+    dht_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    extra_peer_args: list[str] = field(default_factory=list)
+
+
+def cairn(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cairn.cli", *args]
+
+
+def initialise(plan: SwarmPlan) -> Path:
+    coordinator_dir = plan.workdir / "coordinator"
+    if not (coordinator_dir / "run.json").exists():
+        result = subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", plan.run_id,
+                                      "--corpus", plan.corpus, *plan.init_args), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CairnError(f"coordinator init failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+    return coordinator_dir
+
+
+def wait_for_join_address(coordinator_dir: Path, service: Service, started_after: float, timeout: float = 120.0) -> list[str]:
+    state = coordinator_dir / "coordinator.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise CairnError(f"the coordinator exited; see {service.log}")
+        if state.exists():
+            document = json.loads(state.read_text())
+            if document.get("started_at", 0) >= started_after:
+                return document["join"]
+        time.sleep(0.5)
+    raise CairnError(f"the coordinator did not start within {timeout:.0f} s; see {service.log}")
+
+
+def ledger_view(coordinator_dir: Path) -> tuple[int, list[tuple[str, int]]]:
+    """(global step, [(display name, credited samples)]) from the ledger, read-only."""
+    path = coordinator_dir / "ledger.sqlite"
+    if not path.exists():
+        return 0, []
+    try:
+        db = open_readonly(path)
+        try:
+            step = db.execute("SELECT COALESCE(MAX(global_step), 0) FROM swarm").fetchone()[0]
+            peers = db.execute("SELECT display_name, credited_samples FROM peers ORDER BY display_name").fetchall()
+        finally:
+            db.close()
+    except (sqlite3.Error, CairnError):  # CairnError: the file went away after the check above
+        return 0, []
+    return int(step), [(name, int(samples)) for name, samples in peers]
+
+
+def _interrupt_on_sigterm(signum, frame) -> None:
+    """SIGTERM handler: stop `cairn swarm` the way Ctrl+C does."""
+    raise KeyboardInterrupt
+
+
+def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
+    """Start everything, show progress until time is up or Ctrl+C, stop everything; return a summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    coordinator_dir = initialise(plan)
+    logs = plan.workdir / "logs"
+    services: list[Service] = []
+    interrupted = False
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        started = time.time()
+        coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1",
+                                                   "--port", str(plan.dht_port), "--http-host", "127.0.0.1", "--http-port",
+                                                   str(plan.http_port), "--release-every", str(plan.release_every)), logs / "coordinator.log")
+        services.append(coordinator)
+        coordinator.start(env)
+        join = wait_for_join_address(coordinator_dir, coordinator, started)
+        for index in range(plan.peers):
+            name = f"peer-{index + 1}"
+            peer = Service(name, cairn("peer", "run", "--join", join[0], "--name", name, "--workdir", str(plan.workdir / "peers" / name),
+                                       "--host", "127.0.0.1", "--torch-threads", "1", "--no-progress", "--wait-for-peers",
+                                       str(plan.peers), *plan.extra_peer_args), logs / f"{name}.log")
+            services.append(peer)
+            peer.start(env)
+        dashboard_url = None
+        if plan.dashboard and _dashboard_installed():
+            dashboard = Service("dashboard", cairn("dashboard", "serve", "--workdir", str(coordinator_dir), "--host", "127.0.0.1",
+                                                   "--port", str(plan.dashboard_port)), logs / "dashboard.log")
+            services.append(dashboard)
+            dashboard.start(env)
+            dashboard_url = f"http://127.0.0.1:{plan.dashboard_port}/"
+        table = Table(title="cairn swarm", show_header=True)
+        table.add_column("service")
+        table.add_column("pid", justify="right")
+        table.add_column("where")
+        table.add_row("coordinator", str(coordinator.process.pid), join[0])
+        table.add_row("releases (TUF)", "", f"http://127.0.0.1:{plan.http_port}/")
+        for service in services[1:]:
+            where = dashboard_url if service.name == "dashboard" else f"log: {service.log}"
+            table.add_row(service.name, str(service.process.pid), where)
+        console.print(table)
+        deadline = time.monotonic() + plan.minutes * 60 if plan.minutes else None
+        with console.status("starting peers…") as status:
+            while deadline is None or time.monotonic() < deadline:
+                if stop_check():
+                    break
+                dead = [s.name for s in services if not s.alive()]
+                if dead:
+                    raise CairnError(f"{', '.join(dead)} exited early; see {logs}")
+                step, peers = ledger_view(coordinator_dir)
+                shown = ", ".join(f"{name} {samples:,}" for name, samples in peers) or "waiting for the first records"
+                status.update(f"global step {step} | samples credited: {shown}")
+                time.sleep(2.0)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        stop_services(list(reversed(services)))
+    step, peers = ledger_view(coordinator_dir)
+    console.print(f"stopped{' on request' if interrupted else ''}: global step {step}; "
+                  + (", ".join(f"{name}: {samples:,} samples" for name, samples in peers) or "no records"))
+    return {"global_step": step, "peers": dict(peers), "workdir": str(plan.workdir), "coordinator_dir": str(coordinator_dir)}
+
+
+def stop_services(services: list[Service], grace: float = 30.0) -> None:
+    """SIGTERM each service's main process (peers first) so it shuts its hivemind children down itself,
+    wait, then SIGKILL each whole process group so nothing (p2pd included) outlives the swarm."""
+    for service in services:
+        if service.alive():
+            service.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for service in services:
+        if service.process is None:
+            continue
+        try:
+            service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        service.signal_group(signal.SIGKILL)  # the group: hivemind's daemons and p2pd included
+        try:
+            service.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _dashboard_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cairn.dashboard.cli") is not None

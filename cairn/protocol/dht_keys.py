@@ -1,0 +1,198 @@
+"""The DHT records of a Cairn run: their key names, their schemas and the validators every node applies.
+
+Peers, the coordinator and the dashboard read the same records, so the names and types live here and
+nowhere else. A record is accepted by a DHT node only if it matches these schemas, so every node of a
+run must be created with `make_validators(run_id, key)` (a node without them stores anything and reads
+signed values with their signature still attached).
+
+Why pydantic.v1: hivemind's SchemaValidator is written against pydantic.v1 models, and it rejects any
+value that pydantic had to convert, so every number field below is strict (3 is not accepted for 3.0,
+True is not accepted for 1). No `from __future__ import annotations` here: pydantic.v1 would have to
+re-evaluate the constrained types from strings.
+
+Keys, all `f"{run_id}_{name}"`, name being a field of `RunSchema`:
+- contributions: subkey = the writer's `[owner:<public key>]` tag, so hivemind's RSASignatureValidator
+  lets only the key's owner write it; value = ContributionRecord. Signatures prove who wrote a record,
+  not that it is true: the ledger still has to treat the numbers as claims.
+- config, release: owner-tagged subkeys too. Anyone can write under their own key, so readers must
+  take only the subkey of the coordinator's pinned public key; the value's format is the coordinator's.
+- shard_leases, shard_progress: plain subkeys (the shard index), writable by any peer; see cairn/peer/leases.py
+  for why that is acceptable.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Literal, Mapping
+
+import pydantic.v1 as pydantic
+from hivemind.dht.crypto import RSASignatureValidator
+from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
+from hivemind.dht.validation import RecordValidatorBase
+from hivemind.utils.crypto import RSAPrivateKey
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
+_BASE58 = r"^[1-9A-HJ-NP-Za-km-z]{1,128}$"
+_NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"  # names end up in terminals and log files
+
+
+def _finite(ge: float | None = None) -> type:
+    return pydantic.confloat(strict=True, allow_inf_nan=False, ge=ge)
+
+
+def _count(ge: int = 0) -> type:
+    return pydantic.conint(strict=True, ge=ge)
+
+
+ShardIndex = pydantic.constr(strict=True, regex=r"^(0|[1-9][0-9]{0,8})$")
+"""A shard number as a DHT subkey: a decimal string without leading zeros, so each shard has one spelling."""
+
+
+class ContributionRecord(pydantic.BaseModel):
+    """What a peer says about its own work; published under its owner-tagged subkey."""
+
+    display_name: pydantic.constr(strict=True, max_length=64, regex=_NO_CONTROL_CHARACTERS)
+    peer_id: pydantic.constr(strict=True, regex=_BASE58)  # the hivemind PeerID as a base58 string
+    samples: _count()
+    steps: _count()
+    loss: _finite()  # NaN would never equal itself, and hivemind would reject the record anyway
+    samples_per_second: _finite(ge=0.0)
+    device: Literal["cpu", "cuda"]
+    uptime_seconds: _finite(ge=0.0)
+    shard: _count(ge=-1)  # -1: no shard leased
+    protocol_version: _count()
+    reported_at: _finite()  # unix time on the writer's clock
+    epoch: _count()  # the peer's hivemind epoch (global step) when it wrote this record
+    shards_completed: _count()  # passes over a leased shard finished by this peer
+    # the spot-checkable claim: eval-mode loss on (shard, offset, count) right after epoch probe_epoch's
+    # averaged update; the coordinator recomputes it from the averaged state (-1: no probe yet)
+    probe_epoch: _count(ge=-1)
+    probe_shard: _count(ge=-1)
+    probe_offset: _count()
+    probe_count: pydantic.conint(strict=True, ge=0, le=4096)
+    probe_loss: _finite()
+    collapsed: pydantic.StrictBool = False  # the peer's collapse detector fired (cairn.training.task.CollapseDetector)
+
+    class Config:
+        extra = pydantic.Extra.forbid
+
+
+class LeaseRecord(pydantic.BaseModel):
+    """Who holds a shard. An empty holder is a release: the shard is free even before the entry expires."""
+
+    holder: pydantic.constr(strict=True, regex=r"^([0-9a-f]{16})?$")  # a public id, see public_id()
+    expires_at: _finite()  # the DHT expiration of this entry, for readers that show only the value
+
+    class Config:
+        extra = pydantic.Extra.forbid
+
+
+class RunSchema(pydantic.BaseModel):
+    """One field per DHT key of a run; SchemaValidator maps field `name` to key `f"{run_id}_{name}"`."""
+
+    contributions: Dict[BytesWithPublicKey, ContributionRecord]
+    config: Dict[BytesWithPublicKey, Any]
+    release: Dict[BytesWithPublicKey, Any]
+    shard_leases: Dict[ShardIndex, LeaseRecord]
+    shard_progress: Dict[ShardIndex, _count()]  # the next sample offset within the shard
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """The DHT key names of one run."""
+
+    run_id: str
+
+    def __post_init__(self) -> None:
+        # "_" would let run "a_shard" collide with run "a" ("a_shard" + "_progress" is "a" + "_shard_progress"),
+        # and hivemind.Optimizer derives its own keys from the run id the same way
+        if not _RUN_ID.fullmatch(self.run_id):
+            raise ValueError(
+                f"run id {self.run_id!r} must be 1-64 letters, digits, '.' or '-' (no '_'), "
+                "starting with a letter or digit"
+            )
+
+    def _key(self, name: str) -> str:
+        return f"{self.run_id}_{name}"
+
+    @property
+    def contributions(self) -> str:
+        return self._key("contributions")
+
+    @property
+    def config(self) -> str:
+        return self._key("config")
+
+    @property
+    def release(self) -> str:
+        return self._key("release")
+
+    @property
+    def shard_leases(self) -> str:
+        return self._key("shard_leases")
+
+    @property
+    def shard_progress(self) -> str:
+        return self._key("shard_progress")
+
+
+def make_validators(run_id: str, private_key: RSAPrivateKey) -> list[RecordValidatorBase]:
+    """The record validators for `hivemind.DHT(record_validators=...)` on every node of the run.
+
+    Keys outside RunSchema stay allowed (allow_extra_keys=True) on purpose: hivemind.Optimizer stores
+    its own records under the same prefix ({run_id}_progress, {run_id}_grad_averager.0b..., ...), and a
+    coordinator that refused them could neither replicate them nor read the swarm's progress. On a peer,
+    the Optimizer's own SchemaValidator would switch extra keys back on anyway (merged validators OR the
+    flag). Strictness is per key instead: every Cairn key is fully typed, and its records forbid extra
+    fields.
+
+    The signature validator signs with `private_key`. hivemind keeps only the first RSASignatureValidator
+    of a DHT, so anything else that signs records on the same DHT must use the same key: pass
+    `tracker_opts=dict(private_key=private_key)` to hivemind.Optimizer, or its progress reports (signed
+    for its own process-wide key) are rejected and the swarm never sees this peer's progress.
+    """
+    RunKeys(run_id)  # validates the run id
+    return [
+        SchemaValidator(RunSchema, allow_extra_keys=True, prefix=run_id),
+        RSASignatureValidator(private_key),
+    ]
+
+
+def owner_subkey(private_key: RSAPrivateKey) -> bytes:
+    """The `[owner:<public key>]` subkey under which only `private_key`'s holder can write."""
+    return RSASignatureValidator(private_key).local_public_key
+
+
+def public_id(public_key: bytes) -> str:
+    """A short stable id for an OpenSSH-encoded RSA public key: 64 bits of its SHA-256, in hex.
+
+    Short enough to show and to key a ledger by; forging a collision would take about 2**32 RSA key
+    generations per target, far more than just making a new identity.
+    """
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def owner_public_id(subkey: bytes) -> str | None:
+    """The public id of the key in an `[owner:...]` subkey, or None when the subkey carries no owner tag."""
+    match = re.search(RSASignatureValidator.PUBLIC_KEY_REGEX, subkey) if isinstance(subkey, bytes) else None
+    return public_id(match.group(1)) if match else None
+
+
+def decode_contributions(entries: Mapping[Any, Any] | None) -> dict[str, ContributionRecord]:
+    """Valid contribution records by public id, from the value of `dht.get(keys.contributions)`.
+
+    Takes the `.value` dict of subkey -> ValueWithExpiration. Entries that do not parse are skipped:
+    the local validators already filtered what this node received, this guards readers that lack them.
+    """
+    records: dict[str, ContributionRecord] = {}
+    if not isinstance(entries, Mapping):
+        return records
+    for subkey, item in entries.items():
+        owner = owner_public_id(subkey)
+        if owner is None:
+            continue
+        try:
+            records[owner] = ContributionRecord.parse_obj(getattr(item, "value", item))
+        except pydantic.ValidationError:
+            continue
+    return records
