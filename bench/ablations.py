@@ -48,7 +48,7 @@ from cairn.tasks.measures import (
     spearman_summary,
     stitching,
 )
-from cairn.training.task import TrainingConfig
+from cairn.protocol.run_config import TrainingConfig
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

@@ -2,8 +2,8 @@
 
     python bench/compat_loss.py [--weights 0,0.1,1] [--samples 20000]
 
-Start: release N of bench/compatibility.py (tiny model, WordNet, 20k samples). Training continues on the next
-WordNet pairs in the run's own order, from where N stopped, with a fresh AdamW and the trainer's warm-up, for
+Start: release N of bench/compatibility.py (WordNet, 20k samples). Training continues from N through the trainer
+(`--start-from`), on the pairs in a new order, with a fresh optimizer and the trainer's warm-up, for
 --samples samples to release N+1', then again to N+2' (whose parent is N+1'). The loss is the trainer's
 absolute InfoNCE plus w x cairn.training.objective.compat_loss against the frozen parent release: the drift of this
 encoder's cosines to the parent's anchors from the parent's own cosines, in the parent's per-anchor std. w = 0
@@ -20,18 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
-from common import RUNS, Probe, Run, log, markdown_table, pyplot, recall_at_10, reference, save_plot, setup, wordnet, write_outputs
+from common import RUNS, Probe, Run, log, markdown_table, pyplot, recall_at_10, reference, save_plot, setup, write_outputs
 from compatibility import release_path
 
 from cairn.evaluation.compatibility import head_transfer
-from cairn.protocol.embedder import calibrate, encode_texts, load_bundle, save_bundle
+from cairn.protocol.embedder import encode_texts, load_bundle
 from cairn.training.objective import compat_loss
 from cairn.tasks.measures import row_cosine
-from cairn.training.task import ParentRelease, TrainingConfig, TrainingTask, batches, make_optimizer, warmup_factor_for_samples
+from cairn.protocol.run_config import TrainingConfig
+from cairn.training.task import ParentRelease
 
 BUDGETS = [20000, 40000, 60000]  # bench/compatibility.py's releases; N is the first
 GOAL = 0.97
@@ -51,38 +51,21 @@ def mean_ratio(old: np.ndarray, new: np.ndarray, labels: np.ndarray) -> float:
 
 
 def continue_training(parent_dir, out, weight: float, start_offset: int, samples: int, config: TrainingConfig) -> dict:
-    """Train a copy of the parent release for `samples` more samples with the compat term at `weight`; save a bundle.
+    """Train on from the parent release for `samples` more samples with the compat term at `weight`: the trainer's own
+    loop (`cairn train --start-from PARENT --compat-with PARENT --compat-weight W`; w = 0: no term), on the pairs
+    shuffled by `start_offset` (a new order for each step). The drift from the parent is measured afterwards."""
+    from cairn.training.trainer import train
 
-    cairn.training.task's TrainingTask and ParentRelease, exactly as `cairn train --compat-with` uses them. The
-    drift from the parent is measured afterwards on the calibration texts for every weight (w = 0 included).
-    """
     if (out / RUN_FILE).exists():  # trained before: reuse it and what was measured while training it
         return json.loads((out / RUN_FILE).read_text())
-    parent = ParentRelease(load_bundle(parent_dir, "cpu"))
-    student = load_bundle(parent_dir, "cpu")  # the same weights, trained on
-    model, tokenizer = student.model, student.tokenizer
-    task = TrainingTask(model, tokenizer, student.landmarks, reference(), replace(config, objective=replace(config.objective,
-                        compat_weight=weight)), parent)
-    optimizer = make_optimizer(model, config)
-    model.train()
-    seen, losses, started = 0, [], time.perf_counter()
-    for _, batch in batches(wordnet().train, config.batch_size, start_offset):
-        if seen >= samples:
-            break
-        total, parts = task.loss(batch)
-        total.backward()
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * warmup_factor_for_samples(seen, config)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seen += len(batch)
-        losses.append(parts["abs"])
-    model.eval()
-    save_bundle(out, model, tokenizer, calibrate(model, tokenizer, parent.embedder.landmarks, reference()))
-    seconds = time.perf_counter() - started
-    drift = final_drift(model, tokenizer, parent, reference())
-    log(f"{out.name}: {seen} samples in {seconds:.0f}s, InfoNCE (last 50) {np.mean(losses[-50:]):.3f}, drift from parent {drift:.3f}")
-    details = {"seconds": round(seconds, 1), "infonce_last50": float(np.mean(losses[-50:])), "drift_from_parent": drift}
+    result = train("wordnet", out, config, max_samples=samples, device="cpu", evaluate=False, show_progress=False,
+                   data_seed=start_offset, start_from=parent_dir, compat_with=parent_dir if weight > 0 else None,
+                   compat_weight=weight if weight > 0 else 1.0)
+    student, parent = load_bundle(out, "cpu"), ParentRelease(load_bundle(parent_dir, "cpu"))
+    drift = final_drift(student.model, student.tokenizer, parent, reference())
+    log(f"{out.name}: {result.samples} samples in {result.seconds:.0f}s, InfoNCE (last 50) {np.mean(result.recent_losses):.3f}, "
+        f"drift from parent {drift:.3f}")
+    details = {"seconds": round(result.seconds, 1), "infonce_last50": float(np.mean(result.recent_losses)), "drift_from_parent": drift}
     (out / RUN_FILE).write_text(json.dumps(details))  # written last: its presence means the bundle is complete
     return details
 

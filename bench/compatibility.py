@@ -56,7 +56,7 @@ from cairn.tasks import (
 )
 from cairn.tasks.measures import row_cosine
 from cairn.training.trainer import train
-from cairn.training.task import TrainingConfig
+from cairn.protocol.run_config import TrainingConfig
 
 GOAL = 0.97
 EXTRA_ANCHORS = 32

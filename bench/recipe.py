@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cairn.training.objective import ObjectiveConfig  # noqa: E402
-from cairn.training.task import TrainingConfig  # noqa: E402
+from cairn.protocol.run_config import ObjectiveConfig, TrainingConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"

@@ -47,7 +47,7 @@ from cairn.tasks.measures import (
     spearman_summary,
     stitching,
 )
-from cairn.training.task import TrainingConfig
+from cairn.protocol.run_config import TrainingConfig
 
 GOAL_COSINE, GOAL_STITCH = 0.9, 0.95
 SHORT = {"seed pair (seed0 vs seed1)": "seed pair", "halves pair (shard 0/2 vs shard 1/2)": "disjoint halves",

@@ -27,7 +27,8 @@ from cairn.protocol.embedder import Embedder, calibrate, load_bundle  # noqa: E4
 from cairn.evaluation.suite import run_suite  # noqa: E402
 from cairn.protocol.landmarks import LandmarkSet, random_order  # noqa: E402
 from cairn.training.trainer import train  # noqa: E402
-from cairn.training.task import TrainingConfig, reference_texts  # noqa: E402
+from cairn.protocol.run_config import TrainingConfig
+from cairn.training.task import reference_texts  # noqa: E402
 
 
 def evaluate_orders(bundle: Path, corpus, quick: bool) -> dict:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cairn.training.objective import ObjectiveConfig
+from cairn.protocol.run_config import ObjectiveConfig
 from cairn.protocol.settings import config_option, split_settings
 from cairn.protocol.run_config import SwarmConfig
-from cairn.training.task import TrainingConfig
+from cairn.protocol.run_config import TrainingConfig
 
 TRAINING_FIELDS = ("model", "initialisation", "vocabulary", "batch_size", "lr", "weight_decay", "start_pull", "warmup_updates",
                    "landmarks", "landmark_order", "anchor_refresh_every", "seed")

@@ -16,7 +16,8 @@ from cairn.peer import compat_parent, run_setup
 from cairn.peer.compat_parent import ParentTracker
 from cairn.protocol.embedder import load_bundle
 from cairn.training.trainer import train
-from cairn.training.task import TrainingConfig, TrainingTask, reference_texts
+from cairn.protocol.run_config import TrainingConfig
+from cairn.training.task import TrainingTask, reference_texts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = TrainingConfig(landmarks=16, reference_size=32, batch_size=8, anchor_refresh_every=5,

@@ -7,7 +7,8 @@ import torch
 from hivemind.optim.state_averager import dump_optimizer_state, load_optimizer_state
 
 from cairn.training.optim import AdamWTowardStart
-from cairn.training.task import TrainingConfig, lr_factor, optimizer_factory, scheduler_factory
+from cairn.protocol.run_config import TrainingConfig
+from cairn.training.task import lr_factor, optimizer_factory, scheduler_factory
 
 
 def test_the_pull_settles_where_the_gradient_balances_it():

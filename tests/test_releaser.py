@@ -13,12 +13,12 @@ from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.releaser import ReleaseInputs, cut_release
 from cairn.coordinator.workdir import Workdir
 from cairn.corpora import load_corpus
-from cairn.protocol.encoder import Encoder, config_for
+from cairn.protocol.encoder import build_encoder, config_for
 from cairn.protocol.errors import CairnError
 from cairn.releases.manifest import read_manifest
-from cairn.protocol.run_config import SwarmConfig
+from cairn.protocol.run_config import SwarmConfig, TrainingConfig
 from cairn.protocol.tokenizer import TextTokenizer
-from cairn.training.task import TrainingConfig, encoder_config, reference_texts
+from cairn.training.task import encoder_config, reference_texts
 from tests.swarm_util import write_corpus
 
 pytestmark = pytest.mark.slow  # three quick evaluation suites and a MiniLM encoding: about a minute
@@ -30,14 +30,15 @@ def released(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("releaser")
     corpus_spec = write_corpus(root / "pairs.jsonl", pairs=3000)
-    training = TrainingConfig(landmarks=64, reference_size=256)
+    # a random start: init cuts no release, so the first one here has no parent
+    training = TrainingConfig(landmarks=64, reference_size=256, initialisation="random")
     config = init_workdir(root / "coordinator", "test-run", corpus_spec, training, SwarmConfig())
     workdir = Workdir(root / "coordinator")
     corpus = load_corpus(corpus_spec)
     tokenizer = TextTokenizer.load(workdir.run_dir, config_for(training.model).max_len)
     inputs = ReleaseInputs(config, corpus, tokenizer, latest_landmarks(workdir), reference_texts(corpus, training.reference_size, 0))
     torch.manual_seed(0)
-    model = Encoder(encoder_config(training, tokenizer))
+    model = build_encoder(encoder_config(training, tokenizer))
     ledger = Ledger(workdir.ledger)
     cache = workdir.run_dir / outside_reference.CACHE_FILE  # written by init, before any peer starts
     cached_at = cache.stat().st_mtime_ns

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cairn.training.trainer import train
-from cairn.training.task import TrainingConfig
+from cairn.protocol.run_config import TrainingConfig
 
 
 @pytest.mark.timeout(300)

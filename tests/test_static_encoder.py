@@ -165,7 +165,7 @@ def test_random_rotation_is_orthogonal_and_seeded():
 def test_a_transformer_cannot_start_from_a_distilled_table():
     with pytest.raises(CairnError, match="only the static encoder"):
         encoder_from_table(EncoderConfig(), np.zeros((8000, 128), dtype=np.float32), None)
-    from cairn.training.task import TrainingConfig
+    from cairn.protocol.run_config import TrainingConfig
 
     with pytest.raises(ValueError, match="distilled start needs the static model"):
         TrainingConfig(model="tiny", initialisation="distilled")

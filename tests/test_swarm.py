@@ -252,7 +252,8 @@ def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tm
     from cairn.corpora import load_corpus
     from cairn.protocol.embedder import load_bundle
     from cairn.training.trainer import train
-    from cairn.training.task import TrainingConfig, TrainingTask, reference_texts
+    from cairn.protocol.run_config import TrainingConfig
+    from cairn.training.task import TrainingTask, reference_texts
 
     config, target = TrainingConfig(), 2048  # the README's defaults: `cairn swarm` = coordinator init with no options
     samples_per_peer = 40 * target // 2  # 40 global steps
@@ -344,7 +345,8 @@ def test_a_lone_peer_starts_from_the_latest_signed_release(tmp_path: Path, corpu
         swarm.init("--target-batch-size", "256", "--batch-size", "32", "--landmarks", "64", "--init", "release")
         swarm.start_coordinator("--release-every", "3")
         first = swarm.start_peer("first", "--wait-for-peers", "1")
-        wait_for(lambda: swarm.ledger("SELECT version FROM releases"), 600, 3, "a first release")
+        # the distilled start is release 0.1.0 at step 0; wait for one the first peer's training produced
+        wait_for(lambda: swarm.ledger("SELECT version FROM releases WHERE global_step > 0"), 600, 3, "a trained release")
         assert first.terminate(timeout=90) == 0, first.tail()
         second = swarm.start_peer("second", "--wait-for-peers", "1", "--max-samples", "96")
         assert second.popen.wait(timeout=300) == 0, second.tail()

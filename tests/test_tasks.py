@@ -30,7 +30,8 @@ from cairn.tasks import (
 )
 from cairn.tasks.model import META_FILE, WEIGHTS_FILE, TaskModel
 from cairn.training.trainer import train
-from cairn.training.task import TrainingConfig, reference_texts
+from cairn.protocol.run_config import TrainingConfig
+from cairn.training.task import reference_texts
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = TrainingConfig(landmarks=32, reference_size=64, batch_size=16, anchor_refresh_every=5,

@@ -19,7 +19,8 @@ from cairn.protocol.embedder import load_bundle
 from cairn.protocol.errors import CairnError
 from cairn.protocol.landmarks import LandmarkSet
 from cairn.training.trainer import CHECKPOINT_FILE, RUN_FILE, train, training_pairs
-from cairn.training.task import TrainingConfig, TrainingTask, batches, prepare_run, reference_texts
+from cairn.protocol.run_config import TrainingConfig
+from cairn.training.task import TrainingTask, batches, prepare_run, reference_texts
 
 ADJECTIVES = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "silver", "golden", "tiny", "giant"]
 NOUNS = ["fox", "dog", "cat", "horse", "river", "mountain", "castle", "garden", "engine", "violin", "forest", "island",

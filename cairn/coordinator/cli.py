@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cairn.protocol.errors import CairnError
-from cairn.training.objective import ObjectiveConfig
+from cairn.protocol.run_config import ObjectiveConfig
 from cairn.protocol.settings import config_option
 from cairn.cli_options import run_settings, swarm_options, training_options
 

@@ -9,7 +9,8 @@ from cairn.protocol.errors import CairnError
 from cairn.protocol.fsutil import atomic_write_bytes
 from cairn.protocol.landmarks import LANDMARKS_FILE
 from cairn.protocol.run_config import RunConfig, SwarmConfig
-from cairn.training.task import TrainingConfig, prepare_run
+from cairn.protocol.run_config import TrainingConfig
+from cairn.training.task import prepare_run
 
 from cairn.coordinator.workdir import Workdir
 

@@ -1,5 +1,9 @@
 """The run configuration: what every peer of one training run must agree on before it trains.
 
+TrainingConfig (with its ObjectiveConfig) and SwarmConfig are the hyperparameters; RunConfig adds the corpus,
+tokenizer and landmark digests. Every command-line option that sets one is generated from its `setting`
+(cairn/cli_options.py): one default and one range per setting.
+
 The coordinator derives it from the corpus (tokenizer and landmark digests are deterministic
 functions of corpus + config), signs it and serves it; a peer recomputes the digests from its own
 copy of the corpus and refuses to start on any mismatch.
@@ -7,15 +11,92 @@ copy of the corpus and refuses to start on any mismatch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from cairn.protocol import PROTOCOL_VERSION
+from cairn.protocol.encoder import MODEL_SIZES, config_for
 from cairn.protocol.errors import CairnError, ProtocolMismatch
 from cairn.protocol.settings import check_ranges, setting
-from cairn.training.task import TrainingConfig
+from cairn.protocol.tokenizer import VOCABULARIES
 
 COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The loss: weight x InfoNCE on the absolute vector + weight x mean InfoNCE over relational prefixes (+ compat)."""
+
+    prefix_dims: Sequence[int] = (16, 32, 64, 128, 256)
+    # Trains the relational vector itself (docs/embedding.md, "the recipe"): with the static encoder it lifts the
+    # relational read-out to the absolute vector's quality. (From a random start the tiny transformer's relational
+    # term stalled at chance: docs/benchmarks.md, "objective".)
+    relational_weight: float = setting(1.0, "weight of the Matryoshka relational term (InfoNCE on relational prefixes)",
+                                       min=0.0, max=100.0)
+    absolute_weight: float = setting(1.0, "weight of InfoNCE on the absolute (pooled) vector", min=0.0, max=100.0)
+    temperature: float = setting(0.05, "InfoNCE temperature of the absolute vector", min=0.0, max=10.0, min_open=True)
+    relational_temperature: float = setting(0.1, "InfoNCE temperature of the relational prefixes", min=0.0, max=10.0, min_open=True)
+    # Backward compatibility with the parent release (0: off). Measured in bench/compat_loss.py.
+    compat_weight: float = setting(0.0, "weight of the compatibility term against the parent release (0: off)", min=0.0, max=100.0)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if not self.prefix_dims or any(not isinstance(d, int) or d < 1 for d in self.prefix_dims):
+            raise ValueError("prefix_dims must be positive integers")
+
+
+INITIALISATIONS = ("distilled", "random")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyperparameters; the coordinator publishes these in the run configuration. Every command-line option
+    that sets one is generated from its `setting` (cairn/protocol/settings.py): one default, one range."""
+
+    model: str = setting("static", "encoder family and size (cairn.protocol.encoder.MODEL_SIZES)", choices=tuple(MODEL_SIZES))
+    initialisation: str = setting("distilled", "initial weights: 'distilled' (static model only) starts from "
+                                  "all-MiniLM-L6-v2's vector of every token, reduced by PCA (cairn/training/distill.py); "
+                                  "'random' from the seeded random init", choices=INITIALISATIONS)
+    vocabulary: str = setting("bert-base-uncased", "token vocabulary: an established one shipped in cairn/protocol/vocab, or 'corpus' "
+                              "(WordPiece trained on the run's texts)", choices=VOCABULARIES)
+    batch_size: int = setting(1024, "pairs per forward pass (in-batch negatives: InfoNCE needs at least 2)", min=2, max=65536)
+    lr: float = setting(3e-3, "peak learning rate of AdamW", min=0.0, max=10.0, min_open=True)
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay (toward zero)", min=0.0, max=1.0)
+    start_pull: float = setting(1.0, "decoupled decay toward the initial weights (L2-SP, cairn/training/optim.py): keeps what a "
+                                "distilled start knows while the corpus is learned", min=0.0, max=100.0)
+    # Counted in updates, not samples: a swarm updating once per 2,048 samples got 1.5 updates of warm-up that
+    # way, and its first full-size Adam steps collapsed the encoder (docs/benchmarks.md, "the swarm that trained nothing").
+    warmup_updates: int = setting(20, "linear learning-rate warm-up, in optimizer updates", min=1, max=1_000_000)
+    landmarks: int = setting(256, "anchors in the landmark set: the relational vector's width K", min=16, max=4096)
+    landmark_order: str = setting("farthest", "anchor order: farthest-point (anchors that split the data most first) or random",
+                                  choices=("farthest", "random"))
+    # 0: the anchors are encoded with gradient in every step (cheap for the static encoder: 256 more texts);
+    # N > 0: re-encoded without gradient every N steps (a transformer's cost; bench/anchor_refresh.py)
+    anchor_refresh_every: int = setting(0, "anchors of the relational term: 0 encodes them with gradient in every step, "
+                                        "N re-encodes them without gradient every N steps", min=0, max=100_000)
+    reference_size: int = setting(512, "texts over which each anchor's cosine is standardised", min=16, max=100_000)
+    seed: int = setting(0, "seed of the landmark set and reference texts (and of the initial weights unless --init-seed)",
+                        min=0, max=2**31 - 1)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.initialisation == "distilled" and config_for(self.model).architecture != "static":
+            raise ValueError(f"a distilled start needs the static model, not {self.model!r}: use --initialisation random")
+
+    def to_json(self) -> dict:
+        document = asdict(self)
+        document["objective"]["prefix_dims"] = list(self.objective.prefix_dims)
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict) -> "TrainingConfig":
+        document = dict(document)
+        objective = ObjectiveConfig(**{**document.pop("objective", {})})
+        objective = dataclasses.replace(objective, prefix_dims=tuple(objective.prefix_dims))
+        return cls(objective=objective, **document)
 
 
 @dataclass(frozen=True)

@@ -44,13 +44,17 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--compat-with", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="a release (or bundle) to stay compatible with: typically resume a run with its previous release here to train "
               "the next one, so task models trained on that release keep working")
+@click.option("--start-from", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="start from this release's (or bundle's) weights instead of the configured initialisation: a new run "
+              "that continues it (same vocabulary)")
 @click.option("--compat-weight", type=click.FloatRange(min=0.0, min_open=True), default=1.0, show_default=True,
               help="weight of the compatibility term (bench/compat_loss.py: 1 kept heads at >= 97 %, 10 cost retrieval quality)")
 @device_option()
 @click.option("--quick-eval", is_flag=True, help="evaluate on subsamples (faster, noisier)")
 @click.option("--no-eval", is_flag=True)
 def train(corpus: str, minutes: float | None, max_samples: int | None, out: Path, accumulate: int, init_seed: int | None,
-          data_seed: int | None, shard: tuple[int, int] | None, compat_with: Path | None, compat_weight: float, device: str,
+          data_seed: int | None, shard: tuple[int, int] | None, compat_with: Path | None, start_from: Path | None, compat_weight: float,
+          device: str,
           quick_eval: bool, no_eval: bool, **settings) -> None:
     """Train the encoder in one process; write encoder, tokenizer, landmarks and eval report to OUT.
 
@@ -62,7 +66,7 @@ def train(corpus: str, minutes: float | None, max_samples: int | None, out: Path
     config = training_config(settings)
     result = run_training(corpus, out, config, minutes=minutes, max_samples=max_samples, device=device, accumulate=accumulate,
                           evaluate=not no_eval, quick_eval=quick_eval, init_seed=init_seed, data_seed=data_seed, shard=shard,
-                          compat_with=compat_with, compat_weight=compat_weight)
+                          compat_with=compat_with, compat_weight=compat_weight, start_from=start_from)
     print_report(result.report)
     click.echo(f"encoder, tokenizer, landmarks and eval.json written to {out}")
 

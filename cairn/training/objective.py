@@ -6,13 +6,12 @@ relational vector sliced at each prefix size, re-normalised, and scored with the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from cairn.protocol.settings import check_ranges, setting
+from cairn.protocol.run_config import ObjectiveConfig
+
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -26,28 +25,6 @@ def relational_torch(vectors: torch.Tensor, anchor_vectors: torch.Tensor, mean: 
     """Differentiable twin of `cairn.protocol.landmarks.relational` (gradient flows through `vectors`)."""
     sims = F.normalize(vectors, dim=-1) @ F.normalize(anchor_vectors, dim=-1).T
     return (sims - mean) / std
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    """The loss: weight x InfoNCE on the absolute vector + weight x mean InfoNCE over relational prefixes (+ compat)."""
-
-    prefix_dims: Sequence[int] = (16, 32, 64, 128, 256)
-    # Trains the relational vector itself (docs/embedding.md, "the recipe"): with the static encoder it lifts the
-    # relational read-out to the absolute vector's quality. (From a random start the tiny transformer's relational
-    # term stalled at chance: docs/benchmarks.md, "objective".)
-    relational_weight: float = setting(1.0, "weight of the Matryoshka relational term (InfoNCE on relational prefixes)",
-                                       min=0.0, max=100.0)
-    absolute_weight: float = setting(1.0, "weight of InfoNCE on the absolute (pooled) vector", min=0.0, max=100.0)
-    temperature: float = setting(0.05, "InfoNCE temperature of the absolute vector", min=0.0, max=10.0, min_open=True)
-    relational_temperature: float = setting(0.1, "InfoNCE temperature of the relational prefixes", min=0.0, max=10.0, min_open=True)
-    # Backward compatibility with the parent release (0: off). Measured in bench/compat_loss.py.
-    compat_weight: float = setting(0.0, "weight of the compatibility term against the parent release (0: off)", min=0.0, max=100.0)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        if not self.prefix_dims or any(not isinstance(d, int) or d < 1 for d in self.prefix_dims):
-            raise ValueError("prefix_dims must be positive integers")
 
 
 def batch_standardised(sims: torch.Tensor) -> torch.Tensor:

@@ -6,75 +6,22 @@ baseline: same tokenizer, same landmarks, same loss, same batches for the same s
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from functools import partial
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
 from cairn.corpora.base import Pair, PairCorpus
 from cairn.protocol.embedder import Embedder, encode_texts
-from cairn.protocol.encoder import MODEL_SIZES, EncoderConfig, TextEncoder, build_encoder, config_for
+from cairn.protocol.encoder import EncoderConfig, TextEncoder, build_encoder, config_for
 from cairn.protocol.landmarks import LandmarkSet, cosines, select_landmarks
-from cairn.training.objective import ObjectiveConfig, compat_loss, matryoshka_relational_loss
+from cairn.training.objective import compat_loss, matryoshka_relational_loss
+from cairn.protocol.run_config import TrainingConfig
+from cairn.protocol.tokenizer import CORPUS_VOCABULARY, TextTokenizer, make_tokenizer
 from cairn.training.optim import AdamWTowardStart
-from cairn.protocol.settings import check_ranges, setting
-from cairn.protocol.tokenizer import CORPUS_VOCABULARY, VOCABULARIES, TextTokenizer, make_tokenizer
-
-
-INITIALISATIONS = ("distilled", "random")
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Hyperparameters; the coordinator publishes these in the run configuration. Every command-line option
-    that sets one is generated from its `setting` (cairn/protocol/settings.py): one default, one range."""
-
-    model: str = setting("static", "encoder family and size (cairn.protocol.encoder.MODEL_SIZES)", choices=tuple(MODEL_SIZES))
-    initialisation: str = setting("distilled", "initial weights: 'distilled' (static model only) starts from "
-                                  "all-MiniLM-L6-v2's vector of every token, reduced by PCA (cairn/training/distill.py); "
-                                  "'random' from the seeded random init", choices=INITIALISATIONS)
-    vocabulary: str = setting("bert-base-uncased", "token vocabulary: an established one shipped in cairn/protocol/vocab, or 'corpus' "
-                              "(WordPiece trained on the run's texts)", choices=VOCABULARIES)
-    batch_size: int = setting(1024, "pairs per forward pass (in-batch negatives: InfoNCE needs at least 2)", min=2, max=65536)
-    lr: float = setting(3e-3, "peak learning rate of AdamW", min=0.0, max=10.0, min_open=True)
-    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay (toward zero)", min=0.0, max=1.0)
-    start_pull: float = setting(1.0, "decoupled decay toward the initial weights (L2-SP, cairn/training/optim.py): keeps what a "
-                                "distilled start knows while the corpus is learned", min=0.0, max=100.0)
-    # Counted in updates, not samples: a swarm updating once per 2,048 samples got 1.5 updates of warm-up that
-    # way, and its first full-size Adam steps collapsed the encoder (docs/benchmarks.md, "the swarm that trained nothing").
-    warmup_updates: int = setting(20, "linear learning-rate warm-up, in optimizer updates", min=1, max=1_000_000)
-    landmarks: int = setting(256, "anchors in the landmark set: the relational vector's width K", min=16, max=4096)
-    landmark_order: str = setting("farthest", "anchor order: farthest-point (anchors that split the data most first) or random",
-                                  choices=("farthest", "random"))
-    # 0: the anchors are encoded with gradient in every step (cheap for the static encoder: 256 more texts);
-    # N > 0: re-encoded without gradient every N steps (a transformer's cost; bench/anchor_refresh.py)
-    anchor_refresh_every: int = setting(0, "anchors of the relational term: 0 encodes them with gradient in every step, "
-                                        "N re-encodes them without gradient every N steps", min=0, max=100_000)
-    reference_size: int = setting(512, "texts over which each anchor's cosine is standardised", min=16, max=100_000)
-    seed: int = setting(0, "seed of the landmark set and reference texts (and of the initial weights unless --init-seed)",
-                        min=0, max=2**31 - 1)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-        if self.initialisation == "distilled" and config_for(self.model).architecture != "static":
-            raise ValueError(f"a distilled start needs the static model, not {self.model!r}: use --initialisation random")
-
-    def to_json(self) -> dict:
-        document = asdict(self)
-        document["objective"]["prefix_dims"] = list(self.objective.prefix_dims)
-        return document
-
-    @classmethod
-    def from_json(cls, document: dict) -> "TrainingConfig":
-        document = dict(document)
-        objective = ObjectiveConfig(**{**document.pop("objective", {})})
-        objective = dataclasses.replace(objective, prefix_dims=tuple(objective.prefix_dims))
-        return cls(objective=objective, **document)
 
 
 def initial_encoder(config: TrainingConfig, tokenizer: TextTokenizer, init_seed: int) -> TextEncoder:

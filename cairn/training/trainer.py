@@ -25,8 +25,9 @@ from cairn.protocol.errors import CairnError
 from cairn.protocol.fsutil import atomic_write_bytes, atomic_write_json
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from cairn.protocol.tokenizer import TextTokenizer
-from cairn.training.task import (CollapseDetector, ParentRelease, TrainingConfig, TrainingTask, batches, initial_encoder, make_optimizer, make_scheduler,
-                               prepare_run, reference_texts)
+from cairn.protocol.run_config import TrainingConfig
+from cairn.training.task import (CollapseDetector, ParentRelease, TrainingTask, batches, initial_encoder, make_optimizer,
+                                 make_scheduler, prepare_run, reference_texts)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILE = "run.json"
@@ -46,7 +47,8 @@ class TrainResult:
 def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | None = None, max_samples: int | None = None,
           device: str = "auto", checkpoint_every_s: float = 60.0, accumulate: int = 1, evaluate: bool = True, quick_eval: bool = False,
           show_progress: bool = True, init_seed: int | None = None, data_seed: int | None = None, shard: tuple[int, int] | None = None,
-          landmarks: LandmarkSet | None = None, compat_with: Path | None = None, compat_weight: float = 1.0) -> TrainResult:
+          landmarks: LandmarkSet | None = None, compat_with: Path | None = None, compat_weight: float = 1.0,
+          start_from: Path | None = None) -> TrainResult:
     """Train (or resume) until `minutes` of wall time or `max_samples` samples, then save and evaluate.
 
     `accumulate` > 1 sums gradients over that many batches per update: the single-process twin of a
@@ -59,7 +61,8 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     always come from config.seed, so runs that differ only in these share them. All four are recorded
     in run.json: a resume with other values is refused.
 
-    `compat_with` (a release or bundle directory, typically this run's previous release) adds
+    `start_from` (a release or bundle directory) replaces the initial weights: a new run that continues it (a resumed
+    run keeps its checkpoint's). `compat_with` (a release or bundle directory, typically this run's previous release) adds
     `compat_weight` x cairn.training.objective.compat_loss against it: the next release keeps task heads
     trained on that one working (bench/compat_loss.py). It applies to this call only, so a run can be
     resumed with it to train its next release; eval.json records it.
@@ -79,7 +82,7 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
         raise CairnError(f"corpus {corpus_spec!r}" + (f" shard {shard[0]}/{shard[1]}" if shard else "") + " has no training pairs")
     seeds = {"init_seed": init_seed, "data_seed": data_seed, "shard": list(shard) if shard else None}
     tokenizer, landmarks = _load_or_prepare(out, corpus_spec, corpus, config, seeds, landmarks)
-    model = initial_encoder(config, tokenizer, init_seed).to(pick_device(device))
+    model = (initial_encoder(config, tokenizer, init_seed) if start_from is None else _start_from(start_from, tokenizer)).to(pick_device(device))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     state = _load_checkpoint(out, model, optimizer, scheduler)
@@ -135,6 +138,16 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
                           "compat_with": None if compat_with is None else str(compat_with), "compat_weight": compat_weight if compat_with else 0.0}
     atomic_write_json(out / "eval.json", report)
     return TrainResult(state["step"], state["samples"], state["seconds"], loss_value, report, list(recent_losses))
+
+
+def _start_from(directory: Path, tokenizer: TextTokenizer) -> TextEncoder:
+    """The weights of a release or bundle to train on (a new run that continues it); it must share the run's tokenizer."""
+    from cairn.tasks.api import open_release
+
+    bundle = open_release(Path(directory), "cpu").embedder
+    if bundle.tokenizer.digest() != tokenizer.digest():
+        raise CairnError(f"{directory}: its tokenizer differs from this run's; --start-from needs a release of the same vocabulary")
+    return bundle.model.train()
 
 
 def _parent_release(directory: Path) -> ParentRelease:
