@@ -1,10 +1,10 @@
 """The encoder recipe, chosen by measurement: one ablation row per lever, and the goals at the real budgets.
 
     .venv/bin/python bench/recipe.py references              TF-IDF+SVD and all-MiniLM-L6-v2 on the full suite (cached)
-    .venv/bin/python bench/recipe.py ablations --minutes 5   every lever as a `cairn train` row at the same CPU time
+    .venv/bin/python bench/recipe.py ablations --samples 300000   every lever as a `cairn train` row at the same samples
     .venv/bin/python bench/recipe.py budget --minutes 30     the default recipe at `cairn train --minutes 30`: suite,
                                                              landmark order vs random, embed speed vs MiniLM
-    .venv/bin/python bench/recipe.py stability --minutes 10  two init seeds, two disjoint halves: agreement between runs
+    .venv/bin/python bench/recipe.py stability --samples 600000  two init seeds, two disjoint halves: agreement between runs
     .venv/bin/python bench/recipe.py swarm --minutes 15      `cairn swarm --peers 2`: its last release on the full suite,
                                                              compatibility across its releases
     .venv/bin/python bench/recipe.py report                  the tables for docs/embedding.md from what the parts wrote
@@ -70,22 +70,31 @@ ABLATIONS = [
 ]
 
 
-def train_row(name: str, training: TrainingConfig, corpus: str, minutes: float, **kwargs) -> dict:
-    """Train (or reuse) one row for `minutes`, evaluate on the full suite; the trainer's report plus timing."""
+def train_row(name: str, training: TrainingConfig, corpus: str, minutes: float | None = None, samples: int | None = None,
+              **kwargs) -> dict:
+    """Train (or reuse) one row for `minutes` of wall time or `samples` samples, evaluate on the full suite; the
+    trainer's report plus the CPU seconds training took (process time: less sensitive to a shared machine than wall time)."""
     from cairn.training.trainer import train
 
     out = RUNS / name
     report_path = out / "eval.json"
-    if report_path.exists() and json.loads((out / "recipe.json").read_text()) == {"config": training.to_json(), "corpus": corpus,
-                                                                                   "minutes": minutes, **kwargs}:
+    spec = {"config": training.to_json(), "corpus": corpus, "minutes": minutes, "samples": samples, **kwargs}
+    if report_path.exists() and json.loads((out / "recipe.json").read_text()) == spec:
         log(f"{name}: reusing {out}")
         return json.loads(report_path.read_text())
-    log(f"{name}: training {minutes} min on {corpus}")
+    log(f"{name}: training {f'{minutes} min' if minutes else f'{samples:,} samples'} on {corpus}")
     started = time.process_time()
-    result = train(corpus, out, training, minutes=minutes, device="cpu", show_progress=False, **kwargs)
-    report = dict(result.report)
-    report["training"]["cpu_seconds"] = round(time.process_time() - started, 1)
-    (out / "recipe.json").write_text(json.dumps({"config": training.to_json(), "corpus": corpus, "minutes": minutes, **kwargs}))
+    result = train(corpus, out, training, minutes=minutes, max_samples=samples, device="cpu", show_progress=False, evaluate=False,
+                   **kwargs)
+    cpu_seconds = round(time.process_time() - started, 1)
+    from cairn.corpora import load_corpus
+    from cairn.protocol.embedder import load_bundle
+    from cairn.training.trainer import evaluate_bundle
+
+    report = evaluate_bundle(load_bundle(out, device="cpu"), load_corpus(corpus), quick=False)
+    report["training"] = {"samples": result.samples, "steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
+                          "cpu_seconds": cpu_seconds}
+    (out / "recipe.json").write_text(json.dumps(spec))
     report_path.write_text(json.dumps(report))
     return report
 
@@ -118,11 +127,14 @@ def references(args) -> None:
 
 
 def ablations(args) -> None:
+    """Every row at the same sample budget (the transformer, ~20x slower per sample, at a tenth of it): quality at equal
+    data, and samples per CPU-second for the cost side."""
     rows = []
     for lever, name, change, changes, corpus in ABLATIONS:
-        report = train_row(f"ablation-{len(rows)}-{args.minutes}min", config(**changes), corpus, args.minutes)
+        samples = args.samples // 10 if changes.get("model") == "tiny" else args.samples
+        report = train_row(f"ablation-{len(rows)}-{samples}", config(**changes), corpus, samples=samples)
         rows.append({"lever": lever, "row": name, "change": change, "corpus": corpus, "report": report})
-    write("ablations", {"minutes": args.minutes, "rows": rows})
+    write("ablations", {"samples": args.samples, "rows": rows})
 
 
 def budget(args) -> None:
@@ -133,7 +145,7 @@ def budget(args) -> None:
     from cairn.protocol.embedder import load_bundle
     from cairn.evaluation.reference import minilm_embed_fn
 
-    report = train_row(f"default-{args.minutes}min", TrainingConfig(), "wordnet", args.minutes)
+    report = train_row(f"default-{args.minutes}min", TrainingConfig(), "wordnet", minutes=args.minutes)
     bundle = RUNS / f"default-{args.minutes}min"
     orders = evaluate_orders(bundle, load_corpus("wordnet"), quick=False)
     from cairn.evaluation.data import load_bbc
@@ -146,8 +158,12 @@ def budget(args) -> None:
         clock = time.perf_counter()
         embed(texts)
         speed[label] = len(texts) / (time.perf_counter() - clock)
+    from cairn.evaluation.promises import matryoshka_report
+
+    bbc = load_bbc()
+    matryoshka = matryoshka_report(embedder.relational(list(bbc.texts)), embedder.absolute(list(bbc.texts)), list(bbc.labels))
     write("budget", {"minutes": args.minutes, "report": report, "orders": orders, "embed_sentences_per_second": speed,
-                     "embed_texts": len(texts)})
+                     "embed_texts": len(texts), "matryoshka": matryoshka})
 
 
 def stability(args) -> None:
@@ -160,11 +176,11 @@ def stability(args) -> None:
              "half0": dict(init_seed=0, shard=(0, 2)), "half1": dict(init_seed=1, shard=(1, 2))}
     runs = {}
     for name, kwargs in specs.items():
-        train_row(f"stability-{name}-{args.minutes}min", default, "wordnet", args.minutes, **kwargs)
-        runs[name] = Run(RUNS / f"stability-{name}-{args.minutes}min", name)
+        train_row(f"stability-{name}-{args.samples}", default, "wordnet", samples=args.samples, **kwargs)
+        runs[name] = Run(RUNS / f"stability-{name}-{args.samples}", name)
     probe = Probe.load()
     results = {"seeds": compare(runs["seed0"], runs["seed1"], probe), "halves": compare(runs["half0"], runs["half1"], probe)}
-    write("stability", {"minutes": args.minutes, "results": results})
+    write("stability", {"samples": args.samples, "results": results})
 
 
 def swarm(args) -> None:
@@ -210,20 +226,86 @@ def report(args) -> None:
         reference_rows = [("TF-IDF + SVD (256)", r["lsa_tfidf_svd256"]["full"]), ("all-MiniLM-L6-v2", r["minilm_l6"]["full"])]
     ablation = load("ablations")
     if ablation:
-        lines.append(f"Ablations: each row trains {ablation['minutes']} minutes (`cairn train --minutes {ablation['minutes']}`) on "
-                     "WordNet; relational vector (all 256 coordinates) on the full suite.\n")
-        lines.append("| lever | row | change | samples | samples/s | gloss→lemma R@10 | SimLex ρ | WordSim ρ | BBC probe | abs. R@10 |")
+        lines.append(f"Ablations: each row trains {ablation['samples']:,} samples (`cairn train --max-samples N`) on WordNet; "
+                     "relational vector (all 256 coordinates) on the full suite; samples per CPU-second of training.\n")
+        lines.append("| lever | row | change | samples | samples/CPU-s | gloss→lemma R@10 | SimLex ρ | WordSim ρ | BBC probe | abs. R@10 |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for row in ablation["rows"]:
             training = row["report"]["training"]
-            rate = training["samples"] / max(training["seconds"], 1e-9)
+            rate = training["samples"] / max(training["cpu_seconds"], 1e-9)
             lines.append(f"| {row['lever']} | {row['row']} | {row['change']} | {training['samples']:,} | {rate:,.0f} | "
                          + " | ".join(_cells(row["report"]["relational"]["full"]))
                          + f" | {row['report']['absolute']['full']['gloss_lemma_r10']:.3f} |")
         for name, scores in reference_rows:
             lines.append(f"| reference | {name} | | | | " + " | ".join(_cells(scores)) + " | |")
         lines.append("")
+    lines += goal_table(reference_rows[0][1] if reference_rows else None)
     print("\n".join(lines))
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else ("**met**" if met else "**not yet**")
+
+
+def goal_table(tfidf: dict | None) -> list[str]:
+    """Issue 11's goals, each with what was measured and met / not yet; a part that did not run says so."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    budget = load("budget")
+    if budget:
+        full = budget["report"]["relational"]["full"]
+        if tfidf:
+            wins = {m: full[m] > tfidf[m] for m in TASKS}
+            rows.append((f"`cairn train --minutes {budget['minutes']:g}` beats TF-IDF+SVD on all four tasks (relational)",
+                         "all four", ", ".join(f"{m} {full[m]:.3f} vs {tfidf[m]:.3f}" for m in TASKS), all(wins.values())))
+        rows.append(("gloss→lemma R@10 (relational, full suite)", "≥ 0.61", f"{full['gloss_lemma_r10']:.3f}", full["gloss_lemma_r10"] >= 0.61))
+        m = budget["matryoshka"]
+        rows.append(("Matryoshka k95 (BBC probe, relational prefix)", f"≤ {m['goal']['k95']} (K/8)",
+                     f"{m['relational_prefix']['k95']} (random order: {m['random_order']['k95']})", m["goal_met"]))
+        orders = budget["orders"]
+        small = [k for k in ("4", "8", "16") if k in orders["relational"]]
+        better = [orders["relational"][k]["bbc_probe_acc"] > orders["relational_random_order"][k]["bbc_probe_acc"] for k in small]
+        rows.append(("landmark order beats a random order at k ≤ 16 (BBC probe)", "every k",
+                     ", ".join(f"k={k}: {orders['relational'][k]['bbc_probe_acc']:.3f} vs {orders['relational_random_order'][k]['bbc_probe_acc']:.3f}"
+                               for k in small), all(better)))
+        speed = budget["embed_sentences_per_second"]
+        rows.append(("embed throughput vs all-MiniLM-L6-v2 (same texts, same run)", "≥ 10×",
+                     f"{speed['cairn']:,.0f} vs {speed['minilm']:,.0f} sentences/s = {speed['cairn'] / speed['minilm']:.0f}×",
+                     speed["cairn"] >= 10 * speed["minilm"]))
+    stability = load("stability")
+    if stability:
+        for pair in ("seeds", "halves"):
+            by_view = {row["view"]: row for row in stability["results"][pair]}
+            rel = by_view.get("relational") or by_view.get("shipped")
+            absolute = by_view.get("absolute")
+            if rel is None:
+                continue
+            rows.append((f"stability, {pair}: relational mean cosine / stitching / mutual kNN@10", "≥ 0.9 / ≥ 95 % / ≥ 0.5",
+                         f"{rel['cosine_wordnet']:.3f} / {rel['stitch_ratio']:.1%} / {rel['mutual_knn10']:.3f}"
+                         + ("" if absolute is None else f" (absolute: {absolute['cosine_wordnet']:.3f} / {absolute['stitch_ratio']:.1%} / "
+                                                          f"{absolute['mutual_knn10']:.3f})"),
+                         rel["cosine_wordnet"] >= 0.9 and rel["stitch_ratio"] >= 0.95 and rel["mutual_knn10"] >= 0.5))
+    for minutes in (15, 5):
+        swarm = load(f"swarm-{minutes}min")
+        if not swarm:
+            continue
+        full = swarm["report"]["relational"]["full"]
+        if tfidf:
+            rows.append((f"`cairn swarm --peers 2 --minutes {minutes}` release {swarm['release']} beats TF-IDF+SVD (full suite)",
+                         "R@10 and BBC" if minutes == 5 else "all four",
+                         ", ".join(f"{m} {full[m]:.3f} vs {tfidf[m]:.3f}" for m in TASKS),
+                         all(full[m] > tfidf[m] for m in (("gloss_lemma_r10", "bbc_probe_acc") if minutes == 5 else TASKS))))
+        later = [r for r in swarm["releases"] if r["parent"] is not None]
+        if later:
+            worst = min(min(r["parent"], r["grandparent"] if r["grandparent"] is not None else 1.0) for r in later)
+            drops = [b["retrieval_r10"] < a["retrieval_r10"] - 0.01 for a, b in zip(swarm["releases"], swarm["releases"][1:])]
+            rows.append((f"compatibility across the {minutes}-min swarm's releases: task head kept on N+1, N+2; retrieval never drops",
+                         "≥ 97 %, no drop", f"worst {worst:.1%}; retrieval drops > 0.01: {sum(drops)} of {len(drops)}",
+                         worst >= 0.97 and not any(drops)))
+    if not rows:
+        return []
+    lines = ["Goals (issue 11):\n", "| goal | target | measured | verdict |", "|---|---|---|---|"]
+    lines += [f"| {goal} | {target} | {measured} | {_verdict(met)} |" for goal, target, measured, met in rows]
+    return lines + [""]
 
 
 PARTS = {"references": references, "ablations": ablations, "budget": budget, "stability": stability, "swarm": swarm, "report": report}
@@ -232,7 +314,8 @@ PARTS = {"references": references, "ablations": ablations, "budget": budget, "st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=sorted(PARTS))
-    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--minutes", type=float, default=30.0, help="budget and swarm: wall-clock minutes")
+    parser.add_argument("--samples", type=int, default=300_000, help="ablations and stability: samples per run")
     parser.add_argument("--release-every", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

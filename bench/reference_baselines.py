@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cairn.evaluation import DEFAULT_DIMS, METRICS, EmbedFn, SuiteData, run_suite
 from cairn.evaluation.reference import minilm_embed_fn  # bench/outside.py imports it from here too
+from cairn.evaluation.yardstick import tfidf_svd_embed_fn
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 POS_FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
@@ -59,15 +60,8 @@ def wordnet_texts() -> tuple[list[tuple[str, str]], list[str], str]:
 
 
 def lsa_embed_fn(documents: list[str]) -> EmbedFn:
-    """TF-IDF (sublinear tf, words seen twice or more, no stop list: SimLex and lemmas contain stop words
-    such as 'top' or 'back') followed by a 256-component truncated SVD."""
-    from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vectoriser = TfidfVectorizer(sublinear_tf=True, min_df=2)
-    svd = TruncatedSVD(n_components=256, random_state=0)
-    svd.fit(vectoriser.fit_transform(documents))
-    return lambda texts: svd.transform(vectoriser.transform(texts))
+    """The release manifests' yardstick (cairn.evaluation.yardstick), fitted on `documents`."""
+    return tfidf_svd_embed_fn(documents)
 
 
 def markdown_table(report: dict, setup_seconds: dict[str, float]) -> str:

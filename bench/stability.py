@@ -74,7 +74,7 @@ class RotatedRun:
 
 def views(run: Run, texts: list[str]) -> dict[str, np.ndarray]:
     relational = run.shipped(texts)
-    return {"relational (256)": relational, "relational (first 32)": relational[:, :32], "absolute (128)": run.absolute(texts)}
+    return {"relational": relational, "relational (first 32)": relational[:, :32], "absolute": run.absolute(texts)}
 
 
 def compare(a: Run, b: Run, probe: Probe) -> list[dict]:

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/ruff check cairn tests bench scripts
+exec .venv/bin/python -m pytest -q --durations=20 "$@"

@@ -665,11 +665,12 @@ def test_promise_rows_never_guess_from_malformed_manifests():
     documents = st.recursive(leaves, lambda children: st.one_of(st.lists(children, max_size=3),
                                                                  st.dictionaries(st.sampled_from(
                                                                      ["matryoshka", "outside", "relational", "absolute", "goal", "k95",
-                                                                      "head_ratio", "grandparent", "mutual_knn10", "chance", "random_order"]),
+                                                                      "head_ratio", "grandparent", "mutual_knn10", "chance", "random_order", "yardstick",
+                                                                      "scores", "full", "mode", "gloss_lemma_r10", "bbc_probe_acc"]),
                                                                      children, max_size=4)), max_leaves=20)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.dictionaries(st.sampled_from(["matryoshka", "outside"]), documents), st.dictionaries(
+    @given(st.dictionaries(st.sampled_from(["matryoshka", "outside", "yardstick", "relational"]), documents), st.dictionaries(
         st.sampled_from(["relational", "absolute", "grandparent"]), documents))
     def check(metrics, compatibility):
         base = Manifest(version=None, parent_version=None, run_id="r", global_step=0, landmarks_version=1,
@@ -681,3 +682,21 @@ def test_promise_rows_never_guess_from_malformed_manifests():
 
     check()
     assert promise_rows(None) == []
+
+
+def test_the_yardstick_rows_say_which_tasks_a_release_beats():
+    from cairn.dashboard.promises import promise_rows
+    from cairn.evaluation.yardstick import against_yardstick
+    from cairn.releases.manifest import Manifest
+
+    mine = {"gloss_lemma_r10": 0.5, "simlex_spearman": 0.2, "wordsim_spearman": 0.7, "bbc_probe_acc": 0.9}
+    theirs = {"gloss_lemma_r10": 0.28, "simlex_spearman": 0.32, "wordsim_spearman": 0.59, "bbc_probe_acc": 0.88}
+    block = against_yardstick(mine, theirs, quick=True)
+    assert block["beats"] == {"gloss_lemma_r10": True, "simlex_spearman": False, "wordsim_spearman": True, "bbc_probe_acc": True}
+    assert block["beats_all"] is False and block["mode"] == "quick"
+    manifest = Manifest(version=None, parent_version=None, run_id="r", global_step=0, landmarks_version=1, landmarks_digest="0" * 64,
+                        files={}, metrics={"relational": {"full": mine}, "yardstick": block}, compatibility={})
+    rows = {row["promise"]: row for row in promise_rows(manifest) if "yardstick" in row["promise"]}
+    assert len(rows) == 4
+    assert rows["Beats the TF-IDF+SVD yardstick: SimLex-999 ρ"]["met"] is False
+    assert rows["Beats the TF-IDF+SVD yardstick: BBC topic probe"]["met"] is True

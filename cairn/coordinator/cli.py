@@ -63,7 +63,8 @@ def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, **setti
 @click.option("--metrics-port", type=int, help="also serve Prometheus /metrics on this port (it is always on the release port)")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @click.option("--outside-reference/--no-outside-reference", default=True, show_default=True,
-              help="report each release's mutual kNN with all-MiniLM-L6-v2 (needs the reference extra installed)")
+              help="report each release's mutual kNN with all-MiniLM-L6-v2 (needs the reference extra installed) and its scores against "
+              "the TF-IDF+SVD yardstick")
 def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, announce_host: str | None, release_every: int,
         spot_check_seconds: float, metrics_port: int | None, metrics_host: str, outside_reference: bool) -> None:
     """Bootstrap the DHT, keep the ledger, serve and cut signed releases (Ctrl+C stops)."""

@@ -50,6 +50,9 @@ def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingCo
         from cairn.evaluation.promises import alignment_texts
 
         reference_vectors(workdir, alignment_texts(corpus))
+        from cairn.evaluation.yardstick import yardstick_scores
+
+        yardstick_scores(quick=True)  # fitted once per machine (about a minute), before any peer shares the CPU
     if distilled:
         _release_the_start(workdir, config, corpus, tokenizer, landmarks, outside_reference)
     # written last: a workdir with run.json is complete (an interrupted init can be rerun after removing the directory)

@@ -32,6 +32,7 @@ from cairn.protocol.tokenizer import TextTokenizer
 
 from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.outside_reference import reference_vectors
+from cairn.evaluation.yardstick import against_yardstick, yardstick_scores
 from cairn.coordinator.workdir import Workdir
 
 PROBE_PER_TOPIC = 60  # BBC articles per topic for compatibility and Matryoshka (300 in all)
@@ -44,7 +45,7 @@ class ReleaseInputs:
     tokenizer: TextTokenizer
     landmarks: LandmarkSet
     reference: list[str]
-    outside_reference: bool = True  # compare each release with all-MiniLM-L6-v2 (mutual kNN)
+    outside_reference: bool = True  # compare each release with all-MiniLM-L6-v2 (mutual kNN) and the TF-IDF+SVD yardstick
 
 
 def next_version(latest: ReleaseVersion | None) -> ReleaseVersion:
@@ -74,6 +75,8 @@ def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: TextEncoder, glo
     metrics["matryoshka"] = matryoshka_report(views["relational"], views["absolute"], labels)
     if inputs.outside_reference:
         metrics.update(_outside(workdir, inputs.corpus, embedder))
+        # the bag-of-words yardstick in the same suite mode: the manifest says, task by task, whether this release beats it
+        metrics["yardstick"] = against_yardstick(metrics["relational"]["full"], yardstick_scores(quick_eval), quick_eval)
     files = {}
     for path in sorted(staging.iterdir()):
         digest, length = file_sha256(path)

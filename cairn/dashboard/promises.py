@@ -13,6 +13,8 @@ from typing import Any
 from cairn.releases.manifest import Manifest
 
 HEAD_RATIO_GOAL = 0.97  # a task head keeps >= 97 % of its score on the next releases
+YARDSTICK_TASKS = (("gloss_lemma_r10", "gloss→lemma R@10"), ("simlex_spearman", "SimLex-999 ρ"),
+                   ("wordsim_spearman", "WordSim-353 ρ"), ("bbc_probe_acc", "BBC topic probe"))
 
 
 def _number(document: Any, *path: str) -> float | None:
@@ -50,6 +52,13 @@ def promise_rows(manifest: Manifest | None) -> list[dict[str, Any]]:
         rows.append(_row(f"Compatibility with the {label}: task-head score kept (relational)", ratio, f"≥ {HEAD_RATIO_GOAL:.0%}",
                          ratio is not None and ratio >= HEAD_RATIO_GOAL,
                          "" if contrast is None else f"absolute vectors: {contrast:.3f}"))
+    yardstick = manifest.metrics.get("yardstick")
+    mode = yardstick.get("mode") if isinstance(yardstick, dict) else None
+    for metric, label in YARDSTICK_TASKS:
+        mine, theirs = _number(manifest.metrics, "relational", "full", metric), _number(yardstick, "scores", metric)
+        if theirs is not None:
+            rows.append(_row(f"Beats the TF-IDF+SVD yardstick: {label}", mine, f"> {theirs:.3f}", mine is not None and mine > theirs,
+                             f"same suite, {mode if mode in ('quick', 'full') else 'unknown'} mode"))
     outside = manifest.metrics.get("outside", {})
     alignment = _number(outside, "relational", "mutual_knn10")
     if alignment is not None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from cairn.protocol import PROTOCOL_VERSION
-from cairn.protocol.encoder import MODEL_SIZES, config_for
+from cairn.protocol.encoder_config import MODEL_SIZES, config_for
 from cairn.protocol.errors import CairnError, ProtocolMismatch
 from cairn.protocol.settings import check_ranges, setting
 from cairn.protocol.tokenizer import VOCABULARIES

@@ -11,11 +11,15 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from cairn.protocol.errors import CairnError
 from cairn.protocol.fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]"]  # [PAD] must be id 0: the encoder's padding_idx
@@ -94,6 +98,8 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size()
 
     def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch  # here, not at import: configs and `cairn --help` read this module without loading torch
+
         encodings = self.tokenizer.encode_batch(texts)
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
