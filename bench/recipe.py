@@ -71,14 +71,14 @@ ABLATIONS = [
 
 
 def train_row(name: str, training: TrainingConfig, corpus: str, minutes: float | None = None, samples: int | None = None,
-              **kwargs) -> dict:
+              suite: str | None = "full", **kwargs) -> dict:
     """Train (or reuse) one row for `minutes` of wall time or `samples` samples, evaluate on the full suite; the
     trainer's report plus the CPU seconds training took (process time: less sensitive to a shared machine than wall time)."""
     from cairn.training.trainer import train
 
     out = RUNS / name
     report_path = out / "eval.json"
-    spec = {"config": training.to_json(), "corpus": corpus, "minutes": minutes, "samples": samples, **kwargs}
+    spec = {"config": training.to_json(), "corpus": corpus, "minutes": minutes, "samples": samples, "suite": suite, **kwargs}
     if report_path.exists() and json.loads((out / "recipe.json").read_text()) == spec:
         log(f"{name}: reusing {out}")
         return json.loads(report_path.read_text())
@@ -91,7 +91,7 @@ def train_row(name: str, training: TrainingConfig, corpus: str, minutes: float |
     from cairn.protocol.embedder import load_bundle
     from cairn.training.trainer import evaluate_bundle
 
-    report = evaluate_bundle(load_bundle(out, device="cpu"), load_corpus(corpus), quick=False)
+    report = {} if suite is None else evaluate_bundle(load_bundle(out, device="cpu"), load_corpus(corpus), quick=suite == "quick")
     report["training"] = {"samples": result.samples, "steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
                           "cpu_seconds": cpu_seconds}
     (out / "recipe.json").write_text(json.dumps(spec))
@@ -123,7 +123,8 @@ def references(args) -> None:
     data = SuiteData.load()
     rows = {LSA_ROW: lsa_embed_fn(documents + list(data.bbc.texts)), MINILM_ROW: minilm_embed_fn()}
     report = run_suite(rows, heldout, dims=(16, 32, 64, 128, 256), prefix_rows=(LSA_ROW,), data=data)
-    write("references", {"report": report})
+    quick = run_suite(rows, heldout, quick=True, prefix_rows=(), data=data)  # the ablations' mode: scores only compare within a mode
+    write("references", {"report": report, "quick": quick})
 
 
 def ablations(args) -> None:
@@ -132,37 +133,33 @@ def ablations(args) -> None:
     rows = []
     for lever, name, change, changes, corpus in ABLATIONS:
         samples = args.samples // 10 if changes.get("model") == "tiny" else args.samples
-        report = train_row(f"ablation-{len(rows)}-{samples}", config(**changes), corpus, samples=samples)
+        report = train_row(f"ablation-{len(rows)}-{samples}", config(**changes), corpus, samples=samples, suite="quick")
         rows.append({"lever": lever, "row": name, "change": change, "corpus": corpus, "report": report})
-    write("ablations", {"samples": args.samples, "rows": rows})
+    write("ablations", {"samples": args.samples, "suite": "quick", "rows": rows})
 
 
 def budget(args) -> None:
-    """The default at --minutes: the suite, the landmark order against a random order, embed speed against MiniLM."""
-    from train_encoders import evaluate_orders
-
+    """The default at --minutes: the full suite, Matryoshka prefixes in the landmark order against a random order (the
+    release manifests' measure, on all 2,225 BBC articles), embed speed against MiniLM on the same texts."""
     from cairn.corpora import load_corpus
-    from cairn.protocol.embedder import load_bundle
+    from cairn.evaluation.data import load_bbc
+    from cairn.evaluation.promises import matryoshka_report
     from cairn.evaluation.reference import minilm_embed_fn
+    from cairn.protocol.embedder import load_bundle
 
     report = train_row(f"default-{args.minutes}min", TrainingConfig(), "wordnet", minutes=args.minutes)
     bundle = RUNS / f"default-{args.minutes}min"
-    orders = evaluate_orders(bundle, load_corpus("wordnet"), quick=False)
-    from cairn.evaluation.data import load_bbc
-
-    texts = list(load_bbc().texts)[:1000] + [p.b for p in load_corpus("wordnet").heldout[:4000]]
+    bbc = load_bbc()
+    texts = list(bbc.texts)[:200] + [p.b for p in load_corpus("wordnet").heldout[:800]]
     embedder, minilm = load_bundle(bundle, device="cpu"), minilm_embed_fn()
     speed = {}
     for label, embed in (("cairn", lambda t: embedder.embed(t)), ("minilm", minilm)):
-        embed(texts[:64])  # warm-up
+        embed(texts[:32])  # warm-up
         clock = time.perf_counter()
         embed(texts)
         speed[label] = len(texts) / (time.perf_counter() - clock)
-    from cairn.evaluation.promises import matryoshka_report
-
-    bbc = load_bbc()
     matryoshka = matryoshka_report(embedder.relational(list(bbc.texts)), embedder.absolute(list(bbc.texts)), list(bbc.labels))
-    write("budget", {"minutes": args.minutes, "report": report, "orders": orders, "embed_sentences_per_second": speed,
+    write("budget", {"minutes": args.minutes, "report": report, "embed_sentences_per_second": speed,
                      "embed_texts": len(texts), "matryoshka": matryoshka})
 
 
@@ -176,10 +173,16 @@ def stability(args) -> None:
              "half0": dict(init_seed=0, shard=(0, 2)), "half1": dict(init_seed=1, shard=(1, 2))}
     runs = {}
     for name, kwargs in specs.items():
-        train_row(f"stability-{name}-{args.samples}", default, "wordnet", samples=args.samples, **kwargs)
+        train_row(f"stability-{name}-{args.samples}", default, "wordnet", samples=args.samples, suite=None, **kwargs)
         runs[name] = Run(RUNS / f"stability-{name}-{args.samples}", name)
     probe = Probe.load()
-    results = {"seeds": compare(runs["seed0"], runs["seed1"], probe), "halves": compare(runs["half0"], runs["half1"], probe)}
+    # without the teacher: the same pair of seeds from random tables (what the distilled start is worth to stability)
+    no_teacher = config(**RANDOM_STATIC, relational_weight=1.0)
+    for name, kwargs in {"random-seed0": dict(init_seed=0), "random-seed1": dict(init_seed=1, data_seed=1)}.items():
+        train_row(f"stability-{name}-{args.samples}", no_teacher, "wordnet", samples=args.samples, suite=None, **kwargs)
+        runs[name] = Run(RUNS / f"stability-{name}-{args.samples}", name)
+    results = {"seeds": compare(runs["seed0"], runs["seed1"], probe), "halves": compare(runs["half0"], runs["half1"], probe),
+               "seeds, random start (no teacher)": compare(runs["random-seed0"], runs["random-seed1"], probe)}
     write("stability", {"samples": args.samples, "results": results})
 
 
@@ -220,14 +223,18 @@ def _cells(scores: dict) -> list[str]:
 def report(args) -> None:
     lines = []
     refs = load("references")
-    reference_rows = []
+    reference_rows, quick_rows = [], []
     if refs:
         r = refs["report"]
         reference_rows = [("TF-IDF + SVD (256)", r["lsa_tfidf_svd256"]["full"]), ("all-MiniLM-L6-v2", r["minilm_l6"]["full"])]
+        if "quick" in refs:
+            q = refs["quick"]
+            quick_rows = [("TF-IDF + SVD (256)", q["lsa_tfidf_svd256"]["full"]), ("all-MiniLM-L6-v2", q["minilm_l6"]["full"])]
     ablation = load("ablations")
     if ablation:
-        lines.append(f"Ablations: each row trains {ablation['samples']:,} samples (`cairn train --max-samples N`) on WordNet; "
-                     "relational vector (all 256 coordinates) on the full suite; samples per CPU-second of training.\n")
+        lines.append(f"Ablations: each row trains {ablation['samples']:,} samples (`cairn train --max-samples N`; the transformer a tenth) "
+                     f"on WordNet; relational vector (all 256 coordinates) on the {ablation.get('suite', 'full')} suite, references in the "
+                     "same mode; samples per CPU-second of training.\n")
         lines.append("| lever | row | change | samples | samples/CPU-s | gloss→lemma R@10 | SimLex ρ | WordSim ρ | BBC probe | abs. R@10 |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for row in ablation["rows"]:
@@ -236,7 +243,7 @@ def report(args) -> None:
             lines.append(f"| {row['lever']} | {row['row']} | {row['change']} | {training['samples']:,} | {rate:,.0f} | "
                          + " | ".join(_cells(row["report"]["relational"]["full"]))
                          + f" | {row['report']['absolute']['full']['gloss_lemma_r10']:.3f} |")
-        for name, scores in reference_rows:
+        for name, scores in (quick_rows if ablation.get("suite") == "quick" else reference_rows):
             lines.append(f"| reference | {name} | | | | " + " | ".join(_cells(scores)) + " | |")
         lines.append("")
     lines += goal_table(reference_rows[0][1] if reference_rows else None)
@@ -261,23 +268,21 @@ def goal_table(tfidf: dict | None) -> list[str]:
         m = budget["matryoshka"]
         rows.append(("Matryoshka k95 (BBC probe, relational prefix)", f"≤ {m['goal']['k95']} (K/8)",
                      f"{m['relational_prefix']['k95']} (random order: {m['random_order']['k95']})", m["goal_met"]))
-        orders = budget["orders"]
-        small = [k for k in ("4", "8", "16") if k in orders["relational"]]
-        better = [orders["relational"][k]["bbc_probe_acc"] > orders["relational_random_order"][k]["bbc_probe_acc"] for k in small]
+        small = [k for k in ("4", "8", "16") if k in m["relational_prefix"]]
+        better = [m["relational_prefix"][k] > m["random_order"][k] for k in small]
         rows.append(("landmark order beats a random order at k ≤ 16 (BBC probe)", "every k",
-                     ", ".join(f"k={k}: {orders['relational'][k]['bbc_probe_acc']:.3f} vs {orders['relational_random_order'][k]['bbc_probe_acc']:.3f}"
-                               for k in small), all(better)))
+                     ", ".join(f"k={k}: {m['relational_prefix'][k]:.3f} vs {m['random_order'][k]:.3f}" for k in small), all(better)))
         speed = budget["embed_sentences_per_second"]
         rows.append(("embed throughput vs all-MiniLM-L6-v2 (same texts, same run)", "≥ 10×",
                      f"{speed['cairn']:,.0f} vs {speed['minilm']:,.0f} sentences/s = {speed['cairn'] / speed['minilm']:.0f}×",
                      speed["cairn"] >= 10 * speed["minilm"]))
     stability = load("stability")
     if stability:
-        for pair in ("seeds", "halves"):
-            by_view = {row["view"]: row for row in stability["results"][pair]}
-            rel = by_view.get("relational") or by_view.get("shipped")
+        for pair in ("seeds", "halves", "seeds, random start (no teacher)"):
+            by_view = {row["view"]: row for row in stability["results"].get(pair, [])}
+            rel = by_view.get("relational")
             absolute = by_view.get("absolute")
-            if rel is None:
+            if rel is None or pair not in stability["results"]:
                 continue
             rows.append((f"stability, {pair}: relational mean cosine / stitching / mutual kNN@10", "≥ 0.9 / ≥ 95 % / ≥ 0.5",
                          f"{rel['cosine_wordnet']:.3f} / {rel['stitch_ratio']:.1%} / {rel['mutual_knn10']:.3f}"
