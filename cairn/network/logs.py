@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-_HARMLESS_SHUTDOWN_NOISE = ("did not shut down within the grace period", "[Errno 2]")
+_HARMLESS_SHUTDOWN_NOISE = ("did not shut down within the grace period", "[Errno 2]", "[Errno 104]")
 
 
 def quiet_hivemind_logs(level: int = logging.WARNING) -> None:
