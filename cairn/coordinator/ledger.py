@@ -64,10 +64,10 @@ class Ledger:
                     increment = record.samples - row["last_counter"]
                 self._upsert_peer(public_id, record, increment, now)
                 self.db.execute(
-                    "INSERT INTO records(public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    "INSERT INTO records(public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta,"
+                    " collapsed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                     (public_id, record.reported_at, now, record.samples, record.steps, record.loss, record.samples_per_second,
-                     record.epoch, record.shard))
+                     record.epoch, record.shard, int(bool(getattr(record, "collapsed", False)))))
             cap = (max(global_step, 0) + 1) * target_batch_size
             credited_total = self._credit_outstanding(cap)
             online = [r for r in records.values() if now - r.reported_at < 60]
