@@ -25,7 +25,7 @@ def running_swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("swarm")
     corpus = write_corpus(root / "pairs.jsonl")
     with swarm_in(root, corpus) as swarm:
-        swarm.init("--target-batch-size", "192", "--batch-size", "32", "--landmarks", "64", "--compat-weight", "0")
+        swarm.init("--target-batch-size", "1024", "--batch-size", "32", "--landmarks", "64", "--compat-weight", "0")
         swarm.start_coordinator()
         swarm.start_peer("host", "--wait-for-peers", "1")
         wait_for(lambda: swarm.global_step() >= 2, 300, 1, "the first peer's global steps")
@@ -59,7 +59,7 @@ def test_a_client_mode_peer_joins_a_running_swarm_and_trains_through_epochs(runn
     joined_at = swarm.global_step()
     nat = swarm.start_peer("nat", "--client-mode", "--wait-for-peers", "1")
     # two epoch transitions after its first record: the state load and the epoch code both ran
-    wait_for(lambda: (not nat.alive()) or _epoch_of(swarm, "nat") >= max(joined_at, 1) + 2, 300, 1, "the client-mode peer to train")
+    wait_for(lambda: (not nat.alive()) or _epoch_of(swarm, "nat") >= max(joined_at, 1) + 3, 300, 1, "the client-mode peer to train")
     assert nat.alive(), nat.tail()
     assert _ctrl_c(nat) == 0, nat.tail()
     summary = swarm.summary("nat")

@@ -17,6 +17,7 @@ def quiet_hivemind_logs(level: int = logging.WARNING) -> None:
     """
     from hivemind.utils.logging import use_hivemind_log_handler
 
+    quiet_known_noise()
     use_hivemind_log_handler("nowhere")
     logging.getLogger("hivemind").setLevel(level)
     os.environ.setdefault("GOLOG_LOG_LEVEL", "error")
@@ -29,3 +30,35 @@ def quiet_hivemind_logs(level: int = logging.WARNING) -> None:
 def _drop_shutdown_noise(record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return not any(noise in message for noise in _HARMLESS_SHUTDOWN_NOISE)
+
+
+def quiet_known_noise() -> None:
+    """Messages a volunteer takes for errors although nothing is wrong; call before the libraries are imported.
+
+    - bitsandbytes >= 0.48 warns on import that an optional CPU kernel for 4-bit matmuls could not be
+      fetched ("pip install kernels"): Cairn uses only its 8-bit blockwise quantisation, never 4-bit.
+    - asyncio's "Task exception was never retrieved" for tasks hivemind starts and abandons in its own
+      event loops (a peer that left mid-round, a cancelled matchmaking): hivemind has already handled the
+      round; tracebacks from any other code still show.
+    """
+    bitsandbytes = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if _drop_4bit_kernel_notice not in bitsandbytes.filters:
+        bitsandbytes.addFilter(_drop_4bit_kernel_notice)
+    asyncio_logger = logging.getLogger("asyncio")
+    if _drop_abandoned_hivemind_tasks not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_drop_abandoned_hivemind_tasks)
+
+
+def _drop_4bit_kernel_notice(record: logging.LogRecord) -> bool:
+    return "gemm_4bit" not in record.getMessage()
+
+
+def _drop_abandoned_hivemind_tasks(record: logging.LogRecord) -> bool:
+    if not record.getMessage().startswith("Task exception was never retrieved") or not record.exc_info:
+        return True
+    traceback = record.exc_info[2]
+    while traceback is not None:
+        if f"{os.sep}hivemind{os.sep}" in traceback.tb_frame.f_code.co_filename:
+            return False
+        traceback = traceback.tb_next
+    return True
