@@ -25,10 +25,10 @@ def running_swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("swarm")
     corpus = write_corpus(root / "pairs.jsonl")
     with swarm_in(root, corpus) as swarm:
-        swarm.init("--target-batch-size", "1024", "--batch-size", "32", "--landmarks", "64", "--compat-weight", "0")
+        swarm.init("--target-batch-size", "4096", "--batch-size", "32", "--landmarks", "64", "--compat-weight", "0")
         swarm.start_coordinator()
         swarm.start_peer("host", "--wait-for-peers", "1")
-        wait_for(lambda: swarm.global_step() >= 2, 300, 1, "the first peer's global steps")
+        wait_for(lambda: swarm.global_step() >= 2, 400, 1, "the first peer's global steps")
         yield swarm
 
 

@@ -132,20 +132,29 @@ class Coordinator:
         last_check, last_timestamp = 0.0, time.monotonic()
         try:
             while not self.stopping.is_set():
-                await loop.run_in_executor(self.worker, self.poll_once)
-                now = time.monotonic()
-                if now - last_check >= self.options.spot_check_seconds:
-                    await loop.run_in_executor(self.worker, self.check_and_maybe_release)
-                    last_check = time.monotonic()
-                if now - last_timestamp >= self.options.timestamp_refresh_seconds:
-                    await loop.run_in_executor(self.worker, repository.refresh_timestamp)
-                    last_timestamp = now
+                try:
+                    await loop.run_in_executor(self.worker, self.poll_once)
+                    now = time.monotonic()
+                    if now - last_check >= self.options.spot_check_seconds:
+                        await loop.run_in_executor(self.worker, self.check_and_maybe_release)
+                        last_check = time.monotonic()
+                    if now - last_timestamp >= self.options.timestamp_refresh_seconds:
+                        await loop.run_in_executor(self.worker, repository.refresh_timestamp)
+                        last_timestamp = now
+                except Exception:
+                    # Ctrl+C in a terminal reaches the whole process group: p2pd exits with us, and the DHT call in
+                    # flight fails. Stopping anyway; a traceback would only look like a crash.
+                    if self.stopping.is_set():
+                        logger.debug("a call in flight failed while stopping", exc_info=True)
+                        break
+                    raise
                 try:
                     await asyncio.wait_for(self.stopping.wait(), timeout=self.options.poll_seconds)
                 except asyncio.TimeoutError:
                     pass
         finally:
             await runner.cleanup()
+        logger.info("stopped on request")
 
     def poll_once(self) -> None:
         """Copy the live, owner-signed contribution records into the ledger (one transaction)."""
