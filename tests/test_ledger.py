@@ -133,3 +133,13 @@ def test_one_step_back_is_not_a_new_run(ledger: Ledger):
     ledger.apply_poll({}, global_step=9, target_batch_size=512)
     ledger.apply_poll({peer: record(512 + 512 * 30, uptime=20, at=2.0)}, global_step=10, target_batch_size=512)
     assert credited(ledger)[peer] <= 11 * 512
+
+
+def test_releases_continue_when_the_swarm_is_restarted_on_the_same_workdir():
+    from cairn.coordinator.service import release_is_due
+
+    assert release_is_due(60, 50, 10) and not release_is_due(59, 50, 10)
+    assert not release_is_due(55, 50, 0)  # 0: on request only
+    # the swarm started again from step 0 after a release at step 50: due again after 10 steps of the new run
+    assert not release_is_due(5, 50, 10) and release_is_due(10, 50, 10)
+    assert not release_is_due(49, 50, 10)  # one step back is a donor behind, not a new run

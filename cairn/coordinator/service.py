@@ -192,7 +192,7 @@ class Coordinator:
             return
         self.loaded_epoch = averager.local_epoch
         self._spot_check(self._last_records)
-        release_due = self.options.release_every and self.loaded_epoch - self.last_release_step >= self.options.release_every
+        release_due = release_is_due(self.loaded_epoch, self.last_release_step, self.options.release_every)
         requested = (self.workdir.root / RELEASE_REQUEST).exists()
         if release_due or requested:
             # calibration and the promises' measurements are minutes of CPU on a small box: lowered, so peers
@@ -235,6 +235,16 @@ class Coordinator:
         finally:
             self.dht.shutdown()
             self.ledger.close()
+
+
+def release_is_due(loaded_epoch: int, last_release_step: int, release_every: int) -> bool:
+    """R global steps since the last release. A swarm started again on the same workdir counts from step 0: measured
+    from the old run's release step, no release would come until the new run passed it (issue 18)."""
+    if not release_every:
+        return False
+    if loaded_epoch <= last_release_step // 2:  # a new run of the swarm (one step back is only a donor behind)
+        last_release_step = 0
+    return loaded_epoch - last_release_step >= release_every
 
 
 def run_coordinator(options: CoordinatorOptions) -> None:
