@@ -53,8 +53,10 @@ def cli() -> None:
 
 def main() -> None:
     """Entry point: run the CLI; the project's own errors become one clear line, not a traceback."""
+    from cairn.network.logs import quiet_known_noise
     from cairn.protocol.errors import CairnError
 
+    quiet_known_noise()
     try:
         cli.main(standalone_mode=False)
     except CairnError as error:

@@ -36,6 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _CHART_POINTS_JS = """() => Array.from(document.querySelectorAll('svg.chart-svg polyline'))
     .map(line => (line.getAttribute('points') || '').trim().split(/\\s+/).filter(Boolean).length)"""
+_REFERENCES_JS = """() => Array.from(document.querySelectorAll('svg.chart-svg text.reference-label')).map(t => t.textContent)"""
+_BADGES_JS = """() => Array.from(document.querySelectorAll('.badge')).map(b => b.textContent.trim())"""
+_LIVE_DOT_JS = """() => { const dot = document.querySelector('.live-dot'); return dot ? dot.getAttribute('class') : null; }"""
 
 
 @dataclass
@@ -49,6 +52,12 @@ class PageVisit:
     failed_requests: list[str] = field(default_factory=list)
     chart_points: list[int] = field(default_factory=list)
     """Number of points of every chart polyline on the page, in document order."""
+    references: list[str] = field(default_factory=list)
+    """Labels of the charts' reference lines (a loss's chance level), in document order."""
+    badges: list[str] = field(default_factory=list)
+    """Text of every badge on the page, after any live refresh."""
+    live_dot: str | None = None
+    """The class attribute of the swarm page's status dot, after any live refresh."""
     live_update: bool | None = None
     """With `wait_for_api`: whether the page fetched that API by itself (the live refresh) in time."""
     screenshot: Path | None = None
@@ -110,6 +119,9 @@ def visit_pages(
                         visit.text = page.inner_text("body")  # the text as the live refresh left it
                     except PlaywrightTimeout:
                         visit.live_update = False
+                visit.references = page.evaluate(_REFERENCES_JS)
+                visit.badges = page.evaluate(_BADGES_JS)
+                visit.live_dot = page.evaluate(_LIVE_DOT_JS)
                 if screenshot_dir is not None:
                     Path(screenshot_dir).mkdir(parents=True, exist_ok=True)
                     visit.screenshot = Path(screenshot_dir) / (screenshot_prefix + screenshot_name(url))

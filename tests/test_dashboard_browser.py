@@ -59,3 +59,22 @@ def test_pages_in_chromium(tmp_path):
     assert len(convergence) >= 10 and convergence[0] > 100
     assert "v2" in by_path["/landmarks"].text and "+8 appended to v1" in by_path["/landmarks"].text
     assert "cairn release verify ./cairn-0.2.0" in by_path["/releases"].text
+
+
+def test_a_run_at_chance_does_not_look_healthy_in_chromium(tmp_path):
+    """Issue 18: the chance line ln(batch) on the loss charts, lines broken at the gap between two runs, the collapsed
+    peer marked (also after the page's live refresh rebuilt the table), the green dot only while training, and no
+    "met" Matryoshka badge for a release whose full vector is at chance."""
+    workdir = tmp_path / "coordinator"
+    build_workdir(workdir, now=time.time() + 5, peers=default_peers(3), publisher=ReleaseRepository(workdir), at_chance=True,
+                  gap=(0.4, 0.6), collapsed=frozenset({"0000000000000001"}))
+    with serve_dashboard(workdir) as base:
+        swarm, convergence = visit_pages([base + "/", base + "/convergence"], wait_for_api="/api/swarm")
+    for visit in (swarm, convergence):
+        assert visit.status == 200 and visit.problems == [], visit.problems
+    assert swarm.live_update is True
+    assert "collapsed" in swarm.text  # rendered by dashboard.js after the refresh
+    assert len(swarm.chart_points) == 4, swarm.chart_points  # speed and loss, each in two pieces around the gap
+    assert swarm.references == ["chance: ln 32 = 3.47"] and swarm.live_dot == "live-dot"
+    assert convergence.references == ["chance: ln 32 = 3.47"] * 2
+    assert "met" not in convergence.badges and "below the floor" in convergence.text

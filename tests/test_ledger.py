@@ -107,3 +107,39 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path):
         assert credited(reopened)["a" * 16] >= acknowledged * 10
     finally:
         reopened.close()
+
+
+def test_credit_continues_when_the_swarm_is_restarted_on_the_same_workdir(ledger: Ledger):
+    """Issue 18: `cairn swarm` run again starts the global step at 0; capped by the new step alone, a second session's
+    work was credited nothing until the first run's high point was passed. The earlier runs' steps carry over."""
+    alice, bob = "a" * 16, "b" * 16
+    ledger.apply_poll({alice: record(3000, uptime=100, at=1.0), bob: record(3000, name="bob", uptime=100, at=1.0)},
+                      global_step=20, target_batch_size=512)
+    assert sum(credited(ledger).values()) == 6000
+    # the swarm stops; a new session starts from step 0: the coordinator first reads step 0, then the new run's steps
+    ledger.apply_poll({alice: record(512, uptime=5, at=2.0)}, global_step=0, target_batch_size=512)
+    ledger.apply_poll({alice: record(1024, uptime=10, at=3.0), bob: record(900, name="bob", uptime=10, at=3.0)},
+                      global_step=2, target_batch_size=512)
+    assert credited(ledger) == {alice: 3000 + 1024, bob: 3000 + 900}  # within 20 + 2 steps: all of it, now
+    # the cap still binds: the new run's claims beyond what its steps explain wait
+    ledger.apply_poll({alice: record(1024 + 512 * 40, uptime=60, at=4.0)}, global_step=3, target_batch_size=512)
+    assert sum(credited(ledger).values()) <= (20 + 3 + 1) * 512
+
+
+def test_one_step_back_is_not_a_new_run(ledger: Ledger):
+    """When the most advanced peer leaves, the swarm's step may read one lower: that must not add a run's worth of cap."""
+    peer = "a" * 16
+    ledger.apply_poll({peer: record(512, at=1.0)}, global_step=10, target_batch_size=512)
+    ledger.apply_poll({}, global_step=9, target_batch_size=512)
+    ledger.apply_poll({peer: record(512 + 512 * 30, uptime=20, at=2.0)}, global_step=10, target_batch_size=512)
+    assert credited(ledger)[peer] <= 11 * 512
+
+
+def test_releases_continue_when_the_swarm_is_restarted_on_the_same_workdir():
+    from cairn.coordinator.service import release_is_due
+
+    assert release_is_due(60, 50, 10) and not release_is_due(59, 50, 10)
+    assert not release_is_due(55, 50, 0)  # 0: on request only
+    # the swarm started again from step 0 after a release at step 50: due again after 10 steps of the new run
+    assert not release_is_due(5, 50, 10) and release_is_due(10, 50, 10)
+    assert not release_is_due(49, 50, 10)  # one step back is a donor behind, not a new run

@@ -396,6 +396,23 @@ def test_make_dht_keeps_the_peer_id_of_an_identity_and_checks_reachability(swarm
 
 
 @slow
+def test_a_second_node_with_an_identity_in_use_is_refused_without_asking_the_network(tmp_path):
+    """Issue 18: the guard was hivemind's DHT lookup for the PeerID, which misses under load (the test above failed
+    with "DID NOT RAISE"). A lock on the identity file refuses a second node on this machine at once: even with no
+    initial peers, where hivemind does not check at all. The lock goes with the first node's shutdown."""
+    identity = tmp_path / "identity.pem"
+    validators = _validators(load_or_create_identity(identity))
+    start = partial(make_dht, [], validators=validators, host_maddrs=LOCAL, identity_path=identity)
+    first = start()
+    try:
+        with pytest.raises(CairnError, match="another running peer uses the identity"):
+            start()
+    finally:
+        first.shutdown()
+    start().shutdown()
+
+
+@slow
 def test_unreachable_initial_peer_is_a_clear_error():
     dead = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWLVdzfEbZ9KCMP99yLSivPmiXaan4gd6bShm5cLwFDxmU"
     with pytest.raises(CairnError, match="could not reach any initial peer"):

@@ -340,6 +340,27 @@ def test_rollback_to_a_lower_version_is_refused(repo, releases, root, tmp_path):
     assert installed_version(destination) == "1.1.0"
 
 
+def test_an_older_release_asked_for_by_version_installs_beside_a_newer_one(repo, releases, root, url, tmp_path, monkeypatch, capsys):
+    """Rollback protection guards each directory's own history (issue 18): after 1.1.0, the dashboard's own command
+    for 1.0.0 (`--version 1.0.0 --to ./cairn-1.0.0`) installs it in another directory; the newer one is untouched."""
+    repo.publish_release(releases["1.0.0"])
+    repo.publish_release(releases["1.1.0"])
+    newer = tmp_path / "cairn-1.1.0"
+    client(url, tmp_path, root).pull(newer)
+    root_file = tmp_path / "root.json"
+    root_file.write_bytes(root)
+    older = tmp_path / "cairn-1.0.0"
+    code, out, err = run_cli(monkeypatch, capsys, "release", "pull", url, "--version", "1.0.0", "--to", older, "--root", root_file,
+                             "--cache-dir", tmp_path / "cache")
+    assert code == 0, err
+    assert installed_version(older) == "1.0.0" and installed_version(newer) == "1.1.0"
+    assert str(verify_installed(older, root, tmp_path / "cache").version) == "1.0.0"
+    # the directory holding 1.1.0 still refuses to go back, with the way out in the message
+    assert_refused_and_intact(lambda: client(url, tmp_path, root).pull(newer, "1.0.0"), newer, "already holds release 1.1.0.*another --to")
+    # the machine still remembers 1.1.0: a repository whose latest went back is refused anywhere
+    assert TrustStore(tmp_path / "cache", url).installed().version == ReleaseVersion(1, 1, 0)
+
+
 def test_same_version_with_different_content_is_refused(tmp_path):
     trust = TrustStore(tmp_path / "cache", "http://127.0.0.1:1")
     trust.record_installed(ReleaseVersion(1, 1, 0), "a" * 64)

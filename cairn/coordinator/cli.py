@@ -54,13 +54,13 @@ def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, **setti
 @coordinator.command()
 @click.option("--workdir", type=click.Path(path_type=Path), required=True)
 @click.option("--host", default="0.0.0.0", show_default=True, help="interface for the DHT")
-@click.option("--port", type=int, default=31337, show_default=True, help="fixed DHT port: peers join here")
+@click.option("--port", type=click.IntRange(0, 65535), default=31337, show_default=True, help="fixed DHT port: peers join here")
 @click.option("--http-host", default="0.0.0.0", show_default=True)
-@click.option("--http-port", type=int, default=8700, show_default=True, help="release repository over HTTP")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8700, show_default=True, help="release repository over HTTP")
 @click.option("--announce-host", help="public address to put in the join address and repository URL")
-@click.option("--release-every", type=int, default=0, show_default=True, help="cut a release every R global steps (0: on request)")
-@click.option("--spot-check-seconds", type=float, default=20.0, show_default=True)
-@click.option("--metrics-port", type=int, help="also serve Prometheus /metrics on this port (it is always on the release port)")
+@click.option("--release-every", type=click.IntRange(min=0), default=0, show_default=True, help="cut a release every R global steps (0: on request)")
+@click.option("--spot-check-seconds", type=click.FloatRange(min=1.0, max=86_400.0), default=20.0, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="also serve Prometheus /metrics on this port (it is always on the release port)")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @click.option("--outside-reference/--no-outside-reference", default=True, show_default=True,
               help="report each release's mutual kNN with all-MiniLM-L6-v2 (needs the reference extra installed) and its scores against "
@@ -85,7 +85,7 @@ def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, ann
 
 @coordinator.command()
 @click.option("--workdir", type=click.Path(path_type=Path), required=True)
-@click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True)
 def release(workdir: Path, timeout: float) -> None:
     """Ask the running coordinator to cut a release now, and wait for it."""
     from cairn.coordinator.service import RELEASE_REQUEST
@@ -119,7 +119,7 @@ def _latest_release(open_readonly, wd) -> str | None:
 
 @coordinator.command("extend-landmarks")
 @click.option("--workdir", type=click.Path(path_type=Path), required=True)
-@click.option("--count", type=int, default=64, show_default=True, help="new anchors to append")
+@click.option("--count", type=click.IntRange(1, 4096), default=64, show_default=True, help="new anchors to append")
 def extend_landmarks_command(workdir: Path, count: int) -> None:
     """Append anchors as a new landmark-set version (its prefix is the old set) and sign it.
 

@@ -64,11 +64,11 @@ class Ledger:
                     increment = record.samples - row["last_counter"]
                 self._upsert_peer(public_id, record, increment, now)
                 self.db.execute(
-                    "INSERT INTO records(public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    "INSERT INTO records(public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta,"
+                    " collapsed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                     (public_id, record.reported_at, now, record.samples, record.steps, record.loss, record.samples_per_second,
-                     record.epoch, record.shard))
-            cap = (max(global_step, 0) + 1) * target_batch_size
+                     record.epoch, record.shard, int(bool(getattr(record, "collapsed", False)))))
+            cap = (self._steps_explained(global_step) + 1) * target_batch_size
             credited_total = self._credit_outstanding(cap)
             online = [r for r in records.values() if now - r.reported_at < 60]
             mean_loss = sum(r.loss for r in online) / len(online) if online else None
@@ -77,6 +77,26 @@ class Ledger:
                             (now, global_step, len(online), sum(r.samples_per_second for r in online), mean_loss, cap, last_allreduce_at))
         claimed = int(self.db.execute("SELECT COALESCE(SUM(claimed_samples), 0) FROM peers").fetchone()[0])
         return PollResult(claimed, credited_total, cap, len(online))
+
+    def _steps_explained(self, global_step: int) -> int:
+        """Global steps of every run of the swarm on this ledger, the current one's included.
+
+        A swarm restarted on the same workdir counts its steps from 0 again, while the credit already paid stays:
+        capped by the new run's step alone, nobody would be paid until it passed the old run's high point (minutes
+        of unpaid work). So when the step falls back to at most half of what it was (to a positive value: a coordinator
+        that just started reads 0 until it has fetched the swarm's progress), the steps of the runs before it are carried
+        as a base.
+        """
+        step = max(global_step, 0)
+        base, last = int(self.meta("step_base", "0")), int(self.meta("last_global_step", "0"))
+        if step == 0:
+            return base + last  # not fetched yet, or a new run before its first step: keep what was explained
+        if step <= last // 2:  # the swarm started again from step 0 (one step back is only its leader leaving)
+            base += last
+            self.set_meta("step_base", str(base))
+        if step != last:
+            self.set_meta("last_global_step", str(step))
+        return base + step
 
     def _credit_outstanding(self, cap: int) -> int:
         """Credit claimed-but-uncredited samples of peers in good standing, scaled down to fit the cap."""

@@ -132,20 +132,29 @@ class Coordinator:
         last_check, last_timestamp = 0.0, time.monotonic()
         try:
             while not self.stopping.is_set():
-                await loop.run_in_executor(self.worker, self.poll_once)
-                now = time.monotonic()
-                if now - last_check >= self.options.spot_check_seconds:
-                    await loop.run_in_executor(self.worker, self.check_and_maybe_release)
-                    last_check = time.monotonic()
-                if now - last_timestamp >= self.options.timestamp_refresh_seconds:
-                    await loop.run_in_executor(self.worker, repository.refresh_timestamp)
-                    last_timestamp = now
+                try:
+                    await loop.run_in_executor(self.worker, self.poll_once)
+                    now = time.monotonic()
+                    if now - last_check >= self.options.spot_check_seconds:
+                        await loop.run_in_executor(self.worker, self.check_and_maybe_release)
+                        last_check = time.monotonic()
+                    if now - last_timestamp >= self.options.timestamp_refresh_seconds:
+                        await loop.run_in_executor(self.worker, repository.refresh_timestamp)
+                        last_timestamp = now
+                except Exception:
+                    # Ctrl+C in a terminal reaches the whole process group: p2pd exits with us, and the DHT call in
+                    # flight fails. Stopping anyway; a traceback would only look like a crash.
+                    if self.stopping.is_set():
+                        logger.debug("a call in flight failed while stopping", exc_info=True)
+                        break
+                    raise
                 try:
                     await asyncio.wait_for(self.stopping.wait(), timeout=self.options.poll_seconds)
                 except asyncio.TimeoutError:
                     pass
         finally:
             await runner.cleanup()
+        logger.info("stopped on request")
 
     def poll_once(self) -> None:
         """Copy the live, owner-signed contribution records into the ledger (one transaction)."""
@@ -183,7 +192,7 @@ class Coordinator:
             return
         self.loaded_epoch = averager.local_epoch
         self._spot_check(self._last_records)
-        release_due = self.options.release_every and self.loaded_epoch - self.last_release_step >= self.options.release_every
+        release_due = release_is_due(self.loaded_epoch, self.last_release_step, self.options.release_every)
         requested = (self.workdir.root / RELEASE_REQUEST).exists()
         if release_due or requested:
             # calibration and the promises' measurements are minutes of CPU on a small box: lowered, so peers
@@ -226,6 +235,16 @@ class Coordinator:
         finally:
             self.dht.shutdown()
             self.ledger.close()
+
+
+def release_is_due(loaded_epoch: int, last_release_step: int, release_every: int) -> bool:
+    """R global steps since the last release. A swarm started again on the same workdir counts from step 0: measured
+    from the old run's release step, no release would come until the new run passed it (issue 18)."""
+    if not release_every:
+        return False
+    if loaded_epoch <= last_release_step // 2:  # a new run of the swarm (one step back is only a donor behind)
+        last_release_step = 0
+    return loaded_epoch - last_release_step >= release_every
 
 
 def run_coordinator(options: CoordinatorOptions) -> None:

@@ -35,21 +35,28 @@ def line_chart(
     categories: Sequence[str] = (),
     width: int = 720,
     height: int = 280,
+    references: Sequence[tuple[str, float]] = (),
+    y_range: tuple[float, float] | None = None,
 ) -> Markup:
     """A <figure> holding the SVG chart and its legend; "no data yet" if every series is empty.
 
     x_kind "time": x are unix seconds (UTC labels); "log2": x axis in log scale with a tick per x
     value (Matryoshka dims); "category": x are indexes into `categories` (release versions).
+    `references`: labelled horizontal lines (a loss's chance level), always inside the y range.
+    `y_range`: the least y range shown (a score's 0..1), so two noisy points do not fill the chart as a trend.
+    On a time axis a line is broken where the data has a gap (the swarm was down between two runs):
+    a line across it would show progress that never happened.
     """
     series = [Series(s.name, [(float(x), float(y)) for x, y in s.points if _finite(x) and _finite(y)]) for s in series]
     series = [s for s in series if s.points]
     if not series:
         return Markup('<figure class="chart empty"><figcaption>{}</figcaption><p>No data yet.</p></figure>').format(title)
+    references = [(label, float(y)) for label, y in references if _finite(y)]
 
     left, right, top, bottom = 64, 16, 12, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [x for s in series for x, _ in s.points]
-    ys = [y for s in series for _, y in s.points]
+    ys = [y for s in series for _, y in s.points] + [y for _, y in references] + list(y_range or ())
     x_map = (lambda v: math.log2(v) if v > 0 else 0.0) if x_kind == "log2" else (lambda v: v)
     x_lo, x_hi = _padded(min(map(x_map, xs)), max(map(x_map, xs)), pad=0.0 if x_kind != "category" else 0.5)
     y_ticks = nice_ticks(min(ys), max(ys))
@@ -84,10 +91,18 @@ def line_chart(
     parts.append(
         Markup('<text class="axis-label" x="14" y="{y}" text-anchor="middle" transform="rotate(-90 14 {y})">{t}</text>').format(y=top + plot_h / 2, t=y_label)
     )
+    for label, y in references:
+        parts.append(
+            Markup('<line class="reference" x1="{a}" x2="{b}" y1="{y:.1f}" y2="{y:.1f}"><title>{t}</title></line>'
+                   '<text class="reference-label" x="{tx}" y="{ty:.1f}" text-anchor="end">{t}</text>').format(
+                a=left, b=left + plot_w, y=py(y), tx=left + plot_w - 4, ty=py(y) - 4, t=label
+            )
+        )
     for index, s in enumerate(series):
         cls = f"s{index % PALETTE_SIZE}"
-        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in s.points)
-        parts.append(Markup('<polyline class="line {c}" points="{p}"><title>{n}</title></polyline>').format(c=cls, p=coords, n=s.name))
+        for segment in split_at_gaps(s.points) if x_kind == "time" else [list(s.points)]:
+            coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in segment)
+            parts.append(Markup('<polyline class="line {c}" points="{p}"><title>{n}</title></polyline>').format(c=cls, p=coords, n=s.name))
         if len(s.points) <= 40:
             for x, y in s.points:
                 parts.append(
@@ -102,6 +117,25 @@ def line_chart(
     return Markup('<figure class="chart"><figcaption>{}</figcaption>{}<ul class="legend">{}</ul></figure>').format(
         title, Markup("").join(parts), legend
     )
+
+
+GAP_FACTOR = 4.0  # a step this many times the usual spacing between points is a gap, not slow data
+MIN_GAP_SECONDS = 90.0  # the coordinator polls every few seconds: below this, nothing went missing
+
+
+def split_at_gaps(points: Sequence[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """Points sorted by x, cut into runs wherever x jumps by more than GAP_FACTOR x the median step (and MIN_GAP_SECONDS)."""
+    ordered = sorted(points)
+    steps = sorted(b[0] - a[0] for a, b in zip(ordered, ordered[1:]))
+    if not steps:
+        return [ordered]
+    limit = max(GAP_FACTOR * steps[len(steps) // 2], MIN_GAP_SECONDS)
+    segments = [[ordered[0]]]
+    for previous, point in zip(ordered, ordered[1:]):
+        if point[0] - previous[0] > limit:
+            segments.append([])
+        segments[-1].append(point)
+    return segments
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cairn.protocol.errors import CairnError
-from cairn.protocol.ledger_schema import open_readonly
+from cairn.protocol.ledger_schema import has_column, open_readonly
 
 ONLINE_SECONDS = 60.0
 """A peer whose last accepted record is at most this old counts as online."""
@@ -71,10 +71,11 @@ def latest_snapshot(db: sqlite3.Connection) -> dict[str, Any] | None:
 
 def online_peers(db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
     """Peers seen within ONLINE_SECONDS, with the shard and speed of their latest record."""
+    collapsed = "r.collapsed" if has_column(db, "records", "collapsed") else "0"  # a ledger from before schema 2
     rows = db.execute(
-        """
+        f"""
         SELECT p.public_id, p.display_name, p.device, p.last_seen, p.last_uptime AS uptime_seconds,
-               p.first_seen, r.shard, r.samples_per_second, r.loss
+               p.first_seen, r.shard, r.samples_per_second, r.loss, COALESCE({collapsed}, 0) AS collapsed
         FROM peers p
         LEFT JOIN records r ON r.id = (
             SELECT id FROM records WHERE public_id = p.public_id ORDER BY reported_at DESC LIMIT 1)
@@ -83,7 +84,7 @@ def online_peers(db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
         """,
         (now - ONLINE_SECONDS,),
     ).fetchall()
-    return [dict(row) for row in rows]
+    return [{**dict(row), "collapsed": bool(row["collapsed"])} for row in rows]
 
 
 def swarm_series(db: sqlite3.Connection, since: float | None = None) -> list[dict[str, Any]]:

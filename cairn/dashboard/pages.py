@@ -54,12 +54,25 @@ def fmt_number(value: Any, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def fmt_metric(value: Any) -> str:
+# metric names (last part of a key) whose values are shares of 1: shown as percentages
+FRACTION_SUFFIXES = ("acc", "_r1", "_r10", "ratio", "agreement", "share", "knn10", "score_old", "score_new")
+
+
+def fmt_metric(value: Any, key: str | None = None) -> str:
+    """A metric as a person reads it: counts without decimals (k95 8, not 8.0000), shares of 1 as percentages."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
+    if isinstance(value, float) and math.isfinite(value):
+        if key is not None and is_fraction(key) and -1.0 <= value <= 1.0:
+            return fmt_percent(value)
+        if value.is_integer() and abs(value) < 1e15:
+            return fmt_number(int(value))
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
     return fmt_number(value) if isinstance(value, int) else str(value)
+
+
+def is_fraction(key: str) -> bool:
+    return key.rpartition("/")[2].endswith(FRACTION_SUFFIXES)
 
 
 def fmt_duration(seconds: Any) -> str:
@@ -102,6 +115,20 @@ def fmt_percent(value: Any) -> str:
 # ---- charts per page ---------------------------------------------------------------------------
 
 
+def chance_lines(data: dict[str, Any]) -> list[tuple[str, float]]:
+    """The loss charts' floor: absolute InfoNCE at chance is ln(batch size) of the batch it was computed on."""
+    chance = data.get("chance")
+    if not chance:
+        return []
+    return [(f"chance: ln {chance['batch_size']} = {chance['loss']:.2f}", chance["loss"])]
+
+
+def _score_range(groups) -> tuple[float, float] | None:
+    """0..1 for charts of scores that live there, so a few noisy releases are not drawn as a trend."""
+    values = [y for points in groups for _, y in points]
+    return (0.0, 1.0) if values and all(0.0 <= y <= 1.0 for y in values) else None
+
+
 def swarm_charts(data: dict[str, Any]) -> dict[str, Markup]:
     history = data["history"]
     return {
@@ -112,6 +139,7 @@ def swarm_charts(data: dict[str, Any]) -> dict[str, Markup]:
         "loss": line_chart(
             [Series("mean loss", [(p["at"], p["mean_loss"]) for p in history if p["mean_loss"] is not None])],
             title="Mean training loss, last hour", x_label="time (UTC)", y_label="loss", x_kind="time", width=HALF, height=250,
+            references=chance_lines(data),
         ),
     }
 
@@ -129,6 +157,7 @@ def contributor_charts(data: dict[str, Any]) -> dict[str, Markup]:
         "loss": line_chart(
             [Series("reported loss", [(p["at"], p["loss"]) for p in history])],
             title="Training loss reported", x_label="time (UTC)", y_label="loss", x_kind="time", width=HALF, height=250,
+            references=chance_lines(data),
         ),
         "speed": line_chart(
             [Series("samples/s", [(p["at"], p["samples_per_second"]) for p in history])],
@@ -144,12 +173,13 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
         "by_step": line_chart(
             [Series("swarm mean loss", [(p["global_step"], p["mean_loss"]) for p in data["loss_by_step"]])],
             title="Training loss vs global step", x_label="global step", y_label="loss", width=FULL, height=320,
+            references=chance_lines(data),
         ),
         "by_time": line_chart(
             [Series("swarm mean", [(p["at"], p["mean_loss"]) for p in data["swarm"] if p["mean_loss"] is not None])]
             + [Series(s["display_name"], [(p["at"], p["loss"]) for p in s["points"]]) for s in data["peer_loss"]],
             title="Training loss vs wall time (swarm mean and top contributors)", x_label="time (UTC)", y_label="loss", x_kind="time",
-            width=FULL, height=320,
+            width=FULL, height=320, references=chance_lines(data),
         ),
     }
     metric_groups: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -159,7 +189,8 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
             metric_groups.setdefault(metric, {}).setdefault(head or metric, []).append((index, value))
     charts["metrics"] = [
         line_chart([Series(name, points) for name, points in sorted(group.items())],
-                   title=f"{metric} by release", x_label="release", y_label=metric, x_kind="category", categories=versions, width=HALF, height=250)
+                   title=f"{metric} by release", x_label="release", y_label=metric, x_kind="category", categories=versions, width=HALF, height=250,
+                   y_range=_score_range(group.values()))
         for metric, group in sorted(metric_groups.items())
     ]
     curves: dict[str, list[Series]] = {}
@@ -168,7 +199,7 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
             curves.setdefault(name, []).append(Series(release["version"], points))
     charts["matryoshka"] = [
         line_chart(series, title=_matryoshka_title(name), x_label="dimensions (prefix of the relational vector)",
-                   y_label=name.rpartition("/")[2], x_kind="log2", width=HALF, height=250)
+                   y_label=name.rpartition("/")[2], x_kind="log2", width=HALF, height=250, y_range=_score_range(s.points for s in series))
         for name, series in sorted(curves.items())
     ]
     compat: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -180,7 +211,7 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
     charts["compatibility"] = [
         line_chart([Series(name, points) for name, points in sorted(group.items())],
                    title=_compatibility_title(head), x_label="release",
-                   y_label="score", x_kind="category", categories=versions, width=HALF, height=250)
+                   y_label="score", x_kind="category", categories=versions, width=HALF, height=250, y_range=_score_range(group.values()))
         for head, group in sorted(compat.items(), key=lambda item: (item[0].startswith("grandparent"), item[0] != "relational", item[0]))
     ]
     return charts

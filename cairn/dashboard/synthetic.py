@@ -60,10 +60,19 @@ def anchors(count: int, offset: int = 0) -> list[str]:
     return [f"{topics[(i + offset) % len(topics)]} #{i + offset}" for i in range(count)]
 
 
+BATCH_SIZE = 32  # the synthetic run's batch size: its loss at chance is ln 32
+
+
 def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None = None, hours: float = 1.0,
                   record_every: float = 10.0, snapshot_every: float = 5.0, publisher: Publisher | None = None,
-                  seed: int = 0) -> Path:
-    """Write a coordinator workdir under `root` whose history ends at `now`; returns `root`."""
+                  seed: int = 0, at_chance: bool = False, gap: tuple[float, float] | None = None,
+                  collapsed: frozenset[str] = frozenset()) -> Path:
+    """Write a coordinator workdir under `root` whose history ends at `now`; returns `root`.
+
+    `at_chance`: a run that learns nothing (loss at ln BATCH_SIZE, probe scores at chance), the case the dashboard
+    must not make look healthy. `gap`: (from, to) as fractions of the history with no data (the swarm was down
+    between two runs). `collapsed`: public ids whose records carry the collapsed flag.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -73,6 +82,9 @@ def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None =
     v2 = v1.extend(anchors(8, offset=24))
     (root / "run").mkdir(exist_ok=True)
     v1.save(root / "run" / "landmarks.json")
+    (root / "run.json").write_text(json.dumps({"run_id": RUN_ID, "training": {"batch_size": BATCH_SIZE}}))
+    loss = _chance_loss if at_chance else _loss
+    missing = (lambda at: False) if gap is None else (lambda at: start + gap[0] * (now - start) <= at < start + gap[1] * (now - start))
     (root / "coordinator.json").write_text(json.dumps({
         "join": ["/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWDemoCoordinatorPeerIdForTheDashboardTests"],
         "repository_url": "http://127.0.0.1:8700",
@@ -81,23 +93,25 @@ def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None =
     db = connect(root / "ledger.sqlite")
     db.execute("BEGIN")
     for peer in peers:
-        _write_peer(db, peer, start, now, record_every, rng)
+        _write_peer(db, peer, start, now, record_every, rng, loss, missing, peer.public_id in collapsed)
     step_rate = sum(p.speed for p in peers if p.online) / 256.0  # global steps per second
     steps = int(hours * 3600.0 / snapshot_every)
     for i in range(steps + 1):
         at = start + i * snapshot_every
+        if missing(at):
+            continue
         progress = (at - start) / max(now - start, 1.0)
         db.execute(
             "INSERT INTO swarm VALUES (?, ?, ?, ?, ?, ?, ?)",
             (at, int((at - start) * step_rate), sum(p.online for p in peers),
              sum(p.speed for p in peers if p.online) * (1 + 0.06 * math.sin(12 * progress)) * rng.uniform(0.98, 1.02),
-             _loss(progress, rng), int((at - start) * step_rate * 256), at - rng.uniform(0.0, 8.0)),
+             loss(progress, rng), int((at - start) * step_rate * 256), at - rng.uniform(0.0, 8.0)),
         )
     releases_dir = root / "releases"
     built = []
     for version, parent, landmarks, fraction in (("0.1.0", None, v1, 0.4), ("0.2.0", "0.1.0", v2, 0.9)):
         step = int(hours * 3600.0 * fraction * step_rate)
-        directory = _release_dir(releases_dir / version, version, parent, landmarks, step, fraction, rng)
+        directory = _release_dir(releases_dir / version, version, parent, landmarks, step, fraction, rng, at_chance)
         manifest_json = (directory / "manifest.json").read_text()
         db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)", (version, parent, step, step * 256, start + hours * 3600.0 * fraction, manifest_json))
         built.append(directory)
@@ -115,7 +129,12 @@ def _loss(progress: float, rng: random.Random) -> float:
     return 0.6 + 2.4 * math.exp(-3.0 * progress) + rng.uniform(-0.03, 0.03)
 
 
-def _write_peer(db, peer: SyntheticPeer, start: float, now: float, every: float, rng: random.Random) -> None:
+def _chance_loss(progress: float, rng: random.Random) -> float:
+    return math.log(BATCH_SIZE) + rng.uniform(-0.02, 0.02)
+
+
+def _write_peer(db, peer: SyntheticPeer, start: float, now: float, every: float, rng: random.Random, loss=_loss,
+                missing=lambda at: False, collapsed: bool = False) -> None:
     begin = start + rng.uniform(0, 600)
     end = now - rng.uniform(1, 8) if peer.online else start + (now - start) * 0.4
     db.execute(
@@ -135,11 +154,13 @@ def _write_peer(db, peer: SyntheticPeer, start: float, now: float, every: float,
             shards += 1
             shard = rng.randrange(16)
         progress = (at - start) / max(now - start, 1.0)
-        db.execute(
-            "INSERT INTO records (public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (peer.public_id, at, at + 0.5, samples, samples // 32, _loss(progress, rng) + 0.05, speed, int(progress * 40), shard, granted),
-        )
+        if not missing(at):
+            db.execute(
+                "INSERT INTO records (public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta, "
+                "collapsed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (peer.public_id, at, at + 0.5, samples, samples // 32, loss(progress, rng) + 0.05, speed, int(progress * 40), shard, granted,
+                 int(collapsed)),
+            )
         at += every
     db.execute(
         "UPDATE peers SET last_seen = ?, claimed_samples = ?, credited_samples = ?, seconds_online = ?, shards_completed = ?, "
@@ -155,7 +176,8 @@ def _write_peer(db, peer: SyntheticPeer, start: float, now: float, every: float,
         )
 
 
-def _release_dir(directory: Path, version: str, parent: str | None, landmarks: LandmarkSet, step: int, quality: float, rng: random.Random) -> Path:
+def _release_dir(directory: Path, version: str, parent: str | None, landmarks: LandmarkSet, step: int, quality: float, rng: random.Random,
+                 at_chance: bool = False) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     landmarks.save(directory / "landmarks.json")
     (directory / "model.safetensors").write_bytes(rng.randbytes(256 * 1024))
@@ -195,6 +217,10 @@ def _release_dir(directory: Path, version: str, parent: str | None, landmarks: L
                     "relational": {"mutual_knn10": round(0.25 * quality, 4)}, "absolute": {"mutual_knn10": round(0.27 * quality, 4)},
                     "chance": {"mutual_knn10": 0.01}},
     }
+    if at_chance:  # BBC's 5 topics: every prefix at about 0.2, so "95 % of full" comes at the smallest prefix
+        for curve in ("relational_prefix", "random_order", "pca_absolute"):
+            metrics["matryoshka"][curve] = {**{k: round(0.2 + rng.uniform(-0.01, 0.01), 4) for k in ("8", "16", "32", "64")}, "k95": 8.0}
+        metrics["matryoshka"]["goal_met"] = True
     compatibility = {} if parent is None else {
         "parent": parent,
         "probe": "bbc-news 5 topics, 60 per topic",

@@ -7,6 +7,7 @@ These functions block (SQLite, files); the app runs them on one worker thread, n
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,19 @@ def coordinator_info(workdir: Path) -> dict[str, Any]:
     }
 
 
+def chance_loss(workdir: Path) -> dict[str, Any] | None:
+    """The chance level of the loss peers report: absolute InfoNCE over a batch of B pairs is ln B when the encoder
+    tells nothing apart. B is the run's batch size (DIR/run.json); a peer that overrides --batch-size has its own."""
+    try:
+        with open(workdir / "run.json", "rb") as handle:
+            batch_size = json.loads(handle.read(MAX_STATE_FILE_BYTES + 1).decode("utf-8"))["training"]["batch_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        return None
+    return {"batch_size": batch_size, "loss": math.log(batch_size)}
+
+
 def _read(sources: Sources, notices: list[str], query, *args, default=None):
     try:
         return sources.ledger.read(query, *args)
@@ -88,7 +102,11 @@ def swarm(sources: Sources) -> dict[str, Any]:
         notices.append(f"the coordinator's latest swarm snapshot is {int(now - snapshot['at'])} s old: is the coordinator running?")
     samples_per_second = snapshot["samples_per_second"] if snapshot else sum(p["samples_per_second"] or 0 for p in peers)
     last_allreduce = snapshot["last_allreduce_at"] if snapshot else None
+    coordinator_fresh = snapshot is not None and now - snapshot["at"] <= STALE_SNAPSHOT_SECONDS
     return {
+        # the status dot: green only while a coordinator writes snapshots and someone trains
+        "status": "training" if coordinator_fresh and peers else "idle",
+        "chance": chance_loss(sources.workdir),
         "now": now,
         "global_step": max(filter(None.__ne__, (snapshot["global_step"] if snapshot else None, live_step)), default=None),
         "samples_per_second": samples_per_second,
@@ -128,6 +146,7 @@ def _merge_live(peers: list[dict[str, Any]], live: LiveRecords, now: float, noti
             "uptime_seconds": record.uptime_seconds,
             "shard": record.shard,
             "loss": record.loss,
+            "collapsed": bool(getattr(record, "collapsed", False)),
             "last_seen": record.reported_at,
         }
         if public_id in by_id:
@@ -149,6 +168,7 @@ def contributor(sources: Sources, public_id: str) -> dict[str, Any] | None:
     found = _read(sources, notices, q.contributor, public_id, sources.clock())
     if found is not None:
         found["notices"] = notices
+        found["chance"] = chance_loss(sources.workdir)
     return found
 
 
@@ -158,6 +178,7 @@ def convergence(sources: Sources) -> dict[str, Any]:
     releases = _releases(sources, notices)
     ordered = list(reversed(releases["releases"]))  # oldest first, for charts
     return {
+        "chance": chance_loss(sources.workdir),
         "loss_by_step": _read(sources, notices, q.loss_by_step, default=[]),
         "swarm": _read(sources, notices, q.swarm_series, default=[]),
         "peer_loss": _read(sources, notices, q.peer_loss_series, default=[]),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
-_HARMLESS_SHUTDOWN_NOISE = ("did not shut down within the grace period", "[Errno 2]")
+_HARMLESS_SHUTDOWN_NOISE = ("did not shut down within the grace period", "[Errno 2]", "[Errno 104]", "use of closed network connection")
 
 
 def quiet_hivemind_logs(level: int = logging.WARNING) -> None:
@@ -17,10 +18,11 @@ def quiet_hivemind_logs(level: int = logging.WARNING) -> None:
     """
     from hivemind.utils.logging import use_hivemind_log_handler
 
+    quiet_known_noise()
     use_hivemind_log_handler("nowhere")
     logging.getLogger("hivemind").setLevel(level)
     os.environ.setdefault("GOLOG_LOG_LEVEL", "error")
-    for name in ("hivemind.dht.dht", "hivemind.utils.mpfuture"):  # filters are not inherited by child loggers
+    for name in ("hivemind.dht.dht", "hivemind.utils.mpfuture", "hivemind.p2p.p2p_daemon"):  # filters are not inherited by child loggers
         shutdown_logger = logging.getLogger(name)
         if _drop_shutdown_noise not in shutdown_logger.filters:
             shutdown_logger.addFilter(_drop_shutdown_noise)
@@ -29,3 +31,56 @@ def quiet_hivemind_logs(level: int = logging.WARNING) -> None:
 def _drop_shutdown_noise(record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return not any(noise in message for noise in _HARMLESS_SHUTDOWN_NOISE)
+
+
+def quiet_known_noise() -> None:
+    """Messages a volunteer takes for errors although nothing is wrong; call before the libraries are imported.
+
+    - bitsandbytes >= 0.48 warns on import that an optional CPU kernel for 4-bit matmuls could not be
+      fetched ("pip install kernels"): Cairn uses only its 8-bit blockwise quantisation, never 4-bit.
+    - asyncio's "Task exception was never retrieved" for tasks hivemind starts and abandons in its own
+      event loops (a peer that left mid-round, a cancelled matchmaking): hivemind has already handled the
+      round; tracebacks from any other code still show.
+    """
+    bitsandbytes = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if _drop_4bit_kernel_notice not in bitsandbytes.filters:
+        bitsandbytes.addFilter(_drop_4bit_kernel_notice)
+    asyncio_logger = logging.getLogger("asyncio")
+    if _drop_abandoned_hivemind_tasks not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_drop_abandoned_hivemind_tasks)
+    if threading.excepthook is not _quiet_hivemind_shutdown_threads:
+        global _previous_excepthook
+        _previous_excepthook = threading.excepthook
+        threading.excepthook = _quiet_hivemind_shutdown_threads
+
+
+_previous_excepthook = threading.excepthook
+# p2pd already gone: Ctrl+C in a terminal signals the whole process group, and the Go daemon exits at once
+_DAEMON_GONE = (FileNotFoundError, ConnectionError, BrokenPipeError, EOFError)
+
+
+def _quiet_hivemind_shutdown_threads(args) -> None:
+    """An averager's shutdown thread (inherited by hivemind's forked processes) that finds p2pd gone prints
+    "Exception in thread ... FileNotFoundError" although it had nothing left to do: drop exactly that."""
+    if isinstance(args.exc_value, _DAEMON_GONE) and _raised_in_hivemind(args.exc_traceback, function="_shutdown"):
+        return
+    _previous_excepthook(args)
+
+
+def _raised_in_hivemind(traceback, function: str | None = None) -> bool:
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        if f"{os.sep}hivemind{os.sep}" in code.co_filename and (function is None or code.co_name == function):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def _drop_4bit_kernel_notice(record: logging.LogRecord) -> bool:
+    return "gemm_4bit" not in record.getMessage()
+
+
+def _drop_abandoned_hivemind_tasks(record: logging.LogRecord) -> bool:
+    if not record.getMessage().startswith("Task exception was never retrieved") or not record.exc_info:
+        return True
+    return not _raised_in_hivemind(record.exc_info[2])

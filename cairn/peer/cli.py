@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from cairn.protocol.run_config import COMPRESSIONS
+from cairn.protocol.run_config import COMPRESSIONS, TrainingConfig
+from cairn.protocol.settings import click_type
 
 
 @click.group()
@@ -23,14 +24,14 @@ def peer() -> None:
 @click.option("--compression", type=click.Choice(COMPRESSIONS), help="override the run's gradient compression")
 @click.option("--client-mode", is_flag=True, help="behind NAT: dial out only, accept no connections")
 @click.option("--host", default="0.0.0.0", show_default=True, help="interface to listen on")
-@click.option("--port", type=int, default=0, show_default=True, help="TCP port to listen on (0: any free port)")
-@click.option("--batch-size", type=int, help="samples per local step (default: the run's)")
-@click.option("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="TCP port to listen on (0: any free port)")
+@click.option("--batch-size", type=click_type(TrainingConfig, "batch_size"), help="samples per local step (default: the run's; InfoNCE needs at least 2)")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="serve Prometheus /metrics on this port")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
-@click.option("--max-samples", type=int, help="leave after this many samples")
-@click.option("--minutes", "max_minutes", type=float, help="leave after this many minutes")
-@click.option("--wait-for-peers", type=int, default=1, show_default=True, help="before the first step, wait up to 30 s to see this many peers")
-@click.option("--torch-threads", type=int, help="torch intra-op threads (one per core you give)")
+@click.option("--max-samples", type=click.IntRange(min=1), help="leave after this many samples")
+@click.option("--minutes", "max_minutes", type=click.FloatRange(min=0, min_open=True), help="leave after this many minutes")
+@click.option("--wait-for-peers", type=click.IntRange(1, 1024), default=1, show_default=True, help="before the first step, wait up to 30 s to see this many peers")
+@click.option("--torch-threads", type=click.IntRange(1, 1024), help="torch intra-op threads (one per core you give)")
 @click.option("--no-progress", is_flag=True, help="no live progress line (for logs)")
 def run(join: tuple[str, ...], name: str, device: str, identity: Path | None, workdir: Path, compression: str | None,
         client_mode: bool, host: str, port: int, batch_size: int | None, metrics_port: int | None, metrics_host: str,

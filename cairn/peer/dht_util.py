@@ -44,13 +44,14 @@ def make_dht(
     CairnError with the reason.
     """
     quiet_hivemind_logs()
+    lock = IdentityLock.acquire(identity_path) if identity_path is not None else None
     with tempfile.TemporaryDirectory(prefix="cairn-p2p-") as scratch:
         p2p_identity = None
         if identity_path is not None:
             p2p_identity = Path(scratch) / "identity.p2p"  # p2pd reads it once, at start-up
             write_p2p_identity(load_or_create_identity(identity_path), p2p_identity)
         try:
-            return hivemind.DHT(
+            dht = hivemind.DHT(
                 initial_peers=list(initial_peers) or None,
                 start=True,
                 record_validators=list(validators),
@@ -61,7 +62,65 @@ def make_dht(
                 **dht_kwargs,
             )
         except (P2PDaemonError, ValidationError, RuntimeError) as error:
+            if lock is not None:
+                lock.release()
             raise CairnError(_explain_start_failure(error, initial_peers, identity_path)) from None
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+    if lock is not None:
+        lock.release_on_shutdown(dht)
+    return dht
+
+
+class IdentityLock:
+    """An exclusive lock on IDENTITY.lock, held while a DHT node runs with that identity.
+
+    hivemind's own guard asks the swarm whether the PeerID is already online, through a libp2p DHT lookup:
+    under load the lookup can miss a peer that started a second earlier, and the duplicate starts. Two peers
+    on one machine sharing an identity file (the common mistake) are refused by this lock at once and
+    always; hivemind's check still covers a copy of the key on another machine.
+    flock(2) locks belong to the open file: the DHT's forked processes share it, and the explicit unlock in
+    shutdown releases it for all of them; after a crash it goes when the last of them exits.
+    """
+
+    def __init__(self, handle, path: Path):
+        self.handle, self.path = handle, path
+
+    @classmethod
+    def acquire(cls, identity_path: Path) -> "IdentityLock | None":
+        import fcntl
+
+        path = Path(str(identity_path) + ".lock")
+        try:
+            handle = open(path, "a+b")
+        except OSError:
+            return None  # a read-only place for the key: hivemind's network check is all there is
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise CairnError(_explain_start_failure(RuntimeError("already taken"), (), identity_path)) from None
+        return cls(handle, path)
+
+    def release(self) -> None:
+        import fcntl
+
+        if not self.handle.closed:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
+            self.handle.close()
+
+    def release_on_shutdown(self, dht: hivemind.DHT) -> None:
+        shutdown = dht.shutdown
+
+        def shutdown_and_unlock(*args, **kwargs):
+            try:
+                return shutdown(*args, **kwargs)
+            finally:
+                self.release()
+
+        dht.shutdown = shutdown_and_unlock
 
 
 def _explain_start_failure(error: Exception, initial_peers: Sequence[str], identity_path: Path | None) -> str:

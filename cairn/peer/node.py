@@ -72,10 +72,18 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.installed = False
 
     def install(self) -> None:
+        self.installed = True
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: self.event.set())
+
+    def reinstall(self) -> None:
+        """hivemind's averagers set SIGINT to ignored in this process when they start (so that their forked
+        children ignore Ctrl+C): take it back after creating them, or Ctrl+C would do nothing."""
+        if self.installed:
+            self.install()
 
     def __bool__(self) -> bool:
         return self.event.is_set()
@@ -91,6 +99,9 @@ def make_optimizer(dht: hivemind.DHT, model: TextEncoder, config: RunConfig, bat
     state_compression = CountingCompression(make_state_compression("fp16" if compression != "none" else "none"), sent, received)
     common = dict(
         dht=dht, run_id=config.run_id, target_batch_size=swarm.target_batch_size, batch_size_per_step=batch_size,
+        # explicitly: hivemind 1.1.12 leaves Optimizer.client_mode None when not given, while its averagers take the DHT's
+        # True; the optimizer then sets a state-sharing priority on a client-mode averager, which raises ValueError
+        client_mode=dht.client_mode,
         params=model.parameters(),
         optimizer=optimizer_factory(training),
         # hivemind steps the scheduler once per global epoch: lr_factor(epoch), the trainer's curve update by update
@@ -159,6 +170,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     batch_size = options.batch_size or config.training.batch_size
     optimizer = make_optimizer(dht, model, config, batch_size, options.compression or config.swarm.compression,
                                traffic.sent, traffic.received, key)
+    stop.reinstall()
     lease = ShardLease(dht, config.run_id, peer_public_id(key), config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds)
     session = None
     try:

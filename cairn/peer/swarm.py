@@ -30,6 +30,86 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PORTS_FILE = "ports.json"
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def stable_ports(workdir: Path, names: tuple[str, ...] = ("dht", "http", "dashboard")) -> dict[str, int]:
+    """The ports of the first run on this workdir, again: the join address and the repository URL stay the same across
+    reruns, so peers and pinned TUF roots keep working. A port taken meanwhile is replaced (and remembered)."""
+    path = workdir / PORTS_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    ports = {}
+    for name in names:
+        port = saved.get(name) if isinstance(saved, dict) else None
+        if not (isinstance(port, int) and 1024 <= port <= 65535 and port not in ports.values() and port_free(port)):
+            port = next(p for p in iter(free_port, None) if p not in ports.values())
+        ports[name] = port
+    if ports != saved:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(ports, indent=2) + "\n")
+    return ports
+
+
+class StatusLine:
+    """The live line of `cairn swarm`: a spinner on a terminal; into a log or a pipe, a plain line when the text changed,
+    at most every `every` seconds (rich's status prints nothing at all there: five silent minutes looked like a hang)."""
+
+    def __init__(self, console, first: str, every: float = 30.0, clock=time.monotonic):
+        self.console, self.every, self.clock = console, every, clock
+        self.terminal = console.is_terminal
+        self._status = console.status(first) if self.terminal else None
+        self._printed_at, self._last = None, None
+        if not self.terminal:
+            self.update(first)
+
+    def __enter__(self) -> "StatusLine":
+        if self._status is not None:
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+    def update(self, text: str) -> None:
+        if self._status is not None:
+            self._status.update(text)
+            return
+        now = self.clock()
+        if text != self._last and (self._printed_at is None or now - self._printed_at >= self.every):
+            self.console.print(text, soft_wrap=True, markup=False, highlight=False)
+            self._printed_at, self._last = now, text
+
+
+def print_services(console, rows: list[tuple[str, str, str]], join: str, repository_url: str, dashboard_url: str | None) -> None:
+    """What runs where; the addresses also on lines of their own, whole (a table cell cuts them at 80 columns)."""
+    from rich.table import Table
+
+    table = Table(title="cairn swarm", show_header=True)
+    table.add_column("service")
+    table.add_column("pid", justify="right")
+    table.add_column("where", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"join address: {join}", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"release repository: {repository_url}", soft_wrap=True, markup=False, highlight=False)
+    if dashboard_url:
+        console.print(f"dashboard: {dashboard_url}", soft_wrap=True, markup=False, highlight=False)
+
+
 @dataclass
 class Service:
     name: str
@@ -65,10 +145,17 @@ class SwarmPlan:
     init_args: list[str] = field(default_factory=list)  # training and swarm options for `cairn coordinator init`
     release_every: int = 0
     dashboard: bool = True
-    dht_port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
-    dashboard_port: int = field(default_factory=free_port)
+    dht_port: int | None = None  # None: the workdir's ports from its first run (stable_ports)
+    http_port: int | None = None
+    dashboard_port: int | None = None
     extra_peer_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if None in (self.dht_port, self.http_port, self.dashboard_port):
+            ports = stable_ports(self.workdir)
+            self.dht_port = self.dht_port or ports["dht"]
+            self.http_port = self.http_port or ports["http"]
+            self.dashboard_port = self.dashboard_port or ports["dashboard"]
 
 
 def cairn(*args: str) -> list[str]:
@@ -124,7 +211,6 @@ def _interrupt_on_sigterm(signum, frame) -> None:
 def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
     """Start everything, show progress until time is up or Ctrl+C, stop everything; return a summary."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     plan.workdir.mkdir(parents=True, exist_ok=True)
@@ -157,18 +243,13 @@ def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
             services.append(dashboard)
             dashboard.start(env)
             dashboard_url = f"http://127.0.0.1:{plan.dashboard_port}/"
-        table = Table(title="cairn swarm", show_header=True)
-        table.add_column("service")
-        table.add_column("pid", justify="right")
-        table.add_column("where")
-        table.add_row("coordinator", str(coordinator.process.pid), join[0])
-        table.add_row("releases (TUF)", "", f"http://127.0.0.1:{plan.http_port}/")
+        rows = [("coordinator", str(coordinator.process.pid), join[0]), ("releases (TUF)", "", f"http://127.0.0.1:{plan.http_port}/")]
         for service in services[1:]:
             where = dashboard_url if service.name == "dashboard" else f"log: {service.log}"
-            table.add_row(service.name, str(service.process.pid), where)
-        console.print(table)
+            rows.append((service.name, str(service.process.pid), where))
+        print_services(console, rows, join[0], f"http://127.0.0.1:{plan.http_port}/", dashboard_url)
         deadline = time.monotonic() + plan.minutes * 60 if plan.minutes else None
-        with console.status("starting peers…") as status:
+        with StatusLine(console, "starting peers…") as status:
             while deadline is None or time.monotonic() < deadline:
                 if stop_check():
                     break

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cairn.protocol.errors import CairnError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: records.collapsed (migrated in place by `connect`)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS records (
     epoch INTEGER NOT NULL,
     shard INTEGER NOT NULL,
     credited_delta INTEGER NOT NULL,
+    collapsed INTEGER NOT NULL DEFAULT 0,         -- the peer's loss was stuck at chance when it reported
     UNIQUE (public_id, reported_at)
 );
 CREATE INDEX IF NOT EXISTS records_by_peer ON records (public_id, reported_at);
@@ -93,8 +94,26 @@ def connect(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.executescript(SCHEMA)
+    _migrate(connection)
     connection.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     return connection
+
+
+# columns added after version 1: (table, column, definition); CREATE TABLE IF NOT EXISTS leaves an old table as it was
+MIGRATIONS = (("records", "collapsed", "INTEGER NOT NULL DEFAULT 0"),)
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a ledger written by an older coordinator up to SCHEMA_VERSION; its rows keep their values."""
+    for table, column, definition in MIGRATIONS:
+        if not has_column(connection, table, column):
+            connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    connection.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def has_column(connection: sqlite3.Connection, table: str, column: str) -> bool:
+    """Readers use it too: the dashboard may read a ledger that an older coordinator still writes."""
+    return any(row[1] == column for row in connection.execute(f"PRAGMA table_info({table})"))
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

@@ -123,7 +123,7 @@ def _size(length: int) -> str:
 @release.command("export-st")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--to", "destination", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--dims", type=int, help="first m relational coordinates (default: all)")
+@click.option("--dims", type=click.IntRange(min=1), help="first m relational coordinates (default: all)")
 def export_st(directory: Path, destination: Path, dims: int | None) -> None:
     """Write DIRECTORY (a verified release) as a sentence-transformers model directory."""
     from cairn.releases import load_release

@@ -87,11 +87,12 @@ class ReleaseClient:
             available = ", ".join(str(v) for v in sorted(releases))
             raise ReleaseError(f"release {wanted} is not published at {self.url} (available: {available})")
         manifest_sha256 = release.files[MANIFEST_FILE].hashes["sha256"]
-        self.trust.check_not_rollback(wanted, manifest_sha256)
+        self.trust.check_not_rollback(wanted, manifest_sha256, requested=version is not None)
         recover_interrupted_install(Path(destination))
         current = installed_version(Path(destination))
         if current is not None and wanted < current:
-            raise ReleaseError(f"refusing release {wanted}: {destination} already holds release {current} (rollback)")
+            raise ReleaseError(f"refusing release {wanted}: {destination} already holds release {current} (rollback); "
+                               f"pull {wanted} into another --to directory to keep both")
         try:
             with staging_dir(Path(destination)) as staging:
                 self._download(updater, release.files[MANIFEST_FILE].path, MANIFEST_FILE, staging)

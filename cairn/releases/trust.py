@@ -6,7 +6,11 @@
 
 The pinned root is never replaced silently: trusting a different root means deleting the directory.
 `installed.json` adds rollback protection at the release level, beyond TUF's metadata versions:
-even if the metadata cache is lost, an older (still validly signed) release is refused.
+even if the metadata cache is lost, a repository whose *latest* release is older than one this machine
+already installed is refused (a replayed or frozen repository). An older release asked for by
+version is not an attack: keeping 0.1.0 beside 0.2.0 is how task models stay on the release they
+were trained for. Each install directory guards its own history instead (`ReleaseClient.pull`
+refuses to replace a newer release in the same directory with an older one).
 """
 
 from __future__ import annotations
@@ -83,15 +87,16 @@ class TrustStore:
         except (ValueError, KeyError, TypeError, ReleaseError):
             raise ReleaseError(f"{self._installed_path} is corrupt; delete it only if you trust the repository") from None
 
-    def check_not_rollback(self, version: ReleaseVersion, manifest_sha256: str) -> None:
-        """Refuse a release older than one already installed, or a known version with new content."""
+    def check_not_rollback(self, version: ReleaseVersion, manifest_sha256: str, requested: bool = False) -> None:
+        """Refuse a known version with new content, and, unless the user `requested` this version by number,
+        a latest release older than one already installed (the repository went back: replay or freeze)."""
         record = self.installed()
         if record is None:
             return
-        if version < record.version:
+        if version < record.version and not requested:
             raise ReleaseError(
-                f"refusing release {version}: release {record.version} from {self.url} was already installed "
-                "on this machine (rollback)"
+                f"refusing release {version} as the latest: release {record.version} from {self.url} was already installed "
+                "on this machine (rollback); to keep an older release on purpose, ask for it with --version into its own --to directory"
             )
         if version == record.version and manifest_sha256 != record.manifest_sha256:
             raise ReleaseError(f"refusing release {version}: it was installed before with a different manifest; a release never changes")

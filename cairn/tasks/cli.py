@@ -25,9 +25,9 @@ def task() -> None:
 @click.option("--data", "data_file", type=click.Path(path_type=Path), required=True, help="labelled examples: .jsonl, .csv or .tsv")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--label-column", default="label", show_default=True)
-@click.option("--dims", type=int, default=None, help="first m relational coordinates (default: all K)")
+@click.option("--dims", type=click.IntRange(min=1), default=None, help="first m relational coordinates (default: all K)")
 @click.option("--kind", type=click.Choice(["logreg", "mlp"]), default="logreg", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="task model directory to write")
 @DEVICE
 def train_command(release_dir: Path, data_file: Path, text_column: str, label_column: str, dims: int | None, kind: str, seed: int,

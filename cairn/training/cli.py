@@ -73,7 +73,7 @@ def train(corpus: str, minutes: float | None, max_samples: int | None, out: Path
 
 @click.command()
 @click.option("--release", "release_dir", type=click.Path(path_type=Path), required=True, help="an installed release (or trained bundle) directory")
-@click.option("--dims", type=int, default=None, help="first m relational coordinates (default: all K)")
+@click.option("--dims", type=click.IntRange(min=1), default=None, help="first m relational coordinates (default: all K)")
 @click.option("--absolute", is_flag=True, help="print the absolute (pooled) vector instead of the relational one")
 @click.option("--file", "text_file", type=click.Path(path_type=Path), help="read texts from a file, one per line")
 @device_option()

@@ -47,6 +47,14 @@
       link.href = "/contributors/" + encodeURIComponent(peer.public_id);
       link.textContent = peer.display_name;
       name.appendChild(link);
+      if (peer.collapsed) {
+        const badge = document.createElement("span");
+        badge.className = "badge bad";
+        badge.title = "its loss is stuck at chance: the encoder maps everything alike";
+        badge.textContent = "collapsed";
+        name.appendChild(document.createTextNode(" "));
+        name.appendChild(badge);
+      }
       tr.appendChild(name);
       cell(tr, peer.device);
       cell(tr, number(peer.samples_per_second, 1), "n");
@@ -80,6 +88,8 @@
       else el.dataset.ago = String(data.last_allreduce_at);
     });
     renderPeers(data.peers);
+    const dot = document.querySelector(".live-dot");
+    if (dot) { dot.classList.toggle("idle", data.status !== "training"); dot.dataset.status = data.status; }
     tickAgo();
   }
 
