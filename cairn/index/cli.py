@@ -56,13 +56,15 @@ def build_command(release_dir: Path, data_file: Path, text_column: str, id_colum
 @click.option("--release", "release_dir", type=click.Path(path_type=Path), default=None,
               help="embed queries with this release (default: the one the index was built with); its landmark set must extend the index's")
 @click.option("--exact", is_flag=True, help="score every stored vector with all K coordinates instead of coarse-to-fine")
+@click.option("--shortlist", type=click.IntRange(1, 100_000), default=None, help="candidates to re-rank (default: the index's setting)")
 @DEVICE
-def search_command(index_dir: Path, queries: tuple[str, ...], k: int, release_dir: Path | None, exact: bool, device: str) -> None:
+def search_command(index_dir: Path, queries: tuple[str, ...], k: int, release_dir: Path | None, exact: bool, shortlist: int | None,
+                   device: str) -> None:
     """Print one JSON line per QUERY: {"query": ..., "hits": [{"id", "text", "metadata", "score"}]}."""
     from cairn.index.index import open_index
 
     with open_index(index_dir, device) as opened:
-        for query, hits in zip(queries, opened.search(list(queries), k=k, release=release_dir, exact=exact)):
+        for query, hits in zip(queries, opened.search(list(queries), k=k, release=release_dir, exact=exact, shortlist=shortlist)):
             _emit({"query": query, "hits": [{key: hit[key] for key in ("id", "score", "text", "metadata")} for hit in hits]})
 
 

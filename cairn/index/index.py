@@ -89,22 +89,25 @@ class SearchIndex:
     # ---- search -------------------------------------------------------------------------------
 
     def search(self, queries: str | Sequence[str], k: int = 10, release: Release | Path | str | None = None,
-               exact: bool = False) -> list[list[dict[str, Any]]]:
+               exact: bool = False, shortlist: int | None = None) -> list[list[dict[str, Any]]]:
         """For each query, up to `k` hits {"id", "text", "metadata", "score", "row"}, best first."""
         single = isinstance(queries, str)
         texts = [queries] if single else list(queries)
         if not texts:
             raise CairnError("no query given")
         vectors = embed_queries(self.release(release), texts, self.meta.dims)
-        rows, scores = self.search_vectors(vectors, k, exact=exact)
+        rows, scores = self.search_vectors(vectors, k, exact=exact, shortlist=shortlist)
         results = []
         for row_list, score_list in zip(rows, scores):
             hits = self.store.rows([int(r) for r in row_list])
             results.append([{**hit, "score": round(float(s), 6), "row": int(r)} for hit, r, s in zip(hits, row_list, score_list)])
         return results[:1] if single else results
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, exact: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Rows and scores of the best `k` stored vectors for each (q, K) query vector (normalised here)."""
+    def search_vectors(self, queries: np.ndarray, k: int = 10, exact: bool = False,
+                       shortlist: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Rows and scores of the best `k` stored vectors for each (q, K) query vector (normalised here).
+
+        `shortlist` overrides the index's candidate count for this call (more: higher recall, slower)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise CairnError(f"k must be between 1 and {MAX_K}, got {k!r}")
         queries = l2_normalise(np.asarray(queries, dtype=np.float32)[:, : self.meta.dims])
@@ -114,7 +117,7 @@ class SearchIndex:
             best = top_rows(scores, k)
             return list(best), list(np.take_along_axis(scores, best, axis=1))
         coarse = l2_normalise(queries[:, : self.meta.coarse_dims])
-        candidates = self.engine.search(coarse, max(self.meta.config.shortlist, k))
+        candidates = self.engine.search(coarse, max(shortlist or self.meta.config.shortlist, k))
         rows_out, scores_out = [], []
         for query, candidate in zip(queries, candidates):
             candidate = np.unique(candidate[candidate >= 0])  # sorted: friendlier to the memory map
