@@ -165,7 +165,14 @@ def test_upgrade_switches_generation_atomically(releases, docs, tmp_path):
     stored = np.load(out / "gen-2" / "vectors.npy")
     expected = r2.embedder.relational([row["text"] for row in labelled_rows()])
     np.testing.assert_allclose(stored, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+    # killed after the switch, before the clean-up: readers ignore the leftovers, the next upgrade removes them
+    (out / "gen-1").mkdir()
+    (out / WORK_DIR).mkdir()
+    (out / WORK_DIR / "state.json").write_text(json.dumps({"from_generation": "gen-1", "count": 96, "batch_size": 10}))
+    with open_index(out, "cpu") as index:
+        assert index.info()["pending_upgrade"] is None and index.meta.generation == "gen-2"
     assert upgrade_index(out, releases["r2"], "cpu")["status"] == "current"
+    assert sorted(p.name for p in out.iterdir()) == ["gen-2", META_FILE, "texts.sqlite", "upgrade.lock"]
 
 
 UPGRADER = """
@@ -197,7 +204,7 @@ def test_upgrade_resumes_after_kill_9(releases, docs, tmp_path):
     assert process.returncode == -signal.SIGKILL
     after = tree(out)
     assert {name: data for name, data in after.items() if not name.startswith(WORK_DIR)} == before  # nothing lost
-    progress = pending_upgrade(out)
+    progress = pending_upgrade(out, "gen-1")
     assert progress["release"] == "0.2.0" and 3 <= progress["batches_done"] < 12
     with open_index(out, "cpu") as index:
         assert index.meta.generation == "gen-1" and index.search("the red fox stands there", k=1)[0][0]["id"] == "d0"

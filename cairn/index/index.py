@@ -145,7 +145,7 @@ class SearchIndex:
             "landmarks": {"version": meta.landmarks_version, "digest": meta.landmarks_digest},
             "bytes": sum(int(entry.get("bytes", 0)) for entry in meta.files.values()),
             "history": meta.history,
-            "pending_upgrade": pending_upgrade(self.directory),
+            "pending_upgrade": pending_upgrade(self.directory, meta.generation),
         }
 
     def verify(self) -> None:

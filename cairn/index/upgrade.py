@@ -42,13 +42,14 @@ def upgrade_index(directory: Path | str, release: Release | Path | str, device: 
     meta = read_meta(directory)
     release = as_release(release, device)
     check_release(meta, release)
-    if (release.info.get("encoder_sha256") == meta.release.get("encoder_sha256")
-            and release.landmarks.digest == meta.landmarks_digest):
-        return {"status": "current", "release": release.info.get("version"), "batches_done": 0, "batches": 0}
     with _exclusive(directory):
-        meta = read_meta(directory)  # an upgrade that finished while we waited for nothing: re-read under the lock
+        meta = read_meta(directory)  # re-read under the lock: another upgrade may have finished meanwhile
         _remove_stale_generations(directory, meta.generation)
         work = directory / WORK_DIR
+        if (release.info.get("encoder_sha256") == meta.release.get("encoder_sha256")
+                and release.landmarks.digest == meta.landmarks_digest):
+            shutil.rmtree(work, ignore_errors=True)  # left by a run killed after its switch
+            return {"status": "current", "release": release.info.get("version"), "batches_done": 0, "batches": 0}
         batch = meta.config.batch_size
         state = {"encoder_sha256": release.info.get("encoder_sha256"), "landmarks_digest": release.landmarks.digest,
                  "release": release.info.get("version"), "from_generation": meta.generation, "count": meta.count, "batch_size": batch}
@@ -91,11 +92,11 @@ def upgrade_index(directory: Path | str, release: Release | Path | str, device: 
         return {"status": "done", "release": state["release"], "batches_done": batches, "batches": batches}
 
 
-def pending_upgrade(directory: Path) -> dict[str, Any] | None:
-    """An interrupted or partial upgrade's target and progress, or None."""
+def pending_upgrade(directory: Path, generation: str) -> dict[str, Any] | None:
+    """An interrupted or partial upgrade of `generation` (the current one): its target and progress, or None."""
     work = Path(directory) / WORK_DIR
     state = _read_state(work)
-    if state is None:
+    if state is None or state.get("from_generation") != generation:
         return None
     batches = math.ceil(state["count"] / state["batch_size"])
     done = sum(1 for n in range(batches) if (work / f"chunk-{n:06d}.npy").exists())
