@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cairn.index.embedding import as_release, check_release, embed_queries
-from cairn.index.engines import CoarseEngine, open_engine, top_rows
+from cairn.index.engines import open_engine, top_rows
 from cairn.index.files import file_digest, load_array
 from cairn.index.meta import META_FILE, IndexMeta, read_meta
 from cairn.index.store import STORE_FILE, TextStore
