@@ -319,3 +319,45 @@ async def test_serve_answers_json_and_rejects_bad_requests(aiohttp_client, relea
     info = await (await client.get("/info")).json()
     assert info["documents"] == 96
     assert (await client.post("/search")).status == 405  # read-only
+
+
+# ---- reported in every release's manifest and on the Releases page ----------------------------
+
+
+def test_index_upgrade_metric_known_answers():
+    from cairn.evaluation.compatibility import compatibility_report, index_upgrade
+
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.arange(4), 30)
+    centres = rng.normal(size=(4, 16))
+    vectors = centres[labels] + rng.normal(scale=0.3, size=(120, 16))
+    same = index_upgrade(vectors[:80], vectors[:80], vectors[80:], labels[:80], labels[80:])
+    assert same["index_upgrade_ratio"] == pytest.approx(1.0) and same["index_kept_p10"] > 0.9
+    unrelated = index_upgrade(rng.normal(size=(80, 16)), vectors[:80], vectors[80:], labels[:80], labels[80:])
+    assert unrelated["index_upgrade_ratio"] < 0.6  # an index in other coordinates finds topics at about chance (1/4)
+    rotation = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    report = compatibility_report({"relational": lambda texts: vectors, "absolute": lambda texts: vectors},
+                                  {"relational": lambda texts: vectors, "absolute": lambda texts: vectors @ rotation},
+                                  [str(i) for i in range(120)], labels.tolist())
+    assert report["relational"]["index_upgrade_ratio"] == pytest.approx(1.0)
+    assert report["absolute"]["index_upgrade_ratio"] < 0.6  # rotated absolute vectors: the old index is lost
+
+
+def test_releases_page_shows_the_index_upgrade_promise():
+    from cairn.dashboard.promises import promise_rows
+    from cairn.releases.layout import REQUIRED_FILES
+    from cairn.releases.manifest import parse_manifest
+
+    def manifest(compatibility: dict):
+        document = {"version": "0.2.0", "parent_version": "0.1.0", "run_id": "r", "global_step": 3, "landmarks_version": 1,
+                    "landmarks_digest": "0" * 64, "files": {name: {"sha256": "a" * 64, "length": 1} for name in REQUIRED_FILES},
+                    "compatibility": compatibility}
+        return parse_manifest(json.dumps(document).encode())
+
+    rows = promise_rows(manifest({"relational": {"head_ratio": 0.99, "index_upgrade_ratio": 0.93},
+                                  "absolute": {"head_ratio": 0.3, "index_upgrade_ratio": 0.41}}))
+    row = next(r for r in rows if r["promise"].startswith("Search without re-embedding"))
+    assert row["measured"] == 0.93 and row["met"] is True and "absolute vectors: 0.410" in row["detail"]
+    low = promise_rows(manifest({"relational": {"index_upgrade_ratio": 0.5}}))
+    assert next(r for r in low if r["promise"].startswith("Search without"))["met"] is False
+    assert not any(r["promise"].startswith("Search without") for r in promise_rows(manifest({"relational": {"head_ratio": 0.99}})))

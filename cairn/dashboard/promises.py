@@ -13,6 +13,7 @@ from typing import Any
 from cairn.releases.manifest import Manifest
 
 HEAD_RATIO_GOAL = 0.97  # a task head keeps >= 97 % of its score on the next releases
+INDEX_UPGRADE_GOAL = 0.90  # an index kept from the previous release keeps >= 90 % of a re-embedded one's precision (issue 14)
 
 
 def _number(document: Any, *path: str) -> float | None:
@@ -50,6 +51,12 @@ def promise_rows(manifest: Manifest | None) -> list[dict[str, Any]]:
         rows.append(_row(f"Compatibility with the {label}: task-head score kept (relational)", ratio, f"≥ {HEAD_RATIO_GOAL:.0%}",
                          ratio is not None and ratio >= HEAD_RATIO_GOAL,
                          "" if contrast is None else f"absolute vectors: {contrast:.3f}"))
+    kept = _number(compatibility, "relational", "index_upgrade_ratio")
+    if kept is not None:
+        contrast = _number(compatibility, "absolute", "index_upgrade_ratio")
+        rows.append(_row("Search without re-embedding: an index of the previous release queried with this one (relational)", kept,
+                         f"≥ {INDEX_UPGRADE_GOAL:.0%} of a re-embedded index", kept >= INDEX_UPGRADE_GOAL,
+                         "same-topic precision@10 as a share" + ("" if contrast is None else f"; absolute vectors: {contrast:.3f}")))
     outside = manifest.metrics.get("outside", {})
     alignment = _number(outside, "relational", "mutual_knn10")
     if alignment is not None:
