@@ -100,6 +100,16 @@ def test_cli_build_search_info(releases, docs, tmp_path):
     assert document["landmarks"]["version"] == 1 and document["pending_upgrade"] is None and document["engine"] == "hnswlib"
 
 
+def test_exact_engine_is_brute_force_over_the_prefix(releases, docs, tmp_path):
+    """With the exact engine and a shortlist as large as the index, coarse-to-fine is exact full-K search."""
+    config = IndexConfig(coarse_dims=4, shortlist=96, engine="exact")
+    with build_index(releases["r1"], docs, tmp_path / "idx", config, id_column="id", device="cpu") as index:
+        queries = ["the red fox", "a quiet castle", "the old robot"]
+        assert [[h["id"] for h in hits] for hits in index.search(queries, k=10)] == \
+            [[h["id"] for h in hits] for hits in index.search(queries, k=10, exact=True)]
+        assert (tmp_path / "idx" / "gen-1" / "coarse.npy").is_file()
+
+
 def test_documents_from_csv_txt_and_jsonl_agree(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "red fox", "n": 1}\n\n{"text": "blue owl", "n": 2}\n')
     (tmp_path / "a.csv").write_text("text,n\nred fox,1\nblue owl,2\n")
@@ -156,7 +166,8 @@ def test_upgrade_switches_generation_atomically(releases, docs, tmp_path):
         assert index.search("the red fox stands there", k=1)[0][0]["id"] == "d0"
         done = upgrade_index(out, releases["r2"], "cpu")
         assert done["status"] == "done"
-        assert not index.refresh() or index.meta.generation == "gen-2"  # a reader follows the switch
+        assert index.refresh() and index.meta.generation == "gen-2" and index.meta.dims == 34  # a reader follows the switch
+        assert not index.refresh()
     meta = read_meta(out)
     assert (meta.generation, meta.dims, meta.landmarks_version, meta.release["version"]) == ("gen-2", 34, 2, "0.2.0")
     assert [entry["action"] for entry in meta.history] == ["build", "upgrade"]
@@ -319,6 +330,10 @@ async def test_serve_answers_json_and_rejects_bad_requests(aiohttp_client, relea
     info = await (await client.get("/info")).json()
     assert info["documents"] == 96
     assert (await client.post("/search")).status == 405  # read-only
+    # an upgrade while serving: the next request answers from the new generation with the new release
+    assert upgrade_index(out, releases["r2"], "cpu")["status"] == "done"
+    body = await (await client.get("/search", params={"q": "the red fox stands there", "k": "1"})).json()
+    assert body["generation"] == "gen-2" and body["release"] == "0.2.0" and body["hits"][0]["id"] == "d0"
 
 
 # ---- reported in every release's manifest and on the Releases page ----------------------------

@@ -3,7 +3,8 @@
 GET /search?q=TEXT&k=10 -> {"query", "hits": [{"id", "score", "text", "metadata"}], "release", "generation"}
 GET /info               -> the same object as `cairn index info`
 Bad requests answer 400 with {"error": one line}. The index and the release are opened once, in `cleanup_ctx`;
-each request first checks whether an upgrade switched generations and follows it. Encoding runs in a worker
+each request first checks whether an upgrade switched generations and follows it (queries then use the
+release the index was upgraded to, unless the server was started with --release). Encoding runs in a worker
 thread behind a lock (torch on a shared CPU gains nothing from parallel queries), so the event loop stays free.
 """
 
@@ -23,6 +24,7 @@ MAX_QUERY_CHARS = 2000
 INDEX_KEY = web.AppKey("index", SearchIndex)
 LOCK_KEY = web.AppKey("lock", asyncio.Lock)
 RELEASE_KEY = web.AppKey("release", object)
+RELEASE_DIR_KEY = web.AppKey("release_dir", object)
 
 
 def make_app(index_dir: Path, release_dir: Path | None = None, device: str = "auto") -> web.Application:
@@ -30,7 +32,7 @@ def make_app(index_dir: Path, release_dir: Path | None = None, device: str = "au
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         index = SearchIndex(index_dir, device)
-        app[INDEX_KEY], app[LOCK_KEY] = index, asyncio.Lock()
+        app[INDEX_KEY], app[LOCK_KEY], app[RELEASE_DIR_KEY] = index, asyncio.Lock(), release_dir
         app[RELEASE_KEY] = index.release(release_dir)  # load (and check) once, before the first request
         yield
         index.close()
@@ -43,8 +45,8 @@ def make_app(index_dir: Path, release_dir: Path | None = None, device: str = "au
 
 def _run(app: web.Application, work) -> Any:
     index = app[INDEX_KEY]
-    if index.refresh():
-        app[RELEASE_KEY] = index.release(app[RELEASE_KEY])  # still compatible with the new generation?
+    if index.refresh():  # an upgrade switched generations: the index's own release, or the one given, checked again
+        app[RELEASE_KEY] = index.release(app[RELEASE_DIR_KEY])
     return work(index)
 
 
