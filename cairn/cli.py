@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "swarm": "cairn.peer.swarm_cli:swarm",
     "coordinator": "cairn.coordinator.cli:coordinator",
     "dashboard": "cairn.dashboard.cli:dashboard",
+    "index": "cairn.index.cli:index",
 }
 
 

@@ -10,7 +10,6 @@ import click
 import pytest
 
 from cairn.cli import cli
-from swarm_util import ROOT
 
 
 def _commands(group: click.Group, ctx: click.Context, prefix: tuple[str, ...] = ()):

@@ -19,6 +19,7 @@ YARDSTICK_TASKS = (("gloss_lemma_r10", "gloss→lemma R@10"), ("simlex_spearman"
 # the full vector is well above that: an encoder at chance reaches "95 % of its full score" with any prefix at all.
 PROBE_CHANCE = 0.2
 PROBE_FLOOR = 2 * PROBE_CHANCE
+INDEX_UPGRADE_GOAL = 0.90  # an index kept from the previous release keeps >= 90 % of a re-embedded one's precision (issue 14)
 
 
 def _number(document: Any, *path: str) -> float | None:
@@ -77,6 +78,13 @@ def promise_rows(manifest: Manifest | None) -> list[dict[str, Any]]:
         if theirs is not None:
             rows.append(_row(f"Beats the TF-IDF+SVD yardstick: {label}", mine, f"> {theirs:.3f}", mine is not None and mine > theirs,
                              f"same suite, {mode if mode in ('quick', 'full') else 'unknown'} mode"))
+    kept = _number(compatibility, "relational", "index_upgrade_ratio")
+    if kept is not None:
+        contrast = _number(compatibility, "absolute", "index_upgrade_ratio")
+        rows.append(_row("Search without re-embedding: an index of the previous release queried with this one (relational)", kept,
+                         f"≥ {INDEX_UPGRADE_GOAL:.0%} of a re-embedded index", kept >= INDEX_UPGRADE_GOAL,
+                         "same-topic precision@10 as a share" + ("" if contrast is None else f"; absolute vectors: {contrast:.1%}"),
+                         key="index_upgrade_ratio"))
     outside = manifest.metrics.get("outside", {})
     alignment = _number(outside, "relational", "mutual_knn10")
     if alignment is not None:

@@ -6,6 +6,8 @@ Two questions a task-model owner asks before upgrading from release N to N+1:
 2. Do the vectors still mean the same? Mean cosine between N's and N+1's relational vectors of a
    fixed probe set over their shared landmark prefix; and cross-release retrieval (queries embedded
    by N+1 against an index built by N).
+3. Does my search index still work (`cairn index`, issue 14)? Same-topic precision@10 of queries embedded by
+   N+1 against an index kept from N, as a share of the same against the index re-embedded with N+1.
 The absolute (pooled) vectors get the same measurements as the contrast: they live in coordinates
 that training is free to rotate, so they are not expected to transfer.
 """
@@ -46,6 +48,21 @@ def cross_retrieval(index_vectors: np.ndarray, query_vectors: np.ndarray, k: int
     return float(np.mean([i in row for i, row in enumerate(top)]))
 
 
+def topic_precision(index_vectors: np.ndarray, query_vectors: np.ndarray, y_index: np.ndarray, y_query: np.ndarray, k: int = 10) -> float:
+    """Mean share of each query's k nearest index rows (cosine) that carry the query's label."""
+    sims = l2_normalise(query_vectors) @ l2_normalise(index_vectors).T
+    top = np.argsort(-sims, axis=1)[:, :k]
+    return float(np.mean(np.asarray(y_index)[top] == np.asarray(y_query)[:, None]))
+
+
+def index_upgrade(old_index: np.ndarray, new_index: np.ndarray, new_queries: np.ndarray, y_index: np.ndarray, y_query: np.ndarray,
+                  k: int = 10) -> dict[str, float]:
+    """An index built with the old release and queried with the new one, against the same index re-embedded."""
+    kept = topic_precision(old_index, new_queries, y_index, y_query, k)
+    reembedded = topic_precision(new_index, new_queries, y_index, y_query, k)
+    return {"index_kept_p10": kept, "index_reembedded_p10": reembedded, "index_upgrade_ratio": kept / reembedded if reembedded else 0.0}
+
+
 def compatibility_report(old: dict[str, EmbedFn], new: dict[str, EmbedFn], texts: Sequence[str], labels: Sequence[int],
                          seed: int = 0) -> dict[str, dict[str, float]]:
     """For each view present in both ("relational", "absolute"): head transfer, agreement, retrieval."""
@@ -62,5 +79,6 @@ def compatibility_report(old: dict[str, EmbedFn], new: dict[str, EmbedFn], texts
         result = head_transfer(old_vectors[train_idx], old_vectors[test_idx], new_vectors[test_idx], y[train_idx], y[test_idx], seed)
         result["agreement"] = vector_agreement(old_vectors, new_vectors)
         result["cross_retrieval_r1"] = cross_retrieval(old_vectors, new_vectors, k=1)
+        result.update(index_upgrade(old_vectors[train_idx], new_vectors[train_idx], new_vectors[test_idx], y[train_idx], y[test_idx]))
         report[view] = result
     return report

@@ -41,6 +41,28 @@ def anchors_digest(anchors: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(anchors), ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
+def check_prefix_compatible(landmarks: LandmarkSet, anchors: Sequence[str], version: int, digest: str, *, owner: str,
+                            made: str, remedy: str) -> None:
+    """The append-only rule, for anything built on the first len(anchors) coordinates of landmark set (version, digest).
+
+    `landmarks` is accepted when it is that set, or starts with the same anchors in the same order (coordinate k
+    still means "similarity to anchor k"); otherwise one LandmarkError line names the mismatch and the `remedy`.
+    Task models (`owner="task model"`) and search indices (`cairn.index`) share it, so the rule cannot drift.
+    """
+    if landmarks.digest == digest:
+        return
+    dims = len(anchors)
+    trained = f"landmark set v{version} ({digest[:12]}…)"
+    offered = f"landmark set v{landmarks.version} ({landmarks.digest[:12]}…)"
+    if landmarks.size < dims:
+        raise LandmarkError(f"{owner} uses {dims} coordinates of {trained}, but this release's {offered} has only "
+                            f"{landmarks.size} anchors; {remedy}")
+    if anchors_digest(landmarks.anchors[:dims]) != anchors_digest(anchors):
+        first = next(i for i, (a, b) in enumerate(zip(landmarks.anchors, anchors)) if a != b)
+        raise LandmarkError(f"{owner} was {made} on {trained}, and this release's {offered} differs at anchor {first + 1} "
+                            f"of the first {dims} (not an append-only successor); {remedy}")
+
+
 @dataclass
 class TaskModel:
     """A fitted classifier over relational prefixes; `weights` alternate weight (in x out) and bias (out)."""
@@ -69,17 +91,8 @@ class TaskModel:
 
     def check_compatible(self, landmarks: LandmarkSet) -> None:
         """Raise a one-line LandmarkError unless `landmarks` starts with this model's `dims` anchors."""
-        if landmarks.digest == self.landmarks_digest:
-            return
-        trained = f"landmark set v{self.landmarks_version} ({self.landmarks_digest[:12]}…)"
-        offered = f"landmark set v{landmarks.version} ({landmarks.digest[:12]}…)"
-        if landmarks.size < self.dims:
-            raise LandmarkError(f"task model uses {self.dims} coordinates of {trained}, but this release's {offered} has only "
-                                f"{landmarks.size} anchors; retrain the task model on this release")
-        if anchors_digest(landmarks.anchors[: self.dims]) != self.anchors_digest:
-            first = next(i for i, (a, b) in enumerate(zip(landmarks.anchors, self.anchors)) if a != b)
-            raise LandmarkError(f"task model was trained on {trained}, and this release's {offered} differs at anchor {first + 1} "
-                                f"of the first {self.dims} (not an append-only successor); retrain the task model on this release")
+        check_prefix_compatible(landmarks, self.anchors, self.landmarks_version, self.landmarks_digest,
+                                owner="task model", made="trained", remedy="retrain the task model on this release")
 
     # ---- inference ----------------------------------------------------------------------------
 
