@@ -372,7 +372,7 @@ def test_releases_page_shows_the_index_upgrade_promise():
     rows = promise_rows(manifest({"relational": {"head_ratio": 0.99, "index_upgrade_ratio": 0.93},
                                   "absolute": {"head_ratio": 0.3, "index_upgrade_ratio": 0.41}}))
     row = next(r for r in rows if r["promise"].startswith("Search without re-embedding"))
-    assert row["measured"] == 0.93 and row["met"] is True and "absolute vectors: 0.410" in row["detail"]
+    assert row["measured"] == 0.93 and row["met"] is True and "absolute vectors: 41.0%" in row["detail"]
     low = promise_rows(manifest({"relational": {"index_upgrade_ratio": 0.5}}))
     assert next(r for r in low if r["promise"].startswith("Search without"))["met"] is False
     assert not any(r["promise"].startswith("Search without") for r in promise_rows(manifest({"relational": {"head_ratio": 0.99}})))
