@@ -141,13 +141,16 @@ class Coordinator:
                     if now - last_timestamp >= self.options.timestamp_refresh_seconds:
                         await loop.run_in_executor(self.worker, repository.refresh_timestamp)
                         last_timestamp = now
-                except Exception:
+                except Exception as error:
                     # Ctrl+C in a terminal reaches the whole process group: p2pd exits with us, and the DHT call in
                     # flight fails. Stopping anyway; a traceback would only look like a crash.
                     if self.stopping.is_set():
                         logger.debug("a call in flight failed while stopping", exc_info=True)
                         break
-                    raise
+                    # anything else (a record, a state or a DHT answer a peer shaped) is one failed round, never the end of
+                    # the coordinator: a dead coordinator lets the timestamp expire and every client refuses the repository
+                    logger.warning("this round failed, serving on: %r", error)
+                    logger.debug("the failed round", exc_info=True)
                 try:
                     await asyncio.wait_for(self.stopping.wait(), timeout=self.options.poll_seconds)
                 except asyncio.TimeoutError:
