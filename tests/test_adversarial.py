@@ -1,0 +1,86 @@
+"""Issue 12, function by function: what one dishonest or broken peer can no longer do (no swarm needed)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import pytest
+import torch
+
+from cairn.coordinator.releaser import ReleaseRefused, release_gate, state_is_finite
+from cairn.coordinator.service import MIN_SECONDS_PER_STEP, plausible_epoch_limit
+from cairn.peer.gradients import MAX_GRAD_NORM, sanitize_gradients
+from cairn.peer.records import build_record
+from tests.test_ledger import record
+
+
+# ---- attack 3: poisoned gradients ------------------------------------------------------------
+
+
+def model_with_gradients(scale: float = 1.0, poison: float | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    (model(torch.randn(4, 8)).sum() * scale).backward()
+    if poison is not None:
+        model[1].weight.grad[0, 0] = poison
+    return model
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_gradient_is_dropped_before_it_is_shared(poison: float):
+    model = model_with_gradients(poison=poison)
+    assert sanitize_gradients(model.parameters()) is False
+    assert all(p.grad is None for p in model.parameters())  # nothing of this batch reaches the averager
+
+
+def test_a_huge_gradient_is_clipped_and_a_healthy_one_is_kept():
+    huge = model_with_gradients(scale=-1e6)  # sign-flipped and scaled, as the issue's attacker sends
+    assert sanitize_gradients(huge.parameters()) is True
+    norm = torch.norm(torch.stack([p.grad.norm() for p in huge.parameters()]))
+    assert norm == pytest.approx(MAX_GRAD_NORM, rel=1e-4)
+    healthy = model_with_gradients(scale=0.01)
+    before = [p.grad.clone() for p in healthy.parameters()]
+    assert sanitize_gradients(healthy.parameters()) is True
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, healthy.parameters()))
+
+
+def test_a_nan_probe_loss_skips_the_record_with_a_warning_instead_of_raising(caplog):
+    """After a poisoned round an honest peer raised pydantic's ValidationError out of its training loop."""
+    fields = record(300).dict()
+    assert build_record(**fields) is not None
+    with caplog.at_level(logging.WARNING, logger="cairn.peer"):
+        assert build_record(**{**fields, "probe_loss": float("nan")}) is None
+        assert build_record(**{**fields, "loss": float("inf")}) is None
+    assert "no contribution record this time (probe_loss" in caplog.text
+
+
+# ---- attack 1: a tampered state and an absurd epoch ------------------------------------------------
+
+
+def test_an_absurd_epoch_is_beyond_what_the_clock_allows():
+    now = time.time()
+    limit = plausible_epoch_limit(trusted_epoch=120, trusted_at=now - 60, now=now)
+    assert limit == 120 + 1 + int(60 / MIN_SECONDS_PER_STEP)
+    assert 10**9 > limit and 150 <= limit
+    assert plausible_epoch_limit(0, now, now - 5) == 1  # a clock that went back allows no more than the epoch in progress
+
+
+def test_the_release_gate_refuses_a_broken_or_worse_state():
+    assert release_gate(2.0, None)["held_out_loss"] == 2.0  # the first gated release
+    gate = release_gate(2.1, 2.0, tolerance=0.10)
+    assert gate == {"held_out_loss": 2.1, "previous_loss": 2.0, "tolerance": 0.10, "pairs": gate["pairs"]}
+    with pytest.raises(ReleaseRefused, match="worse than the last release"):
+        release_gate(2.3, 2.0, tolerance=0.10)
+    for broken in (float("nan"), float("inf")):
+        with pytest.raises(ReleaseRefused, match="broken"):
+            release_gate(broken, 2.0)
+
+
+def test_non_finite_parameters_are_refused():
+    model = torch.nn.Linear(4, 4)
+    assert state_is_finite(model)
+    with torch.no_grad():
+        model.weight[0, 0] = math.nan
+    assert not state_is_finite(model)
