@@ -84,3 +84,77 @@ def test_non_finite_parameters_are_refused():
     with torch.no_grad():
         model.weight[0, 0] = math.nan
     assert not state_is_finite(model)
+
+
+# ---- attack 4: lease squatting --------------------------------------------------------------------
+
+
+class FakeDHT:
+    """hivemind's rule in memory: per (key, subkey) the entry expiring latest wins; an earlier one is refused."""
+
+    def __init__(self):
+        self.data: dict[str, dict] = {}
+
+    def store(self, key, subkey, value, expiration_time):
+        from hivemind.utils import ValueWithExpiration
+
+        entries = self.data.setdefault(key, {})
+        if subkey in entries and entries[subkey].expiration_time >= expiration_time:
+            return False
+        entries[subkey] = ValueWithExpiration(value, expiration_time)
+        return True
+
+    def get(self, key, latest=True):
+        from hivemind.utils import ValueWithExpiration, get_dht_time
+
+        live = {k: v for k, v in self.data.get(key, {}).items() if v.expiration_time > get_dht_time()}
+        return ValueWithExpiration(live, max((v.expiration_time for v in live.values()), default=0.0)) if live else None
+
+
+def squatted_dht(num_shards: int) -> FakeDHT:
+    from hivemind.utils import get_dht_time
+
+    from cairn.protocol.dht_keys import LeaseRecord, RunKeys
+
+    dht, far = FakeDHT(), get_dht_time() + 10**6
+    for shard in range(num_shards):
+        dht.store(RunKeys("run").shard_leases, str(shard), LeaseRecord(holder="f" * 16, expires_at=far).dict(), far)
+        dht.store(RunKeys("run").shard_progress, str(shard), 0, far)
+    return dht
+
+
+def test_far_future_leases_on_every_shard_do_not_stop_an_honest_peer():
+    from cairn.peer.leases import ShardLease
+
+    dht = squatted_dht(4)
+    lease = ShardLease(dht, "run", "a" * 16, 4, lease_seconds=30.0, settle_seconds=0.0)
+    shard = lease.acquire()
+    assert shard is not None  # the old code: None forever, every shard "held" for 11 days
+    assert lease.renew() and not lease.lost
+
+
+def test_a_live_honest_lease_is_still_respected():
+    from cairn.peer.leases import ShardLease
+
+    dht = FakeDHT()
+    first = ShardLease(dht, "run", "a" * 16, 1, lease_seconds=30.0, settle_seconds=0.0)
+    assert first.acquire() == 0
+    assert ShardLease(dht, "run", "b" * 16, 1, lease_seconds=30.0, settle_seconds=0.0).acquire() is None
+
+
+def test_progress_that_goes_backwards_or_squats_is_ignored():
+    from hivemind.utils import get_dht_time
+
+    from cairn.peer.leases import ShardLease
+    from cairn.protocol.dht_keys import RunKeys
+
+    dht = FakeDHT()
+    lease = ShardLease(dht, "run", "a" * 16, 2, lease_seconds=30.0, settle_seconds=0.0)
+    lease.save_progress(0, 640)
+    assert lease.progress(0) == 640
+    dht.store(RunKeys("run").shard_progress, "0", 0, get_dht_time() + 10 * 24 * 3600)  # rewind, and squat it
+    assert lease.progress(0) == 640
+    dht.store(RunKeys("run").shard_progress, "1", 0, get_dht_time() + 10**6)
+    assert lease.progress(1) == 0  # a squatted entry reads as no progress
+    lease.save_progress(0, 32)  # our own wrap-around at the end of the shard is kept
+    assert lease.progress(0) == 32
