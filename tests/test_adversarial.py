@@ -158,3 +158,35 @@ def test_progress_that_goes_backwards_or_squats_is_ignored():
     assert lease.progress(1) == 0  # a squatted entry reads as no progress
     lease.save_progress(0, 32)  # our own wrap-around at the end of the shard is kept
     assert lease.progress(0) == 32
+
+
+# ---- attack 2 at the coordinator: poll_once with a forged record -------------------------------------
+
+
+def test_poll_once_survives_a_forged_record_and_bounds_a_forged_global_step(tmp_path):
+    from types import SimpleNamespace
+
+    from cairn.coordinator.ledger import Ledger
+    from cairn.coordinator.metrics import CoordinatorMetrics
+    from cairn.coordinator.service import Coordinator
+
+    honest_key = b"[owner:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0]"
+    forged_key = b"[owner:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC1]"
+    entries = {honest_key: SimpleNamespace(value=record(300).dict()),
+               forged_key: SimpleNamespace(value={**record(300).dict(), "samples": 2**63, "loss": float("nan")})}
+    coordinator = Coordinator.__new__(Coordinator)
+    coordinator.ledger = Ledger(tmp_path / "ledger.sqlite")
+    coordinator.ledger.set_meta("trusted_epoch", "5")
+    coordinator.ledger.set_meta("trusted_epoch_at", str(time.time()))
+    coordinator.config = SimpleNamespace(run_id="run", swarm=SimpleNamespace(target_batch_size=512))
+    coordinator.dht = SimpleNamespace(get=lambda key, latest: SimpleNamespace(value=entries), run_coroutine=lambda fn: [])
+    coordinator.state_loader = SimpleNamespace(tracker=SimpleNamespace(global_epoch=10**9))
+    coordinator._seen_epoch, coordinator._epoch_changed_at, coordinator._saved_peers = -1, None, set()
+    coordinator.metrics = CoordinatorMetrics()
+    try:
+        coordinator.poll_once()
+        credited = dict(coordinator.ledger.db.execute("SELECT public_id, credited_samples FROM peers").fetchall())
+        assert list(credited.values()) == [300]
+        assert coordinator._seen_epoch < 100  # the forged global step did not reach the ledger's cap
+    finally:
+        coordinator.ledger.close()
