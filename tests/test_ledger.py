@@ -41,12 +41,12 @@ def test_claims_within_what_the_global_step_explains_are_credited(ledger: Ledger
 
 
 def test_claims_beyond_the_cap_wait_and_are_credited_when_the_step_catches_up(ledger: Ledger):
-    ledger.apply_poll({"a" * 16: record(3000, at=1.0), "b" * 16: record(1000, name="bob", at=1.0)}, global_step=0, target_batch_size=512)
+    ledger.apply_poll({"a" * 16: record(900, at=1.0), "b" * 16: record(300, name="bob", at=1.0)}, global_step=0, target_batch_size=512)
     first = credited(ledger)
     assert sum(first.values()) <= 512  # only one epoch in progress: at most one target batch explained
     assert first["a" * 16] == pytest.approx(3 * first["b" * 16], abs=2)  # scaled proportionally
     ledger.apply_poll({}, global_step=10, target_batch_size=512)
-    assert credited(ledger) == {"a" * 16: 3000, "b" * 16: 1000}
+    assert credited(ledger) == {"a" * 16: 900, "b" * 16: 300}
 
 
 def test_a_repeated_record_is_counted_once_and_a_restart_counts_from_zero(ledger: Ledger):
@@ -59,17 +59,103 @@ def test_a_repeated_record_is_counted_once_and_a_restart_counts_from_zero(ledger
     assert credited(ledger)[peer] == 290
 
 
-def test_a_failed_spot_check_withholds_credit_until_the_next_pass(ledger: Ledger):
+def test_a_failed_spot_check_forfeits_its_window_and_withholds_credit_until_the_next_pass(ledger: Ledger):
+    """Issue 12, attack 5: a failed check took no credit back, it only delayed the next."""
     peer = "a" * 16
-    ledger.apply_poll({peer: record(100, at=1.0)}, global_step=5, target_batch_size=512)
-    ledger.record_spot_check(peer, 3, claimed=2.0, recomputed=5.0, passed=False)
-    ledger.apply_poll({peer: record(300, uptime=20, at=2.0)}, global_step=6, target_batch_size=512)
+    ledger.apply_poll({peer: record(100, at=1.0)}, global_step=5, target_batch_size=512, now=100.0)
     assert credited(ledger)[peer] == 100
-    ledger.record_spot_check(peer, 4, claimed=5.0, recomputed=5.01, passed=True)
-    ledger.apply_poll({}, global_step=6, target_batch_size=512)
-    assert credited(ledger)[peer] == 300
+    ledger.record_spot_check(peer, 3, claimed=2.0, recomputed=5.0, passed=False, now=101.0)
+    assert credited(ledger)[peer] == 0  # the window before the failed check is forfeited
+    ledger.apply_poll({peer: record(300, uptime=20, at=2.0)}, global_step=6, target_batch_size=512, now=102.0)
+    assert credited(ledger)[peer] == 0  # withheld until a check passes
+    ledger.record_spot_check(peer, 4, claimed=5.0, recomputed=5.01, passed=True, now=103.0)
+    ledger.apply_poll({}, global_step=6, target_batch_size=512, now=104.0)
+    assert credited(ledger)[peer] == 200  # the claim made after the failure
+    ledger.apply_poll({peer: record(500, uptime=30, at=3.0)}, global_step=7, target_batch_size=512, now=105.0)
+    assert credited(ledger)[peer] == 400
+    ledger.record_spot_check(peer, 5, claimed=2.0, recomputed=5.0, passed=False, now=106.0)
+    assert credited(ledger)[peer] == 200  # only the window since the passed check is taken back
     summary = ledger.spot_check_summary()
-    assert summary["checked"] == 2 and summary["failed"] == 1 and 0 < summary["share_checked"] <= 1
+    assert summary["checked"] == 3 and summary["failed"] == 2 and 0 < summary["share_checked"] <= 1
+
+
+def test_a_peer_that_never_publishes_a_probe_is_credited_only_in_its_grace_period(ledger: Ledger):
+    """Issue 12, attack 5: a peer never spot-checked was credited forever."""
+    from cairn.coordinator.ledger import PROBE_GRACE_SECONDS
+
+    lazy, honest = "a" * 16, "b" * 16
+    t0, polls = 1000.0, int(2 * PROBE_GRACE_SECONDS / 3)
+    for i in range(1, polls + 1):
+        now = t0 + 3 * i
+        if i % 7 == 0:  # the honest peer's probes are checked and pass
+            ledger.record_spot_check(honest, i, claimed=5.0, recomputed=5.0, passed=True, now=now)
+        ledger.apply_poll({lazy: record(100 * i, uptime=3 * i, at=now), honest: record(100 * i, name="bob", uptime=3 * i, at=now)},
+                          global_step=i, target_batch_size=512, now=now)
+        if now - t0 <= PROBE_GRACE_SECONDS - 3:
+            in_grace = credited(ledger)[lazy]
+    assert credited(ledger)[honest] == 100 * polls
+    assert credited(ledger)[lazy] <= in_grace + 200 < 100 * polls
+
+
+def test_a_record_claiming_an_impossible_counter_is_refused_at_the_schema():
+    """Issue 12, attacks 2 and 5: 2^63 overflowed SQLite, 10^15 took all the credit; NaN, inf and negatives too."""
+    import pydantic.v1 as pydantic
+
+    from cairn.protocol.dht_keys import MAX_SAMPLES_PER_SECOND, decode_contributions
+
+    honest = record(300).dict()
+    for field, value in [("samples", 2**63), ("samples", 2**62), ("samples", 10**15), ("samples", -1), ("steps", 2**63),
+                         ("epoch", 2**63), ("loss", float("nan")), ("loss", float("inf")), ("probe_loss", float("-inf")),
+                         ("uptime_seconds", float("inf")), ("uptime_seconds", -1.0), ("samples_per_second", 1e30),
+                         ("reported_at", float("nan")), ("probe_offset", 2**63), ("shard", -2)]:
+        with pytest.raises(pydantic.ValidationError):
+            ContributionRecord.parse_obj({**honest, field: value})
+    # a counter no process reaches in its uptime (10 s at the ceiling rate, plus one batch)
+    with pytest.raises(pydantic.ValidationError):
+        ContributionRecord.parse_obj({**honest, "samples": int(11 * MAX_SAMPLES_PER_SECOND) + 4096})
+    owner = b"[owner:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0]"
+    other = b"[owner:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC1]"
+    decoded = decode_contributions({owner: {**honest, "samples": 2**63}, other: honest})
+    assert list(decoded.values()) == [ContributionRecord.parse_obj(honest)]
+
+
+def unchecked(samples: int, **fields) -> ContributionRecord:
+    """A record as an attacker could hand to a coordinator that lacks the schema's bounds (no validation)."""
+    return ContributionRecord.construct(**{**record(0).dict(), "samples": samples, **fields})
+
+
+@pytest.mark.parametrize("bad", [
+    {"x" * 16: unchecked(2**63)},
+    {"x" * 16: unchecked(2**62, uptime_seconds=1e12), "y" * 16: unchecked(2**62, uptime_seconds=1e12, display_name="y")},
+    {"x" * 16: unchecked(10, loss=float("nan"))},
+    {"x" * 16: unchecked(10, reported_at=float("inf"))},
+    {"x" * 16: unchecked(-(2**63) - 1)},
+    {"x" * 16: unchecked(10**15, uptime_seconds=1e12)},
+])
+def test_one_bad_record_never_stops_the_ledger_and_honest_credit_is_unchanged(tmp_path: Path, bad: dict):
+    """Issue 12, attack 2: `apply_poll` raised (sqlite3.OverflowError, SUM overflow), which ended `serve()`."""
+    def run(path: Path, extra: dict) -> dict:
+        ledger = Ledger(path)
+        try:
+            for i in range(1, 4):
+                honest = {"a" * 16: record(200 * i, uptime=3 * i, at=float(i)), "b" * 16: record(100 * i, name="bob", uptime=3 * i, at=float(i))}
+                ledger.apply_poll({**extra, **honest}, global_step=10 * i, target_batch_size=512, now=1000.0 + i)
+            return {k: v for k, v in credited(ledger).items() if k in ("a" * 16, "b" * 16)}
+        finally:
+            ledger.close()
+
+    assert run(tmp_path / "attacked.sqlite", bad) == run(tmp_path / "clean.sqlite", {}) == {"a" * 16: 600, "b" * 16: 300}
+
+
+def test_oscillating_uptime_cannot_reclaim_the_counter(ledger: Ledger):
+    """Issue 12, attack 5: a peer alternating uptime_seconds looked restarted at every other record and re-claimed its
+    whole counter each time. Its claims now stay within what the swarm did since it appeared."""
+    attacker = "a" * 16
+    for i in range(1, 41):
+        ledger.apply_poll({attacker: record(10**6, uptime=1000.0 - (i % 2), at=float(i))}, global_step=i, target_batch_size=512,
+                          now=1000.0 + i)
+    claimed = ledger.db.execute("SELECT claimed_samples FROM peers WHERE public_id = ?", (attacker,)).fetchone()[0]
+    assert claimed <= (40 + 2 * 2) * 512  # the old code: 20 re-claims of 10^6
 
 
 WRITER = """

@@ -178,7 +178,7 @@ def test_only_the_owner_can_write_its_record(swarm):
     honest = _record(alice, samples=10)
     assert publish_record(alice, "t-owner", honest, ttl_seconds=60, identity=alice_key)
     key = RunKeys("t-owner").contributions
-    inflated = _record(alice, samples=10**9).dict()
+    inflated = _record(alice, samples=10**6).dict()
     later = get_dht_time() + 120  # a later expiration would win if the record were accepted
 
     # through the normal API: mallory's node signs for mallory's key only, so the record goes out unsigned
@@ -239,6 +239,9 @@ async def _send_store(_dht, node, target, key: str, subkey: bytes, value: bytes,
         {"display_name": "x" * 65},
         {"display_name": "\x1b[31mred"},
         {"samples_per_second": -1.0},
+        {"samples": 2**63},  # issue 12: overflowed the coordinator's SQLite ledger
+        {"samples": 10**15},  # issue 12: more than 600 s of uptime allow
+        {"uptime_seconds": float("inf")},
     ],
 )
 def test_schema_rejects_malformed_records(swarm, change):

@@ -6,20 +6,32 @@ Signatures prove who wrote a record, not that it is true, so credit is bounded:
   the counter starts again, claims the new counter);
 - total credit never exceeds what the swarm's global step can explain ((step + 1) x target batch);
   claims beyond it wait, scaled proportionally, until the step catches up;
-- spot checks (recomputed probe losses) are stored beside, and a peer that failed one gets no
-  further credit until it passes again.
-Each poll is one SQLite transaction (WAL, synchronous=FULL): acknowledged means durable.
+- a peer's claims are bounded by what its uptime allows and, all its records together, by the work
+  the swarm as a whole did since the peer appeared (claim_of), so a peer that alternates its uptime
+  to fake restarts cannot re-claim its counter again and again (issue 12);
+- spot checks (recomputed probe losses) are stored beside. A failed check forfeits the peer's
+  window: its outstanding claims and the credit it was paid since its previous check are taken back
+  (forfeited_samples), and it gets no further credit until it passes again. A peer never checked gets
+  credit only during its first PROBE_GRACE_SECONDS: one that publishes no probe cannot collect forever.
+Each poll is one SQLite transaction (WAL, synchronous=FULL): acknowledged means durable. A record the
+ledger cannot store is logged and skipped (a savepoint per record), never fatal to the poll.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cairn.protocol.dht_keys import ContributionRecord
+from cairn.protocol.dht_keys import ContributionRecord, max_samples_for
 from cairn.protocol.ledger_schema import connect
+
+logger = logging.getLogger("cairn.coordinator.ledger")
+# spot checks run every 20 s by default and a peer's first probe follows its first averaging round
+PROBE_GRACE_SECONDS = 300.0
+STEP_SLACK = 2  # target batches a peer may claim beyond the steps since it appeared: the epoch in progress, and lag
 
 
 @dataclass
@@ -54,29 +66,40 @@ class Ledger:
         """
         now = now if now is not None else time.time()
         with self._transaction():
+            step = self._steps_explained(global_step)
+            rejected = set()
             for public_id, record in records.items():
-                row = self.db.execute("SELECT * FROM peers WHERE public_id = ?", (public_id,)).fetchone()
-                if self.db.execute("SELECT 1 FROM records WHERE public_id = ? AND reported_at = ?", (public_id, record.reported_at)).fetchone():
-                    continue
-                if row is None or record.samples < row["last_counter"] or record.uptime_seconds < row["last_uptime"]:
-                    increment = record.samples  # a new peer, or one that restarted and counts from zero again
-                else:
-                    increment = record.samples - row["last_counter"]
-                self._upsert_peer(public_id, record, increment, now)
-                self.db.execute(
-                    "INSERT INTO records(public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta,"
-                    " collapsed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                    (public_id, record.reported_at, now, record.samples, record.steps, record.loss, record.samples_per_second,
-                     record.epoch, record.shard, int(bool(getattr(record, "collapsed", False)))))
-            cap = (self._steps_explained(global_step) + 1) * target_batch_size
-            credited_total = self._credit_outstanding(cap)
-            online = [r for r in records.values() if now - r.reported_at < 60]
+                self.db.execute("SAVEPOINT one_record")
+                try:
+                    self._store_record(public_id, record, step, target_batch_size, now)
+                except Exception as error:  # one bad record must not stop the ledger (issue 12, attack 2)
+                    self.db.execute("ROLLBACK TO one_record")
+                    rejected.add(public_id)
+                    logger.warning("skipped the contribution record of %s: %r", public_id, error)
+                self.db.execute("RELEASE one_record")
+            cap = (step + 1) * target_batch_size
+            credited_total = self._credit_outstanding(cap, now)
+            online = [r for public_id, r in records.items() if public_id not in rejected and now - r.reported_at < 60]
             mean_loss = sum(r.loss for r in online) / len(online) if online else None
             self.db.execute("INSERT OR REPLACE INTO swarm(at, global_step, peers_online, samples_per_second, mean_loss, credit_cap, last_allreduce_at)"
                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
                             (now, global_step, len(online), sum(r.samples_per_second for r in online), mean_loss, cap, last_allreduce_at))
         claimed = int(self.db.execute("SELECT COALESCE(SUM(claimed_samples), 0) FROM peers").fetchone()[0])
         return PollResult(claimed, credited_total, cap, len(online))
+
+    def _store_record(self, public_id: str, record: ContributionRecord, step: int, target_batch_size: int, now: float) -> None:
+        """Add one record and its bounded claim; nothing for a record already stored."""
+        if self.db.execute("SELECT 1 FROM records WHERE public_id = ? AND reported_at = ?", (public_id, record.reported_at)).fetchone():
+            return
+        row = self.db.execute("SELECT * FROM peers WHERE public_id = ?", (public_id,)).fetchone()
+        claim = claim_of(row, record, step, target_batch_size)
+        start_step = step - -(-claim // target_batch_size) if row is None else row["start_step"]  # back by the batches claimed
+        self._upsert_peer(public_id, record, claim, now, start_step)
+        self.db.execute(
+            "INSERT INTO records(public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta,"
+            " collapsed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (public_id, record.reported_at, now, record.samples, record.steps, record.loss, record.samples_per_second,
+             record.epoch, record.shard, int(bool(getattr(record, "collapsed", False)))))
 
     def _steps_explained(self, global_step: int) -> int:
         """Global steps of every run of the swarm on this ledger, the current one's included.
@@ -98,10 +121,11 @@ class Ledger:
             self.set_meta("last_global_step", str(step))
         return base + step
 
-    def _credit_outstanding(self, cap: int) -> int:
+    def _credit_outstanding(self, cap: int, now: float) -> int:
         """Credit claimed-but-uncredited samples of peers in good standing, scaled down to fit the cap."""
-        rows = self.db.execute("SELECT public_id, claimed_samples - credited_samples AS outstanding FROM peers").fetchall()
-        eligible = {r["public_id"]: r["outstanding"] for r in rows if r["outstanding"] > 0 and not self._failed_last_spot_check(r["public_id"])}
+        rows = self.db.execute("SELECT public_id, first_seen, claimed_samples - credited_samples - forfeited_samples AS outstanding"
+                               " FROM peers").fetchall()
+        eligible = {r["public_id"]: r["outstanding"] for r in rows if r["outstanding"] > 0 and self._in_good_standing(r, now)}
         room = max(0, cap - self.total_credited())
         wanted = sum(eligible.values())
         scale = 1.0 if wanted <= room else room / wanted
@@ -113,7 +137,15 @@ class Ledger:
                                 "(SELECT MAX(id) FROM records WHERE public_id = ?)", (credit, public_id))
         return self.total_credited()
 
-    def _upsert_peer(self, public_id: str, record: ContributionRecord, claimed: int, now: float) -> None:
+    def _in_good_standing(self, peer, now: float) -> bool:
+        """Its last spot check passed; or it was never checked and is still within its first PROBE_GRACE_SECONDS."""
+        row = self.db.execute("SELECT passed FROM spot_checks WHERE public_id = ? ORDER BY checked_at DESC, id DESC LIMIT 1",
+                              (peer["public_id"],)).fetchone()
+        if row is None:
+            return now - peer["first_seen"] <= PROBE_GRACE_SECONDS
+        return bool(row["passed"])
+
+    def _upsert_peer(self, public_id: str, record: ContributionRecord, claimed: int, now: float, start_step: int) -> None:
         row = self.db.execute("SELECT last_uptime FROM peers WHERE public_id = ?", (public_id,)).fetchone()
         if row is None or record.uptime_seconds < row["last_uptime"]:  # new peer, or restarted
             online_delta = record.uptime_seconds
@@ -121,8 +153,8 @@ class Ledger:
             online_delta = record.uptime_seconds - row["last_uptime"]
         self.db.execute(
             """INSERT INTO peers(public_id, display_name, peer_id, device, first_seen, last_seen, claimed_samples, credited_samples,
-                                 seconds_online, shards_completed, last_counter, last_uptime)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                 seconds_online, shards_completed, last_counter, last_uptime, start_step)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(public_id) DO UPDATE SET display_name = excluded.display_name, peer_id = excluded.peer_id,
                    device = excluded.device, last_seen = excluded.last_seen,
                    claimed_samples = peers.claimed_samples + excluded.claimed_samples,
@@ -130,16 +162,28 @@ class Ledger:
                    shards_completed = MAX(peers.shards_completed, excluded.shards_completed),
                    last_counter = excluded.last_counter, last_uptime = excluded.last_uptime""",
             (public_id, record.display_name, record.peer_id, record.device, now, now, claimed, 0, online_delta,
-             record.shards_completed, record.samples, record.uptime_seconds))
+             record.shards_completed, record.samples, record.uptime_seconds, start_step))
 
-    def _failed_last_spot_check(self, public_id: str) -> bool:
-        row = self.db.execute("SELECT passed FROM spot_checks WHERE public_id = ? ORDER BY checked_at DESC LIMIT 1", (public_id,)).fetchone()
-        return row is not None and not row["passed"]
-
-    def record_spot_check(self, public_id: str, epoch: int, claimed: float, recomputed: float, passed: bool) -> None:
+    def record_spot_check(self, public_id: str, epoch: int, claimed: float, recomputed: float, passed: bool,
+                          now: float | None = None) -> None:
+        """Store a check. A failed one forfeits the window since the peer's previous check: its outstanding claims and
+        the credit paid for records received in that window (a free-rider loses what it collected, not just its next credit)."""
+        now = now if now is not None else time.time()
         with self._transaction():
-            self.db.execute("INSERT OR IGNORE INTO spot_checks(public_id, epoch, claimed_loss, recomputed_loss, passed, checked_at)"
-                            " VALUES (?, ?, ?, ?, ?, ?)", (public_id, epoch, claimed, recomputed, int(passed), time.time()))
+            previous = self.db.execute("SELECT MAX(checked_at) FROM spot_checks WHERE public_id = ?", (public_id,)).fetchone()[0]
+            inserted = self.db.execute("INSERT OR IGNORE INTO spot_checks(public_id, epoch, claimed_loss, recomputed_loss, passed, checked_at)"
+                                       " VALUES (?, ?, ?, ?, ?, ?)", (public_id, epoch, claimed, recomputed, int(passed), now)).rowcount
+            if passed or not inserted:
+                return
+            since = previous if previous is not None else float("-inf")
+            revoked = int(self.db.execute("SELECT COALESCE(SUM(credited_delta), 0) FROM records WHERE public_id = ? AND received_at > ?",
+                                          (public_id, since)).fetchone()[0])
+            self.db.execute("UPDATE records SET credited_delta = 0 WHERE public_id = ? AND received_at > ?", (public_id, since))
+            # everything claimed and not kept as credit is forfeited: outstanding claims and the revoked credit
+            self.db.execute("UPDATE peers SET credited_samples = credited_samples - ?, forfeited_samples = claimed_samples - (credited_samples - ?)"
+                            " WHERE public_id = ?", (revoked, revoked, public_id))
+        logger.warning("spot check failed for %s at epoch %s (claimed %.4f, recomputed %.4f): %s credited samples taken back",
+                       public_id, epoch, claimed, recomputed, revoked)
 
     def spot_checked(self, public_id: str, epoch: int) -> bool:
         return self.db.execute("SELECT 1 FROM spot_checks WHERE public_id = ? AND epoch = ?", (public_id, epoch)).fetchone() is not None
@@ -181,3 +225,22 @@ class _Transaction:
         if self.depth:
             self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         return False
+
+
+def claim_of(peer, record: ContributionRecord, step: int, target_batch_size: int) -> int:
+    """The samples one record may add to its peer's claims (`peer`: its ledger row, None for a new peer).
+
+    The increase of the peer's counter since its last record (the whole counter for a new peer or a restart), at most
+    what its uptime allows, and, with everything the peer claimed before, at most what the whole swarm did since the
+    peer appeared: (global steps since its start_step + STEP_SLACK) target batches. A new peer's start_step is set
+    back by the batches its first claim covers (so its slack counts twice, once). Without this bound a peer alternating uptime_seconds re-claimed its
+    whole counter every other record.
+    """
+    if peer is None:
+        return min(record.samples, max_samples_for(record.uptime_seconds), (step + STEP_SLACK) * target_batch_size)
+    if record.samples < peer["last_counter"] or record.uptime_seconds < peer["last_uptime"]:
+        claimed, seconds = record.samples, record.uptime_seconds  # restarted: it counts from zero again
+    else:
+        claimed, seconds = record.samples - peer["last_counter"], record.uptime_seconds - peer["last_uptime"]
+    room = (step - peer["start_step"] + STEP_SLACK) * target_batch_size - peer["claimed_samples"]
+    return max(0, min(claimed, max_samples_for(seconds), room))

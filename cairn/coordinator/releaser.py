@@ -7,20 +7,26 @@ The steps, in order, each checkable on its own:
    before it; Matryoshka prefixes against a random landmark order and PCA-k of the absolute vector;
    mutual kNN with the outside reference encoder (cairn.evaluation.promises);
 4. write the manifest (hashes of every file), move the directory into place, publish it to TUF.
+Before any of it, the state must pass the release gate (issue 12: any peer can serve the state the
+coordinator loads): finite parameters, and a held-out loss no worse than the last release's beyond
+GATE_TOLERANCE. The manifest records the gate it passed.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from cairn.evaluation.compatibility import compatibility_report
 from cairn.corpora import PairCorpus
 from cairn.protocol.embedder import Embedder, calibrate, load_bundle, save_bundle
 from cairn.protocol.encoder import TextEncoder
+from cairn.protocol.errors import CairnError, LandmarkError
 from cairn.evaluation.promises import ALIGNMENT_K, alignment_texts, matryoshka_report, outside_report
 from cairn.evaluation.data import Articles
 from cairn.protocol.landmarks import LandmarkSet, relational
@@ -36,6 +42,26 @@ from cairn.evaluation.yardstick import against_yardstick, yardstick_scores
 from cairn.coordinator.workdir import Workdir
 
 PROBE_PER_TOPIC = 60  # BBC articles per topic for compatibility and Matryoshka (300 in all)
+GATE_PAIRS = 256  # held-out pairs the gate's loss is measured on
+GATE_TOLERANCE = 0.10  # relative rise of that loss over the last release's that still passes (sample noise, a run's drift)
+
+
+class ReleaseRefused(CairnError):
+    """The averaged state failed the release gate: nothing is signed, the coordinator keeps serving."""
+
+
+def state_is_finite(model: TextEncoder) -> bool:
+    return all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values() if tensor.is_floating_point())
+
+
+def release_gate(loss: float, previous: float | None, tolerance: float = GATE_TOLERANCE) -> dict:
+    """The gate record for the manifest, or ReleaseRefused: a non-finite held-out loss, or one worse than the last
+    release's by more than `tolerance` (relative)."""
+    if not math.isfinite(loss):
+        raise ReleaseRefused(f"the held-out loss is {loss}: the averaged state is broken")
+    if previous is not None and loss > previous + tolerance * abs(previous):
+        raise ReleaseRefused(f"the held-out loss {loss:.4f} is worse than the last release's {previous:.4f} by more than {tolerance:.0%}")
+    return {"held_out_loss": loss, "previous_loss": previous, "tolerance": tolerance, "pairs": GATE_PAIRS}
 
 
 @dataclass
@@ -54,15 +80,20 @@ def next_version(latest: ReleaseVersion | None) -> ReleaseVersion:
 
 
 def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: TextEncoder, global_step: int, ledger: Ledger,
-                quick_eval: bool = True) -> Manifest:
+                quick_eval: bool = True, gate: dict | None = None) -> Manifest:
     from cairn.coordinator.publishing.repository import ReleaseRepository
     from cairn.training.trainer import evaluate_bundle
 
     repository = ReleaseRepository(workdir.root)
     parent = repository.latest_version()
     version = next_version(parent)
+    if not state_is_finite(model):
+        raise ReleaseRefused("the averaged state has non-finite parameters")
     model.eval()
-    calibrated = calibrate(model, inputs.tokenizer, inputs.landmarks, inputs.reference)
+    try:
+        calibrated = calibrate(model, inputs.tokenizer, inputs.landmarks, inputs.reference)
+    except LandmarkError as error:  # non-finite or degenerate statistics: the coordinator died here (issue 12, attack 3)
+        raise ReleaseRefused(f"the landmark calibration of the averaged state failed: {error}") from None
     embedder = Embedder(model, inputs.tokenizer, calibrated)
     staging = workdir.releases / f".{version}.staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -87,7 +118,7 @@ def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: TextEncoder, glo
         landmarks_version=calibrated.version, landmarks_digest=calibrated.digest, files=files,
         metrics=metrics, compatibility=compatibility,
         extra={"samples_seen": ledger.total_credited(), "contributors": ledger.contributor_count(), "created_at": time.time(),
-               "spot_checks": summary, "encoder": {"model": inputs.config.training.model, "parameters": model.num_parameters()}},
+               "spot_checks": summary, "gate": gate, "encoder": {"model": inputs.config.training.model, "parameters": model.num_parameters()}},
     )
     write_manifest(manifest, staging / "manifest.json")
     final = workdir.releases / str(version)

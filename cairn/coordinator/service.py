@@ -38,12 +38,15 @@ from cairn.coordinator.landmark_versions import latest_landmarks, version_path
 from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.metrics import CoordinatorMetrics
 from cairn.coordinator.node import Backend, CoordinatorOptions, _connected_peers, join_addresses, save_known_peers, start_dht
-from cairn.coordinator.releaser import ReleaseInputs, cut_release
+from cairn.coordinator.releaser import GATE_PAIRS, ReleaseInputs, ReleaseRefused, cut_release, release_gate, state_is_finite
 from cairn.coordinator.workdir import Workdir
 
 logger = logging.getLogger("cairn.coordinator")
 RELEASE_REQUEST = "release.request"
 SPOT_CHECK_TOLERANCE = 0.05  # absolute loss difference: fp16 state transfer + 8-bit averaging drift
+# the fastest a swarm can step: an averaging round takes matchmaking (seconds) plus the all-reduce. An epoch further
+# ahead of the last one trusted than this allows is a peer's lie (issue 12: epoch 10^9 froze --release-every)
+MIN_SECONDS_PER_STEP = 0.5
 
 
 class Coordinator:
@@ -75,6 +78,8 @@ class Coordinator:
         self._last_records: dict = {}
         self._saved_peers: set[str] = set()  # the connected peers known_peers.json was last written for
         self.last_release_step = int(self.ledger.meta("last_release_step", "0"))
+        if self.ledger.meta("trusted_epoch") is None:  # a workdir from before issue 12: trust what it had released
+            self._trust_epoch(self.last_release_step)
         self.stopping: asyncio.Event | None = None
         # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
         # ledger writes are serialised and the event loop keeps answering RPCs and HTTP meanwhile
@@ -141,13 +146,16 @@ class Coordinator:
                     if now - last_timestamp >= self.options.timestamp_refresh_seconds:
                         await loop.run_in_executor(self.worker, repository.refresh_timestamp)
                         last_timestamp = now
-                except Exception:
+                except Exception as error:
                     # Ctrl+C in a terminal reaches the whole process group: p2pd exits with us, and the DHT call in
                     # flight fails. Stopping anyway; a traceback would only look like a crash.
                     if self.stopping.is_set():
                         logger.debug("a call in flight failed while stopping", exc_info=True)
                         break
-                    raise
+                    # anything else (a record, a state or a DHT answer a peer shaped) is one failed round, never the end of
+                    # the coordinator: a dead coordinator lets the timestamp expire and every client refuses the repository
+                    logger.warning("this round failed, serving on: %r", error)
+                    logger.debug("the failed round", exc_info=True)
                 try:
                     await asyncio.wait_for(self.stopping.wait(), timeout=self.options.poll_seconds)
                 except asyncio.TimeoutError:
@@ -156,21 +164,29 @@ class Coordinator:
             await runner.cleanup()
         logger.info("stopped on request")
 
+    def _epoch_limit(self) -> int:
+        return plausible_epoch_limit(int(self.ledger.meta("trusted_epoch", "0")), float(self.ledger.meta("trusted_epoch_at", "0")), time.time())
+
+    def _trust_epoch(self, epoch: int) -> None:
+        self.ledger.set_meta("trusted_epoch", str(epoch))
+        self.ledger.set_meta("trusted_epoch_at", str(time.time()))
+
     def poll_once(self) -> None:
         """Copy the live, owner-signed contribution records into the ledger (one transaction)."""
         found = self.dht.get(RunKeys(self.config.run_id).contributions, latest=True)
         records = decode_contributions(found.value if found is not None else None)
         tracker = self.state_loader.tracker
-        if tracker.global_epoch > self._seen_epoch:  # the swarm finished an averaging round since the last poll
-            self._seen_epoch, self._epoch_changed_at = tracker.global_epoch, time.time()
-        result = self.ledger.apply_poll(records, tracker.global_epoch, self.config.swarm.target_batch_size,
+        global_epoch = min(tracker.global_epoch, self._epoch_limit())  # peers report it: an absurd one would lift the credit cap
+        if global_epoch > self._seen_epoch:  # the swarm finished an averaging round since the last poll
+            self._seen_epoch, self._epoch_changed_at = global_epoch, time.time()
+        result = self.ledger.apply_poll(records, global_epoch, self.config.swarm.target_batch_size,
                                         last_allreduce_at=self._epoch_changed_at)
         self._last_records = records
         peers = set(self.dht.run_coroutine(_connected_peers))
         if peers and peers != self._saved_peers:  # write the file only when the set of peers changed
             save_known_peers(self.dht, self.workdir)
             self._saved_peers = peers
-        self.metrics.global_step.set(tracker.global_epoch)
+        self.metrics.global_step.set(global_epoch)
         self.metrics.peers_online.set(result.peers_online)
         self.metrics.credited_samples.set(result.credited)
         self.metrics.claimed_samples.set(result.claimed)
@@ -183,6 +199,7 @@ class Coordinator:
             return
         # the state averager directly: the Optimizer's wrapper retries forever and may relabel the epoch
         averager = self.state_loader.state_averager
+        before = ([tensor.detach().clone() for tensor in self.model.parameters()], averager.local_epoch)
         try:
             averager.load_state_from_peers(timeout=30)  # returns nothing; success shows in local_epoch
         except Exception as error:  # no peer could serve its state right now: try at the next check
@@ -190,20 +207,45 @@ class Coordinator:
             return
         if averager.local_epoch <= 0:
             return
+        if averager.local_epoch > self._epoch_limit() or not state_is_finite(self.model):
+            # a donor's lie: keep serving the state we had, not the one it sent, and never spot-check or release from it
+            logger.warning("refused the state a peer served at epoch %s (trusted up to %s, or not finite)",
+                           averager.local_epoch, self._epoch_limit())
+            with torch.no_grad():
+                for tensor, saved in zip(self.model.parameters(), before[0]):
+                    tensor.copy_(saved)
+            averager.local_epoch = before[1]
+            return
         self.loaded_epoch = averager.local_epoch
+        self._trust_epoch(self.loaded_epoch)
         self._spot_check(self._last_records)
         release_due = release_is_due(self.loaded_epoch, self.last_release_step, self.options.release_every)
         requested = (self.workdir.root / RELEASE_REQUEST).exists()
         if release_due or requested:
-            # calibration and the promises' measurements are minutes of CPU on a small box: lowered, so peers
-            # sharing the machine keep their averaging rounds (the worker waits; ledger use stays serialised)
-            manifest = run_at_low_priority(partial(cut_release, self.workdir, self.inputs, self.model, self.loaded_epoch, self.ledger))
+            try:
+                gate = self._release_gate()
+                # calibration and the promises' measurements are minutes of CPU on a small box: lowered, so peers
+                # sharing the machine keep their averaging rounds (the worker waits; ledger use stays serialised)
+                manifest = run_at_low_priority(partial(cut_release, self.workdir, self.inputs, self.model, self.loaded_epoch, self.ledger,
+                                                       gate=gate))
+            except ReleaseRefused as error:
+                logger.warning("no release at global step %s: %s", self.loaded_epoch, error)
+                return
+            self.ledger.set_meta("release_gate_loss", repr(gate["held_out_loss"]))
             self.last_release_step = self.loaded_epoch
             self.ledger.set_meta("last_release_step", str(self.loaded_epoch))
             (self.workdir.root / RELEASE_REQUEST).unlink(missing_ok=True)
             self._announce_release(str(manifest.version), manifest.global_step)
             self.metrics.releases.inc()
             logger.info("released %s at global step %s", manifest.version, manifest.global_step)
+
+    def _release_gate(self) -> dict:
+        """Held-out loss of the loaded state against the last release's (cairn.coordinator.releaser.release_gate)."""
+        if not state_is_finite(self.model):
+            raise ReleaseRefused("the averaged state has non-finite parameters")
+        pairs = self.corpus.heldout[:GATE_PAIRS] or self.corpus.shard(0, self.config.swarm.num_shards)[:GATE_PAIRS]
+        previous = self.ledger.meta("release_gate_loss")
+        return release_gate(self.task.eval_loss(pairs, batch_size=len(pairs)), None if previous is None else float(previous))
 
     def _spot_check(self, records: dict) -> None:
         """Recompute each probe loss reported for the loaded epoch from the shard samples it names."""
@@ -245,6 +287,11 @@ def release_is_due(loaded_epoch: int, last_release_step: int, release_every: int
     if loaded_epoch <= last_release_step // 2:  # a new run of the swarm (one step back is only a donor behind)
         last_release_step = 0
     return loaded_epoch - last_release_step >= release_every
+
+
+def plausible_epoch_limit(trusted_epoch: int, trusted_at: float, now: float, min_seconds_per_step: float = MIN_SECONDS_PER_STEP) -> int:
+    """The highest global step the swarm can have reached by `now`, from the last one the coordinator trusted."""
+    return trusted_epoch + 1 + int(max(now - trusted_at, 0.0) / min_seconds_per_step)
 
 
 def run_coordinator(options: CoordinatorOptions) -> None:

@@ -36,6 +36,14 @@ entry per claimant per shard to reconcile. Leases only decide who reads which da
 (credit, weights) depends on them, and a misbehaving peer can waste data order, not corrupt the model.
 So this is an honest-peer design; if shard hogging ever matters, the coordinator should hand out
 leases signed with its own key.
+
+Two cheap defences against a squatter (issue 12, attack 4), since the DHT's latest-expiration rule would
+otherwise let one far-future entry hold a shard or a progress offset forever: an entry expiring beyond
+what an honest writer ever stores (now + lease + margin, now + progress TTL, plus MAX_CLOCK_SKEW) is
+ignored, and a shard whose only entry is such a squat is taken without a confirmed lease (our stores are
+refused there; two peers may then share that shard, which wastes data order and nothing more). A
+progress offset lower than the highest this peer has seen for the shard is ignored too (this peer's own
+writes reset it, since an offset wraps around at the end of the shard).
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ logger = logging.getLogger(__name__)
 
 _TICK = 1e-3
 """How much later than an existing entry a store must expire to replace it; clocks are far coarser."""
+MAX_CLOCK_SKEW = 60.0
+"""How far another peer's clock may run ahead of ours before its expirations count as a squat."""
 
 
 class ShardLease:
@@ -91,6 +101,8 @@ class ShardLease:
         self._expires_at = 0.0
         self._lost = False
         self._progress_expirations: dict[int, float] = {}
+        self._progress_high: dict[int, int] = {}  # the highest offset seen per shard, reset by our own writes
+        self._squatted: set[int] = set()  # shards whose only entry expires implausibly late (see the module doc)
 
     @property
     def shard(self) -> int | None:
@@ -124,7 +136,9 @@ class ShardLease:
                 self._store_lease(shard, self._claim_expiration(seen_expiration))
                 time.sleep(self.settle_seconds)
                 entry = self._read_leases().get(shard)
-                if entry is None or entry[0].holder != self.holder:
+                if entry is None and shard in self._squatted:
+                    logger.warning("shard %d is squatted (a lease expiring implausibly late): training on it unconfirmed", shard)
+                elif entry is None or entry[0].holder != self.holder:
                     continue  # a claim expiring later won
                 self._store_lease(shard, self._confirmed_expiration())
                 self._shard, self._lost = shard, False
@@ -177,10 +191,15 @@ class ShardLease:
         """The next sample offset of `shard`: where its last holder stopped, 0 if nobody started it."""
         found = self._dht.get(self._keys.shard_progress, latest=True)
         entry = found.value.get(str(shard)) if found is not None and isinstance(found.value, dict) else None
-        if entry is None or not isinstance(entry.value, int) or isinstance(entry.value, bool) or entry.value < 0:
-            return 0
         with self._lock:
+            high = self._progress_high.get(shard, 0)
+            if (entry is None or not isinstance(entry.value, int) or isinstance(entry.value, bool) or entry.value < 0
+                    or entry.expiration_time > get_dht_time() + self.progress_ttl_seconds + MAX_CLOCK_SKEW):
+                return high
+            if entry.value < high:  # a write that goes backwards: a rewind of the data order, ignored
+                return high
             self._progress_expirations[shard] = entry.expiration_time
+            self._progress_high[shard] = entry.value
         return entry.value
 
     def save_progress(self, shard: int, offset: int) -> None:
@@ -192,6 +211,7 @@ class ShardLease:
             latest_seen = self._progress_expirations.get(shard, 0.0)
             expiration = max(get_dht_time() + self.progress_ttl_seconds, latest_seen + _TICK)
             self._progress_expirations[shard] = expiration
+            self._progress_high[shard] = offset
         self._dht.store(self._keys.shard_progress, subkey=str(shard), value=offset, expiration_time=expiration)
 
     def _candidates(self, preferred: int | None) -> list[int]:
@@ -227,12 +247,18 @@ class ShardLease:
         """Shard -> (lease, DHT expiration) for every well-formed entry of a shard of this run."""
         found = self._dht.get(self._keys.shard_leases, latest=True)
         if found is None or not isinstance(found.value, dict):
+            self._squatted.clear()
             return {}
         leases: dict[int, tuple[LeaseRecord, float]] = {}
+        latest_honest = get_dht_time() + self.lease_seconds + self._margin + MAX_CLOCK_SKEW
         for subkey, entry in found.value.items():
             shard = _shard_number(subkey)
             if shard is None or shard >= self.num_shards:
                 continue
+            if entry.expiration_time > latest_honest:  # no honest peer stores that far ahead: a squat
+                self._squatted.add(shard)
+                continue
+            self._squatted.discard(shard)
             try:
                 leases[shard] = (LeaseRecord.parse_obj(entry.value), entry.expiration_time)
             except pydantic.ValidationError:

@@ -30,6 +30,7 @@ from cairn.protocol.run_config import RunConfig
 from cairn.training.task import CollapseDetector, TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory
 
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
+from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
 
 logger = logging.getLogger("cairn.peer")
@@ -268,8 +269,12 @@ class TrainingSession:
                 computing = time.monotonic()
                 loss, parts = self.task.loss(batch)
                 loss.backward()
-                self._watch_collapse(len(batch), parts)
                 self.compute_seconds += time.monotonic() - computing
+                if not sanitize_gradients(self.task.model.parameters()):  # never share a NaN: drop the batch, not the peer
+                    logger.warning("dropped a batch whose gradient is not finite (shard %s, offset %s)", self.shard, batch_start)
+                    self.optimizer.zero_grad()
+                    continue
+                self._watch_collapse(len(batch), parts)
                 stepping = time.monotonic()
                 self.optimizer.step()
                 self.optimizer.zero_grad()
@@ -349,12 +354,11 @@ class TrainingSession:
 
     def _publish(self) -> None:
         """Publish this peer's signed contribution record (owner-tagged subkey: nobody else can write it)."""
-        from cairn.peer.records import publish_record
-        from cairn.protocol.dht_keys import ContributionRecord
+        from cairn.peer.records import build_record, publish_record
 
         probe = self.stats.last_probe or {"probe_epoch": -1, "probe_shard": -1, "probe_offset": 0, "probe_count": 0, "probe_loss": 0.0}
         loss = self.stats.loss if self.stats.loss == self.stats.loss else 0.0  # NaN before the first step
-        record = ContributionRecord(
+        record = build_record(
             display_name=self.options.name, peer_id=self.dht.peer_id.to_base58(), samples=self.stats.samples, steps=self.stats.steps,
             loss=float(loss), samples_per_second=float(max(self.throughput, 0.0)), device=self.device.type,
             uptime_seconds=float(time.time() - self.stats.started_at), shard=self.stats.shard, protocol_version=PROTOCOL_VERSION,
@@ -362,7 +366,8 @@ class TrainingSession:
             collapsed=self.collapse.collapsed,
             **{k: (float(v) if k == "probe_loss" else int(v)) for k, v in probe.items()},
         )
-        publish_record(self.dht, self.config.run_id, record, RECORD_TTL_S, identity=self.key)
+        if record is not None:
+            publish_record(self.dht, self.config.run_id, record, RECORD_TTL_S, identity=self.key)
 
     def write_summary(self) -> None:
         """What this peer did, for benchmarks and tests: samples, epochs, bytes, utilisation, losses."""

@@ -7,11 +7,28 @@ peers alive within the last `ttl_seconds`.
 
 from __future__ import annotations
 
+import logging
+
 import hivemind
+import pydantic.v1 as pydantic
 from hivemind.utils import get_dht_time
 from hivemind.utils.crypto import RSAPrivateKey
 
 from cairn.protocol.dht_keys import ContributionRecord, RunKeys, decode_contributions, owner_subkey
+
+logger = logging.getLogger("cairn.peer")
+
+
+def build_record(**fields) -> ContributionRecord | None:
+    """The record of these fields, or None with one warning when they break the schema (a NaN probe loss after a poisoned
+    round raised a ValidationError out of the training loop: issue 12, attack 3). The peer keeps training; its next
+    record, once its numbers are sane again, is published as usual."""
+    try:
+        return ContributionRecord(**fields)
+    except pydantic.ValidationError as error:
+        problems = ", ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        logger.warning("no contribution record this time (%s)", problems)
+        return None
 
 
 def publish_record(

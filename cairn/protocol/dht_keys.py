@@ -21,6 +21,7 @@ Keys, all `f"{run_id}_{name}"`, name being a field of `RunSchema`:
 """
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, Literal, Mapping
@@ -31,17 +32,30 @@ from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils.crypto import RSAPrivateKey
 
+logger = logging.getLogger(__name__)
+
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 _BASE58 = r"^[1-9A-HJ-NP-Za-km-z]{1,128}$"
 _NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"  # names end up in terminals and log files
 
 
-def _finite(ge: float | None = None) -> type:
-    return pydantic.confloat(strict=True, allow_inf_nan=False, ge=ge)
+# Bounds on what a record may claim (issue 12, attack 2): the ledger stores these numbers in SQLite INTEGER
+# columns (64-bit, and SUM overflows), and signatures prove only who wrote a record. Each bound is far
+# above any honest value, so no honest peer meets one.
+MAX_COUNT = 2**40  # steps, epochs, offsets, shard numbers: about 10^12, and 2^23 peers at the bound still fit a SUM
+MAX_UPTIME_SECONDS = 366 * 24 * 3600.0  # a peer process running for a year
+MAX_SAMPLES_PER_SECOND = 20_000.0  # measured: ~100 samples/s on a CPU core, a few thousand on a GPU (docs/benchmarks.md)
+SAMPLES_SLACK = 4096  # one batch counted before the first second of uptime
+MAX_LOSS = 1e6  # InfoNCE is ln(batch) at chance; anything this large is garbage
+MAX_TIMESTAMP = 1e11  # unix seconds, year 5138
 
 
-def _count(ge: int = 0) -> type:
-    return pydantic.conint(strict=True, ge=ge)
+def _finite(ge: float | None = None, le: float | None = None) -> type:
+    return pydantic.confloat(strict=True, allow_inf_nan=False, ge=ge, le=le)
+
+
+def _count(ge: int = 0, le: int = MAX_COUNT) -> type:
+    return pydantic.conint(strict=True, ge=ge, le=le)
 
 
 ShardIndex = pydantic.constr(strict=True, regex=r"^(0|[1-9][0-9]{0,8})$")
@@ -53,15 +67,15 @@ class ContributionRecord(pydantic.BaseModel):
 
     display_name: pydantic.constr(strict=True, max_length=64, regex=_NO_CONTROL_CHARACTERS)
     peer_id: pydantic.constr(strict=True, regex=_BASE58)  # the hivemind PeerID as a base58 string
-    samples: _count()
+    samples: _count()  # also at most uptime_seconds x MAX_SAMPLES_PER_SECOND (see _plausible_samples)
     steps: _count()
-    loss: _finite()  # NaN would never equal itself, and hivemind would reject the record anyway
-    samples_per_second: _finite(ge=0.0)
+    loss: _finite(ge=-MAX_LOSS, le=MAX_LOSS)  # NaN would never equal itself, and hivemind would reject the record anyway
+    samples_per_second: _finite(ge=0.0, le=MAX_SAMPLES_PER_SECOND)
     device: Literal["cpu", "cuda"]
-    uptime_seconds: _finite(ge=0.0)
+    uptime_seconds: _finite(ge=0.0, le=MAX_UPTIME_SECONDS)
     shard: _count(ge=-1)  # -1: no shard leased
     protocol_version: _count()
-    reported_at: _finite()  # unix time on the writer's clock
+    reported_at: _finite(ge=0.0, le=MAX_TIMESTAMP)  # unix time on the writer's clock
     epoch: _count()  # the peer's hivemind epoch (global step) when it wrote this record
     shards_completed: _count()  # passes over a leased shard finished by this peer
     # the spot-checkable claim: eval-mode loss on (shard, offset, count) right after epoch probe_epoch's
@@ -70,11 +84,23 @@ class ContributionRecord(pydantic.BaseModel):
     probe_shard: _count(ge=-1)
     probe_offset: _count()
     probe_count: pydantic.conint(strict=True, ge=0, le=4096)
-    probe_loss: _finite()
+    probe_loss: _finite(ge=-MAX_LOSS, le=MAX_LOSS)
     collapsed: pydantic.StrictBool = False  # the peer's collapse detector fired (cairn.training.task.CollapseDetector)
 
     class Config:
         extra = pydantic.Extra.forbid
+
+    @pydantic.root_validator(skip_on_failure=True)
+    def _plausible_samples(cls, values: dict) -> dict:
+        """A samples counter no process could have reached in its claimed uptime is refused outright."""
+        if values["samples"] > max_samples_for(values["uptime_seconds"]):
+            raise ValueError(f"samples {values['samples']} exceed what {values['uptime_seconds']:.0f} s of uptime allow")
+        return values
+
+
+def max_samples_for(seconds: float) -> int:
+    """The most samples a peer can have trained in `seconds` (MAX_SAMPLES_PER_SECOND, plus one batch)."""
+    return int(max(seconds, 0.0) * MAX_SAMPLES_PER_SECOND) + SAMPLES_SLACK
 
 
 class LeaseRecord(pydantic.BaseModel):
@@ -193,6 +219,12 @@ def decode_contributions(entries: Mapping[Any, Any] | None) -> dict[str, Contrib
             continue
         try:
             records[owner] = ContributionRecord.parse_obj(getattr(item, "value", item))
-        except pydantic.ValidationError:
+        except (pydantic.ValidationError, TypeError, ValueError) as error:
+            logger.warning("skipped the contribution record of %s: %s", owner, _first_line(error))
             continue
     return records
+
+
+def _first_line(error: Exception) -> str:
+    """A validation error in one log line (pydantic's own message spans several)."""
+    return " ".join(str(error).split())[:300]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cairn.protocol.errors import CairnError
 
-SCHEMA_VERSION = 2  # 2: records.collapsed (migrated in place by `connect`)
+SCHEMA_VERSION = 3  # 2: records.collapsed; 3: peers.forfeited_samples, peers.start_step (migrated in place by `connect`)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS peers (
     seconds_online REAL NOT NULL DEFAULT 0,
     shards_completed INTEGER NOT NULL DEFAULT 0,
     last_counter INTEGER NOT NULL DEFAULT 0,      -- the peer's own samples counter at its last record
-    last_uptime REAL NOT NULL DEFAULT 0
+    last_uptime REAL NOT NULL DEFAULT 0,
+    forfeited_samples INTEGER NOT NULL DEFAULT 0, -- claims and credit a failed spot check took back
+    start_step INTEGER NOT NULL DEFAULT 0         -- the global step from which its claims are explained (cairn.coordinator.ledger.claim_of)
 );
 
 -- every accepted record, for per-contributor history and convergence charts
@@ -100,7 +102,9 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 # columns added after version 1: (table, column, definition); CREATE TABLE IF NOT EXISTS leaves an old table as it was
-MIGRATIONS = (("records", "collapsed", "INTEGER NOT NULL DEFAULT 0"),)
+MIGRATIONS = (("records", "collapsed", "INTEGER NOT NULL DEFAULT 0"),
+              ("peers", "forfeited_samples", "INTEGER NOT NULL DEFAULT 0"),
+              ("peers", "start_step", "INTEGER NOT NULL DEFAULT 0"))
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
