@@ -523,9 +523,57 @@ def test_verify_detects_edits_to_an_installed_release(repo, releases, root, inst
     with pytest.raises(ReleaseError, match="not signed by the keys"):
         verify_installed(installed, (other.metadata_dir / "1.root.json").read_bytes())
 
+    # a machine that never pulled it has no pinned root for it: refused, unless only integrity is asked for by name
+    with pytest.raises(ReleaseError, match="no pinned root vouches for it"):
+        verify_installed(installed, cache_dir=tmp_path / "nowhere")
     warnings: list[str] = []
-    assert str(verify_installed(installed, cache_dir=tmp_path / "nowhere", warn=warnings.append).version) == "1.0.0"
+    assert str(verify_installed(installed, cache_dir=tmp_path / "nowhere", warn=warnings.append, integrity_only=True).version) == "1.0.0"
     assert "integrity, not origin" in warnings[0]
+    # the machine that pulled it takes the anchor from its own record, not from the directory
+    assert str(verify_installed(installed, cache_dir=tmp_path / "cache").version) == "1.0.0"
+
+
+def test_a_directory_cannot_vouch_for_itself(repo, releases, root, url, tmp_path):
+    """Issue 12, attack 6: an attacker-signed replacement, with a .tuf/source.json of its choosing, is refused; so is
+    an older, validly signed release swapped into a directory that held a newer one."""
+    cache = tmp_path / "cache"
+    repo.publish_release(releases["1.0.0"])
+    ReleaseClient(url, cache, root=root).pull(tmp_path / "old")
+    repo.publish_release(releases["1.1.0"])
+    installed = tmp_path / "installed"
+    ReleaseClient(url, cache, root=root).pull(installed)
+    assert str(verify_installed(installed, cache_dir=cache).version) == "1.1.0"
+
+    # the attacker's own repository signs a release and the attacker rewrites source.json to point at it
+    evil = ReleaseRepository(tmp_path / "evil")
+    evil.init()
+    evil.publish_release(make_release(tmp_path / "evil-src", "1.1.0", landmarks_version=2))
+    with serve(make_repository_app(evil.repository_dir)) as evil_url:
+        ReleaseClient(evil_url, tmp_path / "attacker-cache", root=(evil.metadata_dir / "1.root.json").read_bytes()).pull(tmp_path / "forged")
+    shutil.rmtree(installed)
+    shutil.copytree(tmp_path / "forged", installed)
+    with pytest.raises(ReleaseError, match="not signed by the keys|differs from the one installed"):
+        verify_installed(installed, cache_dir=cache)
+
+    # an older release, validly signed by the real keys, swapped in
+    shutil.rmtree(installed)
+    shutil.copytree(tmp_path / "old", installed)
+    with pytest.raises(ReleaseError, match="an older release swapped in"):
+        verify_installed(installed, cache_dir=cache)
+
+
+def test_embed_verifies_a_pulled_release_before_using_it(repo, releases, root, url, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    repo.publish_release(releases["1.0.0"])
+    installed = tmp_path / "installed"
+    ReleaseClient(url, cache, root=root).pull(installed)
+    weights = installed / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    monkeypatch.setenv("CAIRN_CACHE_DIR", str(cache))
+    code, out, err = run_cli(monkeypatch, capsys, "embed", "--release", installed, "a text")
+    assert code == 2 and out == "", (code, out, err)
+    assert "does not match its signed hash" in err and "Traceback" not in err
 
 
 def test_cli_reports_refusals_as_one_line(repo, releases, root, installed, tmp_path, monkeypatch, capsys):

@@ -122,7 +122,8 @@ def _pull_verify_embed(swarm, tmp_path: Path) -> None:
     verified = subprocess.run(cairn("release", "verify", str(installed), "--cache-dir", str(tmp_path / "trust")), cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0, verified.stderr
-    embedded = subprocess.run(cairn("embed", "--release", str(installed), "--dims", "64", "a small dog", "a large cat"), cwd=ROOT,
+    embedded = subprocess.run(cairn("embed", "--release", str(installed), "--dims", "64", "--cache-dir", str(tmp_path / "trust"),
+                                    "a small dog", "a large cat"), cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
     assert embedded.returncode == 0, embedded.stderr
     lines = [json.loads(line) for line in embedded.stdout.splitlines()]

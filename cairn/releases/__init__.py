@@ -14,12 +14,35 @@ from pathlib import Path
 def load_release(directory: Path | str, device: str = "auto", verify: bool = True):
     """Load an installed release as an Embedder: `load_release(DIR).embed(texts, dims=m)`.
 
-    The directory's files are first checked against its manifest (hashes, lengths, and that the
-    landmark set is the one the weights were released with), so a tampered or mixed release is refused.
+    A release pulled on this machine is verified first against the root pinned for its repository and this
+    machine's record of what it installed there (`check_release`); a tampered, re-signed or swapped-in release
+    is refused. A directory that was never pulled here (a coordinator's own release, a training bundle) is
+    loaded with a warning, after its files are checked against its manifest where it has one.
     """
     from cairn.protocol.embedder import load_bundle
-    from cairn.releases.manifest import check_release_dir
 
     if verify:
-        check_release_dir(Path(directory))
+        check_release(Path(directory))
     return load_bundle(Path(directory), device)
+
+
+def check_release(directory: Path, cache_dir: Path | None = None, warn=None) -> None:
+    """Verify `directory` before use: signed metadata and pinned root when it was pulled, else a warning."""
+    import logging
+    import os
+
+    from cairn.releases.layout import INSTALL_METADATA_DIR, MANIFEST_FILE
+    from cairn.releases.manifest import check_release_dir
+    from cairn.releases.verify import verify_installed
+
+    warn = warn or logging.getLogger(__name__).warning
+    if cache_dir is None and os.environ.get("CAIRN_CACHE_DIR"):
+        cache_dir = Path(os.environ["CAIRN_CACHE_DIR"])
+    if (directory / INSTALL_METADATA_DIR).is_dir():
+        verify_installed(directory, cache_dir=cache_dir, warn=warn)
+        return
+    if (directory / MANIFEST_FILE).is_file():
+        check_release_dir(directory)
+        warn(f"{directory} was not pulled with `cairn release pull`: its files match its manifest, but nothing vouches for who signed it")
+    else:
+        warn(f"{directory} is a local training bundle, not a signed release")

@@ -105,9 +105,13 @@ def pull(url: str, version: str | None, destination: Path, root_file: Path | Non
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @_root_option
 @_cache_option
-def verify(directory: Path, root_file: Path | None, cache_dir: Path | None) -> None:
+@click.option("--integrity-only", is_flag=True,
+              help="for a release not pulled on this machine and no --root: check only that it is intact and consistently "
+              "signed by the root stored inside it (not who signed it)")
+def verify(directory: Path, root_file: Path | None, cache_dir: Path | None, integrity_only: bool) -> None:
     """Check an installed release offline against the signed metadata it was installed with."""
-    manifest = verify_installed(directory, _read_root(root_file), cache_dir, warn=_warner(Console(stderr=True)))
+    manifest = verify_installed(directory, _read_root(root_file), cache_dir, warn=_warner(Console(stderr=True)),
+                                integrity_only=integrity_only)
     click.echo(f"ok: release {manifest.version} in {directory} matches its signed metadata")
 
 

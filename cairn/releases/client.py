@@ -22,6 +22,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 from cairn.protocol.errors import ReleaseError
 from cairn.protocol.fsutil import atomic_write_bytes
 from cairn.releases.fetcher import ProgressFetcher
+from cairn.releases.installs import InstallRecord
 from cairn.releases.install import install_dir, installed_version, recover_interrupted_install, staging_dir
 from cairn.releases.layout import INSTALL_METADATA_DIR, MANIFEST_FILE
 from cairn.releases.manifest import Manifest, check_release_dir, read_landmarks_ref, read_manifest
@@ -64,7 +65,8 @@ class ReleaseClient:
         if not url.startswith(("http://", "https://")):
             raise ReleaseError(f"repository URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
-        self.trust = TrustStore(cache_dir if cache_dir is not None else default_cache_dir(), self.url)
+        self.cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+        self.trust = TrustStore(self.cache_dir, self.url)
         self._root = root
         self._warn = warn
         self._progress = progress
@@ -105,6 +107,7 @@ class ReleaseClient:
                 # Recorded once verified, before the swap: a failed swap then cannot lose the record.
                 self.trust.record_installed(wanted, manifest_sha256)
                 install_dir(staging, Path(destination))
+                InstallRecord(self.cache_dir).record(Path(destination), self.url, wanted, manifest_sha256)
         except OSError as error:
             raise ReleaseError(f"cannot install into {destination}: {error.strerror or error}") from None
         return manifest

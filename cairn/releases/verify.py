@@ -1,13 +1,15 @@
 """Offline verification of an installed release: `cairn release verify DIR`.
 
-The trust anchor is, in order: an explicit root file; the root this machine pinned for the
-repository the release came from; failing both, the first root copied into the release itself,
-with a warning, since that proves the files are intact and consistently signed but not by whom.
+The trust anchor is, in order: an explicit root file; the root this machine pinned for the repository it
+installed this directory from (the machine's install record, never the directory's own `.tuf/source.json`,
+which whoever can write the directory can rewrite). Without either, verification is refused: the root copied
+into the release only proves the files are intact and consistently signed, not by whom, and is used only
+when asked for by name (`--integrity-only`). A directory holding an older release than this machine installed
+there, or the same version with another manifest, is refused (a validly signed older release swapped in).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +17,8 @@ from pathlib import Path
 from tuf.api.exceptions import LengthOrHashMismatchError
 
 from cairn.protocol.errors import ReleaseError
-from cairn.releases.client import SOURCE_FILE
-from cairn.releases.layout import INSTALL_METADATA_DIR
+from cairn.releases.installs import Install, InstallRecord
+from cairn.releases.layout import INSTALL_METADATA_DIR, MANIFEST_FILE
 from cairn.releases.manifest import Manifest, check_release_dir, read_manifest
 from cairn.releases.offline import ROOT_HISTORY, verify_metadata_chain
 from cairn.releases.signed import check_manifest_binding, signed_releases
@@ -30,18 +32,22 @@ def verify_installed(
     root: bytes | None = None,
     cache_dir: Path | None = None,
     warn: Callable[[str], None] = logger.warning,
+    integrity_only: bool = False,
 ) -> Manifest:
     """Check every file of the installed release in `directory` against its signed metadata."""
     directory = Path(directory)
     tuf_dir = directory / INSTALL_METADATA_DIR
     if not tuf_dir.is_dir():
         raise ReleaseError(f"{directory}: no {INSTALL_METADATA_DIR}/ metadata; it was not installed by `cairn release pull`")
-    anchor = root if root is not None else _pinned_root(tuf_dir, cache_dir)
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    installs = InstallRecord(cache)
+    anchor = root if root is not None else _pinned_root(installs.get(directory), cache)
     if anchor is None:
-        warn(
-            f"no pinned root for the repository of {directory} on this machine; checking against the root "
-            "stored inside it (proves integrity, not origin: pass --root to check origin)"
-        )
+        if not integrity_only:
+            raise ReleaseError(f"{directory} was not installed by `cairn release pull` on this machine, so no pinned root vouches "
+                               "for it: pass --root ROOT.json (obtained out of band), or --integrity-only to check only that it is "
+                               "intact and consistently signed")
+        warn(f"checking {directory} against the root stored inside it: this proves integrity, not origin")
         anchor = _read_first_root(tuf_dir)
     targets = verify_metadata_chain(anchor, tuf_dir)
     manifest = read_manifest(directory)
@@ -58,17 +64,13 @@ def verify_installed(
             raise ReleaseError(f"{directory}: {name} does not match its signed hash and length (changed after install?)") from None
     check_manifest_binding(release, manifest)
     check_release_dir(directory)
+    installs.check(directory, manifest.version, release.files[MANIFEST_FILE].hashes["sha256"])
     return manifest
 
 
-def _pinned_root(tuf_dir: Path, cache_dir: Path | None) -> bytes | None:
-    try:
-        url = json.loads((tuf_dir / SOURCE_FILE).read_bytes())["url"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(url, str):
-        return None
-    return TrustStore(cache_dir if cache_dir is not None else default_cache_dir(), url).pinned_root()
+def _pinned_root(install: Install | None, cache_dir: Path) -> bytes | None:
+    """The root pinned for the repository this machine installed the directory from (None if it did not)."""
+    return None if install is None else TrustStore(cache_dir, install.url).pinned_root()
 
 
 def _read_first_root(tuf_dir: Path) -> bytes:

@@ -77,13 +77,18 @@ def train(corpus: str, minutes: float | None, max_samples: int | None, out: Path
 @click.option("--absolute", is_flag=True, help="print the absolute (pooled) vector instead of the relational one")
 @click.option("--file", "text_file", type=click.Path(path_type=Path), help="read texts from a file, one per line")
 @device_option()
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="CAIRN_CACHE_DIR",
+              help="where `cairn release pull` keeps pinned roots and its install record (default: ~/.cache/cairn)")
 @click.argument("texts", nargs=-1)
-def embed(release_dir: Path, dims: int | None, absolute: bool, text_file: Path | None, texts: tuple[str, ...], device: str) -> None:
+def embed(release_dir: Path, dims: int | None, absolute: bool, text_file: Path | None, texts: tuple[str, ...], device: str,
+          cache_dir: Path | None) -> None:
     """Print one JSON line per text: {"text": ..., "embedding": [...]}."""
     from cairn.protocol.embedder import load_bundle
+    from cairn.releases import check_release
     from cairn.textinput import gather_texts
 
     lines = gather_texts(texts, text_file)
+    check_release(release_dir, cache_dir, warn=lambda message: click.echo(f"warning: {message}", err=True))  # verified before use
     embedder = load_bundle(release_dir, device)
     if dims is not None and not 1 <= dims <= embedder.dims:
         raise CairnError(f"--dims must be between 1 and {embedder.dims}")
