@@ -128,3 +128,21 @@ def test_a_shutdown_thread_finding_p2pd_gone_prints_no_traceback():
     assert _thread_failing_in("/venv/site-packages/hivemind/averaging/averager.py", "_shutdown") == ""
     assert "FileNotFoundError" in _thread_failing_in("/srv/cairn/coordinator/service.py", "_shutdown")
     assert "FileNotFoundError" in _thread_failing_in("/venv/site-packages/hivemind/averaging/averager.py", "step")
+
+
+def test_a_failed_state_download_is_one_line_without_traceback(caplog):
+    """A donor that left mid-download made hivemind log a 20-line traceback in the coordinator's log on every Ctrl+C."""
+    import logging
+
+    from cairn.network.logs import quiet_known_noise
+
+    quiet_known_noise()
+    averager = logging.getLogger("hivemind.averaging.averager")
+    try:
+        raise ConnectionError("protocols not supported")
+    except ConnectionError:
+        averager.error("Failed to download state from QmPeer - ConnectionError('protocols not supported')", exc_info=True)
+        averager.error("something else went wrong", exc_info=True)
+    first, second = caplog.records[-2:]
+    assert first.getMessage().startswith("Failed to download state from") and first.exc_info is None
+    assert second.exc_info is not None  # other errors keep their tracebacks

@@ -358,7 +358,15 @@ def test_a_lone_peer_starts_from_the_latest_signed_release(tmp_path: Path, corpu
         assert second.popen.wait(timeout=300) == 0, second.tail()
         fresh, resumed = swarm.summary("first"), swarm.summary("second")
         assert (swarm.peer_dir("second") / "release" / "manifest.json").exists()
-        assert resumed["first_loss"] < fresh["first_loss"] - 0.5 * (fresh["first_loss"] - fresh["last_loss"]), (resumed, fresh)
+        # it starts from the release's weights: its saved state (96 samples, no global update at target 256) is that release,
+        # not the start release 0.1.0 the first peer began from; and its first loss is below the first peer's
+        release = swarm.coordinator_dir / "releases" / resumed["compat_parent"]
+        start, released, kept = (_parameters(path) for path in (swarm.coordinator_dir / "releases" / "0.1.0", release,
+                                                                 swarm.peer_dir("second") / "state"))
+        assert resumed["epochs"] == 0, resumed
+        assert np.linalg.norm(kept - released) < 0.05 * np.linalg.norm(released - start), (np.linalg.norm(kept - released),
+                                                                                            np.linalg.norm(released - start))
+        assert resumed["first_loss"] < fresh["first_loss"], (resumed, fresh)
         # the run's default compat weight: the newcomer pulled, verified and trained against the latest signed release
         # (the latest when it started: the coordinator may publish one more from the first peer's last steps meanwhile)
         parent = resumed["compat_parent"]

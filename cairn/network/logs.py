@@ -41,6 +41,8 @@ def quiet_known_noise() -> None:
     - asyncio's "Task exception was never retrieved" for tasks hivemind starts and abandons in its own
       event loops (a peer that left mid-round, a cancelled matchmaking): hivemind has already handled the
       round; tracebacks from any other code still show.
+    - hivemind's "Failed to download state from PEER" comes with a full traceback when the donor has just left
+      (its protocol handler is gone); hivemind then tries the next donor, so the message stays, on one line.
     """
     bitsandbytes = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if _drop_4bit_kernel_notice not in bitsandbytes.filters:
@@ -48,6 +50,9 @@ def quiet_known_noise() -> None:
     asyncio_logger = logging.getLogger("asyncio")
     if _drop_abandoned_hivemind_tasks not in asyncio_logger.filters:
         asyncio_logger.addFilter(_drop_abandoned_hivemind_tasks)
+    averager = logging.getLogger("hivemind.averaging.averager")
+    if _one_line_state_download_failure not in averager.filters:
+        averager.addFilter(_one_line_state_download_failure)
     if threading.excepthook is not _quiet_hivemind_shutdown_threads:
         global _previous_excepthook
         _previous_excepthook = threading.excepthook
@@ -84,3 +89,9 @@ def _drop_abandoned_hivemind_tasks(record: logging.LogRecord) -> bool:
     if not record.getMessage().startswith("Task exception was never retrieved") or not record.exc_info:
         return True
     return not _raised_in_hivemind(record.exc_info[2])
+
+
+def _one_line_state_download_failure(record: logging.LogRecord) -> bool:
+    if record.exc_info and record.getMessage().startswith("Failed to download state from"):
+        record.exc_info, record.exc_text = None, None  # hivemind's message already names the error
+    return True
