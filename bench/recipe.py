@@ -177,7 +177,7 @@ def stability(args) -> None:
         runs[name] = Run(RUNS / f"stability-{name}-{args.samples}", name)
     probe = Probe.load()
     # without the teacher: the same pair of seeds from random tables (what the distilled start is worth to stability)
-    no_teacher = config(**RANDOM_STATIC, relational_weight=1.0)
+    no_teacher = config(**{**RANDOM_STATIC, "relational_weight": 1.0})
     for name, kwargs in {"random-seed0": dict(init_seed=0), "random-seed1": dict(init_seed=1, data_seed=1)}.items():
         train_row(f"stability-{name}-{args.samples}", no_teacher, "wordnet", samples=args.samples, suite=None, **kwargs)
         runs[name] = Run(RUNS / f"stability-{name}-{args.samples}", name)
