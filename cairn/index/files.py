@@ -9,7 +9,6 @@ the vector file is a GiB. `file_digest` gives the (bytes, sha256) recorded in in
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from cairn.protocol.errors import CairnError
+from cairn.protocol.fsutil import fsync_directory
+from cairn.releases.files import file_sha256
 
 
 @contextlib.contextmanager
@@ -57,21 +58,6 @@ def load_array(path: Path, mmap: bool = False) -> np.ndarray:
 
 
 def file_digest(path: Path) -> dict[str, int | str]:
-    """{"bytes": size, "sha256": hex} of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename durable (kill -9 and power loss both leave the directory entry as it was or as it is now)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """{"bytes": size, "sha256": hex} of a file, as index.json records it."""
+    sha256, length = file_sha256(path)
+    return {"bytes": length, "sha256": sha256}

@@ -22,7 +22,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = 0o644) -> Non
         if mode is not None:
             os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
@@ -33,8 +33,8 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True).encode("utf-8"))
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable (needed for kill -9 / power loss safety on ext4)."""
+def fsync_directory(directory: Path) -> None:
+    """Make renames inside `directory` durable (kill -9 / power loss on ext4); the one copy every writer uses."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cairn.protocol.fsutil import fsync_directory  # noqa: F401 (re-exported for the release writers)
+
 _CHUNK = 1 << 20
 
 
@@ -42,10 +44,3 @@ def atomic_copy(source: Path, destination: Path, mode: int = 0o644) -> None:
         raise
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make renames inside `directory` durable across power loss."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
