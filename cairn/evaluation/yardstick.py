@@ -8,7 +8,7 @@ same suite mode (quick or full) as the release: the two modes use different cand
 scores from the same mode are comparable.
 
 Fitting takes about a minute on two cores and depends only on the embedded data, so the scores are
-cached per machine ($CAIRN_CACHE or ~/.cache/cairn, under yardstick/), keyed by the data's digests.
+cached per machine (under yardstick/ of cairn.protocol.fsutil.cache_dir), keyed by the data's digests.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from cairn.evaluation.suite import METRICS, EmbedFn, SuiteData, run_suite
-from cairn.protocol.fsutil import atomic_write_bytes
+from cairn.protocol.fsutil import atomic_write_bytes, cache_dir
 
 logger = logging.getLogger("cairn.evaluation")
 NAME = "TF-IDF + SVD (256)"
@@ -41,8 +40,8 @@ def tfidf_svd_embed_fn(documents: list[str], components: int = COMPONENTS) -> Em
     return lambda texts: svd.transform(vectoriser.transform(texts))
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CAIRN_CACHE", Path.home() / ".cache" / "cairn")) / "yardstick"
+def yardstick_dir() -> Path:
+    return cache_dir() / "yardstick"
 
 
 def yardstick_scores(quick: bool) -> dict[str, float | None]:
@@ -52,7 +51,7 @@ def yardstick_scores(quick: bool) -> dict[str, float | None]:
     corpus = load_wordnet()
     data = SuiteData.load()
     digest = hashlib.sha256(f"{corpus.digest}|{len(data.bbc.texts)}|{COMPONENTS}|{quick}".encode()).hexdigest()[:16]
-    path = cache_dir() / f"{digest}.json"
+    path = yardstick_dir() / f"{digest}.json"
     if path.is_file():
         try:
             return json.loads(path.read_text())

@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_dir() -> Path:
+    """Where Cairn keeps per-machine caches (pinned roots, the distilled table, the yardstick's scores): $CAIRN_CACHE_DIR,
+    else $XDG_CACHE_HOME/cairn, else ~/.cache/cairn. One place, so one variable moves them all."""
+    if os.environ.get("CAIRN_CACHE_DIR"):
+        return Path(os.environ["CAIRN_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cairn"
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int | None = 0o644) -> None:
     """Write to a temp file in the same directory, fsync, then rename over `path` (mode 0644 unless told: secrets pass 0o600)."""
     path = Path(path)

@@ -29,15 +29,12 @@ def load_release(directory: Path | str, device: str = "auto", verify: bool = Tru
 def check_release(directory: Path, cache_dir: Path | None = None, warn=None) -> None:
     """Verify `directory` before use: signed metadata and pinned root when it was pulled, else a warning."""
     import logging
-    import os
 
     from cairn.releases.layout import INSTALL_METADATA_DIR, MANIFEST_FILE
     from cairn.releases.manifest import check_release_dir
     from cairn.releases.verify import verify_installed
 
     warn = warn or logging.getLogger(__name__).warning
-    if cache_dir is None and os.environ.get("CAIRN_CACHE_DIR"):
-        cache_dir = Path(os.environ["CAIRN_CACHE_DIR"])
     if (directory / INSTALL_METADATA_DIR).is_dir():
         verify_installed(directory, cache_dir=cache_dir, warn=warn)
         return

@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cairn.protocol.errors import ReleaseError
-from cairn.protocol.fsutil import atomic_write_bytes
+from cairn.protocol.fsutil import atomic_write_bytes, cache_dir
 from cairn.releases.offline import load_root
 from cairn.releases.version import ReleaseVersion
 
 
 def default_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/cairn, or ~/.cache/cairn."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cairn"
+    """The machine's Cairn cache (cairn.protocol.fsutil.cache_dir)."""
+    return cache_dir()
 
 
 def site_name(url: str) -> str:

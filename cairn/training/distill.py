@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from safetensors.numpy import load_file, save
 
 from cairn.protocol.encoder import STATIC_INIT_STD, EncoderConfig, StaticEncoder
 from cairn.protocol.errors import CairnError
-from cairn.protocol.fsutil import atomic_write_bytes
+from cairn.protocol.fsutil import atomic_write_bytes, cache_dir
 from cairn.evaluation.suite import EmbedFn
 from cairn.protocol.tokenizer import TextTokenizer
 
@@ -70,8 +69,8 @@ def teacher_embed_fn() -> EmbedFn:
 
 
 def default_cache() -> Path:
-    """Where distilled tables are kept between runs: $CAIRN_CACHE or ~/.cache/cairn, under distilled/."""
-    return Path(os.environ.get("CAIRN_CACHE", Path.home() / ".cache" / "cairn")) / "distilled"
+    """Where distilled tables are kept between runs: distilled/ under the machine's cache (fsutil.cache_dir)."""
+    return cache_dir() / "distilled"
 
 
 def load_or_distill(tokenizer: TextTokenizer, dims: int, teacher: Callable[[], EmbedFn] = teacher_embed_fn,
