@@ -6,6 +6,7 @@ and stops, then kills by process group, everything it started.
 
 from __future__ import annotations
 
+import math
 import json
 import os
 import subprocess
@@ -247,7 +248,6 @@ def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tm
     compatible with it (the swarm's parent while no other release exists; the trainer's --compat-with).
 
     On the code before the fix the swarm's loss sat at ln(batch) from global step 3: this fails there."""
-    import math
 
     from cairn.coordinator.cli import COMPAT_WEIGHT
     from cairn.corpora import load_corpus
@@ -306,7 +306,6 @@ def test_cairn_swarm_runs_the_whole_network_learns_and_stops_cleanly(tmp_path: P
     """The README's main job at its defaults: `cairn swarm --peers 2` trains with both peers contributing, its loss
     falls well below chance, its releases beat the start release on held-out retrieval and sit far above chance on
     every suite task, and it stops everything it started (SIGTERM: the same path as Ctrl+C's clean shutdown)."""
-    import math
     import sqlite3
 
     workdir = tmp_path / "swarm"
@@ -341,17 +340,26 @@ def test_cairn_swarm_runs_the_whole_network_learns_and_stops_cleanly(tmp_path: P
     yardstick = json.loads((releases[-1] / "manifest.json").read_text())["metrics"]["yardstick"]
     assert yardstick["mode"] == "quick" and yardstick["beats"]["gloss_lemma_r10"] and yardstick["beats"]["bbc_probe_acc"], (latest, yardstick)
     # and what a user gets from it works: the release loads through the public API (files checked against the manifest)
-    # and its 64-coordinate Matryoshka prefix puts a paraphrase nearer than an unrelated sentence (measured: 0.50 vs 0.35)
+    # and its 64-coordinate Matryoshka prefix matches short definitions to their words: measured on three README-job
+    # releases, 7-8 of 8 found first, matched cosine 0.51-0.54 against 0.05 for the others (one pair alone is too noisy)
     from cairn.releases import load_release
 
-    vectors = load_release(releases[-1], device="cpu").embed(["a young dog", "puppy", "the stock market fell sharply"], dims=64)
-    assert vectors.shape == (3, 64) and float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.05, vectors @ vectors.T
+    definitions = ["a young dog", "a large body of salt water", "a portable computer", "a building where people live",
+                   "the money a person earns for work", "a feeling of great happiness", "a vehicle that flies through the air",
+                   "a doctor who operates on patients"]
+    words = ["puppy", "ocean", "laptop", "house", "salary", "joy", "airplane", "surgeon"]
+    release = load_release(releases[-1], device="cpu")
+    similarity = release.embed(definitions, dims=64) @ release.embed(words, dims=64).T
+    assert similarity.shape == (8, 8), similarity.shape
+    found_first = int((similarity.argmax(axis=1) == np.arange(8)).sum())
+    matched, others = float(np.diag(similarity).mean()), float(similarity[~np.eye(8, dtype=bool)].mean())
+    assert found_first >= 6 and matched > others + 0.25, (found_first, matched, others)
 
 
 @pytest.mark.timeout(900)
 def test_a_lone_peer_starts_from_the_latest_signed_release(tmp_path: Path, corpus_spec: str):
     """With `init = release`, a peer alone in the swarm pulls and verifies the latest release and starts
-    from its weights: its first loss is near where the release left off, far below a fresh model's."""
+    from its weights (its saved state is that release), and trains on from a loss far below chance."""
     with swarm_in(tmp_path, corpus_spec) as swarm:
         swarm.init("--target-batch-size", "256", "--batch-size", "32", "--landmarks", "64", "--init", "release")
         swarm.start_coordinator("--release-every", "3")
@@ -372,7 +380,9 @@ def test_a_lone_peer_starts_from_the_latest_signed_release(tmp_path: Path, corpu
         assert resumed["epochs"] == 0, resumed
         assert np.linalg.norm(kept - released) < 0.05 * np.linalg.norm(released - start), (np.linalg.norm(kept - released),
                                                                                             np.linalg.norm(released - start))
-        assert resumed["first_loss"] < fresh["first_loss"], (resumed, fresh)
+        # and it trains on from there: its first loss is a trained model's, far below chance at batch 32 (not compared with
+        # the first peer's first loss: that one started from the distilled release, also trained, and one batch is noisy)
+        assert resumed["first_loss"] < 0.8 * math.log(32), (resumed, fresh)
         # the run's default compat weight: the newcomer pulled, verified and trained against the latest signed release
         # (the latest when it started: the coordinator may publish one more from the first peer's last steps meanwhile)
         parent = resumed["compat_parent"]
