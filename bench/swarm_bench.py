@@ -67,7 +67,7 @@ def run_config(name: str, coordinator_dir: Path, peers: list[tuple[str, list[str
     summaries = [json.loads((root / "peers" / peer_name / "peer-summary.json").read_text()) for peer_name, _ in peers]
     epochs = max(s["epochs"] for s in summaries)
     return {
-        "config": name, "peers": len(peers), "compression": compression, "local_updates": summaries[0]["local_updates"],
+        "config": name, "peers": len(peers), "compression": compression, "averaging": summaries[0]["averaging"],
         "samples_per_second_total": sum(s["samples_per_second"] for s in summaries),
         "utilisation_mean": statistics.mean(s["utilisation"] for s in summaries),
         "global_steps": epochs,
@@ -87,9 +87,9 @@ def main() -> None:
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     gradients = args.root / "run-gradients"
-    local = args.root / "run-local-updates"
+    local = args.root / "run-diloco"
     init_run(gradients)
-    init_run(local, "--local-updates")
+    init_run(local, "--averaging", "diloco")
     cores = [str(c) for c in sorted(os.sched_getaffinity(0))]
     two = [("peer-a", [cores[0]]), ("peer-b", [cores[-1]])]
     plan = [
@@ -98,7 +98,7 @@ def main() -> None:
         ("2 peers, 1 core each, fp16", gradients, two, "fp16"),
         ("2 peers, 1 core each, uniform8", gradients, two, "uniform8"),
         ("2 peers, 1 core each, blockwise8", gradients, two, "blockwise8"),
-        ("2 peers, 1 core each, local updates", local, two, "blockwise8"),
+        ("2 peers, 1 core each, diloco", local, two, "blockwise8"),
     ]
     results = []
     for name, run_dir, peers, compression in plan:

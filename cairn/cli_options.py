@@ -17,7 +17,8 @@ from cairn.protocol.run_config import TrainingConfig
 TRAINING_FIELDS = ("model", "initialisation", "vocabulary", "batch_size", "lr", "weight_decay", "start_pull", "warmup_updates",
                    "landmarks", "landmark_order", "anchor_refresh_every", "seed")
 OBJECTIVE_FIELDS = ("relational_weight", "absolute_weight", "temperature", "relational_temperature")
-SWARM_FIELDS = ("target_batch_size", "compression", "num_shards", "lease_seconds", "averaging_timeout")
+SWARM_FIELDS = ("target_batch_size", "compression", "num_shards", "lease_seconds", "averaging_timeout", "averaging", "outer_every",
+                "outer_lr")
 OPTION_NAMES = {"num_shards": "--shards"}
 
 
@@ -34,13 +35,9 @@ def training_options(function: Callable) -> Callable:
 
 
 def swarm_options(function: Callable) -> Callable:
-    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --local-updates."""
-    decorators = [config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ())) for name in SWARM_FIELDS]
-    import click
-
-    decorators.append(click.option("--local-updates", is_flag=True, help="DiLoCo-style: peers step locally, parameters averaged "
-                                   "once per global step"))
-    return _apply(decorators, function)
+    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --averaging, --outer-every, --outer-lr."""
+    return _apply([config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ()))
+                   for name in SWARM_FIELDS], function)
 
 
 def training_config(settings: dict) -> TrainingConfig:

@@ -32,7 +32,7 @@ from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from cairn.coordinator.priority import run_at_low_priority
 from cairn.protocol.run_config import RunConfig
 from cairn.protocol.tokenizer import TextTokenizer
-from cairn.training.task import TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory
+from cairn.training.task import TrainingTask, encoder_config, reference_texts, shared_optimizer_factories
 
 from cairn.coordinator.landmark_versions import latest_landmarks, version_path
 from cairn.coordinator.ledger import Ledger
@@ -89,10 +89,11 @@ class Coordinator:
 
     def _make_state_loader(self) -> hivemind.Optimizer:
         training, swarm = self.config.training, self.config.swarm
+        optimizer, scheduler = shared_optimizer_factories(training, swarm)
         return hivemind.Optimizer(
-            dht=self.dht, run_id=self.config.run_id, target_batch_size=swarm.target_batch_size, auxiliary=True,
-            # the peers' optimizer and schedule: hivemind unpacks a downloaded optimizer state into this one's structure
-            params=self.model.parameters(), optimizer=optimizer_factory(training), scheduler=scheduler_factory(training),
+            dht=self.dht, run_id=self.config.run_id, target_batch_size=swarm.samples_per_epoch, auxiliary=True,
+            # the peers' shared optimizer and schedule: hivemind unpacks a downloaded optimizer state into this one's structure
+            params=self.model.parameters(), optimizer=optimizer, scheduler=scheduler,
             matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
             # it shares the last averaged state it loaded: a peer joining a swarm whose peers all left
             # would otherwise retry forever inside hivemind for a donor that no longer exists
@@ -179,7 +180,7 @@ class Coordinator:
         global_epoch = min(tracker.global_epoch, self._epoch_limit())  # peers report it: an absurd one would lift the credit cap
         if global_epoch > self._seen_epoch:  # the swarm finished an averaging round since the last poll
             self._seen_epoch, self._epoch_changed_at = global_epoch, time.time()
-        result = self.ledger.apply_poll(records, global_epoch, self.config.swarm.target_batch_size,
+        result = self.ledger.apply_poll(records, global_epoch, self.config.swarm.samples_per_epoch,
                                         last_allreduce_at=self._epoch_changed_at)
         self._last_records = records
         peers = set(self.dht.run_coroutine(_connected_peers))

@@ -27,7 +27,8 @@ from cairn.protocol import PROTOCOL_VERSION
 from cairn.protocol.encoder import TextEncoder, build_encoder, load_encoder, pick_device
 from cairn.protocol.errors import CairnError
 from cairn.protocol.run_config import RunConfig
-from cairn.training.task import CollapseDetector, TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory
+from cairn.training.task import (CollapseDetector, TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory,
+                                 shared_optimizer_factories)
 
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
 from cairn.peer.gradients import sanitize_gradients
@@ -90,35 +91,47 @@ class StopFlag:
         return self.event.is_set()
 
 
-def make_optimizer(dht: hivemind.DHT, model: TextEncoder, config: RunConfig, batch_size: int, compression: str,
+def make_optimizer(dht: hivemind.DHT, params: list[torch.nn.Parameter], config: RunConfig, batch_size: int, compression: str,
                    sent, received, key) -> hivemind.Optimizer:
-    """hivemind.Optimizer with the measured settings (docs/benchmarks.md); must run in the main thread."""
+    """hivemind.Optimizer over the shared parameters with the measured settings (docs/benchmarks.md); must run in
+    the main thread. `params` are the model's own (per-step gradients) or a separate outer copy (DiLoCo)."""
     swarm, training = config.swarm, config.training
     install_exact_zero_blockwise()  # the reducers' replies too, not only what this peer sends
-    grad_compression = make_compression(compression, sent, received)
     # parameters in fp16, optimizer statistics in fp32 (make_state_compression says why)
     state_compression = CountingCompression(make_state_compression("fp16" if compression != "none" else "none"), sent, received)
-    common = dict(
-        dht=dht, run_id=config.run_id, target_batch_size=swarm.target_batch_size, batch_size_per_step=batch_size,
+    optimizer, scheduler = shared_optimizer_factories(training, swarm)
+    diloco = swarm.averaging == "diloco"
+    return hivemind.Optimizer(
+        dht=dht, run_id=config.run_id, target_batch_size=swarm.samples_per_epoch, batch_size_per_step=batch_size,
         # explicitly: hivemind 1.1.12 leaves Optimizer.client_mode None when not given, while its averagers take the DHT's
         # True; the optimizer then sets a state-sharing priority on a client-mode averager, which raises ValueError
         client_mode=dht.client_mode,
-        params=model.parameters(),
-        optimizer=optimizer_factory(training),
-        # hivemind steps the scheduler once per global epoch: lr_factor(epoch), the trainer's curve update by update
-        scheduler=scheduler_factory(training),
+        params=params, optimizer=optimizer,
+        # per-step gradients: hivemind steps the scheduler once per global epoch, lr_factor(epoch), the trainer's curve
+        # update by update. DiLoCo: none here, the peer steps its inner schedule itself (cairn/peer/diloco.py)
+        scheduler=scheduler,
         matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
         next_chunk_timeout=swarm.next_chunk_timeout, averager_opts=dict(request_timeout=swarm.request_timeout),
+        # what goes on the wire every epoch: the gradient, or DiLoCo's pseudo-gradient
+        grad_compression=make_compression(compression, sent, received), average_state_every=swarm.average_state_every,
+        grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout),
         state_averaging_compression=state_compression, load_state_compression=make_state_compression("fp16"),
+        # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is
+        reuse_grad_buffers=diloco, offload_optimizer=False if diloco else None,
         # hivemind keeps only the DHT's first signature validator: the tracker must sign with the same key
         tracker_opts=dict(private_key=key),
         verbose=False,
     )
-    if swarm.local_updates:
-        # DiLoCo-style: each peer applies its own updates; parameters are averaged once per epoch
-        return hivemind.Optimizer(**common, use_local_updates=True, average_state_every=1)
-    return hivemind.Optimizer(**common, grad_compression=grad_compression, average_state_every=swarm.average_state_every,
-                              grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout))
+
+
+def make_steps(model: TextEncoder, optimizer: hivemind.Optimizer, params: list[torch.nn.Parameter], config: RunConfig):
+    """The peer's step strategy for the run's averaging mode (cairn/peer/diloco.py)."""
+    from cairn.peer.diloco import DiLoCoSteps, GradientSteps
+
+    if config.swarm.averaging != "diloco":
+        return GradientSteps(model, optimizer)
+    inner = optimizer_factory(config.training)(model.parameters())
+    return DiLoCoSteps(model, optimizer, params, inner, scheduler_factory(config.training)(inner))
 
 
 def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
@@ -169,8 +182,12 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     if release_dir is not None:
         model.load_state_dict(load_encoder(release_dir).state_dict())
     batch_size = options.batch_size or config.training.batch_size
-    optimizer = make_optimizer(dht, model, config, batch_size, options.compression or config.swarm.compression,
+    from cairn.peer.diloco import outer_parameters
+
+    params = outer_parameters(model) if config.swarm.averaging == "diloco" else list(model.parameters())
+    optimizer = make_optimizer(dht, params, config, batch_size, options.compression or config.swarm.compression,
                                traffic.sent, traffic.received, key)
+    steps = make_steps(model, optimizer, params, config)
     stop.reinstall()
     lease = ShardLease(dht, config.run_id, peer_public_id(key), config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds)
     session = None
@@ -178,6 +195,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         _wait_for_swarm(optimizer, options.wait_for_peers, stop)
         if optimizer.tracker.global_epoch > optimizer.local_epoch:
             optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
+            steps.shared_state_into_model()
         task = TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.training.reference_size, config.training.seed),
                             config.training)
         parent = None
@@ -186,11 +204,12 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
 
             parent = ParentTracker(dht, coordinator, options.workdir, device, task)
             parent.maybe_refresh(wait=True)
-        session = TrainingSession(options, config, corpus, task, optimizer, lease, dht, key, device, batch_size, metrics, rounds,
-                                  traffic, stop, parent)
+        session = TrainingSession(options, config, corpus, task, optimizer, steps, lease, dht, key, device, batch_size, metrics,
+                                  rounds, traffic, stop, parent)
         session.run()
     finally:
         lease.release()
+        steps.shared_state_into_model()  # what this peer keeps is the swarm's shared state, not a half-finished inner round
         _save_local_state(model, options.workdir)
         optimizer.shutdown()
         dht.shutdown()
@@ -232,10 +251,11 @@ SUMMARY_FILE = "peer-summary.json"
 class TrainingSession:
     """The training loop of one peer and the bookkeeping around it (lease, records, metrics)."""
 
-    def __init__(self, options: PeerOptions, config: RunConfig, corpus, task: TrainingTask, optimizer: hivemind.Optimizer, lease,
-                 dht: hivemind.DHT, key, device: torch.device, batch_size: int, metrics, rounds: RoundCounters, traffic: Traffic,
-                 stop: StopFlag, parent=None):
+    def __init__(self, options: PeerOptions, config: RunConfig, corpus, task: TrainingTask, optimizer: hivemind.Optimizer, steps,
+                 lease, dht: hivemind.DHT, key, device: torch.device, batch_size: int, metrics, rounds: RoundCounters,
+                 traffic: Traffic, stop: StopFlag, parent=None):
         self.options, self.config, self.corpus, self.task = options, config, corpus, task
+        self.steps = steps  # cairn.peer.diloco: GradientSteps or DiLoCoSteps
         self.optimizer, self.lease, self.dht, self.key, self.device = optimizer, lease, dht, key, device
         self.batch_size, self.metrics, self.rounds, self.traffic, self.stop = batch_size, metrics, rounds, traffic, stop
         self.parent = parent  # cairn.peer.compat_parent.ParentTracker when the run has a compat weight, else None
@@ -272,17 +292,17 @@ class TrainingSession:
                 self.compute_seconds += time.monotonic() - computing
                 if not sanitize_gradients(self.task.model.parameters()):  # never share a NaN: drop the batch, not the peer
                     logger.warning("dropped a batch whose gradient is not finite (shard %s, offset %s)", self.shard, batch_start)
-                    self.optimizer.zero_grad()
+                    self.task.model.zero_grad(set_to_none=True)
                     continue
                 self._watch_collapse(len(batch), parts)
                 stepping = time.monotonic()
-                self.optimizer.step()
-                self.optimizer.zero_grad()
+                self.steps.step()
                 # the absolute InfoNCE: comparable with the baseline and the spot checks, chance level ln(batch)
                 self._count(batch, parts["abs"])
                 if self.optimizer.local_epoch != epoch_seen:
                     self.metrics.allreduce_duration.observe(time.monotonic() - stepping)
                     epoch_seen = self.optimizer.local_epoch
+                    self.steps.after_new_epoch()
                     if self.rounds.last_outcome == "success":  # after a failed round our parameters are our own: no claim
                         self.stats.last_probe = _probe(self.task, batch, self.shard, batch_start, epoch_seen)
                 now = time.monotonic()
@@ -383,7 +403,7 @@ class TrainingSession:
             "bytes_sent": self.traffic.sent.value, "bytes_received": self.traffic.received.value,
             "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
             "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,
-            "compression": self.options.compression or self.config.swarm.compression, "local_updates": self.config.swarm.local_updates,
+            "compression": self.options.compression or self.config.swarm.compression, "averaging": self.config.swarm.averaging,
             "compat_parent": self.parent.version if self.parent is not None else None, "collapsed": self.collapse.collapsed,
         })
 

@@ -23,6 +23,8 @@ from cairn.protocol.settings import check_ranges, setting
 from cairn.protocol.tokenizer import VOCABULARIES
 
 COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8")
+# how peers combine their work: an all-reduce of gradients every global step, or DiLoCo's local steps and outer rounds
+AVERAGING = ("gradients", "diloco")
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,31 @@ class SwarmConfig:
     request_timeout: float = setting(0.5, "seconds to wait for a peer to answer a request", min=0.05, max=60.0)
     average_state_every: int = setting(10, "full-state averaging rounds (fp16) every N global steps", min=1, max=100_000)
     compression: str = setting("blockwise8", "gradient compression on the wire", choices=COMPRESSIONS)
-    local_updates: bool = False  # DiLoCo-style: local steps, parameters averaged once per epoch
+    averaging: str = setting("gradients", "how peers combine their work: 'gradients' (all-reduce every global step) or 'diloco' "
+                             "(local AdamW steps; every --outer-every global steps, an outer Nesterov step on the averaged "
+                             "parameter change)", choices=AVERAGING)
+    outer_every: int = setting(16, "diloco: global steps' worth of samples (x --target-batch-size) between two outer rounds",
+                               min=1, max=100_000)
+    outer_lr: float = setting(0.7, "diloco: learning rate of the outer Nesterov step (1 with no momentum = plain averaging)",
+                              min=0.0, max=10.0, min_open=True)
     num_shards: int = setting(16, "corpus shards that peers lease", min=1, max=1_000_000)
     lease_seconds: float = setting(30.0, "shard lease; a departed peer's shard frees after this", min=5.0, max=86_400.0)
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples (all peers together) between two averaging rounds: hivemind's target batch size, and what the
+        ledger caps credit by per global step. A DiLoCo epoch is one outer round."""
+        return self.target_batch_size * (self.outer_every if self.averaging == "diloco" else 1)
+
+    @classmethod
+    def from_json(cls, document: dict) -> "SwarmConfig":
+        document = dict(document)
+        if document.pop("local_updates", False):  # runs initialised before issue 13: parameter averaging became DiLoCo
+            document.setdefault("averaging", "diloco")
+        return cls(**document)
 
 
 @dataclass(frozen=True)
@@ -144,7 +165,7 @@ class RunConfig:
         try:
             document = json.loads(data.decode("utf-8"))
             training = TrainingConfig.from_json(document.pop("training"))
-            swarm = SwarmConfig(**document.pop("swarm"))
+            swarm = SwarmConfig.from_json(document.pop("swarm"))
             return cls(training=training, swarm=swarm, **document)
         except CairnError:
             raise

@@ -175,6 +175,19 @@ def optimizer_factory(config: TrainingConfig) -> partial:
     return partial(AdamWTowardStart, lr=config.lr, weight_decay=config.weight_decay, start_pull=config.start_pull)
 
 
+OUTER_MOMENTUM = 0.9  # DiLoCo's outer Nesterov momentum (Douillard et al. 2023; OpenDiLoCo keeps it)
+
+
+def shared_optimizer_factories(training: TrainingConfig, swarm) -> tuple[partial, partial | None]:
+    """(optimizer, scheduler) factories of what hivemind.Optimizer wraps: the state every peer shares and the
+    coordinator loads. Per-step gradient averaging shares the run's AdamW and its schedule; DiLoCo shares the outer
+    SGD with Nesterov momentum over the parameters of the last outer round (each peer keeps its own inner AdamW,
+    whose schedule it steps itself)."""
+    if swarm.averaging == "diloco":
+        return partial(torch.optim.SGD, lr=swarm.outer_lr, momentum=OUTER_MOMENTUM, nesterov=True), None
+    return optimizer_factory(training), scheduler_factory(training)
+
+
 def make_optimizer(model: TextEncoder, config: TrainingConfig) -> torch.optim.Optimizer:
     return optimizer_factory(config)(model.parameters())
 
