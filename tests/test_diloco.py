@@ -40,7 +40,7 @@ def test_one_outer_round_is_a_nesterov_step_on_the_parameter_change(dht):
     factory, scheduler = shared_optimizer_factories(TrainingConfig(), swarm)
     assert scheduler is None
     optimizer = hivemind.Optimizer(dht=dht, run_id="diloco-test", target_batch_size=swarm.samples_per_epoch, batch_size_per_step=2,
-                                   params=outer, optimizer=factory, reuse_grad_buffers=True, offload_optimizer=False,
+                                   params=outer, optimizer=factory, reuse_grad_buffers=True,
                                    matchmaking_time=0.5, averaging_timeout=5, verbose=False)
     try:
         inner = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -51,11 +51,13 @@ def test_one_outer_round_is_a_nesterov_step_on_the_parameter_change(dht):
             model.loss().backward()
             epoch = optimizer.local_epoch
             local_before_round = model.weight.detach().clone()
+            accumulated = optimizer.grad_averager.local_times_accumulated
             steps.step()
             if optimizer.local_epoch != epoch:
                 steps.after_new_epoch()
                 break
         assert optimizer.local_epoch == 1
+        assert accumulated >= 1, "the round closed on its first step: the count's division was not exercised"
         # the change since the round's start, measured after the inner step that closed the round
         inner_step = local_before_round - 0.1 * 2 * (local_before_round - 0.5)
         expected = start - swarm.outer_lr * (1 + OUTER_MOMENTUM) * (start - inner_step)
@@ -75,7 +77,7 @@ def test_a_round_in_progress_never_touches_the_shared_parameters(dht):
     outer = outer_parameters(model)
     factory, _ = shared_optimizer_factories(TrainingConfig(), swarm)
     optimizer = hivemind.Optimizer(dht=dht, run_id="diloco-test-2", target_batch_size=swarm.samples_per_epoch, batch_size_per_step=2,
-                                   params=outer, optimizer=factory, reuse_grad_buffers=True, offload_optimizer=False,
+                                   params=outer, optimizer=factory, reuse_grad_buffers=True,
                                    matchmaking_time=0.5, averaging_timeout=5, verbose=False)
     try:
         inner = torch.optim.SGD(model.parameters(), lr=0.1)

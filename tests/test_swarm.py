@@ -389,3 +389,46 @@ def test_a_lone_peer_starts_from_the_latest_signed_release(tmp_path: Path, corpu
         assert parent in {row[0] for row in swarm.ledger("SELECT version FROM releases")}, parent
         assert f"staying compatible with release {parent}" in second.tail(100_000)
         assert (swarm.peer_dir("second") / "parent" / parent / "manifest.json").exists()
+
+
+@pytest.mark.timeout(900)
+def test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join(tmp_path: Path, corpus_spec: str):
+    """`--averaging diloco`: peers train their own copies between outer rounds, every outer round leaves them all on
+    one shared state that has learned; a peer that leaves does not stop the others, and a newcomer starts from the
+    shared (outer) state of the round it joins at, not from a fresh model."""
+    with swarm_in(tmp_path, corpus_spec) as swarm:
+        # an outer round every 8 x 256 samples: 32 inner steps of 32 per peer with two peers (a round much shorter than
+        # hivemind's matchmaking would measure matchmaking, not DiLoCo)
+        swarm.init("--averaging", "diloco", "--outer-every", "8", "--target-batch-size", "256", "--batch-size", "32",
+                   "--landmarks", "64", "--shards", "3", "--compat-weight", "0")
+        swarm.start_coordinator()
+        peers = {name: swarm.start_peer(name, "--wait-for-peers", "2") for name in ("ann", "ben")}
+        wait_for(lambda: swarm.global_step() >= 2 and {"ann", "ben"} <= set(_records(swarm)), 300, 2, "two outer rounds")
+
+        # one leaves (SIGTERM, like Ctrl+C), one joins: the survivor keeps making outer rounds meanwhile
+        peers["ben"].popen.send_signal(15)
+        assert peers["ben"].popen.wait(timeout=90) == 0, peers["ben"].tail()
+        step_at_join = swarm.global_step()
+        late = swarm.start_peer("cat", "--wait-for-peers", "1")
+        wait_for(lambda: _records(swarm).get("cat", (0,))[0] > 0, 240, 2, "the newcomer's first trained samples")
+        step_with_cat = swarm.global_step()
+        wait_for(lambda: swarm.global_step() >= step_with_cat + 2, 240, 2, "outer rounds with the newcomer")
+
+        for peer in (peers["ann"], late):  # together, so neither steps on alone
+            peer.popen.send_signal(15)
+        for peer in (peers["ann"], late):
+            assert peer.popen.wait(timeout=90) == 0, peer.tail()
+        summaries = {name: swarm.summary(name) for name in ("ann", "ben", "cat")}
+        assert all(s["averaging"] == "diloco" for s in summaries.values()), summaries
+        # the newcomer took the outer state of the round it joined at (the donor may be one round behind)
+        assert summaries["cat"]["start_epoch"] >= max(step_at_join - 1, 1), (step_at_join, summaries["cat"])
+        # outer rounds were all-reduces of pseudo-gradients with the others (one may fail as a peer leaves mid-round)
+        assert summaries["ann"]["rounds"]["success"] >= 2 and summaries["cat"]["rounds"]["success"] >= 1, summaries
+        # what the two last peers keep is the shared state of their last common round: the same parameters (up to the
+        # 8-bit replies of the all-reduce), far from where they started
+        if summaries["ann"]["final_epoch"] == summaries["cat"]["final_epoch"]:
+            ann, cat = (_parameters(swarm.peer_dir(name) / "state") for name in ("ann", "cat"))
+            moved = np.abs(ann - _initial_parameters(swarm)).mean()
+            assert moved > 0 and np.abs(ann - cat).mean() < moved / 20, (np.abs(ann - cat).mean(), moved)
+        # and it learned: the peers' losses fell from their start
+        assert summaries["ann"]["last_loss"] < summaries["ann"]["first_loss"] - 0.3, summaries["ann"]

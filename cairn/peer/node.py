@@ -116,8 +116,10 @@ def make_optimizer(dht: hivemind.DHT, params: list[torch.nn.Parameter], config: 
         grad_compression=make_compression(compression, sent, received), average_state_every=swarm.average_state_every,
         grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout),
         state_averaging_compression=state_compression, load_state_compression=make_state_compression("fp16"),
-        # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is
-        reuse_grad_buffers=diloco, offload_optimizer=False if diloco else None,
+        # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is. The
+        # optimizer stays offloaded (hivemind's default): only then does a lone peer's outer step see the pseudo-gradient
+        # divided by hivemind's accumulation count (without offloading, that path steps on the raw .grad buffers)
+        reuse_grad_buffers=diloco,
         # hivemind keeps only the DHT's first signature validator: the tracker must sign with the same key
         tracker_opts=dict(private_key=key),
         verbose=False,
