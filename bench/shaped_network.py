@@ -86,6 +86,7 @@ class LinkSampler(threading.Thread):
         self.net, self.interval = net, interval
         self.stop_event = threading.Event()
         self.first = self.last = net.counters()
+        self.series: list[tuple[float, dict]] = [(time.time(), self.first)]  # wall-clock time, counters
         self.peak_mbit: dict[str, dict[str, float]] = {node: {"up": 0.0, "down": 0.0} for node in self.first}
 
     def run(self) -> None:
@@ -100,6 +101,14 @@ class LinkSampler(threading.Thread):
                     rate = (values[direction] - previous[node][direction]) * 8 / (now - at) / 1e6
                     self.peak_mbit[node][direction] = max(self.peak_mbit[node][direction], rate)
             previous, at, self.last = now_counters, now, now_counters
+            self.series.append((time.time(), now_counters))
+
+    def between(self, node: str, direction: str, start: float, end: float) -> int:
+        """Bytes through `node`'s link in one direction between two wall-clock times (to the sampling interval)."""
+        def at(moment: float) -> int:
+            before = [c for t, c in self.series if t <= moment]
+            return (before[-1] if before else self.series[0][1])[node][direction]
+        return at(end) - at(start)
 
     def stop(self) -> dict[str, dict[str, int]]:
         self.stop_event.set()
@@ -162,11 +171,16 @@ def run_swarm_shaped(coordinator_dir: Path, workdir: Path, peers: int, rate_mbit
             if sampler is not None:
                 sampler.stop_event.set()
             stop_services(list(reversed(services)))
-    summaries = {}
+    summaries, training_traffic = {}, {}
     for name in names:
         path = workdir / "peers" / name / "peer-summary.json"
         summaries[name] = json.loads(path.read_text()) if path.exists() else None
-    return {"join": join, "summaries": summaries, "traffic": traffic, "peak_mbit": sampler.peak_mbit, "exit_codes": exit_codes,
+        if summaries[name]:  # the training session's window: it wrote the summary as it ended, wall_seconds after it began
+            end = path.stat().st_mtime
+            start = end - summaries[name]["wall_seconds"]
+            training_traffic[name] = {d: sampler.between(name, d, start, end) for d in ("up", "down")}
+    return {"join": join, "summaries": summaries, "traffic": traffic, "training_traffic": training_traffic,
+            "peak_mbit": sampler.peak_mbit, "exit_codes": exit_codes,
             "addresses": {n: net.address(n) for n in ["c", *names]}}
 
 
@@ -222,6 +236,7 @@ def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
         "samples_per_second_total": sum(s["samples_per_second"] for s in summaries.values()),
         "payload_bytes_sent_per_sample": payload / max(samples, 1),
         "wire_bytes_sent_per_sample": sum(peers_up.values()) / max(samples, 1),
+        "wire_bytes_sent_per_sample_training": sum(t["up"] for t in result["training_traffic"].values()) / max(samples, 1),
         "wire_bytes_received_per_sample": sum(peers_down.values()) / max(samples, 1),
         "payload_bytes_sent_per_step_per_peer": statistics.mean(s["bytes_sent"] / max(s["epochs"], 1) for s in summaries.values()),
         "compute_seconds_per_step_per_peer": compute / max(epochs, 1),
@@ -315,7 +330,8 @@ def main() -> None:
 
 def print_table(document: dict) -> None:
     print(f"\n{document['peers']} peers, {document['rate_mbit']:g} Mbit/s up and down each, {document['seconds']:g} s, no delay emulation")
-    print("| mode | utilisation (mean, min) | samples | global steps | payload B/sample | wire B sent/sample | peak Mbit/s | "
+    print("| mode | utilisation (mean, min) | samples | global steps | payload B/sample | wire B sent/sample: training (whole run) | "
+          "peak Mbit/s | "
           "held-out loss: swarm / single process (start) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in document["results"]:
@@ -325,7 +341,8 @@ def print_table(document: dict) -> None:
         held = r.get("heldout")
         loss = f"{held['swarm']:.3f} / {held['single_process']:.3f} ({held['start']:.3f}), ratio {held['ratio']:.3f}" if held else "—"
         print(f"| {r['mode']} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | {r['samples']:,} | {r['global_steps']} | "
-              f"{r['payload_bytes_sent_per_sample']:,.0f} | {r['wire_bytes_sent_per_sample']:,.0f} | {r['peak_link_mbit']:.1f} | {loss} |")
+              f"{r['payload_bytes_sent_per_sample']:,.0f} | {r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
+              f"{r['peak_link_mbit']:.1f} | {loss} |")
 
 
 if __name__ == "__main__":
