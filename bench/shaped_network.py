@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -60,7 +61,7 @@ def child_env() -> dict[str, str]:
 
 def diloco_available() -> bool:
     result = subprocess.run(cairn("coordinator", "init", "--help"), capture_output=True, text=True, env=child_env())
-    return result.returncode == 0 and "--averaging" in result.stdout
+    return result.returncode == 0 and re.search(r"--averaging\s", result.stdout) is not None  # not --averaging-timeout
 
 
 def init_template(root: Path, name: str, args: list[str]) -> Path:
@@ -321,10 +322,10 @@ def main() -> None:
                                             row["effective_batches"], workdir / "single-process")
         print(json.dumps(row), flush=True)
         results.append(row)
-    document = {"peers": args.peers, "rate_mbit": args.rate_mbit, "seconds": args.seconds, "cpus": cpus, "delay_emulation": None,
-                "load_average": os.getloadavg(), "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2))
+        document = {"peers": args.peers, "rate_mbit": args.rate_mbit, "seconds": args.seconds, "cpus": cpus, "delay_emulation": None,
+                    "load_average": os.getloadavg(), "results": results}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(document, indent=2))  # after every configuration: a later failure keeps these
     print_table(document)
 
 
