@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cairn.peer.swarm import Service, cairn, free_port, stop_services  # noqa: E402
+from cairn.peer.swarm import Service, cairn, free_port, stop_services, wait_for_join_address  # noqa: E402
 
 CORPUS = "wordnet"
 
@@ -37,18 +37,14 @@ def run_swarm(name: str, root: Path, init_args: list[str], samples_per_peer: int
         subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", f"bench-{name}", "--corpus", CORPUS,
                              *init_args), check=True, capture_output=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    state, started = coordinator_dir / "coordinator.json", time.time()
+    started = time.time()
     coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1", "--port",
                                                str(free_port()), "--http-host", "127.0.0.1", "--http-port", str(free_port())),
                           run / "coordinator.log")
     coordinator.start(env)
     services = [coordinator]
     try:
-        while not (state.exists() and json.loads(state.read_text()).get("started_at", 0) >= started):
-            if not coordinator.alive():
-                raise RuntimeError(f"the coordinator exited; see {coordinator.log}")
-            time.sleep(0.5)
-        join = json.loads(state.read_text())["join"][0]
+        join = wait_for_join_address(coordinator_dir, coordinator, started)[0]
         for index, core in enumerate(cores):
             peer_dir = run / "peers" / f"peer-{index}"
             (peer_dir / "peer-summary.json").unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cairn.peer.swarm import Service, cairn, free_port, stop_services  # noqa: E402
+from cairn.peer.swarm import Service, cairn, free_port, stop_services, wait_for_join_address  # noqa: E402
 
 
 def init_run(workdir: Path, *extra: str) -> None:
@@ -36,7 +36,6 @@ def run_config(name: str, coordinator_dir: Path, peers: list[tuple[str, list[str
     logs = root / "logs" / name
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    state = coordinator_dir / "coordinator.json"
     started = time.time()
     coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1",
                                                "--port", str(free_port()), "--http-host", "127.0.0.1", "--http-port", str(free_port())),
@@ -44,11 +43,7 @@ def run_config(name: str, coordinator_dir: Path, peers: list[tuple[str, list[str
     coordinator.start(env)
     services = [coordinator]
     try:
-        while not (state.exists() and json.loads(state.read_text()).get("started_at", 0) >= started):
-            if not coordinator.alive():
-                raise RuntimeError(f"the coordinator exited; see {coordinator.log}")
-            time.sleep(0.5)
-        join = json.loads(state.read_text())["join"][0]
+        join = wait_for_join_address(coordinator_dir, coordinator, started)[0]
         for peer_name, cpus in peers:
             workdir = root / "peers" / peer_name  # reused across configurations: tokenizer cache, identity
             for stale in (workdir / "peer-summary.json",):
