@@ -318,8 +318,10 @@ def main() -> None:
         if not args.no_baseline and "error" not in row:
             summaries = {n: s for n, s in raw["summaries"].items() if s}
             last = max(summaries, key=lambda n: summaries[n]["final_epoch"])
+            # DiLoCo's peers update once per batch of 1,024 (the inner step): its single process does too; the per-step
+            # modes update once per global step, so theirs accumulates the swarm's effective batch
             row["heldout"] = heldout_losses(coordinator_dir, workdir / "peers" / last / "state", row["samples"],
-                                            row["effective_batches"], workdir / "single-process")
+                                            1.0 if mode == "diloco" else row["effective_batches"], workdir / "single-process")
         print(json.dumps(row), flush=True)
         results.append(row)
         document = {"peers": args.peers, "rate_mbit": args.rate_mbit, "seconds": args.seconds, "cpus": cpus, "delay_emulation": None,
