@@ -390,6 +390,8 @@ def test_compose_passes_the_build_arguments_with_the_dockerfiles_defaults():
             assert default == declared[key], f"{name}: {key} defaults to {default}, the Dockerfile to {declared[key]}"
         assert build.get("network") == "${CAIRN_BUILD_NETWORK:-default}", f"{name}: the build network is CAIRN_BUILD_NETWORK"
         assert service.get("read_only") is True and "/tmp" in service.get("tmpfs", []), f"{name}: read-only root, private /tmp"
+        if build["target"] != "dashboard":  # hivemind's processes share tensors through /dev/shm (Docker's default: 64 MB)
+            assert re.fullmatch(r"\d+gb?", str(service.get("shm_size", "")), re.IGNORECASE), f"{name}: needs shm_size of a GB or more"
 
 
 # ---- commands: every one resolves to a real cairn command ---------------------------------------------
