@@ -218,7 +218,16 @@ def built():
         if index is not None:
             index.shutdown()
             index.server_close()
-        remove_images(image_ids() - before)
+        # ours: the images created since the start that were built on the base (the tagged images, the
+        # intermediate images of their builds, those of a failed build); an image built meanwhile from
+        # anything else stays
+        base = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE], capture_output=True, text=True, check=False).stdout.strip()
+        ours = set()
+        for image in image_ids() - before:
+            chain = subprocess.run(["docker", "history", "-q", "--no-trunc", image], capture_output=True, text=True, check=False).stdout.split()
+            if base and base in chain:
+                ours.add(image)
+        remove_images(ours)
         if made_base:
             subprocess.run(["docker", "rmi", BASE_IMAGE], capture_output=True, check=False)
 
