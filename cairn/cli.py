@@ -7,6 +7,7 @@ and so that a broken optional part (say, the dashboard) cannot stop a volunteer'
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click

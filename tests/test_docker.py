@@ -1,7 +1,7 @@
-"""The container images and the compose file, checked without a Docker engine.
+"""The container images and the compose file, checked from their sources without a Docker engine.
 
-No image is built here (no engine runs on these machines), so everything an image would do is checked
-from its source:
+tests/test_docker_e2e.py builds and runs the images where an engine runs (CI starts one); these checks
+are quick and need none:
 - each Dockerfile installs what scripts/setup.sh installs: the project from the same pyproject.toml
   (with setup.sh's default extras), the same `--no-deps` evaluation-data line, the same torch pin (the CPU build from the
   PyTorch CPU index; for the CUDA image deliberately the CUDA build of the same version), and nothing else;
@@ -9,7 +9,8 @@ from its source:
   HEALTHCHECK, compose `command:`), and every `cairn` command line in the two guides, resolves to a
   real click command of `cairn.cli.cli` and parses with it: unknown subcommands and flags, bad values
   and missing required options fail here;
-- base images are pinned to exact tags; each image runs as a non-root uid, has a HEALTHCHECK that
+- the base image is the BASE_IMAGE build argument with an exact Debian 12 default (and compose passes
+  it, and TORCH_INDEX_URL, with the same defaults); each image runs as a non-root uid, has a HEALTHCHECK that
   hits the port its command serves, and keeps its workdir on a volume; no key, identity or workdir
   file can be COPY'd in (explicit sources only, allow-list .dockerignore files);
 - docker/compose.yaml parses, starts the equivalent of `cairn swarm --peers 2`, references only these
@@ -53,7 +54,8 @@ IMAGES = {
     ("docker/Dockerfile.cuda", "peer-cuda"): "cairn/peer-cuda:0.1.0",
 }
 TORCH_INDEX = "https://download.pytorch.org/whl/"
-PYTHON_BASE = re.compile(r"python:(3\.\d+)\.(\d+)-slim-bookworm(@sha256:[0-9a-f]{64})?")
+# the public default of BASE_IMAGE: an exact Debian 12 (bookworm) tag, whose python3.11 the images install
+DEBIAN_BASE = re.compile(r"debian:12\.\d+-slim(@sha256:[0-9a-f]{64})?")
 SECRET_NAME = re.compile(r"(\.pem|\.key|\.sqlite|identity|keys?/?$|cairn-swarm|\.env)", re.IGNORECASE)
 SAMPLE_JOIN = "/ip4/172.18.0.2/tcp/31337/p2p/QmPNEQw8m2GgCwZ5S7VcjvJqc2fBxeVT9JK1LYkWFSgBsQ"
 LEAD_TODO = ("`cairn coordinator run` needs --metrics-port PORT (and --metrics-host, default 0.0.0.0) serving "
@@ -127,7 +129,9 @@ class Dockerfile:
         return [stage for name, stage in self.stages.items() if name not in used_as_base | copied_from]
 
     def substitute(self, text: str) -> str:
-        return re.sub(r"\$\{?(\w+)\}?", lambda m: self.args.get(m.group(1), m.group(0)), text)
+        for _ in range(3):  # an ARG's default may name another ARG
+            text = re.sub(r"\$\{?(\w+)\}?", lambda m: self.args.get(m.group(1), m.group(0)), text)
+        return text
 
 
 def logical_lines(path: Path) -> list[tuple[int, str]]:
@@ -185,7 +189,10 @@ def shell_commands(dockerfile: Dockerfile, stage: Stage) -> list[list[str]]:
     commands = []
     for run in stage.all("RUN", inherited=False):
         for part in re.split(r"\s*&&\s*", dockerfile.substitute(run.text)):
-            commands.append(shlex.split(part))
+            words = shlex.split(part)
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value before the command
+                words.pop(0)
+            commands.append(words)
     return commands
 
 
@@ -293,7 +300,7 @@ def test_each_image_installs_what_setup_sh_installs(name):
     torch_pin = pyproject_torch_pin()
     torch = [i for i in installs if any(a.startswith("torch==") for a in i)]
     project = [i for i in installs if is_project(i)]
-    data = [i for i in installs if "--no-deps" in i]
+    data = [i for i in installs if "--no-deps" in i and i not in torch]
     assert len(torch) == len(project) == len(data) == 1 and len(installs) == 3, (
         f"{name}: exactly three pip installs (torch, the project, the evaluation data), found {installs}")
     # the project: `pip install .[extras]` from the repository's pyproject.toml, setup.sh's extras, nothing else named
@@ -310,11 +317,15 @@ def test_each_image_installs_what_setup_sh_installs(name):
     sequence = [c for stage in dockerfile.stages.values() for c in shell_commands(dockerfile, stage)]
     positions = {key: next(n for n, c in enumerate(sequence) if match(c)) for key, match in {
         "project": lambda c: c[:2] == ["pip", "install"] and is_project(c), "check": lambda c: c[:2] == ["pip", "check"],
-        "data": lambda c: c[:2] == ["pip", "install"] and "--no-deps" in c}.items()}
+        "data": lambda c: c[:2] == ["pip", "install"] and "--no-deps" in c and not any(a.startswith("torch==") for a in c)}.items()}
     assert positions["project"] < positions["check"] < positions["data"], f"{name}: pip check must sit between the two installs"
     # torch: the pin of pyproject.toml, from the PyTorch index of the right build
     args = torch[0]
     assert f"torch=={torch_pin}" in args, f"{name}: torch must be pyproject.toml's torch=={torch_pin}"
+    # --no-deps: torch's dependencies come from PyPI with the project, so a one-file index can serve torch
+    assert "--no-deps" in args, f"{name}: torch is installed alone"
+    assert re.search(r"--index-url \"?\$\{?TORCH_INDEX_URL\}?", " ".join(r.text for s in dockerfile.stages.values() for r in s.all("RUN", False))), (
+        f"{name}: torch comes from the TORCH_INDEX_URL build argument")
     index = args[args.index("--index-url") + 1]
     if name == "docker/Dockerfile":
         assert index == TORCH_INDEX + "cpu", f"{name}: the CPU build of torch, as scripts/setup.sh installs it"
@@ -347,19 +358,40 @@ def test_cuda_image_is_the_same_torch_built_for_cuda_and_bitsandbytes_has_that_c
     assert library.exists(), f"bitsandbytes has no {library.name}: pick a TORCH_CUDA it was built for"
 
 
-def test_base_images_are_pinned_to_exact_tags():
+def test_base_images_are_a_build_argument_with_an_exact_debian_default():
+    """BASE_IMAGE: Docker Hub's Debian 12 by default, a debootstrapped one (docker/make-base.sh) where Hub is out of reach.
+    Python is Debian's python3.11 in either case, which pyproject.toml accepts."""
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     minor = re.search(r">=\s*(3\.\d+)", requires).group(1)
-    bases = set()
+    defaults = set()
     for name, dockerfile in PARSED.items():
+        text = DOCKERFILES[name].read_text()
+        assert not re.search(r"^#\s*syntax=", text, re.MULTILINE), f"{name}: a `# syntax=` line pulls a frontend image from Docker Hub"
+        default = dockerfile.args.get("BASE_IMAGE", "")
+        assert DEBIAN_BASE.fullmatch(default), f"{name}: ARG BASE_IMAGE={default} is not an exact debian:12.N-slim tag (optionally @sha256:...)"
+        defaults.add(default)
         for stage in dockerfile.stages.values():
-            if stage.parent is not None:
-                continue
-            match = PYTHON_BASE.fullmatch(stage.base)
-            assert match, f"{name}: FROM {stage.base} is not an exact python:3.x.y-slim-bookworm tag (optionally @sha256:...)"
-            assert match.group(1) == minor, f"{name}: Python {match.group(1)} but pyproject.toml wants {requires}"
-            bases.add(stage.base)
-    assert len(bases) == 1, f"every image is built on one Python base, found {sorted(bases)}"
+            if stage.parent is None:
+                assert stage.base == "${BASE_IMAGE}", f"{name}: FROM {stage.base}: every image starts from the BASE_IMAGE build argument"
+        pythons = [a for s in dockerfile.stages.values() for c in shell_commands(dockerfile, s) if c[:2] == ["apt-get", "install"]
+                   for a in c if a.startswith("python3")]
+        assert f"python3.{minor.split('.')[1]}=3.{minor.split('.')[1]}.2-6*" in pythons, f"{name}: installs Debian's python{minor}"
+    assert len(defaults) == 1, f"every image is built on one base, found {sorted(defaults)}"
+
+
+def test_compose_passes_the_build_arguments_with_the_dockerfiles_defaults():
+    for name, service in SERVICES.items():
+        build = service["build"]
+        args = {key: re.fullmatch(r"\$\{(\w+):-([^}]*)\}", value).groups() for key, value in build.get("args", {}).items()}
+        declared = PARSED[build["dockerfile"]].args
+        assert "BASE_IMAGE" in args, f"{name}: passes BASE_IMAGE"
+        for key, (variable, default) in args.items():
+            assert variable == f"CAIRN_{key}", f"{name}: {key} comes from ${{CAIRN_{key}}}"
+            assert default == declared[key], f"{name}: {key} defaults to {default}, the Dockerfile to {declared[key]}"
+        assert build.get("network") == "${CAIRN_BUILD_NETWORK:-default}", f"{name}: the build network is CAIRN_BUILD_NETWORK"
+        assert service.get("read_only") is True and "/tmp" in service.get("tmpfs", []), f"{name}: read-only root, private /tmp"
+        if build["target"] != "dashboard":  # hivemind's processes share tensors through /dev/shm (Docker's default: 64 MB)
+            assert re.fullmatch(r"\d+gb?", str(service.get("shm_size", "")), re.IGNORECASE), f"{name}: needs shm_size of a GB or more"
 
 
 # ---- commands: every one resolves to a real cairn command ---------------------------------------------
