@@ -169,6 +169,7 @@ def test_poll_once_survives_a_forged_record_and_bounds_a_forged_global_step(tmp_
     from cairn.coordinator.ledger import Ledger
     from cairn.coordinator.metrics import CoordinatorMetrics
     from cairn.coordinator.service import Coordinator
+    from cairn.protocol.run_config import SwarmConfig
 
     honest_key = b"[owner:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0]"
     forged_key = b"[owner:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC1]"
@@ -178,7 +179,7 @@ def test_poll_once_survives_a_forged_record_and_bounds_a_forged_global_step(tmp_
     coordinator.ledger = Ledger(tmp_path / "ledger.sqlite")
     coordinator.ledger.set_meta("trusted_epoch", "5")
     coordinator.ledger.set_meta("trusted_epoch_at", str(time.time()))
-    coordinator.config = SimpleNamespace(run_id="run", swarm=SimpleNamespace(target_batch_size=512))
+    coordinator.config = SimpleNamespace(run_id="run", swarm=SwarmConfig(target_batch_size=512))
     coordinator.dht = SimpleNamespace(get=lambda key, latest: SimpleNamespace(value=entries), run_coroutine=lambda fn: [])
     coordinator.state_loader = SimpleNamespace(tracker=SimpleNamespace(global_epoch=10**9))
     coordinator._seen_epoch, coordinator._epoch_changed_at, coordinator._saved_peers = -1, None, set()
