@@ -23,14 +23,15 @@ from cairn.peer.swarm import cairn, free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition"):
+def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = "condition", details=None):
+    """Poll `predicate` until it is truthy (its value is returned) or fail after `timeout` s, with `details()` appended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{details()}" if details else ""))
 
 
 def write_corpus(path: Path, pairs: int = 6000) -> str:

@@ -30,21 +30,27 @@ def dht():
     node.shutdown()
 
 
+def _diloco(dht, swarm: SwarmConfig, run_id: str):
+    """A model, its outer copy held by a real hivemind.Optimizer as the peer configures it, and the DiLoCo steps
+    (inner SGD at lr 0.1, constant schedule)."""
+    model = Tiny()
+    outer = outer_parameters(model)
+    factory, scheduler = shared_optimizer_factories(TrainingConfig(), swarm)
+    assert scheduler is None  # DiLoCo's shared optimizer has no schedule: the inner one does
+    optimizer = hivemind.Optimizer(dht=dht, run_id=run_id, target_batch_size=swarm.samples_per_epoch, batch_size_per_step=2,
+                                   params=outer, optimizer=factory, reuse_grad_buffers=True,
+                                   matchmaking_time=0.5, averaging_timeout=5, verbose=False)
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, outer, optimizer, DiLoCoSteps(model, optimizer, outer, inner, torch.optim.lr_scheduler.LambdaLR(inner, lambda _: 1.0))
+
+
 def test_one_outer_round_is_a_nesterov_step_on_the_parameter_change(dht):
     """Alone, a peer's outer round uses its own pseudo-gradient (start - local): SGD with Nesterov momentum m and
     learning rate lr moves the shared parameters by lr x (1 + m) x that change, and the model continues from there."""
     swarm = SwarmConfig(averaging="diloco", target_batch_size=4, outer_every=2, outer_lr=0.5)
-    model = Tiny()
+    model, outer, optimizer, steps = _diloco(dht, swarm, "diloco-test")
     start = model.weight.detach().clone()
-    outer = outer_parameters(model)
-    factory, scheduler = shared_optimizer_factories(TrainingConfig(), swarm)
-    assert scheduler is None
-    optimizer = hivemind.Optimizer(dht=dht, run_id="diloco-test", target_batch_size=swarm.samples_per_epoch, batch_size_per_step=2,
-                                   params=outer, optimizer=factory, reuse_grad_buffers=True,
-                                   matchmaking_time=0.5, averaging_timeout=5, verbose=False)
     try:
-        inner = torch.optim.SGD(model.parameters(), lr=0.1)
-        steps = DiLoCoSteps(model, optimizer, outer, inner, torch.optim.lr_scheduler.LambdaLR(inner, lambda _: 1.0))
         local_before_round = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # 8 samples make an epoch once the tracker has seen them (bounded)
@@ -73,15 +79,8 @@ def test_a_round_in_progress_never_touches_the_shared_parameters(dht):
     """Inner steps change the model only: what a joiner downloads or the coordinator releases (the outer
     parameters) stays the last round's until the round ends."""
     swarm = SwarmConfig(averaging="diloco", target_batch_size=64, outer_every=4)
-    model = Tiny()
-    outer = outer_parameters(model)
-    factory, _ = shared_optimizer_factories(TrainingConfig(), swarm)
-    optimizer = hivemind.Optimizer(dht=dht, run_id="diloco-test-2", target_batch_size=swarm.samples_per_epoch, batch_size_per_step=2,
-                                   params=outer, optimizer=factory, reuse_grad_buffers=True,
-                                   matchmaking_time=0.5, averaging_timeout=5, verbose=False)
+    model, outer, optimizer, steps = _diloco(dht, swarm, "diloco-test-2")
     try:
-        inner = torch.optim.SGD(model.parameters(), lr=0.1)
-        steps = DiLoCoSteps(model, optimizer, outer, inner, torch.optim.lr_scheduler.LambdaLR(inner, lambda _: 1.0))
         before = outer[0].detach().clone()
         for _ in range(5):
             model.loss().backward()

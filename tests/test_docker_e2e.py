@@ -42,6 +42,7 @@ import pytest
 import yaml
 
 from cairn.peer.swarm import cairn, free_port
+from swarm_util import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker" / "compose.yaml"
@@ -340,13 +341,7 @@ class Network:
         return (result.stdout + result.stderr)[-6000:]
 
     def wait(self, what: str, predicate, timeout: float, interval: float = 2.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{self.logs()}")
+        return wait_for(predicate, timeout, interval, what, details=self.logs)
 
     def all_healthy(self, services: set[str]) -> bool:
         found = self.containers()
