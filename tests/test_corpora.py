@@ -258,5 +258,6 @@ def test_relations_join_training_synsets_only(wordnet):
     training_lemmas = {s.lemmas[0] for s in synsets if not held_out(f"{s.pos}:{s.offset}")}
     # every relation pair names two training synsets (a lemma may also head a held-out synset: polysemy)
     assert all(p.a in training_lemmas and p.b in training_lemmas for p in relation_pairs(synsets))
-    assert heldout_lemmas - training_lemmas  # some held-out synsets' lemmas never appear in any pair
-    assert not any(p.a in heldout_lemmas - training_lemmas or p.b in heldout_lemmas - training_lemmas for p in extra)
+    only_held_out = heldout_lemmas - training_lemmas
+    assert only_held_out  # some held-out synsets' lemmas never appear in any pair
+    assert not any(p.a in only_held_out or p.b in only_held_out for p in extra)
