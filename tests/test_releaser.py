@@ -106,3 +106,21 @@ def test_a_missing_reference_encoder_gives_no_vectors_and_writes_no_cache(tmp_pa
     other = Workdir(tmp_path)
     assert outside_reference.reference_vectors(other, ["a text", "another"]) is None
     assert not (other.run_dir / outside_reference.CACHE_FILE).exists()
+
+
+def test_init_without_the_outside_reference_prepares_neither_it_nor_the_yardstick(tmp_path, monkeypatch):
+    """`cairn coordinator init --no-outside-reference` (as `run --no-outside-reference`): no MiniLM vectors and no
+    yardstick fit, the minute of CPU an operator without the reference extra, or a container test, does not want."""
+    from click.testing import CliRunner
+
+    from cairn.coordinator.cli import coordinator
+    from cairn.evaluation.yardstick import yardstick_dir
+
+    monkeypatch.setenv("CAIRN_CACHE_DIR", str(tmp_path / "cache"))
+    corpus_spec = write_corpus(tmp_path / "pairs.jsonl", pairs=600)
+    result = CliRunner().invoke(coordinator, ["init", "--workdir", str(tmp_path / "c"), "--corpus", corpus_spec, "--initialisation", "random",
+                                              "--landmarks", "64", "--no-outside-reference"])
+    assert result.exit_code == 0, result.output
+    workdir = Workdir(tmp_path / "c")
+    assert workdir.run_config_path.is_file()
+    assert not (workdir.run_dir / outside_reference.CACHE_FILE).exists() and not yardstick_dir().exists()

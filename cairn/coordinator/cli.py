@@ -16,6 +16,12 @@ from cairn.cli_options import run_settings, swarm_options, training_options
 COMPAT_WEIGHT = 1.0
 
 
+outside_reference_option = click.option(
+    "--outside-reference/--no-outside-reference", default=True, show_default=True,
+    help="report each release's mutual kNN with all-MiniLM-L6-v2 (needs the reference extra installed) and its scores against the "
+    "TF-IDF+SVD yardstick; init prepares both (about a minute of CPU once per machine) so no release pays for it")
+
+
 @click.group()
 def coordinator() -> None:
     """Operate a run's coordinator: bootstrap node, ledger and signed releases."""
@@ -32,7 +38,8 @@ def coordinator() -> None:
 @swarm_options
 @click.option("--init", "init_from", type=click.Choice(["fresh", "release"]), show_default="release for a distilled start, else fresh",
               help="what a peer alone in the swarm starts from: a fresh seeded model or the latest signed release")
-def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, **settings) -> None:
+@outside_reference_option
+def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, outside_reference: bool, **settings) -> None:
     """Write the run configuration, create the signing keys and the release repository (with the start release
     when the run starts from a distilled table)."""
     from cairn.coordinator.init import init_workdir
@@ -43,7 +50,7 @@ def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, **setti
     except ValueError as error:
         raise CairnError(str(error)) from None
     training, swarm = run_settings(settings)
-    config = init_workdir(workdir, run_id, corpus, training, swarm, init_from)
+    config = init_workdir(workdir, run_id, corpus, training, swarm, init_from, outside_reference)
     click.echo(f"initialised run {config.run_id} in {workdir}")
     click.echo(f"  landmark set v{config.landmarks_version} {config.landmarks_digest[:16]}…, tokenizer {config.tokenizer_digest[:16]}…")
     if config.init == "release":
@@ -62,9 +69,7 @@ def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, **setti
 @click.option("--spot-check-seconds", type=click.FloatRange(min=1.0, max=86_400.0), default=20.0, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="also serve Prometheus /metrics on this port (it is always on the release port)")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
-@click.option("--outside-reference/--no-outside-reference", default=True, show_default=True,
-              help="report each release's mutual kNN with all-MiniLM-L6-v2 (needs the reference extra installed) and its scores against "
-              "the TF-IDF+SVD yardstick")
+@outside_reference_option
 def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, announce_host: str | None, release_every: int,
         spot_check_seconds: float, metrics_port: int | None, metrics_host: str, outside_reference: bool) -> None:
     """Bootstrap the DHT, keep the ledger, serve and cut signed releases (Ctrl+C stops)."""
