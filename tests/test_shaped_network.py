@@ -63,7 +63,8 @@ def test_two_peers_train_together_over_shaped_links(tmp_path: Path, no_leftovers
     corpus = write_corpus(tmp_path / "pairs.jsonl", pairs=6000)
     coordinator_dir = tmp_path / "coordinator"
     init = subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", "shaped-test", "--corpus", corpus,
-                                "--shards", "4", "--lease-seconds", "8", "--batch-size", "256", "--target-batch-size", "512"),
+                                "--shards", "4", "--lease-seconds", "8", "--batch-size", "256", "--target-batch-size", "512",
+                                "--initialisation", "random", "--no-outside-reference"),  # the links are under test, not the start
                           capture_output=True, text=True, env=child_env(), timeout=300)
     assert init.returncode == 0, init.stderr[-2000:]
 

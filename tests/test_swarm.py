@@ -191,8 +191,9 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
     with swarm_in(tmp_path, corpus_spec) as swarm:
         # three shards for three peers: a newcomer can only train on the shard the killed peer held
         # failure handling, not compatibility: without the term's parent pulls and extra forward passes on this 2-core box
-        swarm.init("--target-batch-size", "384", "--batch-size", "32", "--landmarks", "64", "--shards", "3", "--compat-weight", "0")
-        coordinator = swarm.start_coordinator("--release-every", "4")
+        swarm.init("--target-batch-size", "384", "--batch-size", "32", "--landmarks", "64", "--shards", "3", "--compat-weight", "0",
+                   "--no-outside-reference")  # what releases report beyond the run's own suite is not under test here
+        coordinator = swarm.start_coordinator("--release-every", "4", "--no-outside-reference")
         peers = {name: swarm.start_peer(name, "--wait-for-peers", "3") for name in ("ann", "ben", "cat")}
         wait_for(lambda: swarm.global_step() >= 3 and len(_records(swarm)) == 3, 600, 3, "three peers to train together")
 
@@ -220,7 +221,7 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         coordinator.kill_group()
         killed_at = time.time()
         time.sleep(15)  # peers train on without their coordinator
-        swarm.start_coordinator("--release-every", "4")
+        swarm.start_coordinator("--release-every", "4", "--no-outside-reference")
         wait_for(lambda: len(swarm.ledger("SELECT version FROM releases")) > len(releases_before), 600, 3,
                  "a new release after the coordinator restart")
         steps_after_restart = [step for (step,) in swarm.ledger("SELECT global_step FROM swarm WHERE at > ?", killed_at)]
@@ -282,8 +283,10 @@ def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tm
     config, target = TrainingConfig(), 2048  # the README's defaults: `cairn swarm` = coordinator init with no options
     samples_per_peer = 40 * target // 2  # 40 global steps
     with swarm_in(tmp_path, corpus_spec) as swarm:
-        swarm.init()  # only the test's shard count, lease and timeout differ (swarm_util.Swarm.init)
-        swarm.start_coordinator()  # no --release-every: the start release stays the parent throughout
+        # only the test's shard count, lease and timeout differ (swarm_util.Swarm.init); the outside reference only adds
+        # to what releases report, and this run cuts none after the start
+        swarm.init("--no-outside-reference")
+        swarm.start_coordinator("--no-outside-reference")  # no --release-every: the start release stays the parent throughout
         peers = [swarm.start_peer(name, "--wait-for-peers", "2", "--max-samples", str(samples_per_peer)) for name in ("p", "q")]
         for peer in peers:
             assert peer.popen.wait(timeout=1200) == 0, peer.tail()
@@ -388,8 +391,8 @@ def test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join(tmp_path:
         # an outer round every 8 x 256 samples: 32 inner steps of 32 per peer with two peers (a round much shorter than
         # hivemind's matchmaking would measure matchmaking, not DiLoCo)
         swarm.init("--averaging", "diloco", "--outer-every", "8", "--target-batch-size", "256", "--batch-size", "32",
-                   "--landmarks", "64", "--shards", "3", "--compat-weight", "0")
-        swarm.start_coordinator()
+                   "--landmarks", "64", "--shards", "3", "--compat-weight", "0", "--no-outside-reference")
+        swarm.start_coordinator("--no-outside-reference")
         peers = {name: swarm.start_peer(name, "--wait-for-peers", "2") for name in ("ann", "ben")}
         wait_for(lambda: swarm.global_step() >= 2 and {"ann", "ben"} <= set(_records(swarm)), 300, 2, "two outer rounds")
 
