@@ -220,6 +220,46 @@ class ReleaseRepository:
 
         return self._change_root(edit, {}, offline_root, extra_signers)
 
+    def encrypt_keys(self) -> list[Path]:
+        """Encrypt the plain root and targets keys in the workdir with `passphrase`; return the files rewritten.
+
+        For a workdir created without a passphrase (or before keys could be encrypted). Each file is replaced
+        atomically by the same key, encrypted, and read back first: nothing is lost if it stops half-way.
+        """
+        if self.passphrase is None:
+            raise ReleaseError("no passphrase to encrypt with: give --passphrase-file FILE or $CAIRN_KEY_PASSPHRASE")
+        rewritten = []
+        with self._locked():
+            for role in ENCRYPTED_ROLES:
+                for path in self._key_files(role, self.keys_dir):
+                    if is_encrypted(path):
+                        continue
+                    signer = load_signer(path)
+                    destination = self.keys_dir / _key_name(role, signer)
+                    save_signer(signer, destination, self.passphrase)
+                    if load_signer(destination, self.passphrase).public_key.keyid != signer.public_key.keyid:
+                        raise ReleaseError(f"{destination} does not read back as the key it replaces")
+                    if destination != path:  # a key file of the layout before thresholds: now named by its key id
+                        path.unlink()
+                    rewritten.append(destination)
+            fsync_directory(self.keys_dir)
+        return rewritten
+
+    def check_online_keys(self, warn: Callable[[str], None]) -> None:
+        """Fail now, not an hour into a run, if the snapshot or timestamp keys cannot sign; `warn` if targets cannot.
+
+        Without enough targets keys (encrypted and no passphrase, or a k-of-n role whose other keys are held
+        elsewhere) the coordinator still serves and refreshes the timestamp, but its releases wait for
+        `cairn coordinator keys sign-release`.
+        """
+        root = self._load().root.signed
+        for role in (Snapshot.type, Timestamp.type):
+            self._signers(role, root)
+        try:
+            self._signers(Targets.type, root)
+        except ReleaseError as error:
+            warn(f"releases will be built but not signed: {error}")
+
     def key_status(self) -> dict[str, dict]:
         """Per role: threshold, trusted key ids, and which of them have a private key in the workdir (and encrypted)."""
         root = self._load().root.signed
@@ -444,8 +484,8 @@ class ReleaseRepository:
                     found.setdefault(signer.public_key.keyid, signer)
         threshold = root.roles[role].threshold
         if len(found) < threshold:
-            hint = {Root.type: "bring the offline root keys with --offline-root DIR",
-                    Targets.type: "pass the other holders' keys with --targets-key FILE"}.get(role, f"restore the {role} key")
+            hint = {Root.type: "bring the offline root keys with --offline-root DIR (or --key FILE)",
+                    Targets.type: "pass the other holders' keys with --key FILE"}.get(role, f"restore the {role} key")
             name = f"the {which} root v{root.version}" if which else f"root v{root.version}"
             raise ReleaseError(f"{role} metadata needs {threshold} of the {len(wanted)} {role} keys {name} trusts, but only "
                                f"{len(found)} {'is' if len(found) == 1 else 'are'} at hand in {self.keys_dir}"
