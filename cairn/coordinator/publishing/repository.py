@@ -337,13 +337,14 @@ class ReleaseRepository:
             latest = max(signed_releases(state.targets.signed), default=None)
             if latest is not None and manifest.version <= latest:
                 raise ReleaseError(f"release {manifest.version} is not newer than the latest published release {latest}")
+            signers = self._online_signers(state.root.signed, extra_signers)  # refused before a target file is copied
             custom = release_custom(manifest)
             targets = state.targets.signed
             for name in (MANIFEST_FILE, *sorted(manifest.files)):
                 target = self._store_target(release_target(manifest.version, name), release_dir / name)
                 target.unrecognized_fields["custom"] = custom
                 targets.targets[target.path] = target
-            self._commit(state, targets, extra=extra_signers)
+            self._commit(state, targets, signers=signers)
             return manifest.version
 
     def publish_landmarks(self, path: Path, version: int, extra_signers: Sequence[Signer] = ()) -> str:
@@ -364,10 +365,11 @@ class ReleaseRepository:
                 if published[0].hashes.get("sha256") != file_sha256(path)[0]:
                     raise ReleaseError(f"landmark set v{version} is already published with different content")
                 return target_path
+            signers = self._online_signers(state.root.signed, extra_signers)
             target = self._store_target(target_path, path)
             target.unrecognized_fields["custom"] = landmarks_custom(ref)
             state.targets.signed.targets[target_path] = target
-            self._commit(state, state.targets.signed, extra=extra_signers)
+            self._commit(state, state.targets.signed, signers=signers)
             return target_path
 
     def refresh_timestamp(self, lifetime: timedelta | None = None) -> int:
@@ -491,6 +493,10 @@ class ReleaseRepository:
                                f"{len(found)} {'is' if len(found) == 1 else 'are'} at hand in {self.keys_dir}"
                                f"{f' or {offline}' if offline is not None else ''}: {hint}")
         return list(found.values())
+
+    def _online_signers(self, root: Root, extra: Sequence[Signer] = ()) -> dict[str, list[Signer]]:
+        """The signers of targets, snapshot and timestamp: what a publish needs, gathered before it writes anything."""
+        return {role: self._signers(role, root, extra) for role in (Targets.type, Snapshot.type, Timestamp.type)}
 
     @staticmethod
     def _key_files(role: str, directory: Path) -> list[Path]:
