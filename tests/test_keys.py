@@ -333,3 +333,17 @@ def test_keys_list_and_revoke(workdir, root_v1, tmp_path, monkeypatch, capsys):
     assert_one_line_refusal(code, out, err, "targets threshold 3 is impossible with 2 keys")
     code, out, err = keys_cli(monkeypatch, capsys, workdir, "rotate", "--role", "targets")
     assert_one_line_refusal(code, out, err, "targets is 2-of-2: rotate its keys one at a time")
+
+
+def test_the_running_coordinator_checks_its_online_keys_at_start(workdir, tmp_path):
+    """`cairn coordinator run` without the passphrase: serving goes on, releases are announced as waiting; a missing
+    timestamp key stops it at once instead of an hour later, when the first refresh would fail."""
+    ReleaseRepository(workdir, passphrase=PASSPHRASE).init()
+    warnings: list[str] = []
+    ReleaseRepository(workdir).check_online_keys(warnings.append)
+    assert len(warnings) == 1 and "releases will be built but not signed" in warnings[0] and "is encrypted" in warnings[0]
+    ReleaseRepository(workdir, passphrase=PASSPHRASE).check_online_keys(warnings.append)
+    assert len(warnings) == 1
+    next((workdir / "keys").glob("timestamp-*.pem")).unlink()
+    with pytest.raises(ReleaseError, match="timestamp metadata needs 1 of the 1 timestamp keys"):
+        ReleaseRepository(workdir, passphrase=PASSPHRASE).check_online_keys(warnings.append)
