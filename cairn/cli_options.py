@@ -8,6 +8,9 @@ like `cairn train` with the same flags.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+
+import click
 
 from cairn.protocol.run_config import ObjectiveConfig
 from cairn.protocol.settings import config_option, split_settings
@@ -62,3 +65,21 @@ def init_arguments(settings: dict) -> list[str]:
         else:
             arguments += [flag, repr(value) if isinstance(value, float) else str(value)]
     return arguments
+
+
+def passphrase_option(function: Callable) -> Callable:
+    """--passphrase-file: the passphrase of the root and targets keys (else $CAIRN_KEY_PASSPHRASE; neither: plain keys).
+
+    One option for every command that writes or uses a signing key, so `init`, `run`, `extend-landmarks` and the
+    `keys` group read the passphrase from the same places in the same order (cairn.coordinator.publishing.keys).
+    """
+    return click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+                        help="file holding the passphrase of the root and targets keys (else $CAIRN_KEY_PASSPHRASE; "
+                        "neither: keys are written unencrypted, for a development run)")(function)
+
+
+def key_passphrase(passphrase_file: Path | None) -> bytes | None:
+    """The passphrase `passphrase_option` names, else $CAIRN_KEY_PASSPHRASE, else None."""
+    from cairn.coordinator.publishing.keys import read_passphrase
+
+    return read_passphrase(passphrase_file)

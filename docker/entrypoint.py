@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Entrypoint of Cairn's container images: a role and its arguments become `cairn` command lines.
 
-    entrypoint.py coordinator [run|init|release|export-root-key] [ARGS...]   (default subcommand: run)
+    entrypoint.py coordinator [run|init|release|export-root-key|keys SUB] [ARGS...]   (default subcommand: run)
     entrypoint.py peer [ARGS of `cairn peer run`...]
     entrypoint.py dashboard [ARGS of `cairn dashboard serve`...]
     entrypoint.py cairn [ANY cairn ARGS...]                                  (e.g. `release pull URL --to DIR`)
@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-COORDINATOR_SUBCOMMANDS = ("run", "init", "release", "export-root-key")
+COORDINATOR_SUBCOMMANDS = ("run", "init", "release", "export-root-key", "keys")
 ROLES = ("coordinator", "peer", "dashboard", "cairn")
 
 
@@ -141,6 +141,10 @@ def _plan_coordinator(args: list[str], env: Mapping[str, str]) -> Plan:
     if subcommand not in COORDINATOR_SUBCOMMANDS:
         raise EntrypointError(f"unknown coordinator subcommand {subcommand!r}; use one of {', '.join(COORDINATOR_SUBCOMMANDS)}")
     workdir = _env(env, "CAIRN_WORKDIR")
+    if subcommand == "keys":  # a group: --workdir belongs to its subcommand (`keys export-root --workdir W --out DIR`)
+        if not args or args[0].startswith("-"):
+            raise EntrypointError("coordinator keys needs a subcommand: list, export-root, add, revoke, rotate, encrypt or sign-release")
+        return Plan([["cairn", "coordinator", "keys", args[0], "--workdir", workdir, *args[1:]]])
     if subcommand != "run":
         return Plan([["cairn", "coordinator", subcommand, "--workdir", workdir, *args]])
     commands: list[list[str]] = []

@@ -527,8 +527,12 @@ def test_coordinator_is_initialised_only_on_a_fresh_volume(tmp_path):
     other = entrypoint.plan("coordinator", ["export-root-key", "--to", "/offline/root.pem"], ENV_COORDINATOR)
     assert other.commands == [["cairn", "coordinator", "export-root-key", "--workdir", "/nonexistent/coordinator", "--to", "/offline/root.pem"]]
     assert other.stale_files == []
+    keys = entrypoint.plan("coordinator", ["keys", "export-root", "--out", "/offline"], ENV_COORDINATOR)
+    assert keys.commands == [["cairn", "coordinator", "keys", "export-root", "--workdir", "/nonexistent/coordinator", "--out", "/offline"]]
     with pytest.raises(entrypoint.EntrypointError):
         entrypoint.plan("coordinator", ["serve"], ENV_COORDINATOR)
+    with pytest.raises(entrypoint.EntrypointError, match="keys needs a subcommand"):
+        entrypoint.plan("coordinator", ["keys"], ENV_COORDINATOR)
 
 
 def test_peer_join_address_comes_from_the_coordinators_state_file(tmp_path):

@@ -1,4 +1,4 @@
-"""`cairn coordinator init | run | release | export-root-key`: operate a run's coordinator."""
+"""`cairn coordinator init | run | release | extend-landmarks | keys | export-root-key`: operate a run's coordinator."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import click
 from cairn.protocol.errors import CairnError
 from cairn.protocol.run_config import ObjectiveConfig
 from cairn.protocol.settings import config_option
-from cairn.cli_options import run_settings, swarm_options, training_options
+from cairn.cli_options import key_passphrase, passphrase_option, run_settings, swarm_options, training_options
+from cairn.coordinator.keys_cli import keys
 
 # bench/compat_loss.py: weight 1 kept a BBC head trained on release N at >= 97 % on the next two releases
 COMPAT_WEIGHT = 1.0
@@ -27,6 +28,9 @@ def coordinator() -> None:
     """Operate a run's coordinator: bootstrap node, ledger and signed releases."""
 
 
+coordinator.add_command(keys)
+
+
 @coordinator.command()
 @click.option("--workdir", type=click.Path(path_type=Path), required=True)
 @click.option("--run-id", default="cairn-wordnet", show_default=True, help="letters, digits, '.' and '-'")
@@ -39,7 +43,9 @@ def coordinator() -> None:
 @click.option("--init", "init_from", type=click.Choice(["fresh", "release"]), show_default="release for a distilled start, else fresh",
               help="what a peer alone in the swarm starts from: a fresh seeded model or the latest signed release")
 @outside_reference_option
-def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, outside_reference: bool, **settings) -> None:
+@passphrase_option
+def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, outside_reference: bool, passphrase_file: Path | None,
+         **settings) -> None:
     """Write the run configuration, create the signing keys and the release repository (with the start release
     when the run starts from a distilled table)."""
     from cairn.coordinator.init import init_workdir
@@ -50,12 +56,16 @@ def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, outside
     except ValueError as error:
         raise CairnError(str(error)) from None
     training, swarm = run_settings(settings)
-    config = init_workdir(workdir, run_id, corpus, training, swarm, init_from, outside_reference)
+    passphrase = key_passphrase(passphrase_file)
+    config = init_workdir(workdir, run_id, corpus, training, swarm, init_from, outside_reference, passphrase=passphrase)
     click.echo(f"initialised run {config.run_id} in {workdir}")
     click.echo(f"  landmark set v{config.landmarks_version} {config.landmarks_digest[:16]}…, tokenizer {config.tokenizer_digest[:16]}…")
     if config.init == "release":
         click.echo("  peers start from the latest signed release")
-    click.echo(f"  keep the root key offline: cairn coordinator export-root-key --workdir {workdir} --to FILE")
+    if passphrase is None:
+        click.echo("  signing keys are stored unencrypted (fine for a development run): for a public run set $CAIRN_KEY_PASSPHRASE "
+                   f"or --passphrase-file, then `cairn coordinator keys encrypt --workdir {workdir}`")
+    click.echo(f"  keep the root key offline: cairn coordinator keys export-root --workdir {workdir} --out DIR")
 
 
 @coordinator.command()
@@ -70,8 +80,10 @@ def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, outside
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="also serve Prometheus /metrics on this port (it is always on the release port)")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @outside_reference_option
+@passphrase_option
 def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, announce_host: str | None, release_every: int,
-        spot_check_seconds: float, metrics_port: int | None, metrics_host: str, outside_reference: bool) -> None:
+        spot_check_seconds: float, metrics_port: int | None, metrics_host: str, outside_reference: bool,
+        passphrase_file: Path | None) -> None:
     """Bootstrap the DHT, keep the ledger, serve and cut signed releases (Ctrl+C stops)."""
     import logging
 
@@ -85,7 +97,8 @@ def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, ann
     run_coordinator(CoordinatorOptions(workdir=workdir, host=host, port=port, http_host=http_host, http_port=http_port,
                                        announce_host=announce_host, release_every=release_every,
                                        spot_check_seconds=spot_check_seconds, metrics_port=metrics_port,
-                                       metrics_host=metrics_host, outside_reference=outside_reference))
+                                       metrics_host=metrics_host, outside_reference=outside_reference,
+                                       key_passphrase=key_passphrase(passphrase_file)))
 
 
 @coordinator.command()
@@ -125,7 +138,8 @@ def _latest_release(open_readonly, wd) -> str | None:
 @coordinator.command("extend-landmarks")
 @click.option("--workdir", type=click.Path(path_type=Path), required=True)
 @click.option("--count", type=click.IntRange(1, 4096), default=64, show_default=True, help="new anchors to append")
-def extend_landmarks_command(workdir: Path, count: int) -> None:
+@passphrase_option
+def extend_landmarks_command(workdir: Path, count: int, passphrase_file: Path | None) -> None:
     """Append anchors as a new landmark-set version (its prefix is the old set) and sign it.
 
     Releases cut after this use the new version; restart a running coordinator to pick it up.
@@ -137,10 +151,11 @@ def extend_landmarks_command(workdir: Path, count: int) -> None:
 
     wd = Workdir(workdir)
     config = wd.load_run_config()
+    passphrase = key_passphrase(passphrase_file)  # a bad passphrase source is refused before the new set is written
     newer = extend_landmarks(wd, load_corpus(config.corpus), count)
     from cairn.coordinator.landmark_versions import version_path
 
-    ReleaseRepository(workdir).publish_landmarks(version_path(wd, newer.version), newer.version)
+    ReleaseRepository(workdir, passphrase=passphrase).publish_landmarks(version_path(wd, newer.version), newer.version)
     click.echo(f"landmark set v{newer.version}: {newer.size} anchors ({count} appended), digest {newer.digest[:16]}…, signed")
 
 
@@ -148,7 +163,7 @@ def extend_landmarks_command(workdir: Path, count: int) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), required=True)
 @click.option("--to", "destination", type=click.Path(path_type=Path), required=True)
 def export_root_key(workdir: Path, destination: Path) -> None:
-    """Move the TUF root key out of the workdir (mode 0600) to keep it offline; rotations take it back."""
+    """Move the one TUF root key out of the workdir to FILE (0600); `keys export-root --out DIR` moves several."""
     from cairn.coordinator.publishing.repository import ReleaseRepository
 
     ReleaseRepository(workdir).export_root_key(destination)

@@ -16,12 +16,13 @@ from cairn.coordinator.workdir import Workdir
 
 
 def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingConfig, swarm: SwarmConfig,
-                 init_from: str | None = None, outside_reference: bool = True) -> RunConfig:
+                 init_from: str | None = None, outside_reference: bool = True, passphrase: bytes | None = None) -> RunConfig:
     """Derive the run from the corpus, create the keys and the empty repository; a distilled start is cut as
     the run's first signed release (global step 0), which every peer pulls, verifies and starts from.
 
     `init_from`: what a peer alone in the swarm starts from, "release" (the latest signed release) or "fresh"
     (the seeded random initialisation); a distilled start is always "release" (peers need not run the teacher).
+    `passphrase` encrypts the root and targets keys (cairn.coordinator.publishing.keys); None leaves them plain.
     """
     workdir = Workdir(Path(root))
     if workdir.run_config_path.exists():
@@ -39,7 +40,7 @@ def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingCo
                        init=init_from)
     from cairn.coordinator.publishing.repository import ReleaseRepository
 
-    ReleaseRepository(workdir.root).init()
+    ReleaseRepository(workdir.root, passphrase=passphrase).init()
     from cairn.protocol.identity import load_or_create_identity
 
     load_or_create_identity(workdir.dht_key)
@@ -54,13 +55,14 @@ def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingCo
 
         yardstick_scores(quick=True)  # fitted once per machine (about a minute), before any peer shares the CPU
     if distilled:
-        _release_the_start(workdir, config, corpus, tokenizer, landmarks, outside_reference)
+        _release_the_start(workdir, config, corpus, tokenizer, landmarks, outside_reference, passphrase)
     # written last: a workdir with run.json is complete (an interrupted init can be rerun after removing the directory)
     atomic_write_bytes(workdir.run_config_path, config.to_json_bytes())
     return config
 
 
-def _release_the_start(workdir: Workdir, config: RunConfig, corpus, tokenizer, landmarks, outside_reference: bool) -> None:
+def _release_the_start(workdir: Workdir, config: RunConfig, corpus, tokenizer, landmarks, outside_reference: bool,
+                       passphrase: bytes | None) -> None:
     """Cut release 0.1.0 from the distilled starting point (the teacher runs here, once, ~30 s on two cores)."""
     from cairn.coordinator.ledger import Ledger
     from cairn.coordinator.releaser import ReleaseInputs, cut_release
@@ -71,6 +73,6 @@ def _release_the_start(workdir: Workdir, config: RunConfig, corpus, tokenizer, l
                            outside_reference=outside_reference)
     ledger = Ledger(workdir.ledger)
     try:
-        cut_release(workdir, inputs, model, 0, ledger)
+        cut_release(workdir, inputs, model, 0, ledger, passphrase=passphrase)
     finally:
         ledger.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hivemind
@@ -42,6 +42,7 @@ class CoordinatorOptions:
     timestamp_refresh_seconds: float = 3600.0
     announce_host: str | None = None  # public address written into the join address
     outside_reference: bool = True  # measure each release's mutual kNN with all-MiniLM-L6-v2 (if installed)
+    key_passphrase: bytes | None = field(default=None, repr=False)  # opens encrypted targets keys for unattended releases
 
 
 class Backend:

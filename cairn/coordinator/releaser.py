@@ -80,11 +80,17 @@ def next_version(latest: ReleaseVersion | None) -> ReleaseVersion:
 
 
 def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: TextEncoder, global_step: int, ledger: Ledger,
-                quick_eval: bool = True, gate: dict | None = None) -> Manifest:
+                quick_eval: bool = True, gate: dict | None = None, passphrase: bytes | None = None) -> Manifest:
+    """Build, evaluate and sign the next release from `model`; `passphrase` opens encrypted targets keys.
+
+    With a k-of-n targets role whose keys are not all in the workdir the release is built into
+    `releases/<version>/` and signing is refused (ReleaseError); `cairn coordinator keys sign-release` signs it
+    with the other holders' keys.
+    """
     from cairn.coordinator.publishing.repository import ReleaseRepository
     from cairn.training.trainer import evaluate_bundle
 
-    repository = ReleaseRepository(workdir.root)
+    repository = ReleaseRepository(workdir.root, passphrase=passphrase)
     parent = repository.latest_version()
     version = next_version(parent)
     if not state_is_finite(model):

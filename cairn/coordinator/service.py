@@ -114,7 +114,8 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.stopping.set)
-        repository = ReleaseRepository(self.workdir.root)
+        repository = ReleaseRepository(self.workdir.root, passphrase=self.options.key_passphrase)
+        repository.check_online_keys(logger.warning)
         for version in range(1, self.inputs.landmarks.version + 1):  # idempotent for versions already signed
             repository.publish_landmarks(version_path(self.workdir, version), version)
         repository.refresh_timestamp()
@@ -228,7 +229,7 @@ class Coordinator:
                 # calibration and the promises' measurements are minutes of CPU on a small box: lowered, so peers
                 # sharing the machine keep their averaging rounds (the worker waits; ledger use stays serialised)
                 manifest = run_at_low_priority(partial(cut_release, self.workdir, self.inputs, self.model, self.loaded_epoch, self.ledger,
-                                                       gate=gate))
+                                                       gate=gate, passphrase=self.options.key_passphrase))
             except ReleaseRefused as error:
                 logger.warning("no release at global step %s: %s", self.loaded_epoch, error)
                 return

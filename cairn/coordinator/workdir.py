@@ -5,7 +5,8 @@
     DIR/run/outside_reference.npz   all-MiniLM-L6-v2 vectors of the held-out alignment texts (a cache)
     DIR/p2p.key             the libp2p identity: a fixed PeerID, so the join address never changes
     DIR/dht.pem             the RSA key that signs the run configuration and DHT records (0600)
-    DIR/keys/               TUF role keys (0600); export the root key and keep it offline
+    DIR/keys/               TUF role keys, <role>-<keyid>.pem (0600; root and targets encrypted with a passphrase);
+                            export the root keys and keep them offline (`cairn coordinator keys export-root`)
     DIR/repository/         the TUF release repository served over HTTP
     DIR/ledger.sqlite       the contribution ledger (SQLite, WAL, synchronous=FULL)
     DIR/releases/           unsigned release directories as built, before publishing
