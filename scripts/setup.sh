@@ -26,7 +26,8 @@ fi
 
 [ -x .venv/bin/python ] || python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-extras="all,reference"   # every role (pyproject.toml's extras) and the outside reference encoder
+# every role (pyproject.toml's extras: the core alone pulls, verifies, embeds and searches) and the outside reference encoder
+extras="all,reference"
 [ "$WITH_TEST" = 1 ] && extras="$extras,test"
 # torch==2.13.0 is pinned in pyproject.toml: on these machines pip takes the CPU wheel on disk
 .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"

@@ -26,7 +26,6 @@ import torch
 from cairn.corpora import load_corpus
 from cairn.protocol.dht_keys import RunKeys, decode_contributions, owner_subkey
 from cairn.protocol.encoder import build_encoder, config_for
-from cairn.protocol.fsutil import atomic_write_json
 from cairn.protocol.identity import load_or_create_identity
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from cairn.coordinator.priority import run_at_low_priority
@@ -39,10 +38,9 @@ from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.metrics import CoordinatorMetrics
 from cairn.coordinator.node import Backend, CoordinatorOptions, _connected_peers, join_addresses, save_known_peers, start_dht
 from cairn.coordinator.releaser import GATE_PAIRS, ReleaseInputs, ReleaseRefused, cut_release, release_gate, state_is_finite
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import CoordinatorState, Workdir
 
 logger = logging.getLogger("cairn.coordinator")
-RELEASE_REQUEST = "release.request"
 SPOT_CHECK_TOLERANCE = 0.05  # absolute loss difference: fp16 state transfer + 8-bit averaging drift
 # the fastest a swarm can step: an averaging round takes matchmaking (seconds) plus the all-reduce. An epoch further
 # ahead of the last one trusted than this allows is a peer's lie (issue 12: epoch 10^9 froze --release-every)
@@ -132,8 +130,8 @@ class Coordinator:
             metrics_runner = web.AppRunner(metrics_app)
             await metrics_runner.setup()
             await web.TCPSite(metrics_runner, self.options.metrics_host, self.options.metrics_port).start()
-        atomic_write_json(self.workdir.state_file, {"join": self.join, "repository_url": self.repository_url, "pid": os.getpid(),
-                                                   "run_id": self.config.run_id, "started_at": time.time()})
+        CoordinatorState(join=tuple(self.join), repository_url=self.repository_url, pid=os.getpid(), run_id=self.config.run_id,
+                         started_at=time.time()).save(self.workdir.state_file)
         logger.info("coordinator of run %s at %s; releases at %s", self.config.run_id, self.join[0], self.repository_url)
         last_check, last_timestamp = 0.0, time.monotonic()
         try:
@@ -221,7 +219,7 @@ class Coordinator:
         self._trust_epoch(self.loaded_epoch)
         self._spot_check(self._last_records)
         release_due = release_is_due(self.loaded_epoch, self.last_release_step, self.options.release_every)
-        requested = (self.workdir.root / RELEASE_REQUEST).exists()
+        requested = self.workdir.release_requested()
         if release_due or requested:
             try:
                 gate = self._release_gate()
@@ -235,7 +233,7 @@ class Coordinator:
             self.ledger.set_meta("release_gate_loss", repr(gate["held_out_loss"]))
             self.last_release_step = self.loaded_epoch
             self.ledger.set_meta("last_release_step", str(self.loaded_epoch))
-            (self.workdir.root / RELEASE_REQUEST).unlink(missing_ok=True)
+            self.workdir.clear_release_request()
             self._announce_release(str(manifest.version), manifest.global_step)
             self.metrics.releases.inc()
             logger.info("released %s at global step %s", manifest.version, manifest.global_step)
