@@ -9,7 +9,6 @@ steps have passed or an operator asked for one (`cairn coordinator release` drop
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -20,11 +19,10 @@ from functools import partial
 from pathlib import Path
 
 import hivemind
-from hivemind.utils import get_dht_time
 import torch
 
 from cairn.corpora import load_corpus
-from cairn.protocol.dht_keys import RunKeys, decode_contributions, owner_subkey
+from cairn.protocol.dht_keys import RunKeys, decode_contributions
 from cairn.protocol.encoder import build_encoder, config_for
 from cairn.protocol.identity import load_or_create_identity
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
@@ -123,7 +121,6 @@ class Coordinator:
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, self.options.http_host, self.options.http_port).start()
-        await loop.run_in_executor(self.worker, self._announce_config)
         if self.options.metrics_port:
             metrics_app = web.Application()
             metrics_app.router.add_get("/metrics", self.metrics.handle)
@@ -234,7 +231,6 @@ class Coordinator:
             self.last_release_step = self.loaded_epoch
             self.ledger.set_meta("last_release_step", str(self.loaded_epoch))
             self.workdir.clear_release_request()
-            self._announce_release(str(manifest.version), manifest.global_step)
             self.metrics.releases.inc()
             logger.info("released %s at global step %s", manifest.version, manifest.global_step)
 
@@ -260,15 +256,6 @@ class Coordinator:
             passed = abs(recomputed - record.probe_loss) <= SPOT_CHECK_TOLERANCE
             self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, recomputed, passed)
             self.metrics.spot_checks.labels(result="passed" if passed else "failed").inc()
-
-    def _announce_config(self) -> None:
-        self.dht.store(RunKeys(self.config.run_id).config, subkey=owner_subkey(self.key),
-                       value=self.config.to_json_bytes().decode(), expiration_time=get_dht_time() + 3600)
-
-    def _announce_release(self, version: str, global_step: int) -> None:
-        self.dht.store(RunKeys(self.config.run_id).release, subkey=owner_subkey(self.key),
-                       value=json.dumps({"version": version, "global_step": global_step, "repository_url": self.repository_url}),
-                       expiration_time=get_dht_time() + 7 * 24 * 3600)
 
     def shutdown(self) -> None:
         try:
