@@ -49,7 +49,8 @@ MAX_TIMESTAMP = 1e11  # unix seconds, year 5138
 
 
 def _finite(ge: float | None = None, le: float | None = None) -> type:
-    return pydantic.confloat(strict=True, allow_inf_nan=False, ge=ge, le=le)
+    bounds = {name: value for name, value in (("ge", ge), ("le", le)) if value is not None}  # None: unbounded on that side
+    return pydantic.confloat(strict=True, allow_inf_nan=False, **bounds)
 
 
 def _count(ge: int = 0, le: int = MAX_COUNT) -> type:
