@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.netns import NetnsError, ShapedNetwork, cleanup_leftovers, unavailable_reason  # noqa: E402
-from cairn.peer.swarm import Service, cairn, stop_services  # noqa: E402
+from cairn.peer.swarm import Service, cairn, stop_services, wait_for_join_address  # noqa: E402
 
 DHT_PORT, HTTP_PORT = 31337, 8000
 MODES = ("none", "blockwise8", "diloco")
@@ -132,7 +132,6 @@ def run_swarm_shaped(coordinator_dir: Path, workdir: Path, peers: int, rate_mbit
     sampler = None
     with net:
         try:
-            state = coordinator_dir / "coordinator.json"
             started = time.time()
             host = net.address("c")
             coordinator = Service("coordinator", net.exec_in("c") + cairn(
@@ -140,15 +139,10 @@ def run_swarm_shaped(coordinator_dir: Path, workdir: Path, peers: int, rate_mbit
                 "--http-host", host, "--http-port", str(HTTP_PORT)), logs / "coordinator.log")
             coordinator.start(env)
             services.append(coordinator)
-            deadline = time.monotonic() + 180
-            while not (state.exists() and json.loads(state.read_text()).get("started_at", 0) >= started):
-                if not coordinator.alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f"the coordinator did not start; see {coordinator.log}")
-                time.sleep(0.5)
-            document = json.loads(state.read_text())
-            join = next((a for a in document["join"] if f"/ip4/{host}/" in a), None)
+            announced = wait_for_join_address(coordinator_dir, coordinator, started, timeout=180)
+            join = next((a for a in announced if f"/ip4/{host}/" in a), None)
             if join is None:
-                raise RuntimeError(f"the coordinator announces {document['join']}, none at its namespace address {host}")
+                raise RuntimeError(f"the coordinator announces {announced}, none at its namespace address {host}")
             sampler = LinkSampler(net)
             sampler.start()
             for index, name in enumerate(names):
@@ -192,7 +186,7 @@ def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int,
     import torch
 
     from cairn.corpora import load_corpus
-    from cairn.coordinator.workdir import Workdir
+    from cairn.protocol.workdir import Workdir
     from cairn.protocol.embedder import load_bundle
     from cairn.protocol.encoder import load_encoder
     from cairn.training.task import TrainingTask, reference_texts

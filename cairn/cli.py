@@ -12,6 +12,9 @@ import sys
 
 import click
 
+from cairn.extras import missing_extra_message
+from cairn.protocol.errors import CairnError
+
 # name -> "module:attribute" of the click command implementing it
 SUBCOMMANDS: dict[str, str] = {
     "train": "cairn.training.cli:train",
@@ -44,7 +47,24 @@ class LazyGroup(click.Group):
         if name not in SUBCOMMANDS or not self._spec_available(name):
             return None
         module_name, attribute = SUBCOMMANDS[name].split(":")
-        return getattr(importlib.import_module(module_name), attribute)
+        try:
+            return getattr(importlib.import_module(module_name), attribute)
+        except ModuleNotFoundError as error:
+            message = missing_extra_message(name, error.name)
+            if message is None:
+                raise
+            return _not_installed(name, message)
+
+
+def _not_installed(name: str, message: str) -> click.Command:
+    """A stand-in for a subcommand whose extra is missing: listed by `cairn --help`, one line when run."""
+
+    def refuse(args: tuple[str, ...]) -> None:
+        raise CairnError(message)
+
+    return click.Command(name, callback=refuse, help=f"(not installed) {message}", add_help_option=False,
+                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 @click.group(cls=LazyGroup)
@@ -56,7 +76,6 @@ def cli() -> None:
 def main() -> None:
     """Entry point: run the CLI; the project's own errors become one clear line, not a traceback."""
     from cairn.network.logs import quiet_known_noise
-    from cairn.protocol.errors import CairnError
 
     quiet_known_noise()
     try:
@@ -72,6 +91,16 @@ def main() -> None:
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ModuleNotFoundError as error:  # an optional extra's library, imported by the command once it runs
+        message = missing_extra_message(_subcommand(sys.argv[1:]), error.name)
+        if message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        sys.exit(2)
+
+
+def _subcommand(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if arg in SUBCOMMANDS), None)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ the main process (under tini) and gets docker's SIGTERM itself.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import shlex
 import subprocess
@@ -41,6 +40,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# the image's python is the venv's, where cairn is installed; the file contract is read through it, never re-parsed
+from cairn.protocol.errors import CairnError
+from cairn.protocol.workdir import CoordinatorState, Workdir
 
 COORDINATOR_SUBCOMMANDS = ("run", "init", "release", "export-root-key", "keys")
 ROLES = ("coordinator", "peer", "dashboard", "cairn")
@@ -68,15 +71,15 @@ def _has_flag(args: Sequence[str], flag: str) -> bool:
 
 
 def read_join(state_file: Path) -> list[str] | None:
-    """The coordinator's join addresses from its coordinator.json, or None while there is none (yet)."""
+    """The coordinator's join addresses from its coordinator.json, or None while there is none (yet).
+
+    A malformed file also reads as none: the coordinator replaces it atomically when it starts, so waiting is right.
+    """
     try:
-        document = json.loads(state_file.read_text())
-    except (OSError, ValueError):
+        state = CoordinatorState.load(state_file)
+    except CairnError:
         return None
-    join = document.get("join") if isinstance(document, dict) else None
-    if not isinstance(join, list) or not all(isinstance(address, str) for address in join) or not join:
-        return None
-    return routable(join)
+    return routable(state.join)
 
 
 def routable(addresses: Sequence[str]) -> list[str]:
@@ -148,14 +151,14 @@ def _plan_coordinator(args: list[str], env: Mapping[str, str]) -> Plan:
     if subcommand != "run":
         return Plan([["cairn", "coordinator", subcommand, "--workdir", workdir, *args]])
     commands: list[list[str]] = []
-    if not (Path(workdir) / "run.json").exists():
+    if not Workdir(Path(workdir)).is_initialised():
         commands.append(["cairn", "coordinator", "init", "--workdir", workdir, *shlex.split(env.get("CAIRN_INIT_ARGS", ""))])
     run = ["cairn", "coordinator", "run", "--workdir", workdir, "--metrics-port", _env(env, "CAIRN_METRICS_PORT")]
     announce = env.get("CAIRN_ANNOUNCE_HOST", "").strip()
     if announce:
         run += ["--announce-host", announce]
     commands.append(run + args)
-    return Plan(commands, stale_files=[Path(workdir) / "coordinator.json"])
+    return Plan(commands, stale_files=[Workdir(Path(workdir)).state_file])
 
 
 def _plan_peer(args: list[str], env: Mapping[str, str], join_source: Callable[[Path, float], list[str]]) -> Plan:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Cairn on a fresh Debian machine with Python 3.11 (run as root, from anywhere).
-#   bash scripts/setup.sh          everything needed to train, run a peer, a coordinator, the dashboard, including
+#   bash scripts/setup.sh          everything (cairn-net[all,reference]) needed to train, run a peer, a coordinator, the dashboard, including
 #                                  the outside reference encoder (all-MiniLM-L6-v2, offline) that the coordinator
 #                                  compares every release with, and the benchmarks use
 #   bash scripts/setup.sh --test   plus the test tools (pytest, hypothesis, Debian's chromium + playwright)
@@ -26,7 +26,8 @@ fi
 
 [ -x .venv/bin/python ] || python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-extras="reference"
+# every role (pyproject.toml's extras: the core alone pulls, verifies, embeds and searches) and the outside reference encoder
+extras="all,reference"
 [ "$WITH_TEST" = 1 ] && extras="$extras,test"
 # torch==2.13.0 is pinned in pyproject.toml: on these machines pip takes the CPU wheel on disk
 .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 .venv/bin/ruff check cairn tests bench scripts
+.venv/bin/mypy   # the files [tool.mypy] in pyproject.toml lists
 exec .venv/bin/python -m pytest -q --durations=20 "$@"

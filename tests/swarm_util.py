@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cairn.peer.swarm import cairn, free_port
+from cairn.protocol.workdir import Workdir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +114,7 @@ class Swarm:
         assert result.returncode == 0, result.stderr
 
     def start_coordinator(self, *extra: str) -> Process:
-        state = self.coordinator_dir / "coordinator.json"
+        workdir = Workdir(self.coordinator_dir)
         started = time.time()
         process = Process("coordinator", cairn("coordinator", "run", "--workdir", str(self.coordinator_dir), "--host", "127.0.0.1",
                                                "--port", str(self.dht_port), "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
@@ -122,14 +123,17 @@ class Swarm:
 
         def ready():
             assert process.alive(), process.tail()
-            return state.exists() and json.loads(state.read_text()).get("started_at", 0) >= started
+            state = workdir.read_state()
+            return state is not None and state.started_at >= started
 
         wait_for(ready, 120, 0.5, "the coordinator to start")
         return process
 
     @property
     def join(self) -> str:
-        return json.loads((self.coordinator_dir / "coordinator.json").read_text())["join"][0]
+        state = Workdir(self.coordinator_dir).read_state()
+        assert state is not None, "the coordinator has not started"
+        return state.join[0]
 
     @property
     def repository_url(self) -> str:
@@ -150,7 +154,7 @@ class Swarm:
         return json.loads((self.peer_dir(name) / "peer-summary.json").read_text())
 
     def ledger(self, query: str, *args) -> list[tuple]:
-        path = self.coordinator_dir / "ledger.sqlite"
+        path = Workdir(self.coordinator_dir).ledger
         if not path.exists():
             return []
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)

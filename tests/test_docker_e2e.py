@@ -42,6 +42,7 @@ import pytest
 import yaml
 
 from cairn.peer.swarm import cairn, free_port
+from cairn.protocol.workdir import CoordinatorState, Workdir
 from swarm_util import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -390,7 +391,7 @@ def test_compose_network_end_to_end(built: Built, tmp_path: Path):
 
         # a release cut from the swarm's training, signed, pulled and verified from the host with the root copied out of band
         def trained_release():
-            rows = ledger(coordinator_dir / "ledger.sqlite", "SELECT version, global_step FROM releases WHERE global_step > 0")
+            rows = ledger(Workdir(coordinator_dir).ledger, "SELECT version, global_step FROM releases WHERE global_step > 0")
             return rows[-1] if rows else None
 
         version, step = net.wait("a release cut from training", trained_release, START_TIMEOUT, 3)
@@ -405,7 +406,7 @@ def test_compose_network_end_to_end(built: Built, tmp_path: Path):
 
         # SIGTERM: every process leaves cleanly within the grace period, nothing is killed
         before = net.containers()
-        join = json.loads((coordinator_dir / "coordinator.json").read_text())["join"]
+        join = CoordinatorState.load(Workdir(coordinator_dir).state_file).join
         for name in ("peer-1", "peer-2", "dashboard", "coordinator"):
             stop_started = time.monotonic()
             _run(["docker", "stop", "--time", str(GRACE_SECONDS), before[name]["Id"]], timeout=GRACE_SECONDS + 60)
@@ -414,8 +415,8 @@ def test_compose_network_end_to_end(built: Built, tmp_path: Path):
             assert elapsed < GRACE_SECONDS and state["ExitCode"] in (0, 143) and not state["OOMKilled"], (
                 f"{name}: exit code {state['ExitCode']} after {elapsed:.0f} s of a {GRACE_SECONDS} s grace period\n{net.logs()}")
             timings[f"stop {name}"] = elapsed
-        releases = ledger(coordinator_dir / "ledger.sqlite", "SELECT version, global_step, manifest_json FROM releases ORDER BY version")
-        records = ledger(coordinator_dir / "ledger.sqlite", "SELECT COUNT(*) FROM records")[0][0]
+        releases = ledger(Workdir(coordinator_dir).ledger, "SELECT version, global_step, manifest_json FROM releases ORDER BY version")
+        records = ledger(Workdir(coordinator_dir).ledger, "SELECT COUNT(*) FROM records")[0][0]
         repository = digests(coordinator_dir / "repository" / "targets")
         identities = {p: hashlib.sha256((net.volume(p) / "identity.pem").read_bytes()).hexdigest() for p in ("peer-1", "peer-2")}
         assert (version, step) in [(v, s) for v, s, _ in releases] and records > 0 and repository
@@ -425,11 +426,11 @@ def test_compose_network_end_to_end(built: Built, tmp_path: Path):
         net("up", "-d", "--no-build", timeout=START_TIMEOUT)
         net.wait("every container to be healthy again", lambda: net.all_healthy(services), START_TIMEOUT, 3)
         timings["healthy again"] = time.monotonic() - restarted
-        assert ledger(coordinator_dir / "ledger.sqlite", "SELECT version, global_step, manifest_json FROM releases ORDER BY version")[:len(releases)] == releases
-        assert ledger(coordinator_dir / "ledger.sqlite", "SELECT COUNT(*) FROM records")[0][0] >= records
+        assert ledger(Workdir(coordinator_dir).ledger, "SELECT version, global_step, manifest_json FROM releases ORDER BY version")[:len(releases)] == releases
+        assert ledger(Workdir(coordinator_dir).ledger, "SELECT COUNT(*) FROM records")[0][0] >= records
         after = digests(coordinator_dir / "repository" / "targets")
         assert {k: after.get(k) for k in repository} == repository, "a signed release file changed across the restart"
-        assert json.loads((coordinator_dir / "coordinator.json").read_text())["join"] == join, "the join address changed"
+        assert CoordinatorState.load(Workdir(coordinator_dir).state_file).join == join, "the join address changed"
         assert {p: hashlib.sha256((net.volume(p) / "identity.pem").read_bytes()).hexdigest() for p in identities} == identities
         listed = _run(cairn("release", "list", url, "--root", str(root)), timeout=120, env=env).stdout
         assert version in listed

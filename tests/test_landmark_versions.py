@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cairn.coordinator.landmark_versions import extend_landmarks, latest_landmarks, version_path
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import Workdir
 from cairn.corpora.base import Pair, PairCorpus
 from cairn.protocol.errors import LandmarkError
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet, select_landmarks

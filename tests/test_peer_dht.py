@@ -258,7 +258,7 @@ def test_schema_covers_cairn_keys_and_leaves_hivemind_keys_alone(swarm):
     keys = RunKeys("t-schema")
     expiration = get_dht_time() + 60
     assert not alice.store(keys.contributions, {"samples": 1}, expiration)  # needs an owner subkey
-    assert not alice.store(keys.config, {"lr": 0.1}, expiration, subkey="plain")  # config must be owner-signed
+    assert not alice.store(keys.contributions, _record(alice).dict(), expiration, subkey="plain")  # only under the owner's tag
     assert not alice.store(keys.shard_leases, {"holder": "x", "expires_at": 1.0}, expiration, subkey="0")
     assert not alice.store(keys.shard_progress, 5, expiration, subkey="01")  # one spelling per shard
     assert alice.store(keys.shard_progress, 5, expiration, subkey="1")

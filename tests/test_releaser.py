@@ -11,7 +11,7 @@ from cairn.coordinator.init import init_workdir
 from cairn.coordinator.landmark_versions import latest_landmarks
 from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.releaser import ReleaseInputs, cut_release
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import Workdir
 from cairn.corpora import load_corpus
 from cairn.protocol.encoder import build_encoder, config_for
 from cairn.protocol.errors import CairnError

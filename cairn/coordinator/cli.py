@@ -106,33 +106,21 @@ def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, ann
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True)
 def release(workdir: Path, timeout: float) -> None:
     """Ask the running coordinator to cut a release now, and wait for it."""
-    from cairn.coordinator.service import RELEASE_REQUEST
-    from cairn.coordinator.workdir import Workdir
-    from cairn.protocol.ledger_schema import open_readonly
+    from cairn.protocol.workdir import Workdir
+    from cairn.protocol.ledger_schema import latest_release_version
 
     wd = Workdir(workdir)
     wd.load_run_config()
-    before = _latest_release(open_readonly, wd)
-    (wd.root / RELEASE_REQUEST).touch()
+    before = latest_release_version(wd.ledger)
+    wd.request_release()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        latest = _latest_release(open_readonly, wd)
+        latest = latest_release_version(wd.ledger)
         if latest is not None and latest != before:
             click.echo(f"released {latest}")
             return
         time.sleep(1.0)
     raise CairnError(f"no release within {timeout:.0f} s; is `cairn coordinator run --workdir {workdir}` running with peers training?")
-
-
-def _latest_release(open_readonly, wd) -> str | None:
-    if not wd.ledger.exists():
-        return None
-    db = open_readonly(wd.ledger)
-    try:
-        row = db.execute("SELECT version FROM releases ORDER BY created_at DESC LIMIT 1").fetchone()
-    finally:
-        db.close()
-    return row["version"] if row else None
 
 
 @coordinator.command("extend-landmarks")
@@ -146,7 +134,7 @@ def extend_landmarks_command(workdir: Path, count: int, passphrase_file: Path | 
     """
     from cairn.coordinator.landmark_versions import extend_landmarks
     from cairn.coordinator.publishing.repository import ReleaseRepository
-    from cairn.coordinator.workdir import Workdir
+    from cairn.protocol.workdir import Workdir
     from cairn.corpora import load_corpus
 
     wd = Workdir(workdir)

@@ -12,7 +12,7 @@ from cairn.protocol.run_config import RunConfig, SwarmConfig
 from cairn.protocol.run_config import TrainingConfig
 from cairn.training.task import prepare_run
 
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import Workdir
 
 
 def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingConfig, swarm: SwarmConfig,

@@ -13,7 +13,7 @@ from cairn.corpora import PairCorpus
 from cairn.protocol.errors import LandmarkError
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet, select_landmarks
 
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import Workdir
 
 
 def version_path(workdir: Workdir, version: int) -> Path:

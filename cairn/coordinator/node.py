@@ -22,7 +22,7 @@ from cairn.protocol.rpc import sign_run_config
 from cairn.protocol.run_config import RunConfig
 from cairn.protocol import PROTOCOL_VERSION
 
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import Workdir
 
 logger = logging.getLogger("cairn.coordinator")
 
@@ -86,9 +86,6 @@ def start_dht(workdir: Workdir, config: RunConfig, options: CoordinatorOptions, 
     return hivemind.DHT(**settings)
 
 
-KNOWN_PEERS_FILE = "known_peers.json"
-
-
 async def _connected_peers(dht: hivemind.DHT, node) -> list[str]:
     return [f"{addr}/p2p/{info.peer_id}" for info in await node.p2p.list_peers() for addr in info.addrs]
 
@@ -96,12 +93,12 @@ async def _connected_peers(dht: hivemind.DHT, node) -> list[str]:
 def save_known_peers(dht: hivemind.DHT, workdir: Workdir) -> None:
     addresses = dht.run_coroutine(_connected_peers)
     if addresses:
-        atomic_write_bytes(workdir.root / KNOWN_PEERS_FILE, json.dumps(addresses[:64]).encode())
+        atomic_write_bytes(workdir.known_peers, json.dumps(addresses[:64]).encode())
 
 
 def load_known_peers(workdir: Workdir) -> list[str]:
     try:
-        addresses = json.loads((workdir.root / KNOWN_PEERS_FILE).read_text())
+        addresses = json.loads(workdir.known_peers.read_text())
     except (OSError, ValueError):
         return []
     return [a for a in addresses if isinstance(a, str) and a.startswith("/")] if isinstance(addresses, list) else []

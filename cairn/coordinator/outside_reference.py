@@ -16,7 +16,7 @@ import numpy as np
 from cairn.protocol.errors import CairnError
 from cairn.protocol.fsutil import atomic_write_bytes
 
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import Workdir
 
 logger = logging.getLogger("cairn.coordinator")
 CACHE_FILE = "outside_reference.npz"

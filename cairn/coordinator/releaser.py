@@ -39,7 +39,7 @@ from cairn.protocol.tokenizer import TextTokenizer
 from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.outside_reference import reference_vectors
 from cairn.evaluation.yardstick import against_yardstick, yardstick_scores
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import Workdir
 
 PROBE_PER_TOPIC = 60  # BBC articles per topic for compatibility and Matryoshka (300 in all)
 GATE_PAIRS = 256  # held-out pairs the gate's loss is measured on

@@ -9,7 +9,6 @@ steps have passed or an operator asked for one (`cairn coordinator release` drop
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -20,13 +19,11 @@ from functools import partial
 from pathlib import Path
 
 import hivemind
-from hivemind.utils import get_dht_time
 import torch
 
 from cairn.corpora import load_corpus
-from cairn.protocol.dht_keys import RunKeys, decode_contributions, owner_subkey
+from cairn.protocol.dht_keys import RunKeys, decode_contributions
 from cairn.protocol.encoder import build_encoder, config_for
-from cairn.protocol.fsutil import atomic_write_json
 from cairn.protocol.identity import load_or_create_identity
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from cairn.coordinator.priority import run_at_low_priority
@@ -39,10 +36,9 @@ from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.metrics import CoordinatorMetrics
 from cairn.coordinator.node import Backend, CoordinatorOptions, _connected_peers, join_addresses, save_known_peers, start_dht
 from cairn.coordinator.releaser import GATE_PAIRS, ReleaseInputs, ReleaseRefused, cut_release, release_gate, state_is_finite
-from cairn.coordinator.workdir import Workdir
+from cairn.protocol.workdir import CoordinatorState, Workdir
 
 logger = logging.getLogger("cairn.coordinator")
-RELEASE_REQUEST = "release.request"
 SPOT_CHECK_TOLERANCE = 0.05  # absolute loss difference: fp16 state transfer + 8-bit averaging drift
 # the fastest a swarm can step: an averaging round takes matchmaking (seconds) plus the all-reduce. An epoch further
 # ahead of the last one trusted than this allows is a peer's lie (issue 12: epoch 10^9 froze --release-every)
@@ -126,15 +122,14 @@ class Coordinator:
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, self.options.http_host, self.options.http_port).start()
-        await loop.run_in_executor(self.worker, self._announce_config)
         if self.options.metrics_port:
             metrics_app = web.Application()
             metrics_app.router.add_get("/metrics", self.metrics.handle)
             metrics_runner = web.AppRunner(metrics_app)
             await metrics_runner.setup()
             await web.TCPSite(metrics_runner, self.options.metrics_host, self.options.metrics_port).start()
-        atomic_write_json(self.workdir.state_file, {"join": self.join, "repository_url": self.repository_url, "pid": os.getpid(),
-                                                   "run_id": self.config.run_id, "started_at": time.time()})
+        CoordinatorState(join=tuple(self.join), repository_url=self.repository_url, pid=os.getpid(), run_id=self.config.run_id,
+                         started_at=time.time()).save(self.workdir.state_file)
         logger.info("coordinator of run %s at %s; releases at %s", self.config.run_id, self.join[0], self.repository_url)
         last_check, last_timestamp = 0.0, time.monotonic()
         try:
@@ -222,7 +217,7 @@ class Coordinator:
         self._trust_epoch(self.loaded_epoch)
         self._spot_check(self._last_records)
         release_due = release_is_due(self.loaded_epoch, self.last_release_step, self.options.release_every)
-        requested = (self.workdir.root / RELEASE_REQUEST).exists()
+        requested = self.workdir.release_requested()
         if release_due or requested:
             try:
                 gate = self._release_gate()
@@ -236,8 +231,7 @@ class Coordinator:
             self.ledger.set_meta("release_gate_loss", repr(gate["held_out_loss"]))
             self.last_release_step = self.loaded_epoch
             self.ledger.set_meta("last_release_step", str(self.loaded_epoch))
-            (self.workdir.root / RELEASE_REQUEST).unlink(missing_ok=True)
-            self._announce_release(str(manifest.version), manifest.global_step)
+            self.workdir.clear_release_request()
             self.metrics.releases.inc()
             logger.info("released %s at global step %s", manifest.version, manifest.global_step)
 
@@ -263,15 +257,6 @@ class Coordinator:
             passed = abs(recomputed - record.probe_loss) <= SPOT_CHECK_TOLERANCE
             self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, recomputed, passed)
             self.metrics.spot_checks.labels(result="passed" if passed else "failed").inc()
-
-    def _announce_config(self) -> None:
-        self.dht.store(RunKeys(self.config.run_id).config, subkey=owner_subkey(self.key),
-                       value=self.config.to_json_bytes().decode(), expiration_time=get_dht_time() + 3600)
-
-    def _announce_release(self, version: str, global_step: int) -> None:
-        self.dht.store(RunKeys(self.config.run_id).release, subkey=owner_subkey(self.key),
-                       value=json.dumps({"version": version, "global_step": global_step, "repository_url": self.repository_url}),
-                       expiration_time=get_dht_time() + 7 * 24 * 3600)
 
     def shutdown(self) -> None:
         try:

@@ -37,6 +37,7 @@ from cairn.dashboard.security import (
     rate_limit_middleware,
 )
 from cairn.protocol.errors import CairnError
+from cairn.protocol.workdir import Workdir
 from cairn.releases.version import ReleaseVersion
 
 logger = logging.getLogger("cairn.dashboard")
@@ -316,10 +317,7 @@ async def _lifecycle(dashboard: Dashboard, app: web.Application):
 
 
 def _run_id(workdir: Path) -> str:
-    from cairn.protocol.run_config import RunConfig
-
-    path = Path(workdir) / "run.json"
-    try:
-        return RunConfig.from_json_bytes(path.read_bytes()).run_id
-    except OSError:
-        raise CairnError(f"--dht-join needs the run id: {path} is missing (or pass --run-id)") from None
+    layout = Workdir(Path(workdir))
+    if not layout.is_initialised():
+        raise CairnError(f"--dht-join needs the run id: {layout.run_config_path} is missing (or pass --run-id)")
+    return layout.load_run_config().run_id

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cairn.protocol.landmarks import LandmarkSet
+from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
+from cairn.protocol.workdir import CoordinatorState, Workdir
 from cairn.protocol.ledger_schema import connect
 from cairn.releases.files import file_sha256
 from cairn.releases.manifest import FileEntry, Manifest, write_manifest
@@ -80,17 +81,16 @@ def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None =
     start = now - hours * 3600.0
     v1 = LandmarkSet(1, anchors(24))
     v2 = v1.extend(anchors(8, offset=24))
-    (root / "run").mkdir(exist_ok=True)
-    v1.save(root / "run" / "landmarks.json")
-    (root / "run.json").write_text(json.dumps({"run_id": RUN_ID, "training": {"batch_size": BATCH_SIZE}}))
+    layout = Workdir(root)
+    layout.run_dir.mkdir(exist_ok=True)
+    v1.save(layout.run_dir / LANDMARKS_FILE)
+    layout.run_config_path.write_text(json.dumps({"run_id": RUN_ID, "training": {"batch_size": BATCH_SIZE}}))
     loss = _chance_loss if at_chance else _loss
     missing = (lambda at: False) if gap is None else (lambda at: start + gap[0] * (now - start) <= at < start + gap[1] * (now - start))
-    (root / "coordinator.json").write_text(json.dumps({
-        "join": ["/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWDemoCoordinatorPeerIdForTheDashboardTests"],
-        "repository_url": "http://127.0.0.1:8700",
-    }))
+    CoordinatorState(join=("/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWDemoCoordinatorPeerIdForTheDashboardTests",),
+                     repository_url="http://127.0.0.1:8700", run_id=RUN_ID, started_at=now).save(layout.state_file)
 
-    db = connect(root / "ledger.sqlite")
+    db = connect(layout.ledger)
     db.execute("BEGIN")
     for peer in peers:
         _write_peer(db, peer, start, now, record_every, rng, loss, missing, peer.public_id in collapsed)
@@ -119,7 +119,7 @@ def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None =
     db.close()
     if publisher is not None:
         publisher.init()
-        publisher.publish_landmarks(root / "run" / "landmarks.json", 1)
+        publisher.publish_landmarks(layout.run_dir / LANDMARKS_FILE, 1)
         for directory in built:
             publisher.publish_release(directory)
     return root

@@ -19,8 +19,11 @@ from cairn.dashboard.ledger import Ledger, LedgerUnavailable
 from cairn.dashboard.live import LiveRecords
 from cairn.dashboard.releases import ParsedCache, landmark_sets, release_list
 from cairn.dashboard.repository import SignedRepository
+from cairn.protocol.errors import CairnError
+from cairn.protocol.landmarks import LANDMARKS_FILE
+from cairn.protocol.workdir import MAX_STATE_BYTES, CoordinatorState, Workdir
 
-MAX_STATE_FILE_BYTES = 64 << 10
+MAX_JOIN_SHOWN = 8
 HISTORY_SECONDS = 3600.0
 STALE_SNAPSHOT_SECONDS = 60.0
 
@@ -39,32 +42,28 @@ class Sources:
     @classmethod
     def for_workdir(cls, workdir: Path, **kwargs: Any) -> Sources:
         workdir = Path(workdir)
-        return cls(workdir, Ledger(workdir / "ledger.sqlite"), SignedRepository(workdir / "repository"), **kwargs)
+        layout = Workdir(Path(workdir))
+        return cls(layout.root, Ledger(layout.ledger), SignedRepository(layout.repository), **kwargs)
 
 
 def coordinator_info(workdir: Path) -> dict[str, Any]:
-    """Join addresses and repository URL from DIR/coordinator.json; absent or malformed means none."""
+    """Join addresses and repository URL from DIR/coordinator.json; absent or malformed means none.
+
+    The pages show them, so only what CoordinatorState.load accepts (http(s) URL, bounded lengths) gets through.
+    """
     try:
-        with open(workdir / "coordinator.json", "rb") as handle:
-            document = json.loads(handle.read(MAX_STATE_FILE_BYTES + 1).decode("utf-8"))
-    except (OSError, ValueError):
+        state = CoordinatorState.load(Workdir(workdir).state_file)
+    except CairnError:
         return {"join": [], "repository_url": None}
-    if not isinstance(document, dict):
-        return {"join": [], "repository_url": None}
-    join = document.get("join")
-    url = document.get("repository_url")
-    return {
-        "join": [a for a in join if isinstance(a, str) and len(a) < 500][:8] if isinstance(join, list) else [],
-        "repository_url": url if isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) < 500 else None,
-    }
+    return {"join": list(state.join[:MAX_JOIN_SHOWN]), "repository_url": state.repository_url}
 
 
 def chance_loss(workdir: Path) -> dict[str, Any] | None:
     """The chance level of the loss peers report: absolute InfoNCE over a batch of B pairs is ln B when the encoder
     tells nothing apart. B is the run's batch size (DIR/run.json); a peer that overrides --batch-size has its own."""
     try:
-        with open(workdir / "run.json", "rb") as handle:
-            batch_size = json.loads(handle.read(MAX_STATE_FILE_BYTES + 1).decode("utf-8"))["training"]["batch_size"]
+        with open(Workdir(workdir).run_config_path, "rb") as handle:  # read leniently: only one number is needed
+            batch_size = json.loads(handle.read(MAX_STATE_BYTES + 1).decode("utf-8"))["training"]["batch_size"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
@@ -200,7 +199,7 @@ def releases(sources: Sources) -> dict[str, Any]:
 def landmarks(sources: Sources) -> dict[str, Any]:
     notices: list[str] = []
     listed = _releases(sources, notices)["releases"]
-    data = landmark_sets(sources.repository, sources.workdir / "run" / "landmarks.json", listed, sources.parsed)
+    data = landmark_sets(sources.repository, Workdir(sources.workdir).run_dir / LANDMARKS_FILE, listed, sources.parsed)
     return {**data, "notices": notices + data.pop("problems")}
 
 

@@ -57,7 +57,7 @@ def spearman_similarity(vecs_a: np.ndarray, vecs_b: np.ndarray, gold: Sequence[f
     return float(spearmanr(cosines, gold).statistic)
 
 
-def linear_probe_accuracy(X: np.ndarray, y: Sequence[int], folds: int = 5, seed: int = 0) -> float:
+def linear_probe_accuracy(X: np.ndarray, y: Sequence[int] | np.ndarray, folds: int = 5, seed: int = 0) -> float:
     """Mean accuracy of stratified, shuffled k-fold logistic regression (C=1) on the features as given.
 
     The suite passes L2-normalised rows. No standardisation: on unit vectors it over-fits slightly

@@ -48,10 +48,10 @@ def matryoshka_report(relational: np.ndarray, absolute: np.ndarray, labels: Sequ
     the best linear k-dim view of the encoder. A curve that never gets there has k95 = None.
     """
     width = relational.shape[1]
-    labels = np.asarray(labels)
+    classes = np.asarray(labels)
 
     def score(features: np.ndarray) -> float:
-        return linear_probe_accuracy(features, labels, folds=PROBE_FOLDS, seed=seed)
+        return linear_probe_accuracy(features, classes, folds=PROBE_FOLDS, seed=seed)
 
     sizes = prefix_sizes(width)
     shuffled = relational[:, np.random.default_rng(seed).permutation(width)]

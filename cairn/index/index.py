@@ -91,8 +91,7 @@ class SearchIndex:
     def search(self, queries: str | Sequence[str], k: int = 10, release: Release | Path | str | None = None,
                exact: bool = False, shortlist: int | None = None) -> list[list[dict[str, Any]]]:
         """For each query, up to `k` hits {"id", "text", "metadata", "score", "row"}, best first."""
-        single = isinstance(queries, str)
-        texts = [queries] if single else list(queries)
+        texts = [queries] if isinstance(queries, str) else list(queries)
         if not texts:
             raise CairnError("no query given")
         vectors = embed_queries(self.release(release), texts, self.meta.dims)
@@ -101,7 +100,7 @@ class SearchIndex:
         for row_list, score_list in zip(rows, scores):
             hits = self.store.rows([int(r) for r in row_list])
             results.append([{**hit, "score": round(float(s), 6), "row": int(r)} for hit, r, s in zip(hits, row_list, score_list)])
-        return results[:1] if single else results
+        return results[:1] if isinstance(queries, str) else results
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, exact: bool = False,
                        shortlist: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:

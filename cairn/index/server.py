@@ -19,12 +19,13 @@ from aiohttp import web
 
 from cairn.index.index import MAX_K, SearchIndex
 from cairn.protocol.errors import CairnError
+from cairn.tasks.api import Release
 
 MAX_QUERY_CHARS = 2000
 INDEX_KEY = web.AppKey("index", SearchIndex)
 LOCK_KEY = web.AppKey("lock", asyncio.Lock)
-RELEASE_KEY = web.AppKey("release", object)
-RELEASE_DIR_KEY = web.AppKey("release_dir", object)
+RELEASE_KEY = web.AppKey("release", Release)
+RELEASE_DIR_KEY: web.AppKey[Path | None] = web.AppKey("release_dir")
 
 
 def make_app(index_dir: Path, release_dir: Path | None = None, device: str = "auto") -> web.Application:

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn.protocol.errors import CairnError
-from cairn.protocol.ledger_schema import open_readonly
+from cairn.protocol.ledger_schema import swarm_progress
+from cairn.protocol.workdir import Workdir
 
 
 def free_port() -> int:
@@ -164,7 +164,7 @@ def cairn(*args: str) -> list[str]:
 
 def initialise(plan: SwarmPlan) -> Path:
     coordinator_dir = plan.workdir / "coordinator"
-    if not (coordinator_dir / "run.json").exists():
+    if not Workdir(coordinator_dir).is_initialised():
         result = subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", plan.run_id,
                                       "--corpus", plan.corpus, *plan.init_args), capture_output=True, text=True)
         if result.returncode != 0:
@@ -173,34 +173,16 @@ def initialise(plan: SwarmPlan) -> Path:
 
 
 def wait_for_join_address(coordinator_dir: Path, service: Service, started_after: float, timeout: float = 120.0) -> list[str]:
-    state = coordinator_dir / "coordinator.json"
+    workdir = Workdir(coordinator_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
             raise CairnError(f"the coordinator exited; see {service.log}")
-        if state.exists():
-            document = json.loads(state.read_text())
-            if document.get("started_at", 0) >= started_after:
-                return document["join"]
+        state = workdir.read_state()
+        if state is not None and state.started_at >= started_after:  # not the file a previous run left
+            return list(state.join)
         time.sleep(0.5)
     raise CairnError(f"the coordinator did not start within {timeout:.0f} s; see {service.log}")
-
-
-def ledger_view(coordinator_dir: Path) -> tuple[int, list[tuple[str, int]]]:
-    """(global step, [(display name, credited samples)]) from the ledger, read-only."""
-    path = coordinator_dir / "ledger.sqlite"
-    if not path.exists():
-        return 0, []
-    try:
-        db = open_readonly(path)
-        try:
-            step = db.execute("SELECT COALESCE(MAX(global_step), 0) FROM swarm").fetchone()[0]
-            peers = db.execute("SELECT display_name, credited_samples FROM peers ORDER BY display_name").fetchall()
-        finally:
-            db.close()
-    except (sqlite3.Error, CairnError):  # CairnError: the file went away after the check above
-        return 0, []
-    return int(step), [(name, int(samples)) for name, samples in peers]
 
 
 def _interrupt_on_sigterm(signum, frame) -> None:
@@ -256,7 +238,7 @@ def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
                 dead = [s.name for s in services if not s.alive()]
                 if dead:
                     raise CairnError(f"{', '.join(dead)} exited early; see {logs}")
-                step, peers = ledger_view(coordinator_dir)
+                step, peers = swarm_progress(Workdir(coordinator_dir).ledger)
                 shown = ", ".join(f"{name} {samples:,}" for name, samples in peers) or "waiting for the first records"
                 status.update(f"global step {step} | samples credited: {shown}")
                 time.sleep(2.0)
@@ -265,7 +247,7 @@ def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
         stop_services(list(reversed(services)))
-    step, peers = ledger_view(coordinator_dir)
+    step, peers = swarm_progress(Workdir(coordinator_dir).ledger)
     console.print(f"stopped{' on request' if interrupted else ''}: global step {step}; "
                   + (", ".join(f"{name}: {samples:,} samples" for name, samples in peers) or "no records"))
     return {"global_step": step, "peers": dict(peers), "workdir": str(plan.workdir), "coordinator_dir": str(coordinator_dir)}

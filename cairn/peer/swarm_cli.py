@@ -24,6 +24,9 @@ def swarm(peers: int, minutes: float | None, workdir: Path, corpus: str, release
     The training and swarm options apply when the workdir is new (they go to `cairn coordinator init`); a second
     run on the same workdir continues the first with its own configuration.
     """
+    from cairn.extras import require_extra
+
+    require_extra("swarm")
     from cairn.peer.swarm import SwarmPlan, run_swarm
     from cairn.cli_options import init_arguments
 

@@ -1,6 +1,8 @@
-"""The shared contract of Cairn: encoder, tokenizer, landmark math, objective, evaluation, release format.
+"""The shared contract of Cairn: encoder, tokenizer, landmark math, run configuration, wire messages, DHT records,
+the ledger schema and the coordinator workdir's files (workdir.py).
 
-This package imports nothing else of ours; peer/, coordinator/ and dashboard/ import it.
+This package imports nothing else of ours; peer/, coordinator/ and dashboard/ import it, and talk to each other
+only through it.
 """
 
 # 2: the static encoder family and the encoder's `architecture` field, the run's vocabulary and initialisation,

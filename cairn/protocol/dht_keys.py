@@ -14,8 +14,6 @@ Keys, all `f"{run_id}_{name}"`, name being a field of `RunSchema`:
 - contributions: subkey = the writer's `[owner:<public key>]` tag, so hivemind's RSASignatureValidator
   lets only the key's owner write it; value = ContributionRecord. Signatures prove who wrote a record,
   not that it is true: the ledger still has to treat the numbers as claims.
-- config, release: owner-tagged subkeys too. Anyone can write under their own key, so readers must
-  take only the subkey of the coordinator's pinned public key; the value's format is the coordinator's.
 - shard_leases, shard_progress: plain subkeys (the shard index), writable by any peer; see cairn/peer/leases.py
   for why that is acceptable.
 """
@@ -51,7 +49,8 @@ MAX_TIMESTAMP = 1e11  # unix seconds, year 5138
 
 
 def _finite(ge: float | None = None, le: float | None = None) -> type:
-    return pydantic.confloat(strict=True, allow_inf_nan=False, ge=ge, le=le)
+    bounds = {name: value for name, value in (("ge", ge), ("le", le)) if value is not None}  # None: unbounded on that side
+    return pydantic.confloat(strict=True, allow_inf_nan=False, **bounds)
 
 
 def _count(ge: int = 0, le: int = MAX_COUNT) -> type:
@@ -117,8 +116,6 @@ class RunSchema(pydantic.BaseModel):
     """One field per DHT key of a run; SchemaValidator maps field `name` to key `f"{run_id}_{name}"`."""
 
     contributions: Dict[BytesWithPublicKey, ContributionRecord]
-    config: Dict[BytesWithPublicKey, Any]
-    release: Dict[BytesWithPublicKey, Any]
     shard_leases: Dict[ShardIndex, LeaseRecord]
     shard_progress: Dict[ShardIndex, _count()]  # the next sample offset within the shard
 
@@ -144,14 +141,6 @@ class RunKeys:
     @property
     def contributions(self) -> str:
         return self._key("contributions")
-
-    @property
-    def config(self) -> str:
-        return self._key("config")
-
-    @property
-    def release(self) -> str:
-        return self._key("release")
 
     @property
     def shard_leases(self) -> str:

@@ -128,3 +128,33 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
     connection.row_factory = sqlite3.Row
     return connection
+
+
+def swarm_progress(path: Path) -> tuple[int, list[tuple[str, int]]]:
+    """(global step, [(display name, credited samples)]) for `cairn swarm`'s progress line, read-only.
+
+    Here rather than in the peer package: the ledger's tables are the coordinator's, and a reader outside it
+    goes through the contract. A ledger not written yet, or one mid-creation, reads as no progress.
+    """
+    try:
+        db = open_readonly(path)
+        try:
+            step = db.execute("SELECT COALESCE(MAX(global_step), 0) FROM swarm").fetchone()[0]
+            peers = db.execute("SELECT display_name, credited_samples FROM peers ORDER BY display_name").fetchall()
+        finally:
+            db.close()
+    except (sqlite3.Error, CairnError):  # CairnError: no ledger (yet)
+        return 0, []
+    return int(step), [(name, int(samples)) for name, samples in peers]
+
+
+def latest_release_version(path: Path) -> str | None:
+    """The version of the newest release the ledger records (None without a ledger or a release)."""
+    if not Path(path).exists():
+        return None
+    db = open_readonly(path)
+    try:
+        row = db.execute("SELECT version FROM releases ORDER BY created_at DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+    return row["version"] if row else None

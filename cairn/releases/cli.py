@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from cairn.protocol.errors import ReleaseError
@@ -36,7 +36,7 @@ class _BarProgress:
 
     def __init__(self, progress: Progress):
         self._progress = progress
-        self._task: int | None = None
+        self._task: TaskID | None = None
 
     def start(self, name: str, total: int) -> None:
         self._task = self._progress.add_task(name, total=total)

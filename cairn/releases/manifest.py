@@ -158,11 +158,11 @@ def check_release_dir(directory: Path) -> Manifest:
         raise ReleaseError(f"{directory}: not a release directory")
     manifest = read_manifest(directory)
     expected = set(manifest.files) | {MANIFEST_FILE}
-    for entry in os.scandir(directory):
-        if entry.name == INSTALL_METADATA_DIR and entry.is_dir(follow_symlinks=False):
+    for present in os.scandir(directory):
+        if present.name == INSTALL_METADATA_DIR and present.is_dir(follow_symlinks=False):
             continue
-        if entry.name not in expected:
-            raise ReleaseError(f"{directory}: unexpected file {entry.name!r} is not listed in the manifest")
+        if present.name not in expected:
+            raise ReleaseError(f"{directory}: unexpected file {present.name!r} is not listed in the manifest")
     for name, entry in sorted(manifest.files.items()):
         _require_regular(directory / name)
         sha256, length = file_sha256(directory / name)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cairn.protocol.errors import CairnError
+from cairn.protocol.errors import CairnError, LandmarkError
 from cairn.protocol.fsutil import atomic_write_json
 
 CAIRN_ST_CONFIG = "cairn_st.json"
@@ -25,6 +25,11 @@ BUNDLE_FILES = ("model.safetensors", "config.json", "tokenizer.json", "landmarks
 
 class CairnRelational(nn.Module):
     """A sentence-transformers module: texts -> relational (landmark) embeddings."""
+
+    # buffers (register_buffer below); declared so type checkers see tensors, not nn.Module's Tensor | Module
+    anchors: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, bundle_dir: str, dims: int | None = None):
         super().__init__()
@@ -36,6 +41,8 @@ class CairnRelational(nn.Module):
         self.encoder = self.embedder.model  # registered, so .to(device) moves it
         self.register_buffer("anchors", torch.from_numpy(self.embedder.anchor_vectors))
         stats = self.embedder.landmarks.stats
+        if stats is None:  # Embedder refuses such a set already; narrowed here for the buffers
+            raise LandmarkError(f"{bundle_dir}: landmarks.json has no calibration statistics (mean, std)")
         self.register_buffer("mean", torch.from_numpy(stats.mean))
         self.register_buffer("std", torch.from_numpy(stats.std))
 

@@ -76,7 +76,7 @@ def _label(value: object, column: str, where: str) -> str:
     raise CorpusError(f"{where}: label column {column!r} must be a non-empty string or an integer")
 
 
-def _csv_rows(text: str, delimiter: str, path: Path, required: tuple[str, str]) -> list[tuple[str, dict]]:
+def _csv_rows(text: str, delimiter: str, path: Path, required: tuple[str, ...]) -> list[tuple[str, dict]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)

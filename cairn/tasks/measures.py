@@ -73,9 +73,9 @@ def stitching(train_a: np.ndarray, test_a: np.ndarray, test_b: np.ndarray, y_tra
     `head_ratio` = score on B / score on A: 1.0 when B's vectors mean what A's mean; chance / A's score when
     they are unrelated coordinates. `chance` is the majority-class rate of the test labels.
     """
-    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
-    result = head_transfer(train_a, test_a, test_b, y_train, y_test, seed)
-    _, counts = np.unique(y_test, return_counts=True)
+    train_labels, test_labels = np.asarray(y_train), np.asarray(y_test)
+    result = head_transfer(train_a, test_a, test_b, train_labels, test_labels, seed)
+    _, counts = np.unique(test_labels, return_counts=True)
     result["chance"] = float(counts.max() / counts.sum())
     return result
 

@@ -109,7 +109,7 @@ class TrainingTask:
     def set_parent(self, parent: ParentRelease | None) -> None:
         """Stay compatible with `parent` from the next step on (ignored when the compat weight is 0)."""
         self.parent = parent if self.config.objective.compat_weight > 0 else None
-        self.parent_anchor_vectors = None
+        self.parent_anchor_vectors: torch.Tensor | None = None
         self.steps_since_refresh = max(self.config.anchor_refresh_every, 1)  # encode the new parent's anchors first
 
     @property
@@ -147,6 +147,8 @@ class TrainingTask:
         total, parts = matryoshka_relational_loss(abs_a, abs_b, anchors if relational else None, self.config.objective)
         parts["mean_cos"] = mean_pairwise_cosine(abs_b.detach())
         if with_parent:
+            # set_parent forces refresh_anchors before the next step, which encodes the parent's anchors
+            assert self.parent is not None and self.parent_anchor_vectors is not None
             targets = self.parent.targets([p.a for p in pairs] + [p.b for p in pairs]).to(device)
             drift = compat_loss(torch.cat([abs_a, abs_b]), self.parent_anchor_vectors, targets, self.parent.std.to(device))
             total = total + self.config.objective.compat_weight * drift

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x63\x61irn.proto\x12\x05\x63\x61irn\",\n\x10RunConfigRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"^\n\x11RunConfigResponse\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"m\n\x13ReleaseAnnouncement\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x04\x12\x16\n\x0erepository_url\x18\x03 \x01(\t\x12\x18\n\x10landmarks_digest\x18\x04 \x01(\t\"\"\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x16\n\x14LatestReleaseRequestb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x63\x61irn.proto\x12\x05\x63\x61irn\",\n\x10RunConfigRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"^\n\x11RunConfigResponse\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"J\n\x13ReleaseAnnouncement\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0erepository_url\x18\x03 \x01(\tJ\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x05\"\x16\n\x14LatestReleaseRequestb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNCONFIGRESPONSE']._serialized_start=68
   _globals['_RUNCONFIGRESPONSE']._serialized_end=162
   _globals['_RELEASEANNOUNCEMENT']._serialized_start=164
-  _globals['_RELEASEANNOUNCEMENT']._serialized_end=273
-  _globals['_ACK']._serialized_start=275
-  _globals['_ACK']._serialized_end=309
-  _globals['_LATESTRELEASEREQUEST']._serialized_start=311
-  _globals['_LATESTRELEASEREQUEST']._serialized_end=333
+  _globals['_RELEASEANNOUNCEMENT']._serialized_end=238
+  _globals['_LATESTRELEASEREQUEST']._serialized_start=240
+  _globals['_LATESTRELEASEREQUEST']._serialized_end=262
 # @@protoc_insertion_point(module_scope)
