@@ -189,6 +189,13 @@ def test_overlapped_rounds_in_a_row_sum_every_inner_step_exactly_once(dht):
         # with plain averaging alone, every landing puts the model back on the inner steps' own trajectory
         assert torch.allclose(model.weight.detach(), trajectory, atol=1e-5), (model.weight, trajectory)
         assert not torch.equal(outer[0].detach(), torch.tensor([1.0, -2.0, 3.0]))  # rounds did land
+        # leaving waits for a round in flight: the peer keeps the last round's shared state, with plain averaging
+        # alone the inner trajectory at that round's snapshot
+        taken = steps.reference[0].clone()
+        steps.leave()
+        assert not optimizer.state_averager.pending_updates
+        assert torch.equal(model.weight.detach(), outer[0].detach())
+        assert torch.allclose(outer[0].detach(), taken, atol=1e-5)
     finally:
         optimizer.shutdown()
 

@@ -66,6 +66,9 @@ class GradientSteps:
     def shared_state_into_model(self) -> None:
         """Nothing to do: the model's parameters are the shared ones."""
 
+    def leave(self) -> None:
+        """Nothing to do: the model's parameters are the shared ones."""
+
 
 def outer_parameters(model: TextEncoder) -> list[torch.nn.Parameter]:
     """A copy of the model's parameters for hivemind.Optimizer to hold as the shared (outer) state."""
@@ -107,6 +110,10 @@ class DiLoCoSteps:
     def shared_state_into_model(self) -> None:
         for shared, local in zip(self.outer, self.local):
             local.copy_(shared.to(local.device))
+
+    def leave(self) -> None:
+        """What the peer keeps when it stops is the swarm's shared state, not a half-finished inner round."""
+        self.shared_state_into_model()
 
 
 class OuterGradientAverager(GradientAverager):
@@ -259,6 +266,12 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
 
     def after_new_epoch(self) -> None:
         """Nothing to do: `step` already saw whether a round began (keep training) or the state was loaded."""
+
+    def leave(self) -> None:
+        """Let a round in flight finish first (bounded by hivemind's all-reduce timeout): the others' round needs this
+        peer's part, and what the peer keeps is then the last round's shared state, the one its partners keep too."""
+        self.optimizer.state_averager.step(wait_for_delayed_updates=True)
+        self.shared_state_into_model()
 
     @torch.no_grad()
     def shared_state_into_model(self) -> None:

@@ -220,7 +220,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         session.run()
     finally:
         lease.release()
-        steps.shared_state_into_model()  # what this peer keeps is the swarm's shared state, not a half-finished inner round
+        steps.leave()  # what this peer keeps is the swarm's shared state, not a half-finished inner round
         _save_local_state(model, options.workdir)
         optimizer.shutdown()
         dht.shutdown()
