@@ -167,7 +167,8 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         config = fetch_config(probe_dht, coordinator)
         swarm = config.swarm
         logger.info("run %s: %s averaging (%s), %s samples per global step", config.run_id, swarm.averaging,
-                    f"an outer round every {swarm.outer_every} global steps" if swarm.averaging == "diloco" else "every global step",
+                    f"an outer round every {swarm.outer_every} global steps"
+                    + (", overlapped with the next inner steps" if swarm.outer_overlap else "") if swarm.averaging == "diloco" else "every global step",
                     f"{swarm.target_batch_size:,}")
         corpus, tokenizer, landmarks = prepare_local_run(config, options.workdir)
         # before the optimizer exists, since it copies the parameters it starts from
