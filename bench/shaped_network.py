@@ -13,7 +13,9 @@ Side by side, same link, same number of peers, one fresh coordinator workdir eac
 - `none`: per-step fp32 all-reduce of the gradients (`--compression none`);
 - `blockwise8`: per-step all-reduce, blockwise 8-bit gradients (the run default);
 - `diloco`: `cairn coordinator init --averaging diloco` — included automatically when this
-  checkout's `cairn coordinator init --help` lists `--averaging`.
+  checkout's `cairn coordinator init --help` lists `--averaging`;
+- `diloco-sync`, `diloco-overlap` (on request): the same init with the run's `outer_overlap` set to false / true
+  in the copy's run.json (one init for both: the two differ in that one field, and an init takes 1-2 minutes).
 For each: utilisation (forward/backward time / wall time, peer-summary.json), samples, global steps,
 averaging payload per sample (peer-summary.json bytes_sent) and bytes on the wire per sample (the
 veth counters: everything a peer sent, DHT, state downloads and release pulls included), the peak
@@ -50,7 +52,7 @@ from bench.netns import NetnsError, ShapedNetwork, cleanup_leftovers, unavailabl
 from cairn.peer.swarm import Service, cairn, stop_services, wait_for_join_address  # noqa: E402
 
 DHT_PORT, HTTP_PORT = 31337, 8000
-MODES = ("none", "blockwise8", "diloco")
+MODES = ("none", "blockwise8", "diloco", "diloco-sync", "diloco-overlap")
 
 
 def child_env() -> dict[str, str]:
@@ -250,9 +252,22 @@ def parse_modes(text: str, with_diloco: bool) -> list[str]:
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise SystemExit(f"shaped_network: --modes takes a comma list of {', '.join(MODES)} (or auto), got {text!r}")
-    if "diloco" in modes and not with_diloco:
+    if any(m.startswith("diloco") for m in modes) and not with_diloco:
         raise SystemExit("shaped_network: this checkout's `cairn coordinator init` has no --averaging; diloco is not available yet")
     return modes
+
+
+def set_outer_overlap(coordinator_dir: Path, overlap: bool) -> None:
+    """Write `outer_overlap` into a copied DiLoCo init's run configuration (the one field the two modes differ in)."""
+    import dataclasses
+
+    from cairn.protocol.run_config import RunConfig
+
+    path = coordinator_dir / "run.json"
+    config = RunConfig.from_json_bytes(path.read_bytes())
+    if not hasattr(config.swarm, "outer_overlap"):
+        raise SystemExit("shaped_network: this checkout has no outer_overlap setting; use --modes diloco")
+    path.write_bytes(dataclasses.replace(config, swarm=dataclasses.replace(config.swarm, outer_overlap=overlap)).to_json_bytes())
 
 
 def _raise_exit(signum, frame) -> None:
@@ -296,7 +311,7 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     results = []
     for mode in modes:
-        if mode == "diloco":
+        if mode.startswith("diloco"):
             template = init_template(args.root, "diloco", [*init_args, "--averaging", "diloco", *shlex.split(args.diloco_args)])
             peer_args: list[str] = []
         else:
@@ -306,6 +321,8 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         coordinator_dir = workdir / "coordinator"
         shutil.copytree(template, coordinator_dir)
+        if mode in ("diloco-sync", "diloco-overlap"):
+            set_outer_overlap(coordinator_dir, mode == "diloco-overlap")
         print(f"== {mode}: {args.peers} peers at {args.rate_mbit:g} Mbit/s up and down, {args.seconds:g} s", flush=True)
         raw = run_swarm_shaped(coordinator_dir, workdir, args.peers, args.rate_mbit, args.seconds, peer_args, cpus, args.coordinator_rate_mbit)
         row = summarise(mode, raw, args.rate_mbit)
@@ -315,7 +332,7 @@ def main() -> None:
             # DiLoCo's peers update once per batch of 1,024 (the inner step): its single process does too; the per-step
             # modes update once per global step, so theirs accumulates the swarm's effective batch
             row["heldout"] = heldout_losses(coordinator_dir, workdir / "peers" / last / "state", row["samples"],
-                                            1.0 if mode == "diloco" else row["effective_batches"], workdir / "single-process")
+                                            1.0 if mode.startswith("diloco") else row["effective_batches"], workdir / "single-process")
         print(json.dumps(row), flush=True)
         results.append(row)
         document = {"peers": args.peers, "rate_mbit": args.rate_mbit, "seconds": args.seconds, "cpus": cpus, "delay_emulation": None,
@@ -328,9 +345,9 @@ def main() -> None:
 def print_table(document: dict) -> None:
     print(f"\n{document['peers']} peers, {document['rate_mbit']:g} Mbit/s up and down each, {document['seconds']:g} s, no delay emulation")
     print("| mode | utilisation (mean, min) | samples | global steps | payload B/sample | wire B sent/sample: training (whole run) | "
-          "peak Mbit/s | "
+          "peak Mbit/s | samples/s | "
           "held-out loss: swarm / single process (start) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in document["results"]:
         if "error" in r:
             print(f"| {r['mode']} | error: {r['error']} |")
@@ -339,7 +356,7 @@ def print_table(document: dict) -> None:
         loss = f"{held['swarm']:.3f} / {held['single_process']:.3f} ({held['start']:.3f}), ratio {held['ratio']:.3f}" if held else "—"
         print(f"| {r['mode']} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | {r['samples']:,} | {r['global_steps']} | "
               f"{r['payload_bytes_sent_per_sample']:,.0f} | {r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
-              f"{r['peak_link_mbit']:.1f} | {loss} |")
+              f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_total']:,.0f} | {loss} |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ TRAINING_FIELDS = ("model", "initialisation", "vocabulary", "batch_size", "lr", 
                    "landmarks", "landmark_order", "anchor_refresh_every", "seed")
 OBJECTIVE_FIELDS = ("relational_weight", "absolute_weight", "temperature", "relational_temperature")
 SWARM_FIELDS = ("target_batch_size", "compression", "num_shards", "lease_seconds", "averaging_timeout", "averaging", "outer_every",
-                "outer_lr")
+                "outer_lr", "outer_overlap")
 OPTION_NAMES = {"num_shards": "--shards"}
 
 
@@ -38,7 +38,8 @@ def training_options(function: Callable) -> Callable:
 
 
 def swarm_options(function: Callable) -> Callable:
-    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --averaging, --outer-every, --outer-lr."""
+    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --averaging, --outer-every, --outer-lr,
+    --outer-overlap."""
     return _apply([config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ()))
                    for name in SWARM_FIELDS], function)
 
@@ -60,8 +61,8 @@ def init_arguments(settings: dict) -> list[str]:
     arguments: list[str] = []
     for name, value in settings.items():
         flag = OPTION_NAMES.get(name, f"--{name.replace('_', '-')}")
-        if isinstance(value, bool):
-            arguments += [flag] if value else []
+        if isinstance(value, bool):  # a setting's bool option takes a value (click.BOOL), it is not a flag
+            arguments += [flag, "true" if value else "false"]
         else:
             arguments += [flag, repr(value) if isinstance(value, float) else str(value)]
     return arguments

@@ -9,7 +9,8 @@ import hivemind
 import pytest
 import torch
 
-from cairn.peer.diloco import DiLoCoSteps, outer_parameters
+from cairn.peer.diloco import (DiLoCoSteps, OuterGradientAverager, OverlappedDiLoCoSteps, OverlappedOuterOptimizer, outer_parameters,
+                                 overlap_options)
 from cairn.protocol.run_config import RunConfig, SwarmConfig, TrainingConfig
 from cairn.training.task import OUTER_MOMENTUM, shared_optimizer_factories
 
@@ -110,3 +111,118 @@ def test_the_epoch_is_one_outer_round_and_old_run_configs_still_load():
     assert RunConfig.from_json_bytes(json.dumps(document).encode()).swarm.averaging == "diloco"
     document["swarm"]["local_updates"] = False
     assert RunConfig.from_json_bytes(json.dumps(document).encode()).swarm.averaging == "gradients"
+
+
+def _overlapped(dht, swarm: SwarmConfig, run_id: str):
+    """`_diloco` with the outer round overlapped, built as the peer builds it (cairn/peer/node.py make_optimizer)."""
+    model = Tiny()
+    outer = outer_parameters(model)
+    factory, _ = shared_optimizer_factories(TrainingConfig(), swarm)
+    optimizer = OverlappedOuterOptimizer(dht=dht, run_id=run_id, target_batch_size=swarm.samples_per_epoch, batch_size_per_step=2,
+                                         params=outer, optimizer=factory, reuse_grad_buffers=True, matchmaking_time=0.5,
+                                         averaging_timeout=5, verbose=False, **overlap_options(request_timeout=0.5))
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = OverlappedDiLoCoSteps(model, optimizer, outer, inner, torch.optim.lr_scheduler.LambdaLR(inner, lambda _: 1.0))
+    return model, outer, optimizer, steps
+
+
+def _inner_step(weight: torch.Tensor) -> torch.Tensor:
+    """Tiny's inner SGD step at lr 0.1: w - 0.1 x 2 (w - 0.5)."""
+    return weight - 0.1 * 2 * (weight - 0.5)
+
+
+def test_an_overlapped_round_lands_under_the_inner_steps_taken_meanwhile(dht):
+    """Overlapped, a lone peer's round does not stop the peer: the step that closes the round returns with the
+    model where the inner step left it and the shared parameters untouched; the round's outer step (the Nesterov
+    closed form on the change up to that step) lands at a later step, and the model then sits at the new shared
+    parameters plus the inner progress made since the round took its pseudo-gradient, none lost, none counted twice."""
+    swarm = SwarmConfig(averaging="diloco", target_batch_size=4, outer_every=2, outer_lr=0.5)
+    model, outer, optimizer, steps = _overlapped(dht, swarm, "diloco-overlap")
+    start = model.weight.detach().clone()
+    try:
+        deadline = time.monotonic() + 60
+        taken_at = None
+        while time.monotonic() < deadline and optimizer.local_epoch == 0:
+            model.loss().backward()
+            steps.step()
+        assert optimizer.local_epoch == 1, "no round closed within 60 s"
+        taken_at = model.weight.detach().clone()
+        # the round is in flight (or finished in the background, not yet applied): nothing waited for it
+        assert torch.equal(outer[0].detach(), start)
+        assert not torch.equal(taken_at, start)
+        expected_outer = start - swarm.outer_lr * (1 + OUTER_MOMENTUM) * (start - taken_at)
+        since = taken_at.clone()  # the inner steps taken while the round is in flight, on their own
+        inner_steps_since = 0
+        while time.monotonic() < deadline and torch.equal(outer[0].detach(), start):
+            model.loss().backward()
+            steps.step()
+            inner_steps_since += 1
+            since = _inner_step(since)
+        assert not torch.equal(outer[0].detach(), start), "the round's result never landed"
+        assert inner_steps_since >= 1
+        assert torch.allclose(outer[0].detach(), expected_outer, atol=1e-5), (outer[0], expected_outer)
+        # new shared parameters + the progress since the round took its pseudo-gradient (not reset, not doubled)
+        assert torch.allclose(model.weight.detach(), expected_outer + (since - taken_at), atol=1e-5), (model.weight, expected_outer, since, taken_at)
+        assert not torch.equal(model.weight.detach(), outer[0].detach())  # the progress was kept, not reset to the outer
+        # the next round's pseudo-gradient counts only what came after the snapshot
+        assert torch.allclose(steps.reference[0], outer[0].detach())
+    finally:
+        optimizer.shutdown()
+
+
+def test_overlapped_rounds_in_a_row_sum_every_inner_step_exactly_once(dht):
+    """Several overlapped rounds alone, outer lr 1 and the momentum turned off by comparison: with plain averaging a
+    lone peer's shared parameters must end where its inner steps took it, minus only what it has not sent yet.
+    Sending a stretch of progress twice (or never) would leave them off by that stretch."""
+    swarm = SwarmConfig(averaging="diloco", target_batch_size=4, outer_every=2, outer_lr=1.0)
+    model, outer, optimizer, steps = _overlapped(dht, swarm, "diloco-overlap-2")
+    for group in optimizer.state_averager.optimizer.param_groups:  # plain SGD at lr 1: the outer step is the change
+        group["momentum"], group["nesterov"] = 0.0, False
+    try:
+        trajectory = model.weight.detach().clone()  # where the inner steps alone would take the model
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and optimizer.local_epoch < 3:
+            model.loss().backward()
+            steps.step()
+            trajectory = _inner_step(trajectory)
+        assert optimizer.local_epoch >= 3
+        # with plain averaging alone, every landing puts the model back on the inner steps' own trajectory
+        assert torch.allclose(model.weight.detach(), trajectory, atol=1e-5), (model.weight, trajectory)
+        assert not torch.equal(outer[0].detach(), torch.tensor([1.0, -2.0, 3.0]))  # rounds did land
+        # leaving waits for a round in flight: the peer keeps the last round's shared state, with plain averaging
+        # alone the inner trajectory at that round's snapshot
+        taken = steps.reference[0].clone()
+        steps.leave()
+        assert not optimizer.state_averager.pending_updates
+        assert torch.equal(model.weight.detach(), outer[0].detach())
+        assert torch.allclose(outer[0].detach(), taken, atol=1e-5)
+    finally:
+        optimizer.shutdown()
+
+
+def test_a_failed_overlapped_round_falls_back_to_what_this_peer_sent(dht):
+    """hivemind's fallback after a failed round reloads the accumulators; overlapped, those already hold the next
+    round's pseudo-gradient. The averager must restore what the failed round took (divided by its count)."""
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    weight.grad = torch.tensor([4.0, 6.0])
+    averager = OuterGradientAverager([weight], dht=dht, prefix="fallback-test", reuse_grad_buffers=True, start=True,
+                                     min_matchmaking_time=0.5, request_timeout=0.5)
+    try:
+        averager.accumulate_grads_(2)
+        averager.accumulate_grads_(2)  # the .grad holds the pseudo-gradient x 2, as DiLoCoSteps writes it
+        control = averager.step(wait=False, timeout=2)  # alone: no group forms, the round fails
+        assert averager.rounds_taken == 1
+        with pytest.raises(BaseException):
+            control.result(timeout=10)
+        weight.grad.copy_(torch.tensor([100.0, 100.0]))  # the next round's pseudo-gradient, meanwhile
+        averager.accumulate_grads_(2)
+        averager.load_accumulators_into_averager_()  # hivemind's fallback (_load_local_gradients_into_optimizer)
+        with averager.get_tensors() as averaged:
+            assert torch.equal(averaged[0], torch.tensor([2.0, 3.0]))
+        assert averager.rounds_taken == 1  # a fallback is not a new round
+        averager.notify_used_averaged_gradients()  # the failed round's outer step used it: back to the accumulators
+        averager.load_accumulators_into_averager_()
+        with averager.get_tensors() as averaged:
+            assert torch.equal(averaged[0], torch.tensor([100.0, 100.0]))
+    finally:
+        averager.shutdown()

@@ -15,12 +15,37 @@ coordinator evaluates and releases is always the last outer round's, never a hal
 hivemind integration: the outer parameters are separate tensors with `reuse_grad_buffers=True`, so their `.grad`
 is what hivemind averages; hivemind divides it by the number of `step()` calls it accumulated, so before each
 call the pseudo-gradient is written multiplied by that count (the division then yields exactly outer - local).
+
+Overlapped outer rounds (`SwarmConfig.outer_overlap`, `OverlappedDiLoCoSteps`; Streaming DiLoCo's / OpenDiLoCo's
+one-round delay): a synchronous round stops every peer for the all-reduce, which on a home link is seconds per
+round. With hivemind's own `delay_grad_averaging` + `delay_optimizer_step` (offloaded optimizer), the round that
+closes at a step runs in hivemind's background executor (all-reduce, then the outer SGD on the offloaded copy)
+while the peer keeps taking inner steps; the new outer parameters land at a later `step()`, when hivemind copies
+them into the outer tensors. The model then continues from new outer + (inner progress since the round's
+pseudo-gradient was taken): nothing is lost, nothing is sent twice. The bookkeeping is one `reference` copy:
+
+- the pseudo-gradient is reference - local (with reference = the outer parameters, this is the synchronous rule);
+- when a round takes the pseudo-gradient, reference := local (that progress is now the round's);
+- when hivemind replaces the outer parameters (a round's result, a state averaging round), local += new outer -
+  reference and reference := new outer: the unsent progress (local - reference) is carried over unchanged.
+
+hivemind waits for a round in flight before it takes the next one, so a round lands at the latest when the next
+closes: the outer state is at most one round behind, and a peer waits on the network only when a round lasts
+longer than a whole inner phase. Two hivemind details are made safe for this (`OuterGradientAverager`,
+`OverlappedOuterOptimizer`): a failed round falls back to the pseudo-gradient this peer sent (not to the buffers
+the next round is filling), and a joiner or the coordinator downloading the state while a round is in flight gets
+that round's result, not the previous round's parameters under the new epoch number.
 """
 
 from __future__ import annotations
 
+import time
+from functools import partial
+
 import hivemind
 import torch
+from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.state_averager import TrainingStateAverager
 
 from cairn.protocol.encoder import TextEncoder
 
@@ -39,6 +64,9 @@ class GradientSteps:
         """Nothing to do: the model's parameters are the shared ones."""
 
     def shared_state_into_model(self) -> None:
+        """Nothing to do: the model's parameters are the shared ones."""
+
+    def leave(self) -> None:
         """Nothing to do: the model's parameters are the shared ones."""
 
 
@@ -82,3 +110,172 @@ class DiLoCoSteps:
     def shared_state_into_model(self) -> None:
         for shared, local in zip(self.outer, self.local):
             local.copy_(shared.to(local.device))
+
+    def leave(self) -> None:
+        """What the peer keeps when it stops is the swarm's shared state, not a half-finished inner round."""
+        self.shared_state_into_model()
+
+
+class OuterGradientAverager(GradientAverager):
+    """hivemind's GradientAverager for overlapped outer rounds: a failed round falls back to what this peer sent.
+
+    hivemind's fallback after a failed all-reduce reloads the accumulators; with a delayed round it does so in its
+    background thread, while the main thread is already writing the next round's pseudo-gradient into them (and
+    after a started round hivemind has zeroed them: a synchronous round falls back to zeros). This averager keeps a
+    copy of what the round took and restores that instead. It also counts the rounds that took the accumulators
+    (`rounds_taken`): how `OverlappedDiLoCoSteps` tells a round's start from a state download (both change the epoch).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sent: list[torch.Tensor] | None = None
+        self._taking_round = False
+        self.rounds_taken = 0
+
+    def step(self, *args, **kwargs):
+        self._taking_round = True
+        try:
+            return super().step(*args, **kwargs)
+        finally:
+            self._taking_round = False
+
+    @torch.no_grad()
+    def load_accumulators_into_averager_(self) -> None:
+        if self._sent is not None and not self._taking_round:  # the fallback of the round in flight: what it sent
+            with self.get_tensors() as averaged:
+                for tensor, sent in zip(averaged, self._sent):
+                    tensor.copy_(sent)
+            return
+        super().load_accumulators_into_averager_()
+        self.rounds_taken += 1
+        if self._taking_round:  # the all-reduce overwrites these buffers in place: keep this peer's part
+            with self.get_tensors() as averaged:
+                self._sent = [tensor.clone() for tensor in averaged]
+
+    def notify_used_averaged_gradients(self) -> None:
+        super().notify_used_averaged_gradients()
+        self._sent = None
+
+
+class OuterStateAverager(TrainingStateAverager):
+    """hivemind's TrainingStateAverager whose state downloads wait for a delayed outer step in flight.
+
+    With a delayed step hivemind increments the epoch when the round starts, while the (offloaded) parameters it
+    serves change only when the round ends: a joiner in between would get the previous round's parameters under
+    the new epoch, one outer step behind every other peer for good. Waiting (bounded by the all-reduce timeout)
+    serves a consistent pair."""
+
+    def get_current_state(self):
+        deadline = time.monotonic() + (self._allreduce_timeout or 60.0) + 5.0
+        in_flight: list = []
+        for _ in range(100):
+            try:
+                in_flight = list(self.pending_updates)  # the main thread adds and removes: retry a set that changed
+                break
+            except RuntimeError:
+                continue
+        for update in in_flight:
+            try:
+                update.result(timeout=max(0.0, deadline - time.monotonic()))
+            except BaseException:  # a failed or cancelled round: serve what is there, as hivemind would
+                pass
+        return super().get_current_state()
+
+
+class OverlappedOuterOptimizer(hivemind.Optimizer):
+    """hivemind.Optimizer whose state averager is an `OuterStateAverager`.
+
+    hivemind.Optimizer takes no state-averager factory: this is its `_make_state_averager` (hivemind 1.1.12) with
+    the class replaced; cairn/peer/hivemind_contract.py checks the method is still there."""
+
+    def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
+        return OuterStateAverager(
+            dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer, custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel, next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode, auxiliary=self.auxiliary, start=True, **kwargs)
+
+
+def overlap_options(request_timeout: float) -> dict:
+    """hivemind.Optimizer keyword arguments of an overlapped outer round (for an `OverlappedOuterOptimizer`)."""
+    from cairn.peer.hivemind_contract import check_hivemind
+
+    check_hivemind()  # the classes above override hivemind internals: refuse, in one line, a hivemind without them
+    return dict(delay_grad_averaging=True, delay_optimizer_step=True, offload_optimizer=True,
+                grad_averager_factory=partial(OuterGradientAverager, request_timeout=request_timeout))
+
+
+class OverlappedDiLoCoSteps(DiLoCoSteps):
+    """DiLoCo whose outer round runs in the background while the inner steps go on (see the module docstring)."""
+
+    def __init__(self, model: TextEncoder, optimizer: hivemind.Optimizer, outer: list[torch.nn.Parameter],
+                 inner_optimizer: torch.optim.Optimizer, inner_scheduler: torch.optim.lr_scheduler.LRScheduler):
+        super().__init__(model, optimizer, outer, inner_optimizer, inner_scheduler)
+        if not (optimizer.delay_grad_averaging and isinstance(optimizer.grad_averager, OuterGradientAverager)):
+            raise ValueError("overlapped DiLoCo needs a hivemind.Optimizer built with overlap_options()")
+        with torch.no_grad():
+            self.reference = [shared.detach().to(local.device).clone() for shared, local in zip(self.outer, self.local)]
+        self._outer_version = self._version()
+        self._rounds_taken = optimizer.grad_averager.rounds_taken
+
+    def _version(self) -> int:
+        """torch's in-place counter of the outer tensors: it moves exactly when hivemind writes new outer parameters
+        (a round's result, a state averaging round, a state download); Cairn itself writes only their .grad."""
+        return sum(shared._version for shared in self.outer)
+
+    def step(self) -> None:
+        epoch = self.optimizer.local_epoch
+        super().step()
+        landed, rounds_taken = self._version() != self._outer_version, self.optimizer.grad_averager.rounds_taken
+        if rounds_taken != self._rounds_taken:
+            # a round took the pseudo-gradient in this step. A result that landed in the same call was the previous
+            # round's, applied before this one began (hivemind waits for it first): carry the progress over, then
+            # everything up to here belongs to the new round
+            if landed:
+                self._carry_progress_onto_outer()
+            self._copy(self.local, self.reference)
+        elif self.optimizer.local_epoch != epoch:
+            self.shared_state_into_model()  # out of sync: hivemind loaded the swarm's state; start from it
+        elif landed:
+            self._carry_progress_onto_outer()
+        self._outer_version, self._rounds_taken = self._version(), rounds_taken
+
+    @torch.no_grad()
+    def _write_pseudo_gradient(self) -> None:
+        """outer.grad = (reference - local) x (hivemind's accumulation count after this step)."""
+        scale = float(self.optimizer.grad_averager.local_times_accumulated + 1)
+        for shared, reference, local in zip(self.outer, self.reference, self.local):
+            if shared.grad is None:
+                shared.grad = torch.empty_like(shared)
+            shared.grad.copy_(torch.sub(reference, local).mul_(scale))
+
+    @torch.no_grad()
+    def _carry_progress_onto_outer(self) -> None:
+        """New outer parameters landed: local = new outer + (local - reference); reference = new outer."""
+        for shared, reference, local in zip(self.outer, self.reference, self.local):
+            new = shared.detach().to(local.device)
+            local.add_(new - reference)
+            reference.copy_(new)
+
+    @staticmethod
+    @torch.no_grad()
+    def _copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
+        for source, target in zip(sources, targets):
+            target.copy_(source)
+
+    def after_new_epoch(self) -> None:
+        """Nothing to do: `step` already saw whether a round began (keep training) or the state was loaded."""
+
+    def leave(self) -> None:
+        """Let a round in flight finish first (bounded by hivemind's all-reduce timeout): the others' round needs this
+        peer's part, and what the peer keeps is then the last round's shared state, the one its partners keep too."""
+        self.optimizer.state_averager.step(wait_for_delayed_updates=True)
+        self.shared_state_into_model()
+
+    @torch.no_grad()
+    def shared_state_into_model(self) -> None:
+        """The joiner rule: continue from the outer state exactly, with no unsent progress."""
+        super().shared_state_into_model()
+        self._copy([shared.detach() for shared in self.outer], self.reference)
+        self._outer_version = self._version()

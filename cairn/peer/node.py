@@ -31,6 +31,7 @@ from cairn.training.task import (CollapseDetector, TrainingTask, encoder_config,
                                  shared_optimizer_factories)
 
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
+from cairn.peer.diloco import OverlappedOuterOptimizer, overlap_options
 from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
 
@@ -101,7 +102,10 @@ def make_optimizer(dht: hivemind.DHT, params: list[torch.nn.Parameter], config: 
     state_compression = CountingCompression(make_state_compression("fp16" if compression != "none" else "none"), sent, received)
     optimizer, scheduler = shared_optimizer_factories(training, swarm)
     diloco = swarm.averaging == "diloco"
-    return hivemind.Optimizer(
+    overlap = diloco and swarm.outer_overlap
+    # an overlapped outer round: hivemind's delayed all-reduce and outer step, made safe for DiLoCo (cairn/peer/diloco.py)
+    optimizer_class, overlap_kwargs = (OverlappedOuterOptimizer, overlap_options(swarm.request_timeout)) if overlap else (hivemind.Optimizer, {})
+    return optimizer_class(
         dht=dht, run_id=config.run_id, target_batch_size=swarm.samples_per_epoch, batch_size_per_step=batch_size,
         # explicitly: hivemind 1.1.12 leaves Optimizer.client_mode None when not given, while its averagers take the DHT's
         # True; the optimizer then sets a state-sharing priority on a client-mode averager, which raises ValueError
@@ -114,7 +118,7 @@ def make_optimizer(dht: hivemind.DHT, params: list[torch.nn.Parameter], config: 
         next_chunk_timeout=swarm.next_chunk_timeout, averager_opts=dict(request_timeout=swarm.request_timeout),
         # what goes on the wire every epoch: the gradient, or DiLoCo's pseudo-gradient
         grad_compression=make_compression(compression, sent, received), average_state_every=swarm.average_state_every,
-        grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout),
+        **(overlap_kwargs or dict(grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout))),
         state_averaging_compression=state_compression, load_state_compression=make_state_compression("fp16"),
         # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is. The
         # optimizer stays offloaded (hivemind's default): only then does a lone peer's outer step see the pseudo-gradient
@@ -128,12 +132,13 @@ def make_optimizer(dht: hivemind.DHT, params: list[torch.nn.Parameter], config: 
 
 def make_steps(model: TextEncoder, optimizer: hivemind.Optimizer, params: list[torch.nn.Parameter], config: RunConfig):
     """The peer's step strategy for the run's averaging mode (cairn/peer/diloco.py)."""
-    from cairn.peer.diloco import DiLoCoSteps, GradientSteps
+    from cairn.peer.diloco import DiLoCoSteps, GradientSteps, OverlappedDiLoCoSteps
 
     if config.swarm.averaging != "diloco":
         return GradientSteps(model, optimizer)
     inner = optimizer_factory(config.training)(model.parameters())
-    return DiLoCoSteps(model, optimizer, params, inner, scheduler_factory(config.training)(inner))
+    steps_class = OverlappedDiLoCoSteps if config.swarm.outer_overlap else DiLoCoSteps
+    return steps_class(model, optimizer, params, inner, scheduler_factory(config.training)(inner))
 
 
 def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
@@ -162,7 +167,8 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         config = fetch_config(probe_dht, coordinator)
         swarm = config.swarm
         logger.info("run %s: %s averaging (%s), %s samples per global step", config.run_id, swarm.averaging,
-                    f"an outer round every {swarm.outer_every} global steps" if swarm.averaging == "diloco" else "every global step",
+                    f"an outer round every {swarm.outer_every} global steps"
+                    + (", overlapped with the next inner steps" if swarm.outer_overlap else "") if swarm.averaging == "diloco" else "every global step",
                     f"{swarm.target_batch_size:,}")
         corpus, tokenizer, landmarks = prepare_local_run(config, options.workdir)
         # before the optimizer exists, since it copies the parameters it starts from
@@ -215,7 +221,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         session.run()
     finally:
         lease.release()
-        steps.shared_state_into_model()  # what this peer keeps is the swarm's shared state, not a half-finished inner round
+        steps.leave()  # what this peer keeps is the swarm's shared state, not a half-finished inner round
         _save_local_state(model, options.workdir)
         optimizer.shutdown()
         dht.shutdown()

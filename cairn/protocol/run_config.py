@@ -122,6 +122,10 @@ class SwarmConfig:
                                min=1, max=100_000)
     outer_lr: float = setting(0.7, "diloco: learning rate of the outer Nesterov step (1 with no momentum = plain averaging)",
                               min=0.0, max=10.0, min_open=True)
+    # measured in docs/benchmarks.md section 10 ("overlapped outer rounds"): the synchronous round stops every peer
+    # for the all-reduce, which behind a home link costs a large share of the wall time
+    outer_overlap: bool = setting(True, "diloco: run the outer round in the background while the next inner steps go on "
+                                  "(the shared state lags one round; false: every peer waits for the round)")
     num_shards: int = setting(16, "corpus shards that peers lease", min=1, max=1_000_000)
     lease_seconds: float = setting(30.0, "shard lease; a departed peer's shard frees after this", min=5.0, max=86_400.0)
 
