@@ -25,6 +25,8 @@ from cairn.protocol.tokenizer import VOCABULARIES
 COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8")
 # how peers combine their work: an all-reduce of gradients every global step, or DiLoCo's local steps and outer rounds
 AVERAGING = ("gradients", "diloco")
+# how a reducer combines the senders' parts of a slice: hivemind's weighted mean, or a robust rule (cairn/peer/aggregation.py)
+AGGREGATIONS = ("mean", "centered_clip", "trimmed_mean")
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,12 @@ class SwarmConfig:
                                min=1, max=100_000)
     outer_lr: float = setting(0.7, "diloco: learning rate of the outer Nesterov step (1 with no momentum = plain averaging)",
                               min=0.0, max=10.0, min_open=True)
+    # Robust rules hold every sender's part of a slice before answering (hivemind already waits for all of them) and
+    # drop non-finite parts; measured in docs/benchmarks.md ("one malicious peer of four"): see aggregation.py's docstring
+    # for what each rule guarantees for n peers (with 2 peers every rule is the mean of the finite parts).
+    aggregation: str = setting("centered_clip", "how each reducer combines the peers' parts: 'mean' (hivemind's, weighted by "
+                               "claimed samples), 'centered_clip' (BTARD) or 'trimmed_mean' (coordinate-wise); robust rules also "
+                               "drop non-finite parts", choices=AGGREGATIONS)
     num_shards: int = setting(16, "corpus shards that peers lease", min=1, max=1_000_000)
     lease_seconds: float = setting(30.0, "shard lease; a departed peer's shard frees after this", min=5.0, max=86_400.0)
 
