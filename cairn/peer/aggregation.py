@@ -206,8 +206,10 @@ class CheckedTensorPartContainer(TensorPartContainer):
             if reason is not None:
                 self.untrusted.add(peer_index)
                 name = self.peer_names[peer_index] if peer_index < len(self.peer_names) else f"#{peer_index}"
-                logger.warning("averaging: reducer %s sent %s for slice %d; keeping this peer's own values for that reducer's "
-                               "slices this round", name, reason, part_index)
+                # the reducer is dishonest, or its group was too small to outvote a dishonest sender (two peers)
+                logger.warning("averaging: reducer %s sent %s for slice %d (a dishonest reducer, or a dishonest sender in a "
+                               "group too small to outvote it); keeping this peer's own values for that reducer's slices this "
+                               "round", name, reason, part_index)
         if own is not None and self.return_deltas and peer_index in self.untrusted:
             part = torch.zeros_like(own)  # delta 0: our own values, as hivemind does for a reducer that failed
             self.failed_size += part.numel()

@@ -1,0 +1,53 @@
+"""A dishonest Cairn peer, for bench/adversarial.py only: `python bench/malicious_peer.py ATTACK peer run ...`.
+
+It runs the ordinary `cairn` CLI with the peer's gradient sanitiser replaced by an attack, so every batch's
+gradient is corrupted and shared unclipped, as a peer that does not run Cairn's code would. It is deliberately not a
+CLI flag or setting of Cairn itself: nothing a user can pass turns a peer malicious.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _nan_inf(grad: torch.Tensor, step: int) -> torch.Tensor:
+    return torch.full_like(grad, float("nan") if step % 2 == 0 else float("inf"))
+
+
+ATTACKS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "nan_inf": _nan_inf,  # NaN on even batches, +Inf on odd ones
+    "scaled": lambda grad, step: grad * 1e6,
+    "sign_flip": lambda grad, step: grad * -1e6,  # flipped and scaled: flipped alone would only halve the average
+    "noise": lambda grad, step: torch.randn_like(grad) * (1e3 * float(grad.std()) + 1e-3),
+}
+
+
+def install(attack: str) -> None:
+    """Replace the peer's sanitiser (cairn.peer.node.sanitize_gradients) with `attack` on every gradient."""
+    import cairn.peer.node as node
+
+    corrupt, steps = ATTACKS[attack], [0]
+
+    def sanitize_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float = 0.0) -> bool:
+        with torch.no_grad():
+            for p in parameters:
+                if p.grad is not None:
+                    p.grad.copy_(corrupt(p.grad, steps[0]))
+        steps[0] += 1
+        return True
+
+    node.sanitize_gradients = sanitize_gradients
+
+
+if __name__ == "__main__":
+    install(sys.argv[1])
+    sys.argv = ["cairn", *sys.argv[2:]]
+    from cairn.cli import main
+
+    main()
