@@ -18,6 +18,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cairn.peer.swarm import Service, cairn, free_port, stop_services, wait_for_join_address  # noqa: E402
+from cairn.peer.swarm import Service, cairn, start_loopback_coordinator, stop_services  # noqa: E402
 
 CORPUS = "wordnet"
 PEERS = 4
@@ -41,19 +42,18 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
     rule = rule or "centered_clip"
     run = root / row.replace("@", "-")
     coordinator_dir = run / "coordinator"
-    if not (coordinator_dir / "run.json").exists():
-        subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", "adv-" + row.replace("@", "-").replace("_", "-"),
-                             "--corpus", CORPUS, "--batch-size", "256", "--warmup-updates", "4", "--aggregation", rule,
-                             "--averaging-timeout", "30"), check=True, capture_output=True)
+    if not (coordinator_dir / "run.json").exists():  # a copy of one initialised run per rule: init takes minutes here
+        template = root / f"init-{rule}"
+        if not (template / "run.json").exists():
+            subprocess.run(cairn("coordinator", "init", "--workdir", str(template), "--run-id", "adv-" + rule.replace("_", "-"),
+                                 "--corpus", CORPUS, "--batch-size", "256", "--warmup-updates", "4", "--aggregation", rule,
+                                 "--averaging-timeout", "30"), check=True, capture_output=True)
+        shutil.copytree(template, coordinator_dir)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     started = time.time()
-    coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1", "--port",
-                                               str(free_port()), "--http-host", "127.0.0.1", "--http-port", str(free_port())),
-                          run / "coordinator.log")
-    coordinator.start(env)
+    coordinator, join = start_loopback_coordinator(coordinator_dir, run / "coordinator.log", env)
     services = [coordinator]
     try:
-        join = wait_for_join_address(coordinator_dir, coordinator, started)[0]
         for index in range(PEERS):
             peer_dir = run / "peers" / f"peer-{index}"
             (peer_dir / "peer-summary.json").unlink(missing_ok=True)
