@@ -54,7 +54,8 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
     coordinator, join = start_loopback_coordinator(coordinator_dir, run / "coordinator.log", env)
     services = [coordinator]
     try:
-        for index in range(PEERS):
+        # the (would-be) malicious peer first: its start-up is the slowest, and a run it joins late is not attacked
+        for index in sorted(range(PEERS), key=lambda i: i != MALICIOUS):
             peer_dir = run / "peers" / f"peer-{index}"
             (peer_dir / "peer-summary.json").unlink(missing_ok=True)
             peer_args = ["peer", "run", "--join", join, "--name", f"peer-{index}", "--workdir", str(peer_dir), "--host", "127.0.0.1",
@@ -128,7 +129,7 @@ def reducer_seconds(values: int = 30522 * 256 // PEERS, part: int = 2**19) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples-per-peer", type=int, default=6144)
+    parser.add_argument("--samples-per-peer", type=int, default=8192)
     parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="ATTACK or ATTACK@RULE; attacks: clean nan_inf scaled "
                         "sign_flip noise; rules: centered_clip (default) trimmed_mean mean")
     parser.add_argument("--root", type=Path, default=Path("bench/out/adversarial"))
@@ -158,6 +159,8 @@ def main() -> None:
             "global_steps": max((s["final_epoch"] for s in summaries), default=0),
             "samples_per_second": sum(s["samples_per_second"] for i, s in enumerate(result["summaries"]) if s and i in honest),
             "rounds": [s["rounds"] if s else None for s in result["summaries"]], "wall_seconds": result["wall_seconds"],
+            # rounds the malicious peer averaged in: an attack row whose attacker never got into a round measured nothing
+            "attacker_rounds": (result["summaries"][MALICIOUS] or {}).get("rounds", {}).get("success", 0),
             "rejections": _rejections(result["run"]),
         }
         print(json.dumps(record), flush=True)
@@ -168,13 +171,13 @@ def main() -> None:
     clean = {r["rule"]: r["heldout_loss"] for r in rows if r["attack"] == "clean"}
     print(f"start release held-out loss {start_loss:.3f}; total {time.time() - began:.0f} s")
     print("| malicious peer | rule | held-out loss | vs clean (same rule) | honest params finite | global steps | honest samples/s | "
-          "log lines naming the attacker |")
-    print("|---|---|---|---|---|---|---|---|")
+          "rounds with peer 4 | honest log lines naming a peer |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         reference = clean.get(r["rule"], clean.get("centered_clip"))
         ratio = f"{r['heldout_loss'] / reference:.3f}" if reference and r["heldout_loss"] == r["heldout_loss"] else "n/a"
         print(f"| {r['attack']} | {r['rule']} | {r['heldout_loss']:.3f} | {ratio} | {'yes' if r['honest_finite'] else 'NO'} | "
-              f"{r['global_steps']} | {r['samples_per_second']:.0f} | {r['rejections']} |")
+              f"{r['global_steps']} | {r['samples_per_second']:.0f} | {r['attacker_rounds']} | {r['rejections']} |")
 
 
 def _rejections(run: Path) -> int:
