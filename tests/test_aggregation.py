@@ -68,6 +68,23 @@ def test_with_two_peers_every_rule_is_the_mean():
         assert torch.allclose(rule(parts), parts.mean(dim=0), atol=1e-6)
 
 
+def test_the_rule_is_a_run_setting_with_a_robust_default():
+    from cairn.protocol.run_config import SwarmConfig
+
+    assert SwarmConfig().aggregation == "centered_clip"
+    assert SwarmConfig.from_json({"target_batch_size": 2048}).aggregation == "centered_clip"  # a run initialised before it
+    with pytest.raises(ValueError):
+        SwarmConfig(aggregation="median_of_means")
+    with pytest.raises(ValueError, match="unknown aggregation rule"):
+        install_aggregation("median_of_means")
+    install_aggregation("trimmed_mean")
+    try:
+        assert allreduce.TensorPartReducer is RobustTensorPartReducer and RobustTensorPartReducer.rule == "trimmed_mean"
+    finally:
+        install_aggregation("mean")
+    assert allreduce.TensorPartReducer is aggregation.STOCK["reducer"]
+
+
 # ---- the reducer and the result check, in one process ----------------------------------------------
 
 
