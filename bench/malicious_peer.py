@@ -45,9 +45,14 @@ def install(attack: str) -> None:
     node.sanitize_gradients = sanitize_gradients
 
 
+# attacks whose values 8-bit blockwise quantisation would launder on the way out: bitsandbytes turns a NaN block
+# into -0 (and keeps Inf), so the attacker sends them uncompressed, as any peer may (the sender picks each part's codec)
+RAW_ON_THE_WIRE = {"nan_inf"}
+
 if __name__ == "__main__":
-    install(sys.argv[1])
-    sys.argv = ["cairn", *sys.argv[2:]]
+    attack = sys.argv[1]
+    install(attack)
+    sys.argv = ["cairn", *sys.argv[2:], *(["--compression", "none"] if attack in RAW_ON_THE_WIRE else [])]
     from cairn.cli import main
 
     main()
