@@ -49,10 +49,32 @@ def install(attack: str) -> None:
 # into -0 (and keeps Inf), so the attacker sends them uncompressed, as any peer may (the sender picks each part's codec)
 RAW_ON_THE_WIRE = {"nan_inf"}
 
+
+def send_raw() -> None:
+    """Send gradient parts as raw fp32 but split exactly as the group's blockwise 8-bit peers split theirs.
+
+    (`--compression none` would not do: parts are sized by the compression's ratio, so the reducers would refuse
+    the differently shaped parts and ban the sender before any NaN was looked at.)
+    """
+    from hivemind.compression import NoCompression
+
+    from cairn.peer.compression import COMPRESSION_BY_NAME
+
+    blockwise = COMPRESSION_BY_NAME["blockwise8"]
+
+    class RawSplitLikeBlockwise(NoCompression):
+        def estimate_compression_ratio(self, info) -> float:
+            return blockwise().estimate_compression_ratio(info)
+
+    COMPRESSION_BY_NAME["blockwise8"] = RawSplitLikeBlockwise
+
+
 if __name__ == "__main__":
     attack = sys.argv[1]
     install(attack)
-    sys.argv = ["cairn", *sys.argv[2:], *(["--compression", "none"] if attack in RAW_ON_THE_WIRE else [])]
+    if attack in RAW_ON_THE_WIRE:
+        send_raw()
+    sys.argv = ["cairn", *sys.argv[2:]]
     from cairn.cli import main
 
     main()

@@ -121,6 +121,13 @@ class RobustTensorPartReducer(TensorPartReducer):
         """Keep this sender's part until every sender's part of this slice is in, then return the robust aggregate."""
         assert 0 <= sender_index < self.num_senders, "invalid sender index"
         assert 0 <= part_index < self.num_parts, "invalid part index"
+        if tensor_part.shape != self.part_shapes[part_index]:
+            # refused before it counts as received: hivemind then bans the sender and, since this part never arrived,
+            # finishes the slice without it. (hivemind's own sum raised only after counting it, so the ban left the
+            # slice waiting for a part that would never come: the round stalled until its timeout. A peer splitting
+            # its tensors for another compression than the group's, `--compression none` in a blockwise run, did it.)
+            raise AllreduceException(f"sender {self._name(sender_index)} sent a part of shape {tuple(tensor_part.shape)}, "
+                                     f"expected {tuple(self.part_shapes[part_index])}")
         self.num_parts_received[sender_index] += 1
         while part_index > self.current_part_index:  # hivemind's wait for the previous slices, unchanged
             await asyncio.wait({self.current_part_future, asyncio.create_task(self.finished.wait())},
@@ -130,9 +137,6 @@ class RobustTensorPartReducer(TensorPartReducer):
         if self.sender_failed_after[sender_index] != float("inf"):
             raise BannedException(f"sender {sender_index} was banned in background")
         assert part_index == self.current_part_index
-        if tensor_part.shape != self.part_shapes[part_index]:  # the sum raised here too: hivemind then bans the sender
-            raise AllreduceException(f"sender {self._name(sender_index)} sent a part of shape {tuple(tensor_part.shape)}, "
-                                     f"expected {tuple(self.part_shapes[part_index])}")
         current_part_future = self.current_part_future
         if part_index < self.sender_failed_after[sender_index]:
             self.received.append((sender_index, tensor_part.detach().float(), float(weight)))
