@@ -31,6 +31,7 @@ from cairn.peer.swarm import Service, cairn, start_loopback_coordinator, stop_se
 CORPUS = "wordnet"
 PEERS = 4
 MALICIOUS = PEERS - 1  # the last peer, in attack rows
+MAX_MINUTES = 4.0  # per peer: 8,192 samples took 1.5-2.5 min of it on a loaded 2-core machine
 HERE = Path(__file__).resolve().parent
 # what fits 15 minutes on a 2-core machine; "scaled" (x1e6, not flipped) and "clean@mean" when there is time
 DEFAULT_ROWS = ["clean", "nan_inf", "sign_flip", "noise", "sign_flip@mean"]
@@ -59,7 +60,9 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
             peer_dir = run / "peers" / f"peer-{index}"
             (peer_dir / "peer-summary.json").unlink(missing_ok=True)
             peer_args = ["peer", "run", "--join", join, "--name", f"peer-{index}", "--workdir", str(peer_dir), "--host", "127.0.0.1",
-                         "--torch-threads", "1", "--no-progress", "--wait-for-peers", str(PEERS), "--max-samples", str(samples_per_peer)]
+                         "--torch-threads", "1", "--no-progress", "--wait-for-peers", str(PEERS), "--max-samples", str(samples_per_peer),
+                         # a poisoned peer drops every batch (its gradient is NaN) and never reaches --max-samples
+                         "--max-minutes", str(MAX_MINUTES)]
             if attack != "clean" and index == MALICIOUS:
                 command = [sys.executable, str(HERE / "malicious_peer.py"), attack, *peer_args]
             else:
