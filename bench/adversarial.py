@@ -62,7 +62,7 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
             peer_args = ["peer", "run", "--join", join, "--name", f"peer-{index}", "--workdir", str(peer_dir), "--host", "127.0.0.1",
                          "--torch-threads", "1", "--no-progress", "--wait-for-peers", str(PEERS), "--max-samples", str(samples_per_peer),
                          # a poisoned peer drops every batch (its gradient is NaN) and never reaches --max-samples
-                         "--max-minutes", str(MAX_MINUTES)]
+                         "--minutes", str(MAX_MINUTES)]
             if attack != "clean" and index == MALICIOUS:
                 command = [sys.executable, str(HERE / "malicious_peer.py"), attack, *peer_args]
             else:
