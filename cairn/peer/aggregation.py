@@ -156,8 +156,8 @@ class RobustTensorPartReducer(TensorPartReducer):
         kept = []
         for sender, part, weight in self.received:
             if not bool(torch.isfinite(part).all()):
-                self._report(sender, f"sent a part that is not finite (slice {self.current_part_index}); its parts are left "
-                                     f"out of this round's {self.rule}")
+                self._report(sender, f"sent a part that is not finite (slice {self.current_part_index}); its non-finite parts "
+                                     f"are left out of this round's {self.rule}")
             elif not (math.isfinite(weight) and weight > 0):
                 continue  # weight 0: a peer with no samples this round (hivemind sends zeros), not an opinion
             else:
