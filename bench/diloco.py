@@ -19,12 +19,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cairn.peer.swarm import Service, cairn, free_port, stop_services, wait_for_join_address  # noqa: E402
+from cairn.peer.swarm import Service, cairn, start_loopback_coordinator, stop_services  # noqa: E402
 
 CORPUS = "wordnet"
 
@@ -37,14 +36,9 @@ def run_swarm(name: str, root: Path, init_args: list[str], samples_per_peer: int
         subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", f"bench-{name}", "--corpus", CORPUS,
                              *init_args), check=True, capture_output=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    started = time.time()
-    coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1", "--port",
-                                               str(free_port()), "--http-host", "127.0.0.1", "--http-port", str(free_port())),
-                          run / "coordinator.log")
-    coordinator.start(env)
+    coordinator, join = start_loopback_coordinator(coordinator_dir, run / "coordinator.log", env)
     services = [coordinator]
     try:
-        join = wait_for_join_address(coordinator_dir, coordinator, started)[0]
         for index, core in enumerate(cores):
             peer_dir = run / "peers" / f"peer-{index}"
             (peer_dir / "peer-summary.json").unlink(missing_ok=True)

@@ -21,7 +21,7 @@ TRAINING_FIELDS = ("model", "initialisation", "vocabulary", "batch_size", "lr", 
                    "landmarks", "landmark_order", "anchor_refresh_every", "seed")
 OBJECTIVE_FIELDS = ("relational_weight", "absolute_weight", "temperature", "relational_temperature")
 SWARM_FIELDS = ("target_batch_size", "compression", "num_shards", "lease_seconds", "averaging_timeout", "averaging", "outer_every",
-                "outer_lr", "outer_overlap")
+                "outer_lr", "outer_overlap", "aggregation")
 OPTION_NAMES = {"num_shards": "--shards"}
 
 
@@ -39,7 +39,7 @@ def training_options(function: Callable) -> Callable:
 
 def swarm_options(function: Callable) -> Callable:
     """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --averaging, --outer-every, --outer-lr,
-    --outer-overlap."""
+    --outer-overlap, --aggregation."""
     return _apply([config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ()))
                    for name in SWARM_FIELDS], function)
 

@@ -31,3 +31,15 @@ def test_a_hivemind_without_them_is_refused_in_one_line(monkeypatch):
     assert "\n" not in message and "pip install hivemind==1.1.12" in message
     for missing in ("allreduce.serialize_torch_tensor", "_BASE_COMPRESSION_TYPES", "'Averaged pseudo-gradients'"):
         assert missing in message, message
+
+
+def test_a_reducer_whose_internals_changed_is_refused(monkeypatch):
+    """aggregation.py re-implements TensorPartReducer.accumulate_part: a hivemind whose reducer changed shape is refused."""
+    from hivemind.averaging import partition
+
+    async def accumulate_part(self, sender_index, part_index, tensor_part, weight=1.0, extra=None):
+        return tensor_part
+
+    monkeypatch.setattr(partition.TensorPartReducer, "accumulate_part", accumulate_part)
+    missing = hivemind_contract.missing_internals()
+    assert any(item.startswith("TensorPartReducer.accumulate_part(") for item in missing), missing

@@ -2,8 +2,9 @@
 
 Three modules reach past hivemind's public API: `instrumentation.py` counts averaging rounds by matching the
 Optimizer's log messages and wraps the all-reduce's module-level (de)serialisers to count bytes,
-`compression.py` replaces an entry of the serialiser registry, and `diloco.py` (overlapped outer rounds) overrides
-the Optimizer's state-averager constructor and two GradientAverager methods. A hivemind upgrade that renamed any of these
+`compression.py` replaces an entry of the serialiser registry, `diloco.py` (overlapped outer rounds) overrides
+the Optimizer's state-averager constructor and two GradientAverager methods, and `aggregation.py` (issue 12) replaces the
+all-reduce's part reducer, part container and runner with subclasses that re-implement `accumulate_part`. A hivemind upgrade that renamed any of these
 would not fail: the counts would silently read zero and the exact-zero fix would silently stop applying. So every
 patch first calls `check_hivemind()`, which refuses, in one line, a hivemind whose internals no longer have what
 the patches touch. `HIVEMIND_TESTED` is the version the patches were last verified against (pinned in
@@ -50,6 +51,41 @@ def missing_internals() -> list[str]:
             missing.append(f"hivemind GradientAverager.{name}")
     if "self.pending_updates" not in inspect.getsource(TrainingStateAverager):
         missing.append("hivemind TrainingStateAverager.pending_updates")
+    return missing + missing_allreduce_internals()
+
+
+# what cairn/peer/aggregation.py's subclasses rely on: (class, method, its parameters, names its source must use)
+ALLREDUCE_CONTRACT = (
+    ("TensorPartReducer", "__init__", ("self", "part_shapes", "num_senders"),
+     ("current_part_index", "current_part_future", "current_part_accumulated_from", "finished", "num_parts_received",
+      "sender_failed_after", "num_current_senders", "reset_accumulators")),
+    ("TensorPartReducer", "accumulate_part", ("self", "sender_index", "part_index", "tensor_part", "weight"),
+     ("current_part_future", "sender_failed_after", "check_current_part_finished")),
+    ("TensorPartReducer", "check_current_part_finished", ("self",), ("current_part_accumulated_from", "reset_accumulators")),
+    ("TensorPartReducer", "on_sender_failed", ("self", "sender_index"), ("check_current_part_finished",)),
+    ("TensorPartContainer", "__init__", None, ("_input_parts_by_peer", "local_tensors", "total_size", "return_deltas", "failed_size")),
+    ("TensorPartContainer", "register_processed_part", ("self", "peer_index", "part_index", "part"), ()),
+    ("AllReduceRunner", "__init__", None, ("TensorPartReducer(", "TensorPartContainer(", "sender_peer_ids", "ordered_peer_ids")),
+)
+
+
+def missing_allreduce_internals() -> list[str]:
+    """What aggregation.py's subclasses need from hivemind's all-reduce classes (read from the unpatched modules)."""
+    from hivemind.averaging import allreduce, averager, partition
+
+    missing = []
+    for class_name, method, parameters, names in ALLREDUCE_CONTRACT:
+        owner = partition if class_name != "AllReduceRunner" else allreduce
+        function = getattr(getattr(owner, class_name, None), method, None)
+        if not callable(function):
+            missing.append(f"hivemind.averaging.{owner.__name__.rsplit('.', 1)[-1]}.{class_name}.{method}")
+            continue
+        if parameters is not None and tuple(inspect.signature(function).parameters) != parameters:
+            missing.append(f"{class_name}.{method}{parameters}")
+        source = inspect.getsource(function)
+        missing += [f"{class_name}.{method} using {name!r}" for name in names if name not in source]
+    if not isinstance(getattr(averager, "AllReduceRunner", None), type) or "AllReduceRunner(" not in inspect.getsource(averager):
+        missing.append("hivemind.averaging.averager building its AllReduceRunner")
     return missing
 
 

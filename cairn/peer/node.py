@@ -30,6 +30,7 @@ from cairn.protocol.run_config import RunConfig
 from cairn.training.task import (CollapseDetector, TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory,
                                  shared_optimizer_factories)
 
+from cairn.peer.aggregation import install_aggregation
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
 from cairn.peer.diloco import OverlappedOuterOptimizer, overlap_options
 from cairn.peer.gradients import sanitize_gradients
@@ -98,6 +99,7 @@ def make_optimizer(dht: hivemind.DHT, params: list[torch.nn.Parameter], config: 
     the main thread. `params` are the model's own (per-step gradients) or a separate outer copy (DiLoCo)."""
     swarm, training = config.swarm, config.training
     install_exact_zero_blockwise()  # the reducers' replies too, not only what this peer sends
+    install_aggregation(swarm.aggregation)  # before the averagers fork: they keep the reducer installed now
     # parameters in fp16, optimizer statistics in fp32 (make_state_compression says why)
     state_compression = CountingCompression(make_state_compression("fp16" if compression != "none" else "none"), sent, received)
     optimizer, scheduler = shared_optimizer_factories(training, swarm)
@@ -166,10 +168,10 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         coordinator = coordinator_peer_id(options.join[0])
         config = fetch_config(probe_dht, coordinator)
         swarm = config.swarm
-        logger.info("run %s: %s averaging (%s), %s samples per global step", config.run_id, swarm.averaging,
+        logger.info("run %s: %s averaging (%s), %s samples per global step, %s aggregation", config.run_id, swarm.averaging,
                     f"an outer round every {swarm.outer_every} global steps"
                     + (", overlapped with the next inner steps" if swarm.outer_overlap else "") if swarm.averaging == "diloco" else "every global step",
-                    f"{swarm.target_batch_size:,}")
+                    f"{swarm.target_batch_size:,}", swarm.aggregation)
         corpus, tokenizer, landmarks = prepare_local_run(config, options.workdir)
         # before the optimizer exists, since it copies the parameters it starts from
         release_dir = latest_release_weights(probe_dht, coordinator, options.workdir) if config.init == "release" else None

@@ -253,6 +253,20 @@ def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
     return {"global_step": step, "peers": dict(peers), "workdir": str(plan.workdir), "coordinator_dir": str(coordinator_dir)}
 
 
+def start_loopback_coordinator(coordinator_dir: Path, log: Path, env: dict[str, str]) -> tuple[Service, str]:
+    """`cairn coordinator run` for an initialised workdir on free loopback ports (benchmarks): the running service and
+    its first join address. The caller stops it with stop_services; if it never announces an address it is stopped here."""
+    started = time.time()
+    coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1", "--port",
+                                               str(free_port()), "--http-host", "127.0.0.1", "--http-port", str(free_port())), log)
+    coordinator.start(env)
+    try:
+        return coordinator, wait_for_join_address(coordinator_dir, coordinator, started)[0]
+    except BaseException:
+        stop_services([coordinator])
+        raise
+
+
 def stop_services(services: list[Service], grace: float = 30.0) -> None:
     """SIGTERM each service's main process (peers first) so it shuts its hivemind children down itself,
     wait, then SIGKILL each whole process group so nothing (p2pd included) outlives the swarm."""

@@ -25,6 +25,8 @@ from cairn.protocol.tokenizer import VOCABULARIES
 COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8")
 # how peers combine their work: an all-reduce of gradients every global step, or DiLoCo's local steps and outer rounds
 AVERAGING = ("gradients", "diloco")
+# how a reducer combines the senders' parts of a slice: hivemind's weighted mean, or a robust rule (cairn/peer/aggregation.py)
+AGGREGATIONS = ("mean", "centered_clip", "trimmed_mean")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,12 @@ class SwarmConfig:
     # for the all-reduce, which behind a home link costs a large share of the wall time
     outer_overlap: bool = setting(True, "diloco: run the outer round in the background while the next inner steps go on "
                                   "(the shared state lags one round; false: every peer waits for the round)")
+    # Robust rules hold every sender's part of a slice before answering (hivemind already waits for all of them) and
+    # drop non-finite parts; measured in docs/benchmarks.md ("one malicious peer of four"): see aggregation.py's docstring
+    # for what each rule guarantees for n peers (with 2 peers every rule is the mean of the finite parts).
+    aggregation: str = setting("centered_clip", "how each reducer combines the peers' parts: 'mean' (hivemind's, weighted by "
+                               "claimed samples), 'centered_clip' (BTARD) or 'trimmed_mean' (coordinate-wise); robust rules also "
+                               "drop non-finite parts", choices=AGGREGATIONS)
     num_shards: int = setting(16, "corpus shards that peers lease", min=1, max=1_000_000)
     lease_seconds: float = setting(30.0, "shard lease; a departed peer's shard frees after this", min=5.0, max=86_400.0)
 
