@@ -183,6 +183,7 @@ async def test_contributor_page_and_history(client):
     credited = [point["credited_samples"] for point in history]
     assert credited == sorted(credited) and credited[-1] == data["credited_samples"]
     assert len(data["spot_checks"]) == 2
+    assert not data["rejected"] and data["failed_checks"] == 0
     html = await (await client.get(f"/contributors/{ALICE}")).text()
     assert html.count('<polyline class="line') == 4  # credited, claimed, loss, speed
 
@@ -700,3 +701,17 @@ def test_the_yardstick_rows_say_which_tasks_a_release_beats():
     assert len(rows) == 4
     assert rows["Beats the TF-IDF+SVD yardstick: SimLex-999 ρ"]["met"] is False
     assert rows["Beats the TF-IDF+SVD yardstick: BBC topic probe"]["met"] is True
+
+
+@aio
+async def test_peers_whose_work_was_rejected_are_marked(client):
+    """Issue 12: a peer that failed a spot check is marked on the leaderboard and its page (the synthetic ledger's
+    hostile-named peer fails both of its checks; every other peer passes)."""
+    rows = (await (await client.get("/api/contributors")).json())["rows"]
+    rejected = [row for row in rows if row["rejected"]]
+    assert [row["display_name"] for row in rejected] == [name for name in HOSTILE_NAMES if name.startswith('"')]
+    assert rejected[0]["failed_checks"] == 2 and all(row["failed_checks"] == 0 for row in rows if not row["rejected"])
+    html = await (await client.get("/contributors")).text()
+    assert html.count(">rejected</span>") == 1
+    page = await (await client.get(f"/contributors/{rejected[0]['public_id']}")).text()
+    assert ">rejected</span>" in page and "2 failed spot check(s)" in page

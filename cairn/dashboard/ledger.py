@@ -142,7 +142,7 @@ def contributors(db: sqlite3.Connection, sort: str, now: float) -> dict[str, Any
     rows = db.execute(
         f"""
         SELECT public_id, display_name, device, credited_samples, claimed_samples, seconds_online,
-               shards_completed, first_seen, last_seen
+               shards_completed, first_seen, last_seen, {_rejection_columns(db)}
         FROM peers ORDER BY {order}, public_id LIMIT ?
         """,
         (LEADERBOARD_LIMIT,),
@@ -152,9 +152,9 @@ def contributors(db: sqlite3.Connection, sort: str, now: float) -> dict[str, Any
 
 def contributor(db: sqlite3.Connection, public_id: str, now: float) -> dict[str, Any] | None:
     row = db.execute(
-        """
+        f"""
         SELECT public_id, display_name, device, peer_id, credited_samples, claimed_samples, seconds_online,
-               shards_completed, first_seen, last_seen
+               shards_completed, first_seen, last_seen, {_rejection_columns(db)}
         FROM peers WHERE public_id = ?
         """,
         (public_id,),
@@ -176,8 +176,18 @@ def contributor(db: sqlite3.Connection, public_id: str, now: float) -> dict[str,
     return result
 
 
+def _rejection_columns(db: sqlite3.Connection) -> str:
+    """SQL for what the coordinator refused of a peer's work: failed spot checks and the credit they took back
+    (`forfeited_samples`: ledger schema 3; an older ledger has none)."""
+    forfeited = "forfeited_samples" if has_column(db, "peers", "forfeited_samples") else "0"
+    return (f"{forfeited} AS forfeited_samples, "
+            "(SELECT COUNT(*) FROM spot_checks s WHERE s.public_id = peers.public_id AND s.passed = 0) AS failed_checks")
+
+
 def _contributor_row(row: sqlite3.Row, total_samples: int, now: float) -> dict[str, Any]:
     data = dict(row)
+    # issue 12: the dashboard marks peers whose contributions were rejected (a failed spot check forfeits its window)
+    data["rejected"] = bool(data["failed_checks"] or data["forfeited_samples"])
     data["hours_online"] = data.pop("seconds_online") / 3600.0
     data["share"] = data["credited_samples"] / total_samples if total_samples else 0.0
     data["online"] = data["last_seen"] >= now - ONLINE_SECONDS
