@@ -43,6 +43,10 @@ def quiet_known_noise() -> None:
       round; tracebacks from any other code still show.
     - hivemind's "Failed to download state from PEER" comes with a full traceback when the donor has just left
       (its protocol handler is gone); hivemind then tries the next donor, so the message stays, on one line.
+    - hivemind logs a round that ended without a group or whose all-reduce failed ("Averaging step failed: could
+      not find a group", a peer that left mid-round) with `logger.exception`: an ordinary event of a swarm whose
+      peers come and go, which the peer counts as a failed round and hivemind answers with local gradients. The
+      message stays, on one line.
     """
     bitsandbytes = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if _drop_4bit_kernel_notice not in bitsandbytes.filters:
@@ -92,6 +96,14 @@ def _drop_abandoned_hivemind_tasks(record: logging.LogRecord) -> bool:
 
 
 def _one_line_state_download_failure(record: logging.LogRecord) -> bool:
-    if record.exc_info and record.getMessage().startswith("Failed to download state from"):
+    if record.exc_info and (record.getMessage().startswith("Failed to download state from") or _failed_round(record.exc_info[1])):
         record.exc_info, record.exc_text = None, None  # hivemind's message already names the error
     return True
+
+
+def _failed_round(error: BaseException | None) -> bool:
+    """An averaging round that failed the way rounds fail in a live swarm (no group, a peer gone mid-round).
+
+    By name, not isinstance: a logging filter must not import hivemind (importing it reconfigures logging)."""
+    kind = type(error)
+    return kind.__module__.startswith("hivemind.averaging.") and kind.__name__ in ("AllreduceException", "MatchmakingException")
