@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash leaves either the old file or the new one, never half of either."""
+"""Atomic file writes (a crash leaves either the old file or the new one, never half of either) and bounded reads."""
 
 from __future__ import annotations
 
@@ -51,3 +51,11 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_at_most(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than `limit` (a reader of untrusted or operator-supplied files never
+    loads an unbounded amount). OSError passes through for the caller's own one-line message."""
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    return None if len(data) > limit else data

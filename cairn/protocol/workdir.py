@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cairn.protocol.errors import CairnError
-from cairn.protocol.fsutil import atomic_write_json
+from cairn.protocol.fsutil import atomic_write_json, read_at_most
 
 if TYPE_CHECKING:  # run_config pulls the tokenizer tables; the entrypoint and the dashboard only read coordinator.json
     from cairn.protocol.run_config import RunConfig
@@ -60,11 +60,10 @@ class CoordinatorState:
     def load(cls, path: Path) -> CoordinatorState:
         """The state in `path`; CairnError (one line) when it is missing, too large or not a coordinator state."""
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_STATE_BYTES + 1)
+            data = read_at_most(path, MAX_STATE_BYTES)
         except OSError as error:
             raise CairnError(f"{path}: cannot read the coordinator's state ({error.strerror or error})") from None
-        if len(data) > MAX_STATE_BYTES:
+        if data is None:
             raise CairnError(f"{path}: larger than {MAX_STATE_BYTES} bytes, not a coordinator state file")
         try:
             document = json.loads(data.decode("utf-8"))

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.serialization import (
 from securesystemslib.signer import CryptoSigner
 
 from cairn.protocol.errors import ReleaseError
-from cairn.protocol.fsutil import atomic_write_bytes
+from cairn.protocol.fsutil import atomic_write_bytes, read_at_most
 
 MAX_KEY_BYTES = 16 << 10
 MAX_PASSPHRASE_BYTES = 4 << 10
@@ -53,12 +53,12 @@ def read_passphrase(passphrase_file: Path | None = None, environ: Mapping[str, s
     """
     if passphrase_file is not None:
         try:
-            with open(passphrase_file, "rb") as handle:
-                data = handle.read(MAX_PASSPHRASE_BYTES + 1)
+            read = read_at_most(passphrase_file, MAX_PASSPHRASE_BYTES)
         except OSError as error:
             raise ReleaseError(f"cannot read the passphrase file {passphrase_file}: {error.strerror or error}") from None
-        if len(data) > MAX_PASSPHRASE_BYTES:
+        if read is None:
             raise ReleaseError(f"passphrase file {passphrase_file} is larger than {MAX_PASSPHRASE_BYTES} bytes")
+        data = read
         source = str(passphrase_file)
     else:
         value = (os.environ if environ is None else environ).get(PASSPHRASE_ENV)
@@ -103,13 +103,12 @@ def load_signer(path: Path, passphrase: bytes | None = None) -> CryptoSigner:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            pem = handle.read(MAX_KEY_BYTES + 1)
+        pem = read_at_most(path, MAX_KEY_BYTES)
     except FileNotFoundError:
         raise ReleaseError(f"signing key {path} does not exist") from None
     except OSError as error:
         raise ReleaseError(f"cannot read signing key {path}: {error.strerror or error}") from None
-    if len(pem) > MAX_KEY_BYTES:
+    if pem is None:
         raise ReleaseError(f"cannot read signing key {path}: larger than {MAX_KEY_BYTES} bytes")
     encrypted = pem.lstrip().startswith(_ENCRYPTED_HEADER)
     if encrypted and passphrase is None:
