@@ -242,9 +242,12 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         for peer in leaving:
             assert peer.popen.wait(timeout=90) == 0, peer.tail()
         summaries = {name: swarm.summary(name) for name in ("ann", "ben", "dan")}
-        last_epoch = max(s["final_epoch"] for s in summaries.values())
-        together = [name for name, s in summaries.items() if s["final_epoch"] == last_epoch]
-        assert len(together) >= 2, summaries
+        # the peers that left at one global step; a peer whose last step found no group (the others had already
+        # left) applies its own gradients alone and ends one epoch ahead with its own weights (seen once in CI)
+        epochs = [s["final_epoch"] for s in summaries.values()]
+        shared_epoch = max(set(epochs), key=lambda epoch: (epochs.count(epoch), epoch))
+        together = [name for name, s in summaries.items() if s["final_epoch"] == shared_epoch]
+        assert len(together) >= 2, {name: (s["final_epoch"], s["rounds"]) for name, s in summaries.items()}
         params = {name: _parameters(swarm.peer_dir(name) / "state") for name in together}
         reference = params[together[0]]
         moved = np.abs(reference - _initial_parameters(swarm)).mean()
