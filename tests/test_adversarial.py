@@ -142,6 +142,55 @@ def test_a_live_honest_lease_is_still_respected():
     assert ShardLease(dht, "run", "b" * 16, 1, lease_seconds=30.0, settle_seconds=0.0).acquire() is None
 
 
+def ordinary_squats(dht: FakeDHT, num_shards: int, holder: str = "f" * 16) -> None:
+    """Leases on every shard that look like an honest holder's (now + lease + margin), renewed as often as a squatter likes."""
+    from hivemind.utils import get_dht_time
+
+    from cairn.protocol.dht_keys import LeaseRecord, RunKeys
+
+    for shard in range(num_shards):
+        expiration = get_dht_time() + 40.0
+        dht.store(RunKeys("run").shard_leases, str(shard), LeaseRecord(holder=holder, expires_at=expiration).dict(), expiration)
+
+
+def test_ordinary_looking_leases_of_a_holder_that_trains_on_nothing_stop_an_honest_peer_for_the_grace_only():
+    """Attack 4 with leases no expiration betrays: the squatter renews them like an honest peer, and publishes no record."""
+    from cairn.peer.leases import ShardLease
+
+    dht = FakeDHT()
+    ordinary_squats(dht, 3)
+    lease = ShardLease(dht, "run", "a" * 16, 3, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=dict, idle_grace_seconds=0.3)
+    assert lease.acquire() is None  # the first look starts the watch: an honest holder may not have reported yet
+    time.sleep(0.35)
+    ordinary_squats(dht, 3)  # it renews meanwhile, later than anything we store
+    shard = lease.acquire()
+    assert shard is not None  # the old code: None for as long as the squatter renews
+    ordinary_squats(dht, 3)
+    assert lease.renew() and not lease.lost and lease.shard == shard  # its renewals do not take the shard back
+
+
+def test_a_holder_whose_record_names_its_shard_is_never_taken_for_idle():
+    from cairn.peer.leases import ShardLease
+
+    dht = FakeDHT()
+    ordinary_squats(dht, 2, holder="b" * 16)
+    busy = {"b" * 16: 0}  # trains on shard 0 (its record says so); holds shard 1 as well without training on it
+    lease = ShardLease(dht, "run", "a" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=lambda: busy,
+                       idle_grace_seconds=0.0)
+    assert lease.acquire(preferred=0) == 1
+    busy["a" * 16] = 1  # our records name shard 1 from now on; b's squat is still the lease the DHT keeps
+    assert lease.renew() and lease.shard == 1  # our own record does not make b look busy to us
+    assert ShardLease(dht, "run", "c" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=lambda: busy,
+                      idle_grace_seconds=0.0).acquire(preferred=0) is None  # 0: b trains there; 1: we do (no pile-up)
+    unreadable = ShardLease(dht, "run", "d" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=_raises,
+                            idle_grace_seconds=0.0)
+    assert unreadable.acquire() is None  # no evidence, nobody is idle
+
+
+def _raises() -> dict[str, int]:
+    raise TimeoutError("the DHT is busy")
+
+
 def test_progress_that_goes_backwards_or_squats_is_ignored():
     from hivemind.utils import get_dht_time
 

@@ -27,7 +27,7 @@ from cairn.peer.dht_util import _behind_nat, check_reachable, make_dht
 from cairn.protocol.identity import load_or_create_identity, peer_public_id
 from cairn.peer.leases import ShardLease
 from cairn.peer.metrics import create_peer_metrics, start_metrics_server
-from cairn.peer.records import publish_record, read_records
+from cairn.peer.records import publish_record, read_records, shards_in_use
 from cairn.protocol.dht_keys import ContributionRecord, RunKeys, make_validators, owner_subkey
 from cairn.protocol.errors import CairnError
 
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(120)
 slow = pytest.mark.slow  # starts real hivemind nodes
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
-RUNS = ("t-records", "t-owner", "t-schema", "t-race", "t-expiry", "t-release")
+RUNS = ("t-records", "t-owner", "t-schema", "t-race", "t-expiry", "t-release", "t-squat")
 
 
 def _validators(key: RSAPrivateKey) -> list:
@@ -427,3 +427,30 @@ def test_private_addresses_behind_public_initial_peers_mean_nat():
     assert _behind_nat(["/ip4/192.168.1.20/tcp/4000", "/ip4/127.0.0.1/tcp/4000"], coordinator)
     assert not _behind_nat(["/ip4/192.168.1.20/tcp/4000", "/ip4/8.8.8.8/tcp/4000"], coordinator)
     assert not _behind_nat(["/ip4/192.168.1.20/tcp/4000"], ["/ip4/192.168.1.2/tcp/31337"])  # a LAN swarm
+
+
+@slow
+def test_a_squatter_renewing_ordinary_leases_on_every_shard_does_not_stop_an_honest_peer(swarm):
+    """Issue 12, attack 4, on real nodes: every shard leased and renewed like an honest holder's lease. The holder of
+    shard 0 trains there (its signed record says so) and keeps it; the holder of shard 1 trains on nothing, so after
+    the grace an honest newcomer trains on shard 1, through the squatter's renewals."""
+    busy_key = swarm.keys[1]
+    busy = ShardLease(swarm.peers[1], "t-squat", peer_public_id(busy_key), num_shards=2, lease_seconds=3, settle_seconds=0.3)
+    squatter = ShardLease(swarm.peers[2], "t-squat", "f" * 16, num_shards=2, lease_seconds=3, settle_seconds=0.3)
+    assert busy.acquire(preferred=0) == 0 and squatter.acquire(preferred=1) == 1
+    assert publish_record(swarm.peers[1], "t-squat", _record(swarm.peers[1], shard=0), 60, identity=busy_key)
+    newcomer = ShardLease(swarm.peers[0], "t-squat", peer_public_id(swarm.keys[0]), num_shards=2, lease_seconds=3, settle_seconds=0.3,
+                          shards_in_use=partial(shards_in_use, swarm.peers[0], "t-squat"), idle_grace_seconds=2.0)
+    with busy.renewing(), squatter.renewing():
+        assert newcomer.acquire() is None  # both held; the watch on shard 1's holder starts now
+        deadline = time.monotonic() + 20
+        while (shard := newcomer.acquire()) is None:
+            assert time.monotonic() < deadline, "the idle squatter kept its shard"
+            time.sleep(0.5)
+        assert shard == 1  # never the shard whose holder trains on it
+        for _ in range(3):  # through three of the squatter's renewals
+            time.sleep(1.0)
+            assert newcomer.renew() and newcomer.shard == 1 and not newcomer.lost
+        assert not busy.lost
+    for lease in (newcomer, busy, squatter):
+        lease.release()

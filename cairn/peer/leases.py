@@ -44,6 +44,16 @@ ignored, and a shard whose only entry is such a squat is taken without a confirm
 refused there; two peers may then share that shard, which wastes data order and nothing more). A
 progress offset lower than the highest this peer has seen for the shard is ignored too (this peer's own
 writes reset it, since an offset wraps around at the end of the shard).
+
+A squatter that renews ordinary-looking leases on every shard is caught by what it does not do: train.
+Every training peer publishes a signed contribution record naming its shard every few seconds
+(cairn/peer/records.py), so a lease whose holder has published no live record naming that shard for
+`idle_grace_seconds` in a row (as this peer watches it), and whose shard no other peer's record names, is
+an idle squat, and the shard is taken the way a far-future squat is: confirmed if our stores win, else
+unconfirmed (shared with the squatter's empty claim). The second condition spreads honest peers over the
+squatted shards instead of piling them onto the first.
+An identity that publishes made-up records to look busy is beyond this defence (the coordinator's spot
+checks forfeit such a peer's credit, but its leases stand); see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import hivemind
 import pydantic.v1 as pydantic
@@ -87,6 +97,8 @@ class ShardLease:
         lease_seconds: float = 30.0,
         settle_seconds: float = 1.0,
         progress_ttl_seconds: float = 7 * 24 * 3600.0,
+        shards_in_use: Callable[[], dict[str, int]] | None = None,
+        idle_grace_seconds: float = 120.0,
     ):
         if num_shards < 1:
             raise ValueError(f"num_shards must be at least 1, got {num_shards}")
@@ -103,6 +115,9 @@ class ShardLease:
         self._progress_expirations: dict[int, float] = {}
         self._progress_high: dict[int, int] = {}  # the highest offset seen per shard, reset by our own writes
         self._squatted: set[int] = set()  # shards whose only entry expires implausibly late (see the module doc)
+        # holder public id -> the shard its live contribution record names (records.shards_in_use); None: no idle check
+        self._shards_in_use, self.idle_grace_seconds = shards_in_use, idle_grace_seconds
+        self._idle_since: dict[tuple[int, str], float] = {}  # (shard, holder) -> when we first saw it hold the shard idle
 
     @property
     def shard(self) -> int | None:
@@ -126,8 +141,9 @@ class ShardLease:
             tried: set[int] = set()
             while True:
                 leases = self._read_leases()  # afresh each time: a stale view could take a live lease
+                idle = self._idle_holders(leases)
                 shard = next(
-                    (s for s in self._candidates(preferred) if s not in tried and self._is_free(leases.get(s))), None
+                    (s for s in self._candidates(preferred) if s not in tried and self._is_free(leases.get(s), s, idle)), None
                 )
                 if shard is None:
                     return None
@@ -138,6 +154,8 @@ class ShardLease:
                 entry = self._read_leases().get(shard)
                 if entry is None and shard in self._squatted:
                     logger.warning("shard %d is squatted (a lease expiring implausibly late): training on it unconfirmed", shard)
+                elif entry is not None and (shard, entry[0].holder) in idle:
+                    logger.warning("shard %d is held by %s, which trains on nothing: training on it anyway", shard, entry[0].holder)
                 elif entry is None or entry[0].holder != self.holder:
                     continue  # a claim expiring later won
                 self._store_lease(shard, self._confirmed_expiration())
@@ -150,7 +168,8 @@ class ShardLease:
             if self._shard is None:
                 return False
             entry = self._read_leases().get(self._shard)
-            if entry is not None and entry[0].holder not in ("", self.holder) and entry[1] > get_dht_time():
+            if (entry is not None and entry[0].holder not in ("", self.holder) and entry[1] > get_dht_time()
+                    and (self._shard, entry[0].holder) not in self._idle_holders({self._shard: entry})):
                 logger.warning("lost the lease on shard %d to %s", self._shard, entry[0].holder)
                 self._shard, self._lost = None, True
                 return False
@@ -223,8 +242,37 @@ class ShardLease:
             order.insert(0, preferred)
         return order
 
-    def _is_free(self, entry: tuple[LeaseRecord, float] | None) -> bool:
-        return entry is None or entry[0].holder in ("", self.holder) or entry[1] <= get_dht_time()
+    def _is_free(self, entry: tuple[LeaseRecord, float] | None, shard: int, idle: set[tuple[int, str]]) -> bool:
+        return (entry is None or entry[0].holder in ("", self.holder) or entry[1] <= get_dht_time()
+                or (shard, entry[0].holder) in idle)
+
+    def _idle_holders(self, leases: dict[int, tuple[LeaseRecord, float]]) -> set[tuple[int, str]]:
+        """(shard, holder) among these live leases of others whose holder has named that shard in no live contribution
+        record for `idle_grace_seconds` in a row, as watched from here (module doc). `leases` may be a part of the
+        table (renew looks at its own shard): watches of shards not in it are kept. One DHT read when others hold any."""
+        others = {(shard, record.holder) for shard, (record, expiration) in leases.items()
+                  if record.holder not in ("", self.holder) and expiration > get_dht_time()}
+        for key in list(self._idle_since):
+            if key[0] in leases and key not in others:  # that shard has another holder now, or none
+                del self._idle_since[key]
+        if self._shards_in_use is None or not others:
+            return set()
+        try:
+            in_use = self._shards_in_use()
+        except Exception:  # the DHT may be busy: without evidence nobody counts as idle this time
+            logger.warning("could not read the contribution records to check lease holders", exc_info=True)
+            return set()
+        now = time.monotonic()
+        trained_on = {shard for holder, shard in in_use.items() if holder != self.holder}
+        idle = set()
+        for shard, holder in others:
+            if in_use.get(holder) == shard or shard in trained_on:  # busy, or an honest peer already shares it
+                self._idle_since.pop((shard, holder), None)
+                continue
+            since = self._idle_since.setdefault((shard, holder), now)
+            if now - since >= self.idle_grace_seconds:
+                idle.add((shard, holder))
+        return idle
 
     def _claim_expiration(self, seen_expiration: float) -> float:
         # Peers that saw the same tombstone would otherwise claim with the same expiration; the DHT keeps

@@ -148,6 +148,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     from cairn.peer.dht_util import check_reachable, make_dht
     from cairn.peer.leases import ShardLease
     from cairn.peer.metrics import create_peer_metrics, start_metrics_server
+    from cairn.peer.records import shards_in_use
     from cairn.peer.run_setup import coordinator_peer_id, fetch_config, latest_release_weights, prepare_local_run
     from cairn.protocol.dht_keys import make_validators
     from cairn.protocol.identity import load_or_create_identity, peer_public_id
@@ -203,7 +204,8 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
                                traffic.sent, traffic.received, key)
     steps = make_steps(model, optimizer, params, config)
     stop.reinstall()
-    lease = ShardLease(dht, config.run_id, peer_public_id(key), config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds)
+    lease = ShardLease(dht, config.run_id, peer_public_id(key), config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds,
+                       shards_in_use=partial(shards_in_use, dht, config.run_id))  # a holder that trains on nothing is a squatter
     session = None
     try:
         _wait_for_swarm(optimizer, options.wait_for_peers, stop)

@@ -56,3 +56,9 @@ def read_records(dht: hivemind.DHT, run_id: str) -> dict[str, ContributionRecord
     """The live contribution records of the run by public id; records that fail the schema are skipped."""
     found = dht.get(RunKeys(run_id).contributions, latest=True)
     return decode_contributions(found.value if found is not None else None)
+
+
+def shards_in_use(dht: hivemind.DHT, run_id: str) -> dict[str, int]:
+    """Public id -> the shard its live contribution record says it trains on: how a lease holder shows it is not a
+    squatter (cairn/peer/leases.py). Peers without a shard yet are left out."""
+    return {owner: record.shard for owner, record in read_records(dht, run_id).items() if record.shard is not None}
