@@ -16,3 +16,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The container tests last: scripts/test.sh builds their images in the background meanwhile (tests/docker_build.py)."""
+    items.sort(key=lambda item: item.path.name == "test_docker_e2e.py")  # stable: every other order is kept

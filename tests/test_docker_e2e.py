@@ -1,10 +1,8 @@
 """The container images built and run on a real Docker engine (issue 15); tests/test_docker.py checks their sources.
 
-One module fixture makes what the images need where Docker Hub and the PyTorch index cannot be reached:
-a Debian base from Debian's packages (docker/make-base.sh, only if no base image is there yet) and a
-one-file package index on loopback serving the CPU torch wheel of pip's find-links directory (else the
-Dockerfile's public default index). It builds the three CPU images under names of its own, and at the
-end removes exactly what it created: the images, their intermediate layers, the base if it made it.
+One module fixture builds the three CPU images under names of its own (tests/docker_build.py: a base made
+with debootstrap, the torch wheel served on loopback), or adopts those scripts/test.sh built in the
+background while the unit tests ran, and at the end removes exactly what the build created.
 
 - test_no_secret_in_any_layer: every file of every layer (a file deleted in a later layer is still in
   the image) is checked for key and workdir names and private-key blocks; the image configuration and
@@ -22,20 +20,15 @@ installs and starts one.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import re
-import secrets
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tarfile
-import threading
 import time
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,14 +36,12 @@ import yaml
 
 from cairn.peer.swarm import cairn, free_port
 from cairn.protocol.workdir import CoordinatorState, Workdir
+from docker_build import TARGETS, Built, BuildError, CannotBuild, adopt_prebuilt, build_images, remove_built
 from swarm_util import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker" / "compose.yaml"
-TARGETS = ("coordinator", "dashboard", "peer")
-BASE_IMAGE = os.environ.get("CAIRN_BASE_IMAGE", "cairn-local/debian:bookworm")
 GRACE_SECONDS = 60  # compose.yaml's stop_grace_period
-BUILD_TIMEOUT = 1200
 START_TIMEOUT = 600
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
@@ -90,148 +81,27 @@ if _problem:
                 allow_module_level=True)
 
 
-# ---- the torch wheel, served on loopback as a one-package index ----------------------------------------
-
-def torch_pin() -> str:
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return next(d.split("==")[1].split(";")[0].strip() for d in dependencies if re.match(r"torch\s*==", d))
-
-
-def local_torch_wheel() -> Path | None:
-    """The CPU torch wheel in pip's find-links directories (how the project's machines install it), if any."""
-    listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False).stdout
-    places = [*os.environ.get("PIP_FIND_LINKS", "").split()]
-    for line in listing.splitlines():
-        key, _, value = line.partition("=")
-        if key.endswith("find-links"):
-            places += value.strip().strip("'\"").split()
-    for place in places:
-        folder = Path(place.removeprefix("file://"))
-        found = sorted(folder.glob(f"torch-{torch_pin()}+cpu-cp311-cp311-*linux*_x86_64.whl")) if folder.is_dir() else []
-        if found:
-            return found[-1]
-    return None
-
-
-class _WheelIndex(http.server.ThreadingHTTPServer):
-    """A PEP 503 simple index on 127.0.0.1 with one project (torch) and one file."""
-
-    def __init__(self, wheel: Path):
-        self.wheel = wheel
-        super().__init__(("127.0.0.1", 0), _WheelHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/"
-
-
-class _WheelHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 (the http.server API)
-        wheel = self.server.wheel
-        quoted = wheel.name.replace("+", "%2B")
-        if self.path.rstrip("/") == "/torch":
-            body = f'<html><body><a href="/files/{quoted}">{wheel.name}</a></body></html>'.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        elif self.path == f"/files/{quoted}":
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(wheel.stat().st_size))
-            self.end_headers()
-            with open(wheel, "rb") as handle:
-                shutil.copyfileobj(handle, self.wfile)
-        else:
-            self.send_error(404)
-
-    def log_message(self, *args):
-        pass
-
-
-# ---- the images ---------------------------------------------------------------------------------------
-
-def image_ids() -> set[str]:
-    return set(_run(["docker", "images", "--all", "--quiet", "--no-trunc"]).stdout.split())
-
-
-def image_exists(name: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", name], capture_output=True, check=False).returncode == 0
-
-
-@dataclass
-class Built:
-    project: str
-    images: dict[str, str]  # target -> tag
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def remove_images(ids: set[str]) -> None:
-    """Remove these image ids, children before parents (what a build left: tagged images, intermediate layers)."""
-    pending = set(ids)
-    for _ in range(len(pending) + 1):
-        if not pending:
-            return
-        existing = pending & image_ids()
-        if not existing:
-            return
-        for image in sorted(existing):
-            if subprocess.run(["docker", "rmi", "--force", image], capture_output=True, check=False).returncode == 0:
-                pending.discard(image)
-        pending &= image_ids()
-
-
 @pytest.fixture(scope="module")
 def built():
-    project = f"cairn-e2e-{secrets.token_hex(4)}"
-    before = image_ids()
-    made_base = False
-    index = None
+    """The images: adopted from scripts/test.sh's background build when it started one, else built here."""
+    state = os.environ.get("CAIRN_PREBUILT_IMAGES")
     try:
-        if not image_exists(BASE_IMAGE):
-            if shutil.which("debootstrap") is None:
-                pytest.skip(f"container tests skipped: no base image {BASE_IMAGE} and no debootstrap to make one "
-                            f"(apt-get install debootstrap, or `bash scripts/docker-engine.sh`)")
-            started = time.monotonic()
-            _run(["bash", str(ROOT / "docker" / "make-base.sh"), BASE_IMAGE], timeout=900)
-            made_base = True
-            print(f"\nbase image {BASE_IMAGE}: made in {time.monotonic() - started:.0f} s")
-        wheel = local_torch_wheel()
-        torch_index = "https://download.pytorch.org/whl/cpu"
-        if wheel is not None:
-            index = _WheelIndex(wheel)
-            threading.Thread(target=index.serve_forever, daemon=True).start()
-            torch_index = index.url
-        result = Built(project, {target: f"{project}/{target}:0.1.0" for target in TARGETS})
-        env = {**os.environ, "DOCKER_BUILDKIT": "0"}  # the builder every engine has; compose v1 uses it too
-        for target, tag in result.images.items():
-            started = time.monotonic()
-            build = subprocess.run(["docker", "build", "--force-rm", "--network", "host", "-f", "docker/Dockerfile", "--target", target,
-                                    "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", f"TORCH_INDEX_URL={torch_index}",
-                                    "-t", tag, "."], cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
-                                   check=False)
-            assert build.returncode == 0, f"docker build --target {target} failed:\n{(build.stdout + build.stderr)[-4000:]}"
-            result.seconds[target] = time.monotonic() - started
+        if state:
+            pid = os.environ.get("CAIRN_PREBUILT_PID")
+            result = adopt_prebuilt(Path(state), int(pid) if pid else None)
+            print(f"\nadopted the images built in the background: {result.seconds}")
+        else:
+            result = build_images()
+    except CannotBuild as reason:
+        pytest.skip(f"container tests skipped: {reason}")
+    except BuildError as error:
+        pytest.fail(str(error))
+    try:
         sizes = {t: int(_run(["docker", "image", "inspect", "-f", "{{.Size}}", tag]).stdout) for t, tag in result.images.items()}
         print("built " + ", ".join(f"{t} in {result.seconds[t]:.0f} s ({sizes[t] / 1e9:.2f} GB)" for t in TARGETS))
         yield result
     finally:
-        if index is not None:
-            index.shutdown()
-            index.server_close()
-        # ours: the images created since the start that were built on the base (the tagged images, the
-        # intermediate images of their builds, those of a failed build); an image built meanwhile from
-        # anything else stays
-        base = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE], capture_output=True, text=True, check=False).stdout.strip()
-        ours = set()
-        for image in image_ids() - before:
-            chain = subprocess.run(["docker", "history", "-q", "--no-trunc", image], capture_output=True, text=True, check=False).stdout.split()
-            if base and base in chain:
-                ours.add(image)
-        remove_images(ours)
-        if made_base:
-            subprocess.run(["docker", "rmi", BASE_IMAGE], capture_output=True, check=False)
+        remove_built(result)
 
 
 # ---- no secrets in any layer --------------------------------------------------------------------------
@@ -305,6 +175,9 @@ def compose_file_for(tmp_path: Path, built: Built) -> tuple[Path, dict[str, int]
             published.append(f"127.0.0.1:{ports[container]}:{container}")  # loopback only
         if published:
             service["ports"] = published
+        # the image's HEALTHCHECK command (asserted below), probed every 5 s instead of every 15-30 s: the test waits
+        # on health three times (peers start once the coordinator is healthy), up to an interval each time
+        service["healthcheck"] = {"interval": "5s"}
         if target == "coordinator":
             service["environment"]["CAIRN_INIT_ARGS"] = INIT_ARGS
             service["command"] = ["run", "--release-every", str(RELEASE_EVERY), "--spot-check-seconds", "5", "--no-outside-reference"]
