@@ -51,6 +51,7 @@ class PeerOptions:
     host: str = "0.0.0.0"
     port: int = 0
     batch_size: int | None = None
+    micro_batch: int | None = None  # texts per forward pass (GradCache chunks); None: sized from free GPU memory, whole batch on CPU
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
     max_samples: int | None = None  # stop after this many local samples (tests, benchmarks)
@@ -149,6 +150,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     from cairn.peer.leases import ShardLease
     from cairn.peer.metrics import create_peer_metrics, start_metrics_server
     from cairn.peer.records import shards_in_use
+    from cairn.peer.sizing import micro_batch
     from cairn.peer.run_setup import coordinator_peer_id, fetch_config, latest_release_weights, prepare_local_run
     from cairn.protocol.dht_keys import make_validators
     from cairn.protocol.identity import load_or_create_identity, peer_public_id
@@ -220,8 +222,11 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
 
             parent = ParentTracker(dht, coordinator, options.workdir, device, task)
             parent.maybe_refresh(wait=True)
+        # the longest pairs of a fixed sample: the memory probe should see near-worst-case padding
+        longest = sorted(corpus.train[: 4 * batch_size], key=lambda pair: len(pair.a) + len(pair.b), reverse=True)[:batch_size]
+        chunk = micro_batch(task, longest, batch_size, options.micro_batch)
         session = TrainingSession(options, config, corpus, task, optimizer, steps, lease, dht, key, device, batch_size, metrics,
-                                  rounds, traffic, stop, parent)
+                                  rounds, traffic, stop, parent, micro_batch=chunk if chunk < batch_size else None)
         session.run()
     finally:
         lease.release()
@@ -269,12 +274,13 @@ class TrainingSession:
 
     def __init__(self, options: PeerOptions, config: RunConfig, corpus, task: TrainingTask, optimizer: hivemind.Optimizer, steps,
                  lease, dht: hivemind.DHT, key, device: torch.device, batch_size: int, metrics, rounds: RoundCounters,
-                 traffic: Traffic, stop: StopFlag, parent=None):
+                 traffic: Traffic, stop: StopFlag, parent=None, micro_batch: int | None = None):
         self.options, self.config, self.corpus, self.task = options, config, corpus, task
         self.steps = steps  # cairn.peer.diloco: GradientSteps or DiLoCoSteps
         self.optimizer, self.lease, self.dht, self.key, self.device = optimizer, lease, dht, key, device
         self.batch_size, self.metrics, self.rounds, self.traffic, self.stop = batch_size, metrics, rounds, traffic, stop
         self.parent = parent  # cairn.peer.compat_parent.ParentTracker when the run has a compat weight, else None
+        self.micro_batch = micro_batch  # texts per forward pass (cairn/peer/sizing.py); None: the whole batch at once
         self.stats = PeerStats()
         self.shard: int | None = None
         self.pairs: list = []
@@ -303,8 +309,7 @@ class TrainingSession:
                     continue
                 batch_start, batch = self.offset, self._next_batch()
                 computing = time.monotonic()
-                loss, parts = self.task.loss(batch)
-                loss.backward()
+                parts = self.task.backward(batch, self.micro_batch)  # the whole batch's loss, in chunks that fit
                 self.compute_seconds += time.monotonic() - computing
                 if not sanitize_gradients(self.task.model.parameters()):  # never share a NaN: drop the batch, not the peer
                     logger.warning("dropped a batch whose gradient is not finite (shard %s, offset %s)", self.shard, batch_start)
@@ -415,7 +420,7 @@ class TrainingSession:
             "name": self.options.name, "samples": self.stats.samples, "steps": self.stats.steps, "wall_seconds": wall,
             "compute_seconds": self.compute_seconds, "utilisation": self.compute_seconds / wall if wall else 0.0,
             "samples_per_second": self.stats.samples / wall if wall else 0.0, "epochs": epochs,
-            "start_epoch": self.epochs_at_start, "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "last_loss": self.stats.loss,
+            "start_epoch": self.epochs_at_start, "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "micro_batch": self.micro_batch or self.batch_size, "last_loss": self.stats.loss,
             "bytes_sent": self.traffic.sent.value, "bytes_received": self.traffic.received.value,
             "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
             "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,

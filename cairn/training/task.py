@@ -129,17 +129,66 @@ class TrainingTask:
 
     def loss(self, pairs: list[Pair], compat: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss of a batch and its parts; `compat=False` leaves out the compatibility term."""
+        anchors_with_gradient, with_parent = self._before_step(compat)
+        (ids_a, mask_a), (ids_b, mask_b) = self.tokenizer.batch([p.a for p in pairs]), self.tokenizer.batch([p.b for p in pairs])
+        device = self.device
+        abs_a = self.model(ids_a.to(device), mask_a.to(device))
+        abs_b = self.model(ids_b.to(device), mask_b.to(device))
+        return self._loss_of(pairs, abs_a, abs_b, anchors_with_gradient, with_parent)
+
+    def backward(self, pairs: list[Pair], chunk_size: int | None = None) -> dict[str, float]:
+        """`loss(pairs).backward()` with at most `chunk_size` texts per forward pass; returns the loss's parts.
+
+        In-batch InfoNCE needs the whole batch in one loss (every pair is the others' negative; the relational term
+        standardises over the batch), so gradient accumulation over smaller batches would change the objective. This is
+        GradCache instead (Gao et al., 2021; sentence-transformers' CachedMultipleNegativesRankingLoss): embed every
+        chunk without a graph, take the loss and its gradient with respect to the embeddings over the whole batch, then
+        embed each chunk again with a graph and backpropagate that gradient into the weights. Same gradient (dropout
+        replays its random numbers), memory for one chunk's activations, about one extra forward pass of time.
+        """
+        if chunk_size is None or chunk_size >= len(pairs):
+            total, parts = self.loss(pairs)
+            total.backward()
+            return parts
+        anchors_with_gradient, with_parent = self._before_step(compat=True)
+        device = self.device
+        chunks = []  # (ids, mask) per chunk of texts: all a's, then all b's
+        for texts in ([p.a for p in pairs], [p.b for p in pairs]):
+            for start in range(0, len(texts), chunk_size):
+                ids, mask = self.tokenizer.batch(texts[start:start + chunk_size])
+                chunks.append((ids.to(device), mask.to(device)))
+        states, cached = [], []
+        with torch.no_grad():
+            for ids, mask in chunks:
+                states.append(_random_state(device))
+                cached.append(self.model(ids, mask))
+        half = len(chunks) // 2
+        abs_a = torch.cat(cached[:half]).requires_grad_()
+        abs_b = torch.cat(cached[half:]).requires_grad_()
+        total, parts = self._loss_of(pairs, abs_a, abs_b, anchors_with_gradient, with_parent)
+        total.backward()  # into the cached embeddings (and the anchors, when they learn)
+        assert abs_a.grad is not None and abs_b.grad is not None  # both enter the absolute InfoNCE
+        gradients = [*abs_a.grad.split([len(c) for c in cached[:half]]), *abs_b.grad.split([len(c) for c in cached[half:]])]
+        for (ids, mask), state, gradient in zip(chunks, states, gradients):
+            _set_random_state(device, state)
+            self.model(ids, mask).backward(gradient)
+        return parts
+
+    def _before_step(self, compat: bool) -> tuple[bool, bool]:
+        """Refresh the anchors when due; (anchors learn this step, the compatibility term is on)."""
         relational = self.config.objective.relational_weight > 0
         with_parent = compat and self.parent is not None
         anchors_with_gradient = relational and self.config.anchor_refresh_every == 0 and self.model.training
         if ((relational and not anchors_with_gradient) or with_parent) and self.steps_since_refresh >= max(self.config.anchor_refresh_every, 1):
             self.refresh_anchors()
         self.steps_since_refresh += 1
-        ids_a, mask_a = self.tokenizer.batch([p.a for p in pairs])
-        ids_b, mask_b = self.tokenizer.batch([p.b for p in pairs])
+        return anchors_with_gradient, with_parent
+
+    def _loss_of(self, pairs: list[Pair], abs_a: torch.Tensor, abs_b: torch.Tensor, anchors_with_gradient: bool,
+                 with_parent: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of a batch from its embeddings (both texts of every pair)."""
+        relational = self.config.objective.relational_weight > 0
         device = self.device
-        abs_a = self.model(ids_a.to(device), mask_a.to(device))
-        abs_b = self.model(ids_b.to(device), mask_b.to(device))
         anchors = self.anchor_vectors
         if anchors_with_gradient:
             anchor_ids, anchor_mask = self.tokenizer.batch(self.landmarks.anchors)
@@ -253,3 +302,14 @@ class CollapseDetector:
         return (f"training has collapsed: loss {absolute_loss:.4f} against chance ln({batch_size}) = {math.log(batch_size):.4f}, "
                 f"mean cosine between a batch's texts {mean_cosine:.3f}; the encoder maps every text to nearly one vector "
                 "(lower the learning rate or lengthen the warm-up; docs/operating.md, 'collapse')")
+
+
+def _random_state(device: torch.device) -> tuple:
+    """The random numbers dropout will draw next on `device` (CPU generator, and the GPU's for CUDA)."""
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_random_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
