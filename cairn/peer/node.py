@@ -210,10 +210,6 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
                        shards_in_use=partial(shards_in_use, dht, config.run_id))  # a holder that trains on nothing is a squatter
     session = None
     try:
-        _wait_for_swarm(optimizer, options.wait_for_peers, stop)
-        if optimizer.tracker.global_epoch > optimizer.local_epoch:
-            optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
-            steps.shared_state_into_model()
         task = TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.training.reference_size, config.training.seed),
                             config.training)
         parent = None
@@ -225,6 +221,14 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         # the longest pairs of a fixed sample: the memory probe should see near-worst-case padding
         longest = sorted(corpus.train[: 4 * batch_size], key=lambda pair: len(pair.a) + len(pair.b), reverse=True)[:batch_size]
         chunk = micro_batch(task, longest, batch_size, options.micro_batch)
+        # Wait for the others last, when nothing slow is left before the first step: the parent release's pull took 12 s
+        # and more on a 20 Mbit/s link, so peers that waited first started stepping seconds apart, the first one met the
+        # target alone, its round found no group, and the other spent the run downloading the state it fell behind
+        # (tests/test_shaped_network.py failed so in 3 of 5 runs)
+        _wait_for_swarm(optimizer, options.wait_for_peers, stop)
+        if optimizer.tracker.global_epoch > optimizer.local_epoch:
+            optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
+            steps.shared_state_into_model()
         session = TrainingSession(options, config, corpus, task, optimizer, steps, lease, dht, key, device, batch_size, metrics,
                                   rounds, traffic, stop, parent, micro_batch=chunk if chunk < batch_size else None)
         session.run()
