@@ -21,6 +21,7 @@ finish() {
   if [ -n "$prebuild_pid" ]; then
     kill -- "-$prebuild_pid" 2>/dev/null && { wait "$prebuild_pid" 2>/dev/null || true; }  # its process group: docker too
     .venv/bin/python tests/docker_build.py --state "$CAIRN_PREBUILT_IMAGES" --remove || true  # if the e2e module never ran
+    rm -rf "$prebuild_dir"
   fi
 }
 trap finish EXIT
