@@ -53,7 +53,7 @@ an idle squat, and the shard is taken the way a far-future squat is: confirmed i
 unconfirmed (shared with the squatter's empty claim). The second condition spreads honest peers over the
 squatted shards instead of piling them onto the first.
 An identity that publishes made-up records to look busy is beyond this defence (the coordinator's spot
-checks forfeit such a peer's credit, but its leases stand); see docs/architecture.md.
+checks forfeit such a peer's credit, but its leases stand); see docs/operating.md.
 """
 
 from __future__ import annotations
@@ -259,8 +259,8 @@ class ShardLease:
             return set()
         try:
             in_use = self._shards_in_use()
-        except Exception:  # the DHT may be busy: without evidence nobody counts as idle this time
-            logger.warning("could not read the contribution records to check lease holders", exc_info=True)
+        except Exception as error:  # the DHT may be busy: without evidence nobody counts as idle this time
+            logger.warning("could not read the contribution records to check lease holders: %r", error)  # one line, no traceback
             return set()
         now = time.monotonic()
         trained_on = {shard for holder, shard in in_use.items() if holder != self.holder}
