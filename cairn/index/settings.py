@@ -14,7 +14,7 @@ class IndexConfig:
     """How an index is built and searched; stored in the index so that search and upgrade repeat the build's choices."""
 
     coarse_dims: int = setting(64, "coordinates of the coarse prefix the ANN shortlist is built on (capped at the "
-                                    "release's K); docs/benchmarks.md section 7 shows recall and speed-up per value", min=1, max=4096)
+                                    "release's K); docs/benchmarks.md section 8 shows recall and speed-up per value", min=1, max=4096)
     shortlist: int = setting(400, "candidates taken from the coarse prefix per query and re-ranked with all K coordinates",
                              min=1, max=100_000)
     engine: str = setting("hnswlib", "where the coarse prefix lives: hnswlib (embedded HNSW, the measured default), exact "
