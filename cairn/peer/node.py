@@ -218,9 +218,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
 
             parent = ParentTracker(dht, coordinator, options.workdir, device, task)
             parent.maybe_refresh(wait=True)
-        # the longest pairs of a fixed sample: the memory probe should see near-worst-case padding
-        longest = sorted(corpus.train[: 4 * batch_size], key=lambda pair: len(pair.a) + len(pair.b), reverse=True)[:batch_size]
-        chunk = micro_batch(task, longest, batch_size, options.micro_batch)
+        chunk = micro_batch(task, corpus.train, batch_size, options.micro_batch)
         # Wait for the others last, when nothing slow is left before the first step: the parent release's pull took 12 s
         # and more on a 20 Mbit/s link, so peers that waited first started stepping seconds apart, the first one met the
         # target alone, its round found no group, and the other spent the run downloading the state it fell behind
@@ -230,7 +228,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
             optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
             steps.shared_state_into_model()
         session = TrainingSession(options, config, corpus, task, optimizer, steps, lease, dht, key, device, batch_size, metrics,
-                                  rounds, traffic, stop, parent, micro_batch=chunk if chunk < batch_size else None)
+                                  rounds, traffic, stop, parent, micro_batch=chunk)
         session.run()
     finally:
         lease.release()
@@ -284,7 +282,7 @@ class TrainingSession:
         self.optimizer, self.lease, self.dht, self.key, self.device = optimizer, lease, dht, key, device
         self.batch_size, self.metrics, self.rounds, self.traffic, self.stop = batch_size, metrics, rounds, traffic, stop
         self.parent = parent  # cairn.peer.compat_parent.ParentTracker when the run has a compat weight, else None
-        self.micro_batch = micro_batch  # texts per forward pass (cairn/peer/sizing.py); None: the whole batch at once
+        self.micro_batch = micro_batch or batch_size  # texts per forward pass (cairn/peer/sizing.py)
         self.stats = PeerStats()
         self.shard: int | None = None
         self.pairs: list = []
@@ -424,7 +422,7 @@ class TrainingSession:
             "name": self.options.name, "samples": self.stats.samples, "steps": self.stats.steps, "wall_seconds": wall,
             "compute_seconds": self.compute_seconds, "utilisation": self.compute_seconds / wall if wall else 0.0,
             "samples_per_second": self.stats.samples / wall if wall else 0.0, "epochs": epochs,
-            "start_epoch": self.epochs_at_start, "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "micro_batch": self.micro_batch or self.batch_size, "last_loss": self.stats.loss,
+            "start_epoch": self.epochs_at_start, "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "micro_batch": self.micro_batch, "last_loss": self.stats.loss,
             "bytes_sent": self.traffic.sent.value, "bytes_received": self.traffic.received.value,
             "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
             "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,

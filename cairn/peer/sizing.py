@@ -53,13 +53,15 @@ class MemoryFit:
         return 2 ** int(math.log2(fits)) if fits >= 1 else 1
 
 
-def micro_batch(task: TrainingTask, sample: list[Pair], batch_size: int, requested: int | None = None) -> int:
-    """Texts per forward pass for this peer: `requested` if given, the batch on CPU, else sized from free GPU memory."""
+def micro_batch(task: TrainingTask, pairs: list[Pair], batch_size: int, requested: int | None = None) -> int:
+    """Texts per forward pass for this peer: `requested` if given, the batch on CPU, else sized from free GPU memory,
+    probed with the longest of the first pairs (near-worst-case padding)."""
     if requested is not None:
         return min(requested, batch_size)
     device = task.device
     if device.type != "cuda":
         return batch_size
+    sample = sorted(pairs[: 4 * batch_size], key=lambda pair: len(pair.a) + len(pair.b), reverse=True)[:batch_size]
     peaks = [(n, _step_peak_bytes(task, sample[:n], device)) for n in PROBE_CHUNKS]
     fit = MemoryFit.through(*peaks)
     free, total = torch.cuda.mem_get_info(device)
