@@ -164,8 +164,13 @@ def test_an_overlapped_round_lands_under_the_inner_steps_taken_meanwhile(dht):
         # new shared parameters + the progress since the round took its pseudo-gradient (not reset, not doubled)
         assert torch.allclose(model.weight.detach(), expected_outer + (since - taken_at), atol=1e-5), (model.weight, expected_outer, since, taken_at)
         assert not torch.equal(model.weight.detach(), outer[0].detach())  # the progress was kept, not reset to the outer
-        # the next round's pseudo-gradient counts only what came after the snapshot
-        assert torch.allclose(steps.reference[0], outer[0].detach())
+        # the next round's pseudo-gradient counts only what came after the snapshot; on a slow machine the landing
+        # step can also be the one that closes the next round, which then takes everything up to here
+        if optimizer.local_epoch == 1:
+            assert torch.allclose(steps.reference[0], outer[0].detach())
+        else:
+            assert optimizer.local_epoch == 2
+            assert torch.equal(steps.reference[0], model.weight.detach())
     finally:
         optimizer.shutdown()
 
