@@ -28,6 +28,7 @@ from cairn.protocol.identity import load_or_create_identity, peer_public_id
 from cairn.peer.leases import ShardLease
 from cairn.peer.metrics import create_peer_metrics, start_metrics_server
 from cairn.peer.records import publish_record, read_records, shards_in_use
+from cairn.peer.start_barrier import ready_peers, wait_for_peers
 from cairn.protocol.dht_keys import ContributionRecord, RunKeys, make_validators, owner_subkey
 from cairn.protocol.errors import CairnError
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.timeout(120)
 slow = pytest.mark.slow  # starts real hivemind nodes
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
-RUNS = ("t-records", "t-owner", "t-schema", "t-race", "t-expiry", "t-release", "t-squat")
+RUNS = ("t-records", "t-owner", "t-schema", "t-race", "t-expiry", "t-release", "t-squat", "t-ready", "t-ready-short")
 
 
 def _validators(key: RSAPrivateKey) -> list:
@@ -454,3 +455,38 @@ def test_a_squatter_renewing_ordinary_leases_on_every_shard_does_not_stop_an_hon
         assert not busy.lost
     for lease in (newcomer, busy, squatter):
         lease.release()
+
+
+def test_peers_at_the_start_barrier_see_each_other_and_start_together(swarm):
+    """The barrier behind `--wait-for-peers`: hivemind's tracker shows no peer before its first samples, so peers
+    waiting there must see each other through the run's `ready` key and leave the wait together, long before its
+    time-out; with fewer peers than asked for, the wait ends at its time-out with the count it saw."""
+    returned: dict[int, tuple[float, int]] = {}
+
+    def wait(index: int, expected: int, timeout: float) -> None:
+        seen = wait_for_peers(swarm.peers[index], "t-ready", swarm.keys[index], expected, running_peers=lambda: 0,
+                              stopped=lambda: False, timeout=timeout)
+        returned[index] = (time.monotonic(), seen)
+
+    first = threading.Thread(target=wait, args=(0, 2, 60.0))
+    first.start()
+    time.sleep(2.0)  # the other peer's start-up takes longer: the first must still be waiting, not gone
+    assert first.is_alive()
+    arrived = time.monotonic()
+    wait(1, 2, 60.0)
+    first.join(timeout=30)
+    assert not first.is_alive()
+    assert returned[0][1] == 2 and returned[1][1] == 2, returned
+    assert max(at for at, _ in returned.values()) - arrived < 10.0, returned  # neither waited out its 60 s
+    assert abs(returned[0][0] - returned[1][0]) < 2.0, returned  # they start within a round's matchmaking time
+    assert ready_peers(swarm.peers[2], "t-ready") == {peer_public_id(swarm.keys[0]), peer_public_id(swarm.keys[1])}
+
+    started = time.monotonic()
+    assert wait_for_peers(swarm.peers[2], "t-ready-short", swarm.keys[2], 2, running_peers=lambda: 0, stopped=lambda: False,
+                          timeout=2.0) == 1
+    assert 2.0 <= time.monotonic() - started < 10.0
+    # a late joiner counts the peers already training, whose entries are long gone
+    assert wait_for_peers(swarm.peers[2], "t-ready-short", swarm.keys[2], 3, running_peers=lambda: 3, stopped=lambda: False,
+                          timeout=60.0) == 3
+    # an entry under a subkey that names no owner is refused: one identity, one place at the start line
+    assert not swarm.peers[2].store(RunKeys("t-ready-short").ready, 1.0, get_dht_time() + 30, subkey="anyone")

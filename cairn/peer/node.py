@@ -34,6 +34,7 @@ from cairn.peer.aggregation import install_aggregation
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
 from cairn.peer.diloco import OverlappedOuterOptimizer, overlap_options
 from cairn.peer.gradients import sanitize_gradients
+from cairn.peer.start_barrier import wait_for_peers
 from cairn.peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
 
 logger = logging.getLogger("cairn.peer")
@@ -223,7 +224,8 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         # and more on a 20 Mbit/s link, so peers that waited first started stepping seconds apart, the first one met the
         # target alone, its round found no group, and the other spent the run downloading the state it fell behind
         # (tests/test_shaped_network.py failed so in 3 of 5 runs)
-        _wait_for_swarm(optimizer, options.wait_for_peers, stop)
+        wait_for_peers(dht, config.run_id, key, options.wait_for_peers, running_peers=lambda: optimizer.tracker.global_progress.num_peers,
+                       stopped=lambda: bool(stop))
         if optimizer.tracker.global_epoch > optimizer.local_epoch:
             optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
             steps.shared_state_into_model()
@@ -241,15 +243,6 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         if session is not None:
             session.write_summary()
     return session.stats if session is not None else PeerStats()
-
-
-def _wait_for_swarm(optimizer: hivemind.Optimizer, expected: int, stop: StopFlag, timeout: float = 30.0) -> None:
-    """Pitfall 6: two peers that both step alone at epoch 0 overshoot; wait (bounded) to see the others."""
-    deadline = time.monotonic() + timeout
-    while not stop and time.monotonic() < deadline:
-        if optimizer.tracker.global_progress.num_peers >= expected:
-            return
-        time.sleep(0.5)
 
 
 def _save_local_state(model: TextEncoder, workdir: Path) -> None:

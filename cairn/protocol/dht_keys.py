@@ -16,6 +16,8 @@ Keys, all `f"{run_id}_{name}"`, name being a field of `RunSchema`:
   not that it is true: the ledger still has to treat the numbers as claims.
 - shard_leases, shard_progress: plain subkeys (the shard index), writable by any peer; see cairn/peer/leases.py
   for why that is acceptable.
+- ready: subkey = the writer's owner tag, value = the DHT time it started waiting for the others (the start
+  barrier, cairn/peer/start_barrier.py); a forged entry can only end someone's bounded wait early.
 """
 
 import hashlib
@@ -118,6 +120,7 @@ class RunSchema(pydantic.BaseModel):
     contributions: Dict[BytesWithPublicKey, ContributionRecord]
     shard_leases: Dict[ShardIndex, LeaseRecord]
     shard_progress: Dict[ShardIndex, _count()]  # the next sample offset within the shard
+    ready: Dict[BytesWithPublicKey, _finite()]  # peers waiting at the start barrier: owner tag -> DHT time
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,10 @@ class RunKeys:
     @property
     def shard_progress(self) -> str:
         return self._key("shard_progress")
+
+    @property
+    def ready(self) -> str:
+        return self._key("ready")
 
 
 def make_validators(run_id: str, private_key: RSAPrivateKey) -> list[RecordValidatorBase]:
