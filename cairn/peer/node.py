@@ -223,7 +223,8 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         # Wait for the others last, when nothing slow is left before the first step: the parent release's pull took 12 s
         # and more on a 20 Mbit/s link, so peers that waited first started stepping seconds apart, the first one met the
         # target alone, its round found no group, and the other spent the run downloading the state it fell behind
-        # (tests/test_shaped_network.py failed so in 3 of 5 runs)
+        # (tests/test_shaped_network.py failed so in 3 of 5 runs). The wait is a real barrier (cairn/peer/start_barrier.py):
+        # hivemind's tracker does not show peers before their first samples, so a wait on it always ran its 30 s
         wait_for_peers(dht, config.run_id, key, options.wait_for_peers, running_peers=lambda: optimizer.tracker.global_progress.num_peers,
                        stopped=lambda: bool(stop))
         if optimizer.tracker.global_epoch > optimizer.local_epoch:
