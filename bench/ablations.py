@@ -69,9 +69,12 @@ def measure(a: Run, b: Run, probe: Probe, view: str = "standardised", anchors: l
         "head_stitched": (forward["head_score_new"] + backward["head_score_new"]) / 2,
         "stitch_ratio": (forward["head_ratio"] + backward["head_ratio"]) / 2,
         "stitch_ratio_32": _stitch32(ba, bb, y, tr, te),
-        "bbc": bbc_curve[256], "r10": r10_curve[256],
-        "k95_bbc": smallest_k(bbc_curve, 0.95), "k95_r10": smallest_k(r10_curve, 0.95),
-        "bbc_curve": bbc_curve, "r10_curve": r10_curve,
+        "bbc": bbc_curve[256],
+        "r10": r10_curve[256],
+        "k95_bbc": smallest_k(bbc_curve, 0.95),
+        "k95_r10": smallest_k(r10_curve, 0.95),
+        "bbc_curve": bbc_curve,
+        "r10_curve": r10_curve,
     }
 
 
@@ -87,12 +90,19 @@ def absolute_row(a: Run, b: Run, probe: Probe) -> dict:
     ba, bb = a.absolute(probe.bbc_texts), b.absolute(probe.bbc_texts)
     y, tr, te = probe.bbc_labels, probe.train_idx, probe.test_idx
     forward, backward = stitching(ba[tr], ba[te], bb[te], y[tr], y[te]), stitching(bb[tr], bb[te], ba[te], y[tr], y[te])
-    return {"cosine": row_cosine(wa, wb), "cosine_centred": row_cosine(wa - wa.mean(0), wb - wb.mean(0)),
-            "spearman": spearman_summary(coordinate_spearman(wa, wb))["mean"],
-            "head_own": (forward["head_score_old"] + backward["head_score_old"]) / 2,
-            "head_stitched": (forward["head_score_new"] + backward["head_score_new"]) / 2,
-            "stitch_ratio": (forward["head_ratio"] + backward["head_ratio"]) / 2, "stitch_ratio_32": None,
-            "bbc": probe_accuracy(ba, y), "r10": recall_at_10(wa[:nq], wa[nq:], probe.gold), "k95_bbc": None, "k95_r10": None}
+    return {
+        "cosine": row_cosine(wa, wb),
+        "cosine_centred": row_cosine(wa - wa.mean(0), wb - wb.mean(0)),
+        "spearman": spearman_summary(coordinate_spearman(wa, wb))["mean"],
+        "head_own": (forward["head_score_old"] + backward["head_score_old"]) / 2,
+        "head_stitched": (forward["head_score_new"] + backward["head_score_new"]) / 2,
+        "stitch_ratio": (forward["head_ratio"] + backward["head_ratio"]) / 2,
+        "stitch_ratio_32": None,
+        "bbc": probe_accuracy(ba, y),
+        "r10": recall_at_10(wa[:nq], wa[nq:], probe.gold),
+        "k95_bbc": None,
+        "k95_r10": None,
+    }
 
 
 def main() -> None:
@@ -107,11 +117,18 @@ def main() -> None:
     relational = replace(base, objective=replace(base.objective, relational_weight=1.0))
     relational_random = replace(relational, landmark_order="random")
     pairs = {
-        "rw0": (train_encoder(f"stab-seed0-{s}", base, s, torch_seed=0), train_encoder(f"stab-seed1-{s}", base, s, torch_seed=1, data_seed=1)),
-        "rw1": (train_encoder(f"abl-rw1-seed0-{s}", relational, s, torch_seed=0),
-                train_encoder(f"abl-rw1-seed1-{s}", relational, s, torch_seed=1, data_seed=1)),
-        "rw1-random": (train_encoder(f"abl-rw1random-seed0-{s}", relational_random, s, torch_seed=0),
-                       train_encoder(f"abl-rw1random-seed1-{s}", relational_random, s, torch_seed=1, data_seed=1)),
+        "rw0": (
+            train_encoder(f"stab-seed0-{s}", base, s, torch_seed=0),
+            train_encoder(f"stab-seed1-{s}", base, s, torch_seed=1, data_seed=1),
+        ),
+        "rw1": (
+            train_encoder(f"abl-rw1-seed0-{s}", relational, s, torch_seed=0),
+            train_encoder(f"abl-rw1-seed1-{s}", relational, s, torch_seed=1, data_seed=1),
+        ),
+        "rw1-random": (
+            train_encoder(f"abl-rw1random-seed0-{s}", relational_random, s, torch_seed=0),
+            train_encoder(f"abl-rw1random-seed1-{s}", relational_random, s, torch_seed=1, data_seed=1),
+        ),
     }
     runs = {key: (Run(a), Run(b)) for key, (a, b) in pairs.items()}
     probe = Probe.load()
@@ -127,7 +144,14 @@ def main() -> None:
         ("relational_weight 1", "standardised (shipped)", "farthest-point (shipped)", "rw1", "standardised", None),
         ("relational_weight 1", "raw cosines (standardisation off)", "farthest-point (shipped)", "rw1", "raw", None),
         ("relational_weight 1", "Gram-Schmidt nested, standardised", "farthest-point (shipped)", "rw1", "gram_schmidt", None),
-        ("relational_weight 1, landmark_order=random", "standardised (shipped)", "random (trained with)", "rw1-random", "standardised", None),
+        (
+            "relational_weight 1, landmark_order=random",
+            "standardised (shipped)",
+            "random (trained with)",
+            "rw1-random",
+            "standardised",
+            None,
+        ),
     ]
     results = []
     for training, readout, anchors_name, key, view, anchors in variants:
@@ -136,14 +160,46 @@ def main() -> None:
         results.append({"training": training, "readout": readout, "anchors": anchors_name, **row})
     for key, label in (("rw0", "relational_weight 0 (default)"), ("rw1", "relational_weight 1")):
         results.append({"training": label, "readout": "(contrast) absolute 128-d", "anchors": "-", **absolute_row(*runs[key], probe)})
-    losses = {key: [__import__("json").loads((r.directory / "bench_run.json").read_text())["train_loss_last50"] for r in pair]
-              for key, pair in runs.items()}
+    losses = {
+        key: [__import__("json").loads((r.directory / "bench_run.json").read_text())["train_loss_last50"] for r in pair]
+        for key, pair in runs.items()
+    }
 
-    header = ["training", "read-out", "anchors", "mean cos (seeds)", "centred", "coord. Spearman", "head own", "head stitched", "stitch ratio",
-              "stitch ratio @32", "BBC probe", "R@10", "k95 BBC", "k95 R@10"]
-    rows = [[r["training"], r["readout"], r["anchors"], r["cosine"], r["cosine_centred"], r["spearman"], r["head_own"], r["head_stitched"],
-             r["stitch_ratio"], r["stitch_ratio_32"], r["bbc"], r["r10"],
-             r["k95_bbc"] if r["k95_bbc"] is not None else "-", r["k95_r10"] if r["k95_r10"] is not None else "-"] for r in results]
+    header = [
+        "training",
+        "read-out",
+        "anchors",
+        "mean cos (seeds)",
+        "centred",
+        "coord. Spearman",
+        "head own",
+        "head stitched",
+        "stitch ratio",
+        "stitch ratio @32",
+        "BBC probe",
+        "R@10",
+        "k95 BBC",
+        "k95 R@10",
+    ]
+    rows = [
+        [
+            r["training"],
+            r["readout"],
+            r["anchors"],
+            r["cosine"],
+            r["cosine_centred"],
+            r["spearman"],
+            r["head_own"],
+            r["head_stitched"],
+            r["stitch_ratio"],
+            r["stitch_ratio_32"],
+            r["bbc"],
+            r["r10"],
+            r["k95_bbc"] if r["k95_bbc"] is not None else "-",
+            r["k95_r10"] if r["k95_r10"] is not None else "-",
+        ]
+        for r in results
+    ]
     markdown = (
         f"Tiny model, WordNet, {s} samples per run (batch 64), two runs per training recipe (seed 0 / seed 1 + shuffled order). "
         "'mean cos', 'coord. Spearman': between the two runs on held-out WordNet texts (2,000 glosses + lemmas); 'stitch ratio': BBC "
@@ -151,12 +207,16 @@ def main() -> None:
         "coordinates ('head own' / 'head stitched': the accuracies behind it on the 30 % test split; chance 0.231, and a ratio "
         "between two chance-level heads means nothing); 'centred': cosine after subtracting each run's mean vector over the texts "
         "(raw cosines share a large offset); 'BBC probe', 'R@10': run A (seed 0) at all 256 coordinates; k95: smallest k with 95 % of that run's own full "
-        "score.\n\n" + markdown_table(header, rows)
+        "score.\n\n"
+        + markdown_table(header, rows)
         + "\nTraining loss (last 50 steps, absolute + relational terms where on): "
-        + ", ".join(f"{k}: {v[0]} / {v[1]}" for k, v in losses.items()) + "\n"
+        + ", ".join(f"{k}: {v[0]} / {v[1]}" for k, v in losses.items())
+        + "\n"
     )
     plot(results)
-    write_outputs("ablations", markdown, {"samples": s, "results": results, "losses": losses, "seconds": round(time.perf_counter() - started, 1)})
+    write_outputs(
+        "ablations", markdown, {"samples": s, "results": results, "losses": losses, "seconds": round(time.perf_counter() - started, 1)}
+    )
 
 
 def plot(results: list[dict]) -> None:
@@ -170,8 +230,14 @@ def plot(results: list[dict]) -> None:
         label = f"{r['training'].replace(' (default)', '')} | {r['readout'].split(' (')[0]} | {r['anchors'].split(' (')[0]}"
         for metric, axis in (("bbc_curve", axes[0]), ("r10_curve", axes[1])):
             ks = sorted(r[metric])
-            axis.plot(ks, [r[metric][k] for k in ks], marker="o", markersize=2, label=label,
-                      linestyle="-" if r["training"].startswith("relational_weight 0") else "--")
+            axis.plot(
+                ks,
+                [r[metric][k] for k in ks],
+                marker="o",
+                markersize=2,
+                label=label,
+                linestyle="-" if r["training"].startswith("relational_weight 0") else "--",
+            )
     for axis, title in ((axes[0], "BBC probe accuracy (run A)"), (axes[1], "gloss->lemma R@10 (run A)")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("k (first coordinates)")

@@ -46,9 +46,28 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
     if not (coordinator_dir / "run.json").exists():  # a copy of one initialised run per rule: init takes minutes here
         template = root / f"init-{rule}"
         if not (template / "run.json").exists():
-            subprocess.run(cairn("coordinator", "init", "--workdir", str(template), "--run-id", "adv-" + rule.replace("_", "-"),
-                                 "--corpus", CORPUS, "--batch-size", "256", "--warmup-updates", "4", "--aggregation", rule,
-                                 "--averaging-timeout", "30"), check=True, capture_output=True)
+            subprocess.run(
+                cairn(
+                    "coordinator",
+                    "init",
+                    "--workdir",
+                    str(template),
+                    "--run-id",
+                    "adv-" + rule.replace("_", "-"),
+                    "--corpus",
+                    CORPUS,
+                    "--batch-size",
+                    "256",
+                    "--warmup-updates",
+                    "4",
+                    "--aggregation",
+                    rule,
+                    "--averaging-timeout",
+                    "30",
+                ),
+                check=True,
+                capture_output=True,
+            )
         shutil.copytree(template, coordinator_dir)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     started = time.time()
@@ -59,10 +78,28 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
         for index in sorted(range(PEERS), key=lambda i: i != MALICIOUS):
             peer_dir = run / "peers" / f"peer-{index}"
             (peer_dir / "peer-summary.json").unlink(missing_ok=True)
-            peer_args = ["peer", "run", "--join", join, "--name", f"peer-{index}", "--workdir", str(peer_dir), "--host", "127.0.0.1",
-                         "--torch-threads", "1", "--no-progress", "--wait-for-peers", str(PEERS), "--max-samples", str(samples_per_peer),
-                         # a poisoned peer drops every batch (its gradient is NaN) and never reaches --max-samples
-                         "--minutes", str(MAX_MINUTES)]
+            peer_args = [
+                "peer",
+                "run",
+                "--join",
+                join,
+                "--name",
+                f"peer-{index}",
+                "--workdir",
+                str(peer_dir),
+                "--host",
+                "127.0.0.1",
+                "--torch-threads",
+                "1",
+                "--no-progress",
+                "--wait-for-peers",
+                str(PEERS),
+                "--max-samples",
+                str(samples_per_peer),
+                # a poisoned peer drops every batch (its gradient is NaN) and never reaches --max-samples
+                "--minutes",
+                str(MAX_MINUTES),
+            ]
             if attack != "clean" and index == MALICIOUS:
                 command = [sys.executable, str(HERE / "malicious_peer.py"), attack, *peer_args]
             else:
@@ -70,7 +107,7 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
             peer = Service(f"peer-{index}", ["taskset", "-c", cores[index % len(cores)]] + command, peer_dir.with_suffix(".log"))
             peer.start(env)
             services.append(peer)
-        for peer in services[1:1 + MALICIOUS]:  # the honest ones; the malicious peer may have crashed or may lag
+        for peer in services[1 : 1 + MALICIOUS]:  # the honest ones; the malicious peer may have crashed or may lag
             peer.process.wait(timeout=1800)
     finally:
         exit_codes = [peer.process.poll() for peer in services[1:]]
@@ -79,8 +116,14 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
     for index in range(PEERS):
         path = run / "peers" / f"peer-{index}" / "peer-summary.json"
         summaries.append(json.loads(path.read_text()) if path.exists() else None)
-    return {"rule": rule, "attack": attack, "run": run, "summaries": summaries, "exit_codes": exit_codes,
-            "wall_seconds": time.time() - started}
+    return {
+        "rule": rule,
+        "attack": attack,
+        "run": run,
+        "summaries": summaries,
+        "exit_codes": exit_codes,
+        "wall_seconds": time.time() - started,
+    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -133,8 +176,12 @@ def reducer_seconds(values: int = 30522 * 256 // PEERS, part: int = 2**19) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples-per-peer", type=int, default=8192)
-    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, help="ATTACK or ATTACK@RULE; attacks: clean nan_inf scaled "
-                        "sign_flip noise; rules: centered_clip (default) trimmed_mean mean")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=DEFAULT_ROWS,
+        help="ATTACK or ATTACK@RULE; attacks: clean nan_inf scaled sign_flip noise; rules: centered_clip (default) trimmed_mean mean",
+    )
     parser.add_argument("--root", type=Path, default=Path("bench/out/adversarial"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/adversarial.json"))
     args = parser.parse_args()
@@ -144,8 +191,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     timing = reducer_seconds()
-    print("reducer CPU seconds per round (a quarter of the static encoder, 4 senders): "
-          + ", ".join(f"{name} {seconds:.3f}" for name, seconds in timing.items()), flush=True)
+    print(
+        "reducer CPU seconds per round (a quarter of the static encoder, 4 senders): "
+        + ", ".join(f"{name} {seconds:.3f}" for name, seconds in timing.items()),
+        flush=True,
+    )
     cores = [str(c) for c in sorted(os.sched_getaffinity(0))][:2]
     rows = []
     for row in args.rows:
@@ -156,12 +206,16 @@ def main() -> None:
         states = [result["run"] / "peers" / f"peer-{i}" / "state" for i in honest]
         summaries = [s for s in result["summaries"] if s is not None]
         record = {
-            "row": row, "rule": result["rule"], "attack": result["attack"],
-            "heldout_loss": heldout_loss(states[0], start), "honest_finite": all(finite_state(state) for state in states),
+            "row": row,
+            "rule": result["rule"],
+            "attack": result["attack"],
+            "heldout_loss": heldout_loss(states[0], start),
+            "honest_finite": all(finite_state(state) for state in states),
             "exit_codes": result["exit_codes"],
             "global_steps": max((s["final_epoch"] for s in summaries), default=0),
             "samples_per_second": sum(s["samples_per_second"] for i, s in enumerate(result["summaries"]) if s and i in honest),
-            "rounds": [s["rounds"] if s else None for s in result["summaries"]], "wall_seconds": result["wall_seconds"],
+            "rounds": [s["rounds"] if s else None for s in result["summaries"]],
+            "wall_seconds": result["wall_seconds"],
             # rounds the malicious peer averaged in: an attack row whose attacker never got into a round measured nothing
             "attacker_rounds": (result["summaries"][MALICIOUS] or {}).get("rounds", {}).get("success", 0),
             "rejections": _rejections(result["run"]),
@@ -169,18 +223,33 @@ def main() -> None:
         print(json.dumps(record), flush=True)
         rows.append(record)
     start_loss = heldout_loss(start, start)
-    args.out.write_text(json.dumps({"samples_per_peer": args.samples_per_peer, "reducer_seconds": timing, "start_release": start_loss,
-                                    "rows": rows, "wall_seconds": time.time() - began, "load_average": os.getloadavg()}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "samples_per_peer": args.samples_per_peer,
+                "reducer_seconds": timing,
+                "start_release": start_loss,
+                "rows": rows,
+                "wall_seconds": time.time() - began,
+                "load_average": os.getloadavg(),
+            },
+            indent=2,
+        )
+    )
     clean = {r["rule"]: r["heldout_loss"] for r in rows if r["attack"] == "clean"}
     print(f"start release held-out loss {start_loss:.3f}; total {time.time() - began:.0f} s")
-    print("| malicious peer | rule | held-out loss | vs clean (same rule) | honest params finite | global steps | honest samples/s | "
-          "rounds with peer 4 | honest log lines naming a peer |")
+    print(
+        "| malicious peer | rule | held-out loss | vs clean (same rule) | honest params finite | global steps | honest samples/s | "
+        "rounds with peer 4 | honest log lines naming a peer |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         reference = clean.get(r["rule"], clean.get("centered_clip"))
         ratio = f"{r['heldout_loss'] / reference:.3f}" if reference and r["heldout_loss"] == r["heldout_loss"] else "n/a"
-        print(f"| {r['attack']} | {r['rule']} | {r['heldout_loss']:.3f} | {ratio} | {'yes' if r['honest_finite'] else 'NO'} | "
-              f"{r['global_steps']} | {r['samples_per_second']:.0f} | {r['attacker_rounds']} | {r['rejections']} |")
+        print(
+            f"| {r['attack']} | {r['rule']} | {r['heldout_loss']:.3f} | {ratio} | {'yes' if r['honest_finite'] else 'NO'} | "
+            f"{r['global_steps']} | {r['samples_per_second']:.0f} | {r['attacker_rounds']} | {r['rejections']} |"
+        )
 
 
 def _rejections(run: Path) -> int:
@@ -189,7 +258,9 @@ def _rejections(run: Path) -> int:
     for index in range(MALICIOUS):
         log = run / "peers" / f"peer-{index}.log"
         if log.exists():
-            count += sum("averaging: sender" in line or "averaging: reducer" in line for line in log.read_text(errors="replace").splitlines())
+            count += sum(
+                "averaging: sender" in line or "averaging: reducer" in line for line in log.read_text(errors="replace").splitlines()
+            )
     return count
 
 

@@ -99,8 +99,15 @@ def reference(config: TrainingConfig = DEFAULT) -> list[str]:
 # ---- training ---------------------------------------------------------------------------------
 
 
-def train_encoder(name: str, config: TrainingConfig, samples: int, torch_seed: int = 0, data_seed: int | None = None,
-                  shard: tuple[int, int] | None = None, landmarks: LandmarkSet | None = None) -> Path:
+def train_encoder(
+    name: str,
+    config: TrainingConfig,
+    samples: int,
+    torch_seed: int = 0,
+    data_seed: int | None = None,
+    shard: tuple[int, int] | None = None,
+    landmarks: LandmarkSet | None = None,
+) -> Path:
     """Train the tiny encoder with cairn.training.trainer.train (`cairn train`) on WordNet's training pairs (or one shard of them).
 
     torch_seed: initial weights and dropout (--init-seed); data_seed: None keeps the trainer's pair order, else the
@@ -110,9 +117,15 @@ def train_encoder(name: str, config: TrainingConfig, samples: int, torch_seed: i
     run/ and checkpoint.pt, so an interrupted run resumes).
     """
     corpus = wordnet()
-    recipe = {"config": config.to_json(), "samples": samples, "torch_seed": torch_seed, "data_seed": data_seed,
-              "shard": list(shard) if shard else None, "landmarks_digest": (landmarks or prepared(config)[1]).digest,
-              "corpus_digest": corpus.digest}
+    recipe = {
+        "config": config.to_json(),
+        "samples": samples,
+        "torch_seed": torch_seed,
+        "data_seed": data_seed,
+        "shard": list(shard) if shard else None,
+        "landmarks_digest": (landmarks or prepared(config)[1]).digest,
+        "corpus_digest": corpus.digest,
+    }
     out = RUNS / name
     meta_path = out / RUN_META
     if meta_path.exists():
@@ -121,12 +134,27 @@ def train_encoder(name: str, config: TrainingConfig, samples: int, torch_seed: i
             return out
         raise SystemExit(f"{out} holds a different run; delete it (rm -r {out}) to retrain")
     log(f"training {name}: {samples} samples, torch seed {torch_seed}, data seed {data_seed}, shard {shard}")
-    result = train("wordnet", out, config, max_samples=samples, device="cpu", evaluate=False, show_progress=False,
-                   init_seed=torch_seed, data_seed=data_seed, shard=shard, landmarks=landmarks)
+    result = train(
+        "wordnet",
+        out,
+        config,
+        max_samples=samples,
+        device="cpu",
+        evaluate=False,
+        show_progress=False,
+        init_seed=torch_seed,
+        data_seed=data_seed,
+        shard=shard,
+        landmarks=landmarks,
+    )
     if result.samples != -(-samples // config.batch_size) * config.batch_size:  # a leftover checkpoint of a longer run
         raise SystemExit(f"{out} resumed a run past {samples} samples ({result.samples}); delete it (rm -r {out}) to retrain")
-    meta = {"recipe": recipe, "steps": result.steps, "seconds": round(result.seconds, 1),  # the training loop's time, as before
-            "train_loss_last50": round(float(np.mean(result.recent_losses[-50:])), 4)}
+    meta = {
+        "recipe": recipe,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),  # the training loop's time, as before
+        "train_loss_last50": round(float(np.mean(result.recent_losses[-50:])), 4),
+    }
     meta_path.write_text(json.dumps(meta, indent=1))
     log(f"trained {name} in {result.seconds:.0f}s, loss (last 50 steps) {meta['train_loss_last50']}")
     return out
@@ -160,7 +188,9 @@ class Probe:
         labels = np.asarray(bbc.labels)
         train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.3, random_state=seed, stratify=labels)
         task = gloss_task(heldout_gloss_lemma(wordnet()), GLOSS_CAP)
-        return cls(seed, list(bbc.texts), labels, np.sort(train_idx), np.sort(test_idx), list(task.queries), list(task.candidates), task.gold)
+        return cls(
+            seed, list(bbc.texts), labels, np.sort(train_idx), np.sort(test_idx), list(task.queries), list(task.candidates), task.gold
+        )
 
     @property
     def wordnet_texts(self) -> list[str]:
@@ -259,8 +289,13 @@ def pyplot():
 def write_outputs(name: str, markdown: str, data: dict) -> None:
     """bench/out/NAME.md and NAME.json (with the command, machine and seconds); prints the markdown."""
     OUT.mkdir(parents=True, exist_ok=True)
-    data = {"command": "python " + " ".join(sys.argv), "machine": MACHINE, "platform": platform.platform(), "torch": torch.__version__,
-            **data}
+    data = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": MACHINE,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        **data,
+    }
     (OUT / f"{name}.md").write_text(markdown)
     (OUT / f"{name}.json").write_text(json.dumps(data, indent=1, default=_json_default))
     print(markdown)

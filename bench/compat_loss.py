@@ -58,13 +58,25 @@ def continue_training(parent_dir, out, weight: float, start_offset: int, samples
 
     if (out / RUN_FILE).exists():  # trained before: reuse it and what was measured while training it
         return json.loads((out / RUN_FILE).read_text())
-    result = train("wordnet", out, config, max_samples=samples, device="cpu", evaluate=False, show_progress=False,
-                   data_seed=start_offset, start_from=parent_dir, compat_with=parent_dir if weight > 0 else None,
-                   compat_weight=weight if weight > 0 else 1.0)
+    result = train(
+        "wordnet",
+        out,
+        config,
+        max_samples=samples,
+        device="cpu",
+        evaluate=False,
+        show_progress=False,
+        data_seed=start_offset,
+        start_from=parent_dir,
+        compat_with=parent_dir if weight > 0 else None,
+        compat_weight=weight if weight > 0 else 1.0,
+    )
     student, parent = load_bundle(out, "cpu"), ParentRelease(load_bundle(parent_dir, "cpu"))
     drift = final_drift(student.model, student.tokenizer, parent, reference())
-    log(f"{out.name}: {result.samples} samples in {result.seconds:.0f}s, InfoNCE (last 50) {np.mean(result.recent_losses):.3f}, "
-        f"drift from parent {drift:.3f}")
+    log(
+        f"{out.name}: {result.samples} samples in {result.seconds:.0f}s, InfoNCE (last 50) {np.mean(result.recent_losses):.3f}, "
+        f"drift from parent {drift:.3f}"
+    )
     details = {"seconds": round(result.seconds, 1), "infonce_last50": float(np.mean(result.recent_losses)), "drift_from_parent": drift}
     (out / RUN_FILE).write_text(json.dumps(details))  # written last: its presence means the bundle is complete
     return details
@@ -109,20 +121,45 @@ def main() -> None:
             retrained = head_transfer(rel[tr], rel[te], rel[te], y[tr], y[te])["head_score_old"]
             wn = later.shipped(probe.wordnet_texts)
             averaged = mean_ratio(n_rel, rel, y)
-            rows.append([weight, f"N -> N+{step}'", transfer["head_score_old"], transfer["head_score_new"], transfer["head_ratio"],
-                         averaged, "met" if averaged >= GOAL else "missed", retrained, row_cosine(n_rel, rel),
-                         recall_at_10(wn[:nq], wn[nq:], probe.gold), training[step - 1].get("infonce_last50"),
-                         training[step - 1].get("drift_from_parent")])
+            rows.append(
+                [
+                    weight,
+                    f"N -> N+{step}'",
+                    transfer["head_score_old"],
+                    transfer["head_score_new"],
+                    transfer["head_ratio"],
+                    averaged,
+                    "met" if averaged >= GOAL else "missed",
+                    retrained,
+                    row_cosine(n_rel, rel),
+                    recall_at_10(wn[:nq], wn[nq:], probe.gold),
+                    training[step - 1].get("infonce_last50"),
+                    training[step - 1].get("drift_from_parent"),
+                ]
+            )
         details[f"w={weight:g}"] = training
     n_wn = n_run.shipped(probe.wordnet_texts)
     markdown = (
         f"Start: release N (tiny, 20k samples; R@10 {recall_at_10(n_wn[:nq], n_wn[nq:], probe.gold):.3f}); each step trains "
         f"{args.samples} more samples from the parent release with a fresh AdamW. BBC logistic head on 256 relational dims "
         "(70/30 split); chance 0.231.\n\n"
-        + markdown_table(["compat weight", "releases", "head acc on N", "head acc on later (no retraining)", "ratio",
-                          f"ratio, mean of {SPLITS} splits", "goal >= 0.97 (mean)",
-                          "head retrained on later", "relational cos with N (BBC)", "gloss->lemma R@10 of later",
-                          "InfoNCE, last 50 steps", "drift from its parent"], rows)
+        + markdown_table(
+            [
+                "compat weight",
+                "releases",
+                "head acc on N",
+                "head acc on later (no retraining)",
+                "ratio",
+                f"ratio, mean of {SPLITS} splits",
+                "goal >= 0.97 (mean)",
+                "head retrained on later",
+                "relational cos with N (BBC)",
+                "gloss->lemma R@10 of later",
+                "InfoNCE, last 50 steps",
+                "drift from its parent",
+            ],
+            rows,
+        )
     )
     write_outputs("compat_loss", markdown, {"rows": rows, "training": details, "seconds": round(time.perf_counter() - started, 1)})
     plot(rows)

@@ -90,9 +90,16 @@ def build_releases(budgets: list[int], root: Path) -> list[Path]:
             sha256, length = file_sha256(target / name)
             files[name] = {"sha256": sha256, "length": length}
         landmarks = json.loads((target / "landmarks.json").read_text())
-        document = {"version": version, "parent_version": f"1.{i - 1}.0" if i else None, "run_id": "bench-compatibility",
-                    "global_step": result.steps, "landmarks_version": landmarks["version"], "landmarks_digest": landmarks["digest"],
-                    "files": files, "metrics": {"samples": result.samples}}
+        document = {
+            "version": version,
+            "parent_version": f"1.{i - 1}.0" if i else None,
+            "run_id": "bench-compatibility",
+            "global_step": result.steps,
+            "landmarks_version": landmarks["version"],
+            "landmarks_digest": landmarks["digest"],
+            "files": files,
+            "metrics": {"samples": result.samples},
+        }
         write_manifest(parse_manifest(json.dumps(document).encode()), target / "manifest.json")
     return releases
 
@@ -170,16 +177,22 @@ def main() -> None:
         rel_old, rel_new = old.shipped(probe.wordnet_texts), new.shipped(probe.wordnet_texts)[:, :256]
         abs_old, abs_new = old.absolute(probe.wordnet_texts), new.absolute(probe.wordnet_texts)
         for view, (vo, vn) in {"relational": (rel_old, rel_new), "absolute": (abs_old, abs_new)}.items():
-            retrieval.append({
-                "pair": f"{names[i]} -> {names[j]}", "view": view,
-                "cosine": row_cosine(vo, vn),
-                "cosine_centred": row_cosine(vo - vo.mean(0), vn - vn.mean(0)),
-                "cosine_bbc": row_cosine(*(old.shipped(probe.bbc_texts), new.shipped(probe.bbc_texts)[:, :256]) if view == "relational"
-                                         else (old.absolute(probe.bbc_texts), new.absolute(probe.bbc_texts))),
-                "r10_new_only": recall_at_10(vn[:nq], vn[nq:], probe.gold),
-                "r10_cross": recall_at_10(vn[:nq], vo[nq:], probe.gold),
-                "same_text_r1": cross_retrieval(vo[:nq], vn[:nq], k=1),
-            })
+            retrieval.append(
+                {
+                    "pair": f"{names[i]} -> {names[j]}",
+                    "view": view,
+                    "cosine": row_cosine(vo, vn),
+                    "cosine_centred": row_cosine(vo - vo.mean(0), vn - vn.mean(0)),
+                    "cosine_bbc": row_cosine(
+                        *(old.shipped(probe.bbc_texts), new.shipped(probe.bbc_texts)[:, :256])
+                        if view == "relational"
+                        else (old.absolute(probe.bbc_texts), new.absolute(probe.bbc_texts))
+                    ),
+                    "r10_new_only": recall_at_10(vn[:nq], vn[nq:], probe.gold),
+                    "r10_cross": recall_at_10(vn[:nq], vo[nq:], probe.gold),
+                    "same_text_r1": cross_retrieval(vo[:nq], vn[:nq], k=1),
+                }
+            )
 
     # tables
     head_rows, goal_rows = [], []
@@ -191,42 +204,100 @@ def main() -> None:
             head_rows.append([key, f"N -> {later}", base, s["accuracy"], s["macro_f1"], s["accuracy"] / base, retrained])
             goal_rows.append([key, f"N -> {later}", s["accuracy"] / base, "met" if s["accuracy"] / base >= GOAL else "MISSED"])
         s = scores[("N+1", "N+2")]
-        head_rows.append([key, "N+1 -> N+2", scores[("N+1", "N+1")]["accuracy"], s["accuracy"], s["macro_f1"],
-                          s["accuracy"] / scores[("N+1", "N+1")]["accuracy"], scores[("N+2", "N+2")]["accuracy"]])
+        head_rows.append(
+            [
+                key,
+                "N+1 -> N+2",
+                scores[("N+1", "N+1")]["accuracy"],
+                s["accuracy"],
+                s["macro_f1"],
+                s["accuracy"] / scores[("N+1", "N+1")]["accuracy"],
+                scores[("N+2", "N+2")]["accuracy"],
+            ]
+        )
     for pair in (("N", "N+1"), ("N", "N+2"), ("N+1", "N+2")):
         a = absolute[pair]
-        head_rows.append(["(contrast) logreg on absolute 128", f"{pair[0]} -> {pair[1]}", a["head_score_old"], a["head_score_new"], None,
-                          a["head_ratio"], absolute[(pair[1], pair[1])]["head_score_old"]])
+        head_rows.append(
+            [
+                "(contrast) logreg on absolute 128",
+                f"{pair[0]} -> {pair[1]}",
+                a["head_score_old"],
+                a["head_score_new"],
+                None,
+                a["head_ratio"],
+                absolute[(pair[1], pair[1])]["head_score_old"],
+            ]
+        )
         if pair[0] == "N":
             goal_rows.append(["(contrast) absolute", f"N -> {pair[1]}", a["head_ratio"], "-"])
-    meta = [[n, json.loads((p / "manifest.json").read_text())["metrics"]["samples"], r.landmarks.version, r.landmarks.size]
-            for n, p, r in zip(names, paths, releases)]
+    meta = [
+        [n, json.loads((p / "manifest.json").read_text())["metrics"]["samples"], r.landmarks.version, r.landmarks.size]
+        for n, p, r in zip(names, paths, releases)
+    ]
     chance = float(np.bincount(y[te]).max() / len(te))
     markdown = (
         "Releases (one training run, tiny model, WordNet, default TrainingConfig, batch 64):\n\n"
         + markdown_table(["release", "samples seen", "landmark set", "K"], meta)
         + f"\nTask models trained on the older release's BBC train split, scored on the newer release's test split "
-          f"(accuracy; chance {chance:.3f}); 'retrained' = the same model fit on the newer release:\n\n"
-        + markdown_table(["task model", "releases", "acc on own release", "acc on newer (no retraining)", "macro-F1 on newer",
-                          "ratio", "retrained on newer"], head_rows)
+        f"(accuracy; chance {chance:.3f}); 'retrained' = the same model fit on the newer release:\n\n"
+        + markdown_table(
+            [
+                "task model",
+                "releases",
+                "acc on own release",
+                "acc on newer (no retraining)",
+                "macro-F1 on newer",
+                "ratio",
+                "retrained on newer",
+            ],
+            head_rows,
+        )
         + "\nGoal: >= 97 % of the head's score on N.\n\n"
         + markdown_table(["head", "releases", "ratio", "goal >= 0.97"], goal_rows)
         + "\nAgreement and cross-release retrieval (WordNet: 2,000 held-out glosses + lemmas; R@10 = gloss->lemma recall@10 with "
-          "glosses from the newer release and the lemma index from the older; same-text R@1: a gloss embedded by the newer release "
-          "retrieves its own older vector among 2,000):\n\n"
-        + markdown_table(["releases", "view", "mean cos (WordNet)", "WordNet, centred", "mean cos (BBC)", "R@10 newer only",
-                          "R@10 cross-release", "same-text R@1"],
-                         [[r["pair"], r["view"], r["cosine"], r["cosine_centred"], r["cosine_bbc"], r["r10_new_only"], r["r10_cross"],
-                           r["same_text_r1"]] for r in retrieval])
+        "glosses from the newer release and the lemma index from the older; same-text R@1: a gloss embedded by the newer release "
+        "retrieves its own older vector among 2,000):\n\n"
+        + markdown_table(
+            [
+                "releases",
+                "view",
+                "mean cos (WordNet)",
+                "WordNet, centred",
+                "mean cos (BBC)",
+                "R@10 newer only",
+                "R@10 cross-release",
+                "same-text R@1",
+            ],
+            [
+                [
+                    r["pair"],
+                    r["view"],
+                    r["cosine"],
+                    r["cosine_centred"],
+                    r["cosine_bbc"],
+                    r["r10_new_only"],
+                    r["r10_cross"],
+                    r["same_text_r1"],
+                ]
+                for r in retrieval
+            ],
+        )
         + "\n'centred': each release's vectors minus their mean over the texts first (the pooled absolute vectors share a large common "
-          "component that inflates their plain cosine).\n"
+        "component that inflates their plain cosine).\n"
     )
     plot(heads, absolute)
-    write_outputs("compatibility", markdown, {
-        "budgets": budgets, "releases": meta,
-        "heads": {k: {f"{a}->{b}": v for (a, b), v in s.items()} for k, s in heads.items()},
-        "absolute": {f"{a}->{b}": v for (a, b), v in absolute.items()},
-        "retrieval": retrieval, "seconds": round(time.perf_counter() - started, 1)})
+    write_outputs(
+        "compatibility",
+        markdown,
+        {
+            "budgets": budgets,
+            "releases": meta,
+            "heads": {k: {f"{a}->{b}": v for (a, b), v in s.items()} for k, s in heads.items()},
+            "absolute": {f"{a}->{b}": v for (a, b), v in absolute.items()},
+            "retrieval": retrieval,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
 
 
 def plot(heads: dict, absolute: dict) -> None:
@@ -237,7 +308,9 @@ def plot(heads: dict, absolute: dict) -> None:
     later = ["N", "N+1", "N+2"]
     for key, scores in heads.items():
         axis.plot(later, [scores[("N", r)]["accuracy"] for r in later], marker="o", label=f"{key} (trained on N)")
-    axis.plot(later, [absolute[("N", r)]["head_score_new"] for r in later], marker="x", linestyle="--", label="logreg on absolute (trained on N)")
+    axis.plot(
+        later, [absolute[("N", r)]["head_score_new"] for r in later], marker="x", linestyle="--", label="logreg on absolute (trained on N)"
+    )
     axis.set_ylabel("BBC test accuracy")
     axis.set_xlabel("release the vectors come from")
     axis.set_title("task heads trained on release N, no retraining", fontsize=10)

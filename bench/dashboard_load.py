@@ -28,8 +28,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 MIX = [
-    "/", "/api/swarm", "/api/swarm", "/contributors", "/api/contributors?sort=hours",
-    "/contributors/0000000000000001", "/convergence", "/releases", "/landmarks", "/static/dashboard.css",
+    "/",
+    "/api/swarm",
+    "/api/swarm",
+    "/contributors",
+    "/api/contributors?sort=hours",
+    "/contributors/0000000000000001",
+    "/convergence",
+    "/releases",
+    "/landmarks",
+    "/static/dashboard.css",
 ]
 
 
@@ -45,7 +53,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def client_loop(session: aiohttp.ClientSession, base: str, offset: int, deadline: float, latencies: list[float], statuses: Counter) -> None:
+async def client_loop(
+    session: aiohttp.ClientSession, base: str, offset: int, deadline: float, latencies: list[float], statuses: Counter
+) -> None:
     i = offset
     while time.monotonic() < deadline:
         path = MIX[i % len(MIX)]
@@ -93,8 +103,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cairn-dashboard-load-") as scratch:
         workdir = Path(scratch) / "coordinator"
         clock = time.perf_counter()
-        build_workdir(workdir, now=time.time() + args.seconds + 60, peers=default_peers(args.peers), hours=args.hours,
-                      publisher=ReleaseRepository(workdir))
+        build_workdir(
+            workdir,
+            now=time.time() + args.seconds + 60,
+            peers=default_peers(args.peers),
+            hours=args.hours,
+            publisher=ReleaseRepository(workdir),
+        )
         build_seconds = time.perf_counter() - clock
         ledger_mib = (workdir / "ledger.sqlite").stat().st_size / 2**20
         server_args = ["--rate-limit", str(args.rate_limit), "--rate-burst", str(args.rate_limit)]
@@ -105,7 +120,12 @@ def main() -> None:
     report = {
         "clients": args.clients,
         "seconds": round(elapsed, 1),
-        "ledger": {"peers": args.peers + 1, "hours": args.hours, "size_mib": round(ledger_mib, 1), "build_seconds": round(build_seconds, 1)},
+        "ledger": {
+            "peers": args.peers + 1,
+            "hours": args.hours,
+            "size_mib": round(ledger_mib, 1),
+            "build_seconds": round(build_seconds, 1),
+        },
         "requests": len(latencies),
         "requests_per_second": round(len(latencies) / elapsed, 1),
         "latency_ms": {

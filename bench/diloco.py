@@ -33,8 +33,11 @@ def run_swarm(name: str, root: Path, init_args: list[str], samples_per_peer: int
     run = root / name
     coordinator_dir = run / "coordinator"
     if not (coordinator_dir / "run.json").exists():
-        subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", f"bench-{name}", "--corpus", CORPUS,
-                             *init_args), check=True, capture_output=True)
+        subprocess.run(
+            cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", f"bench-{name}", "--corpus", CORPUS, *init_args),
+            check=True,
+            capture_output=True,
+        )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     coordinator, join = start_loopback_coordinator(coordinator_dir, run / "coordinator.log", env)
     services = [coordinator]
@@ -42,10 +45,30 @@ def run_swarm(name: str, root: Path, init_args: list[str], samples_per_peer: int
         for index, core in enumerate(cores):
             peer_dir = run / "peers" / f"peer-{index}"
             (peer_dir / "peer-summary.json").unlink(missing_ok=True)
-            peer = Service(f"peer-{index}", ["taskset", "-c", core] + cairn(
-                "peer", "run", "--join", join, "--name", f"peer-{index}", "--workdir", str(peer_dir), "--host", "127.0.0.1",
-                "--torch-threads", "1", "--no-progress", "--wait-for-peers", str(len(cores)), "--max-samples", str(samples_per_peer)),
-                peer_dir.with_suffix(".log"))
+            peer = Service(
+                f"peer-{index}",
+                ["taskset", "-c", core]
+                + cairn(
+                    "peer",
+                    "run",
+                    "--join",
+                    join,
+                    "--name",
+                    f"peer-{index}",
+                    "--workdir",
+                    str(peer_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--torch-threads",
+                    "1",
+                    "--no-progress",
+                    "--wait-for-peers",
+                    str(len(cores)),
+                    "--max-samples",
+                    str(samples_per_peer),
+                ),
+                peer_dir.with_suffix(".log"),
+            )
             peer.start(env)
             services.append(peer)
         for peer in services[1:]:
@@ -66,7 +89,9 @@ def heldout_loss(directory: Path, start: Path) -> float:
 
     config, corpus = TrainingConfig(), load_corpus(CORPUS)
     release = load_bundle(start, device="cpu")
-    task = TrainingTask(load_encoder(directory), release.tokenizer, release.landmarks, reference_texts(corpus, config.reference_size), config)
+    task = TrainingTask(
+        load_encoder(directory), release.tokenizer, release.landmarks, reference_texts(corpus, config.reference_size), config
+    )
     return task.eval_loss(corpus.heldout[:1024], batch_size=128)
 
 
@@ -76,8 +101,17 @@ def baseline(root: Path, total: int, start: Path) -> float:
     from cairn.training.trainer import train
 
     out = root / f"baseline-{total}"  # a second call resumes the finished run's checkpoint: nothing to train
-    train(CORPUS, out, TrainingConfig(), max_samples=total, accumulate=1, evaluate=False, show_progress=False,
-          compat_with=start, compat_weight=COMPAT_WEIGHT)
+    train(
+        CORPUS,
+        out,
+        TrainingConfig(),
+        max_samples=total,
+        accumulate=1,
+        evaluate=False,
+        show_progress=False,
+        compat_with=start,
+        compat_weight=COMPAT_WEIGHT,
+    )
     return heldout_loss(out, start)
 
 
@@ -91,8 +125,9 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
     cores = [str(c) for c in sorted(os.sched_getaffinity(0))][:2]
     cores = cores if len(cores) == 2 else cores * 2
-    plan = [("gradients", ["--averaging", "gradients"])] + [(f"diloco-H{h}", ["--averaging", "diloco", "--outer-every", str(h)])
-                                                             for h in args.outer_every]
+    plan = [("gradients", ["--averaging", "gradients"])] + [
+        (f"diloco-H{h}", ["--averaging", "diloco", "--outer-every", str(h)]) for h in args.outer_every
+    ]
     rows, start = [], None
     for name, init_args in plan:
         print(f"== {name}", flush=True)
@@ -101,7 +136,9 @@ def main() -> None:
         summaries = result["summaries"]
         samples = sum(s["samples"] for s in summaries)
         row = {
-            "config": name, "samples": samples, "outer_rounds_or_steps": max(s["final_epoch"] for s in summaries),
+            "config": name,
+            "samples": samples,
+            "outer_rounds_or_steps": max(s["final_epoch"] for s in summaries),
             "bytes_sent_per_sample": sum(s["bytes_sent"] for s in summaries) / samples,
             "utilisation": statistics.mean(s["utilisation"] for s in summaries),
             "samples_per_second": sum(s["samples_per_second"] for s in summaries),
@@ -112,18 +149,26 @@ def main() -> None:
         rows.append(row)
     total = rows[0]["samples"]
     reference = {"start_release": heldout_loss(start, start), "single_process": baseline(args.root, total, start)}
-    args.out.write_text(json.dumps({"samples_per_peer": args.samples_per_peer, "reference": reference, "rows": rows,
-                                    "load_average": os.getloadavg()}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"samples_per_peer": args.samples_per_peer, "reference": reference, "rows": rows, "load_average": os.getloadavg()}, indent=2
+        )
+    )
     fp = rows[0]["bytes_sent_per_sample"]
-    print(f"start release held-out loss {reference['start_release']:.3f}; single process at {total} samples "
-          f"{reference['single_process']:.3f}")
-    print("| configuration | outer rounds / global steps | held-out loss | vs single process | bytes sent per sample | "
-          "fewer bytes than per-step | utilisation (loopback) |")
+    print(
+        f"start release held-out loss {reference['start_release']:.3f}; single process at {total} samples {reference['single_process']:.3f}"
+    )
+    print(
+        "| configuration | outer rounds / global steps | held-out loss | vs single process | bytes sent per sample | "
+        "fewer bytes than per-step | utilisation (loopback) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['outer_rounds_or_steps']} | {r['heldout_loss']:.3f} | "
-              f"{100 * (r['heldout_loss'] / reference['single_process'] - 1):+.1f} % | {r['bytes_sent_per_sample']:.0f} | "
-              f"{fp / r['bytes_sent_per_sample']:.1f}x | {r['utilisation']:.2f} |")
+        print(
+            f"| {r['config']} | {r['outer_rounds_or_steps']} | {r['heldout_loss']:.3f} | "
+            f"{100 * (r['heldout_loss'] / reference['single_process'] - 1):+.1f} % | {r['bytes_sent_per_sample']:.0f} | "
+            f"{fp / r['bytes_sent_per_sample']:.1f}x | {r['utilisation']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

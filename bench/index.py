@@ -70,8 +70,17 @@ def releases(samples_n: int, samples_more: int) -> tuple[Path, Path]:
         extra = [a for a in wider.anchors if a not in set(v1.anchors)][:EXTRA_ANCHORS]
         v2 = v1.extend(extra)
         log(f"training release N+1 ({samples_more} more samples from N, landmark set v2: {v2.size} anchors)")
-        train("wordnet", next_dir, DEFAULT, max_samples=samples_more, device="cpu", evaluate=False, show_progress=False,
-              landmarks=v2, start_from=n_dir)
+        train(
+            "wordnet",
+            next_dir,
+            DEFAULT,
+            max_samples=samples_more,
+            device="cpu",
+            evaluate=False,
+            show_progress=False,
+            landmarks=v2,
+            start_from=n_dir,
+        )
     return n_dir, next_dir
 
 
@@ -146,8 +155,7 @@ def gloss_lemma_recall(index_vectors: np.ndarray, query_vectors: np.ndarray, gol
     return float(np.mean([bool(set(row.tolist()) & gold) for row, gold in zip(top, gold_rows)]))
 
 
-def minilm_rows(texts: list[str], queries: list[str], lemmas: list[str], glosses: list[str], gold: list[set[int]],
-                sample: int) -> dict:
+def minilm_rows(texts: list[str], queries: list[str], lemmas: list[str], glosses: list[str], gold: list[set[int]], sample: int) -> dict:
     """all-MiniLM-L6-v2 with sentence-transformers' semantic_search: quality on gloss->lemma, latency at the index's size."""
     import torch
     from sentence_transformers.util import semantic_search
@@ -170,10 +178,17 @@ def minilm_rows(texts: list[str], queries: list[str], lemmas: list[str], glosses
         semantic_search(torch.from_numpy(embed([text])), corpus, top_k=10)
         total_seconds.append(time.perf_counter() - start)
     search_seconds, total_seconds = np.asarray(search_seconds), np.asarray(total_seconds)
-    row = {"gloss_lemma_r10": r10, "embed_docs_per_s": sample / embed_seconds, "rows": len(texts),
-           "search_qps": len(search_seconds) / search_seconds.sum(), "search_p50_ms": 1e3 * float(np.percentile(search_seconds, 50)),
-           "search_p99_ms": 1e3 * float(np.percentile(search_seconds, 99)), "end_to_end_p50_ms": 1e3 * float(np.percentile(total_seconds, 50)),
-           "end_to_end_p99_ms": 1e3 * float(np.percentile(total_seconds, 99)), "bytes_per_vector": 4 * corpus.shape[1]}
+    row = {
+        "gloss_lemma_r10": r10,
+        "embed_docs_per_s": sample / embed_seconds,
+        "rows": len(texts),
+        "search_qps": len(search_seconds) / search_seconds.sum(),
+        "search_p50_ms": 1e3 * float(np.percentile(search_seconds, 50)),
+        "search_p99_ms": 1e3 * float(np.percentile(search_seconds, 99)),
+        "end_to_end_p50_ms": 1e3 * float(np.percentile(total_seconds, 50)),
+        "end_to_end_p99_ms": 1e3 * float(np.percentile(total_seconds, 99)),
+        "bytes_per_vector": 4 * corpus.shape[1],
+    }
     log(f"minilm {row}")
     return row
 
@@ -204,8 +219,13 @@ def main() -> None:
     coarse_values = [int(k) for k in args.coarse.split(",")]
     embedded_at: list[float] = []  # build_index reports progress per batch: the last report ends the embedding
     build_start = time.perf_counter()
-    index = build_index(release_n, documents, work / f"k{coarse_values[0]}", IndexConfig(coarse_dims=coarse_values[0]),
-                        progress=lambda done: embedded_at.append(time.perf_counter()) if done == len(texts) else None)
+    index = build_index(
+        release_n,
+        documents,
+        work / f"k{coarse_values[0]}",
+        IndexConfig(coarse_dims=coarse_values[0]),
+        progress=lambda done: embedded_at.append(time.perf_counter()) if done == len(texts) else None,
+    )
     build_seconds, embed_seconds = time.perf_counter() - build_start, embedded_at[0] - build_start
     log(f"built in {build_seconds:.0f} s (embedding {embed_seconds:.0f} s)")
     disk_files = {str(p.relative_to(index.directory)): p.stat().st_size for p in index.directory.rglob("*") if p.is_file()}
@@ -222,9 +242,18 @@ def main() -> None:
         for shortlist in [int(s) for s in args.shortlists.split(",")]:
             per_query(current, query_vectors[:20], 10, exact=False, shortlist=shortlist)
             found, seconds = per_query(current, query_vectors, 10, exact=False, shortlist=shortlist)
-            rows_ctf.append({"k": k, "shortlist": shortlist, "recall@10": recall(found, truth), "qps": len(seconds) / seconds.sum(),
-                             "exact_qps": len(exact_seconds) / exact_seconds.sum(), "speedup": exact_seconds.sum() / seconds.sum(),
-                             "p50_ms": 1e3 * float(np.percentile(seconds, 50)), "p99_ms": 1e3 * float(np.percentile(seconds, 99))})
+            rows_ctf.append(
+                {
+                    "k": k,
+                    "shortlist": shortlist,
+                    "recall@10": recall(found, truth),
+                    "qps": len(seconds) / seconds.sum(),
+                    "exact_qps": len(exact_seconds) / exact_seconds.sum(),
+                    "speedup": exact_seconds.sum() / seconds.sum(),
+                    "p50_ms": 1e3 * float(np.percentile(seconds, 50)),
+                    "p99_ms": 1e3 * float(np.percentile(seconds, 99)),
+                }
+            )
             log(f"coarse k={k}: {rows_ctf[-1]}")
         if current is not index:
             current.close()
@@ -237,8 +266,11 @@ def main() -> None:
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         memory = pool.submit(search_memory, index.directory, query_vectors, IndexConfig().shortlist).result()
-    memory_per_vector = {stage: {name: 1024 * (value - memory["before_open"][name]) / len(texts) for name, value in kib.items()}
-                         for stage, kib in memory.items() if stage != "before_open"}
+    memory_per_vector = {
+        stage: {name: 1024 * (value - memory["before_open"][name]) / len(texts) for name, value in kib.items()}
+        for stage, kib in memory.items()
+        if stage != "before_open"
+    }
     log(f"search process memory, bytes per vector: {memory_per_vector}")
 
     # ---- upgrade without re-embedding: gloss -> lemma, held out -------------------------------
@@ -249,12 +281,17 @@ def main() -> None:
     dims_n = release_n.landmarks.size
     rel = {
         "N index, N queries": (release_n.embedder.relational(lemmas), release_n.embedder.relational(glosses)),
-        "N index, N+1 queries (no re-embedding)": (release_n.embedder.relational(lemmas), release_next.embedder.relational(glosses)[:, :dims_n]),
+        "N index, N+1 queries (no re-embedding)": (
+            release_n.embedder.relational(lemmas),
+            release_next.embedder.relational(glosses)[:, :dims_n],
+        ),
         "re-embedded with N+1, N+1 queries": (release_next.embedder.relational(lemmas), release_next.embedder.relational(glosses)),
     }
     upgrade_rows = {name: gloss_lemma_recall(a, b, gold) for name, (a, b) in rel.items()}
     absolute = lambda release, items: encode_texts(release.embedder.model, release.embedder.tokenizer, items)
-    upgrade_rows["absolute: N index, N+1 queries (contrast)"] = gloss_lemma_recall(absolute(release_n, lemmas), absolute(release_next, glosses), gold)
+    upgrade_rows["absolute: N index, N+1 queries (contrast)"] = gloss_lemma_recall(
+        absolute(release_n, lemmas), absolute(release_next, glosses), gold
+    )
     upgrade_rows["chance (10 of the lemmas)"] = 10 / len(lemmas)
     ratio = upgrade_rows["N index, N+1 queries (no re-embedding)"] / upgrade_rows["re-embedded with N+1, N+1 queries"]
     log(f"upgrade rows {upgrade_rows}, ratio {ratio:.3f}")
@@ -262,28 +299,77 @@ def main() -> None:
     minilm = minilm_rows(texts, query_texts[: args.latency_queries], lemmas, glosses, gold, args.minilm_docs) if args.minilm_docs else None
 
     result = {
-        "command": "nice -n 10 python bench/index.py " + " ".join(sys.argv[1:]), "documents": len(texts),
-        "composed_documents": composed_count, "dims": dims_n,
-        "dims_next": release_next.landmarks.size, "queries": args.queries, "coarse_to_fine": rows_ctf,
-        "exact": {"qps": len(exact_seconds) / exact_seconds.sum(), "p50_ms": 1e3 * float(np.percentile(exact_seconds, 50)),
-                  "p99_ms": 1e3 * float(np.percentile(exact_seconds, 99))},
-        "build": {"seconds": build_seconds, "docs_per_s": len(texts) / build_seconds, "embed_seconds": embed_seconds,
-                  "embed_docs_per_s": len(texts) / embed_seconds, "write_seconds": build_seconds - embed_seconds},
-        "latency_end_to_end_ms": {"queries": len(end_to_end), "p50": 1e3 * float(np.percentile(end_to_end, 50)),
-                                  "p99": 1e3 * float(np.percentile(end_to_end, 99))},
-        "disk_bytes_per_vector": disk / len(texts), "disk_bytes_per_vector_by_file": {name: size / len(texts) for name, size in disk_files.items()},
-        "peak_rss_mib": rss_mib, "search_process_memory_kib": memory, "search_process_bytes_per_vector": memory_per_vector,
-        "upgrade": upgrade_rows, "upgrade_ratio": ratio, "lemmas": len(lemmas), "glosses": len(glosses),
-        "minilm": minilm, "seconds": time.time() - started, "load_average_end": os.getloadavg(),
+        "command": "nice -n 10 python bench/index.py " + " ".join(sys.argv[1:]),
+        "documents": len(texts),
+        "composed_documents": composed_count,
+        "dims": dims_n,
+        "dims_next": release_next.landmarks.size,
+        "queries": args.queries,
+        "coarse_to_fine": rows_ctf,
+        "exact": {
+            "qps": len(exact_seconds) / exact_seconds.sum(),
+            "p50_ms": 1e3 * float(np.percentile(exact_seconds, 50)),
+            "p99_ms": 1e3 * float(np.percentile(exact_seconds, 99)),
+        },
+        "build": {
+            "seconds": build_seconds,
+            "docs_per_s": len(texts) / build_seconds,
+            "embed_seconds": embed_seconds,
+            "embed_docs_per_s": len(texts) / embed_seconds,
+            "write_seconds": build_seconds - embed_seconds,
+        },
+        "latency_end_to_end_ms": {
+            "queries": len(end_to_end),
+            "p50": 1e3 * float(np.percentile(end_to_end, 50)),
+            "p99": 1e3 * float(np.percentile(end_to_end, 99)),
+        },
+        "disk_bytes_per_vector": disk / len(texts),
+        "disk_bytes_per_vector_by_file": {name: size / len(texts) for name, size in disk_files.items()},
+        "peak_rss_mib": rss_mib,
+        "search_process_memory_kib": memory,
+        "search_process_bytes_per_vector": memory_per_vector,
+        "upgrade": upgrade_rows,
+        "upgrade_ratio": ratio,
+        "lemmas": len(lemmas),
+        "glosses": len(glosses),
+        "minilm": minilm,
+        "seconds": time.time() - started,
+        "load_average_end": os.getloadavg(),
         "blas": [{key: pool[key] for key in ("internal_api", "num_threads")} for pool in threadpool_info() if pool["user_api"] == "blas"],
     }
     index.close()
     (OUT / "index.json").write_text(json.dumps(result, indent=1))
-    print(markdown_table(["coarse k", "shortlist", "recall@10 vs exact", "queries/s", "exact queries/s", "speed-up", "p50 ms", "p99 ms"],
-                         [[r["k"], r["shortlist"], r["recall@10"], round(r["qps"]), round(r["exact_qps"]), r["speedup"], r["p50_ms"], r["p99_ms"]] for r in rows_ctf]))
+    print(
+        markdown_table(
+            ["coarse k", "shortlist", "recall@10 vs exact", "queries/s", "exact queries/s", "speed-up", "p50 ms", "p99 ms"],
+            [
+                [r["k"], r["shortlist"], r["recall@10"], round(r["qps"]), round(r["exact_qps"]), r["speedup"], r["p50_ms"], r["p99_ms"]]
+                for r in rows_ctf
+            ],
+        )
+    )
     print(markdown_table(["gloss->lemma R@10", "value"], [[name, value] for name, value in upgrade_rows.items()] + [["ratio", ratio]]))
-    print(json.dumps({key: result[key] for key in ("minilm", "load_average_end", "blas", "exact", "build", "latency_end_to_end_ms", "disk_bytes_per_vector",
-                                                   "disk_bytes_per_vector_by_file", "peak_rss_mib", "search_process_bytes_per_vector", "seconds")}, indent=1))
+    print(
+        json.dumps(
+            {
+                key: result[key]
+                for key in (
+                    "minilm",
+                    "load_average_end",
+                    "blas",
+                    "exact",
+                    "build",
+                    "latency_end_to_end_ms",
+                    "disk_bytes_per_vector",
+                    "disk_bytes_per_vector_by_file",
+                    "peak_rss_mib",
+                    "search_process_bytes_per_vector",
+                    "seconds",
+                )
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,11 @@ def latest_record(ledger: Path, name: str) -> tuple[float, int]:
         return 0.0, 0
     db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
     try:
-        row = db.execute("SELECT r.reported_at, r.samples FROM records r JOIN peers p USING(public_id) WHERE p.display_name = ? "
-                         "ORDER BY r.id DESC LIMIT 1", (name,)).fetchone()
+        row = db.execute(
+            "SELECT r.reported_at, r.samples FROM records r JOIN peers p USING(public_id) WHERE p.display_name = ? "
+            "ORDER BY r.id DESC LIMIT 1",
+            (name,),
+        ).fetchone()
         return (float(row[0]), int(row[1])) if row else (0.0, 0)
     except sqlite3.OperationalError:
         return 0.0, 0
@@ -59,23 +62,72 @@ def main() -> None:
         raise SystemExit("join: --starts must be >= 1 and --deadline > 0")
     coordinator_dir = args.root / "coordinator"
     if not (coordinator_dir / "run.json").exists():
-        subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", "join-bench", "--corpus", args.corpus,
-                             "--compat-weight", "0"), check=True, capture_output=True)
+        subprocess.run(
+            cairn(
+                "coordinator",
+                "init",
+                "--workdir",
+                str(coordinator_dir),
+                "--run-id",
+                "join-bench",
+                "--corpus",
+                args.corpus,
+                "--compat-weight",
+                "0",
+            ),
+            check=True,
+            capture_output=True,
+        )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     logs = args.root / "logs"
     started = time.time()
-    coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1", "--port",
-                                               str(free_port()), "--http-host", "127.0.0.1", "--http-port", str(free_port())),
-                          logs / "coordinator.log")
+    coordinator = Service(
+        "coordinator",
+        cairn(
+            "coordinator",
+            "run",
+            "--workdir",
+            str(coordinator_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            str(free_port()),
+        ),
+        logs / "coordinator.log",
+    )
     coordinator.start(env)
     services, results = [coordinator], []
     try:
         join = wait_for_join_address(coordinator_dir, coordinator, started)[0]
 
         def peer(name: str, log: Path) -> Service:
-            return Service(name, cairn("peer", "run", "--join", join, "--name", name, "--workdir", str(args.root / "peers" / name),
-                                       "--host", "127.0.0.1", "--torch-threads", "1", "--no-progress", "--batch-size", "64",
-                                       "--wait-for-peers", "1"), log)
+            return Service(
+                name,
+                cairn(
+                    "peer",
+                    "run",
+                    "--join",
+                    join,
+                    "--name",
+                    name,
+                    "--workdir",
+                    str(args.root / "peers" / name),
+                    "--host",
+                    "127.0.0.1",
+                    "--torch-threads",
+                    "1",
+                    "--no-progress",
+                    "--batch-size",
+                    "64",
+                    "--wait-for-peers",
+                    "1",
+                ),
+                log,
+            )
 
         anchor = peer("anchor", logs / "anchor.log")
         anchor.start(env)
@@ -101,18 +153,27 @@ def main() -> None:
                     break
                 time.sleep(0.5)
             stop_services([volunteer])
-            result = {"start": index, "contributed_after_s": seconds, "exit_code": volunteer.process.returncode,
-                      "cause": None if seconds is not None else last_line(log)}
+            result = {
+                "start": index,
+                "contributed_after_s": seconds,
+                "exit_code": volunteer.process.returncode,
+                "cause": None if seconds is not None else last_line(log),
+            }
             results.append(result)
             print(json.dumps(result), flush=True)
     finally:
         stop_services(list(reversed(services)))
     ok = [r for r in results if r["contributed_after_s"] is not None]
-    summary = {"starts": len(results), "contributed_within_deadline": len(ok), "deadline_s": args.deadline,
-               "first_start_s": results[0]["contributed_after_s"] if results else None,
-               "median_s": statistics.median(r["contributed_after_s"] for r in ok) if ok else None,
-               "max_s": max(r["contributed_after_s"] for r in ok) if ok else None,
-               "failures": [r for r in results if r["contributed_after_s"] is None], "load_average": os.getloadavg()}
+    summary = {
+        "starts": len(results),
+        "contributed_within_deadline": len(ok),
+        "deadline_s": args.deadline,
+        "first_start_s": results[0]["contributed_after_s"] if results else None,
+        "median_s": statistics.median(r["contributed_after_s"] for r in ok) if ok else None,
+        "max_s": max(r["contributed_after_s"] for r in ok) if ok else None,
+        "failures": [r for r in results if r["contributed_after_s"] is None],
+        "load_average": os.getloadavg(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "results": results}, indent=2))
     print(json.dumps(summary, indent=2))

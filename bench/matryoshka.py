@@ -47,17 +47,23 @@ def curves_for(run: Run, probe: Probe, anchor_sets: dict[str, list[str]]) -> dic
     for name, anchors in anchor_sets.items():
         bbc = run.relational(probe.bbc_texts, anchors=anchors)
         wn = run.relational(probe.wordnet_texts, anchors=anchors)
-        curves[name] = {"bbc": {k: probe_accuracy(bbc[:, :k], probe.bbc_labels) for k in KS},
-                        "r10": {k: recall_at_10(wn[:nq, :k], wn[nq:, :k], probe.gold) for k in KS}}
+        curves[name] = {
+            "bbc": {k: probe_accuracy(bbc[:, :k], probe.bbc_labels) for k in KS},
+            "r10": {k: recall_at_10(wn[:nq, :k], wn[nq:, :k], probe.gold) for k in KS},
+        }
         log(f"{name}: BBC {curves[name]['bbc'][256]:.3f}, R@10 {curves[name]['r10'][256]:.3f} at 256")
     bbc_abs, wn_abs = run.absolute(probe.bbc_texts), run.absolute(probe.wordnet_texts)
     width = bbc_abs.shape[1]
     ks = [k for k in KS if k <= width]
     bbc_pca, wn_pca = pca_projection(bbc_abs, width), pca_projection(wn_abs, width)
-    curves["absolute PCA-k (upper bound)"] = {"bbc": {k: probe_accuracy(bbc_pca[:, :k], probe.bbc_labels) for k in ks},
-                                              "r10": {k: recall_at_10(wn_pca[:nq, :k], wn_pca[nq:, :k], probe.gold) for k in ks}}
-    curves["absolute first-k"] = {"bbc": {k: probe_accuracy(bbc_abs[:, :k], probe.bbc_labels) for k in ks},
-                                  "r10": {k: recall_at_10(wn_abs[:nq, :k], wn_abs[nq:, :k], probe.gold) for k in ks}}
+    curves["absolute PCA-k (upper bound)"] = {
+        "bbc": {k: probe_accuracy(bbc_pca[:, :k], probe.bbc_labels) for k in ks},
+        "r10": {k: recall_at_10(wn_pca[:nq, :k], wn_pca[nq:, :k], probe.gold) for k in ks},
+    }
+    curves["absolute first-k"] = {
+        "bbc": {k: probe_accuracy(bbc_abs[:, :k], probe.bbc_labels) for k in ks},
+        "r10": {k: recall_at_10(wn_abs[:nq, :k], wn_abs[nq:, :k], probe.gold) for k in ks},
+    }
     return curves
 
 
@@ -65,8 +71,11 @@ def anchor_variants(run: Run) -> dict[str, list[str]]:
     shipped = list(run.landmarks.anchors[:256])
     shuffled = [shipped[i] for i in np.random.default_rng(0).permutation(len(shipped))]
     random_set = select_landmarks(wordnet().landmark_candidates(seed=0), 256, "random", seed=0).anchors
-    return {"relational, farthest-point order (shipped)": shipped, "relational, same anchors shuffled": shuffled,
-            "relational, random anchors": list(random_set)}
+    return {
+        "relational, farthest-point order (shipped)": shipped,
+        "relational, same anchors shuffled": shuffled,
+        "relational, random anchors": list(random_set),
+    }
 
 
 def tables(curves: dict, reference_name: str) -> tuple[str, dict]:
@@ -96,15 +105,29 @@ def main() -> None:
     # the read-out must equal the release API's vectors (same anchors, same calibration)
     check = float(np.abs(run.relational(probe.queries[:50])[:, :256] - run.shipped(probe.queries[:50])[:, :256]).max())
     text, summary = tables(curves, shipped_name)
-    goal = [[metric, summary[shipped_name][metric], "met" if (summary[shipped_name][metric] or 10**9) <= GOAL_K else "MISSED"]
-            for metric in ("bbc", "r10")]
-    markdown = (f"Encoder: {path.name} of bench/compatibility.py ({budget} samples, tiny model, WordNet, default config). "
-                f"Read-out check: max |bench read-out - Embedder.relational| = {check:.2e}.\n" + text
-                + "\nGoal: 95 % of the full score within the first K/8 = 32 coordinates (shipped order):\n\n"
-                + markdown_table(["metric", "k95", "goal k <= 32"], goal))
+    goal = [
+        [metric, summary[shipped_name][metric], "met" if (summary[shipped_name][metric] or 10**9) <= GOAL_K else "MISSED"]
+        for metric in ("bbc", "r10")
+    ]
+    markdown = (
+        f"Encoder: {path.name} of bench/compatibility.py ({budget} samples, tiny model, WordNet, default config). "
+        f"Read-out check: max |bench read-out - Embedder.relational| = {check:.2e}.\n"
+        + text
+        + "\nGoal: 95 % of the full score within the first K/8 = 32 coordinates (shipped order):\n\n"
+        + markdown_table(["metric", "k95", "goal k <= 32"], goal)
+    )
     plot(curves)
-    write_outputs("matryoshka", markdown, {"encoder": str(path), "curves": curves, "k95": summary, "readout_check": check,
-                                           "seconds": round(time.perf_counter() - started, 1)})
+    write_outputs(
+        "matryoshka",
+        markdown,
+        {
+            "encoder": str(path),
+            "curves": curves,
+            "k95": summary,
+            "readout_check": check,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
 
 
 def plot(curves: dict) -> None:
@@ -115,8 +138,14 @@ def plot(curves: dict) -> None:
     for metric, axis, title in (("bbc", axes[0], "BBC topic probe accuracy"), ("r10", axes[1], "gloss->lemma R@10")):
         for name, curve in curves.items():
             ks = sorted(curve[metric])
-            axis.plot(ks, [curve[metric][k] for k in ks], marker="o", markersize=3, label=name,
-                      linestyle="--" if name.startswith("absolute") else "-")
+            axis.plot(
+                ks,
+                [curve[metric][k] for k in ks],
+                marker="o",
+                markersize=3,
+                label=name,
+                linestyle="--" if name.startswith("absolute") else "-",
+            )
         axis.axvline(GOAL_K, color="grey", linewidth=0.8, linestyle=":")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("k (first coordinates)")

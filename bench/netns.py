@@ -151,8 +151,23 @@ class ShapedNetwork:
     def _shape(self, namespace: str, device: str, rate_mbit: float) -> None:
         rate_bytes = rate_mbit * 1e6 / 8
         burst = max(16_000, int(rate_bytes / 250))  # at least one 4 ms tick of tokens (HZ=250), else tbf caps below the rate
-        _run("tc", "-n", namespace, "qdisc", "replace", "dev", device, "root", "tbf", "rate", f"{rate_mbit}mbit",
-             "burst", str(burst), "latency", f"{self.latency_ms:g}ms")
+        _run(
+            "tc",
+            "-n",
+            namespace,
+            "qdisc",
+            "replace",
+            "dev",
+            device,
+            "root",
+            "tbf",
+            "rate",
+            f"{rate_mbit}mbit",
+            "burst",
+            str(burst),
+            "latency",
+            f"{self.latency_ms:g}ms",
+        )
 
     def create(self) -> "ShapedNetwork":
         atexit.register(self.destroy)
@@ -193,8 +208,12 @@ class ShapedNetwork:
     def measure_mbit(self, sender: str, receiver: str, megabytes: float = 8.0, timeout: float = 120.0) -> float:
         """Send `megabytes` over one TCP connection from `sender` to `receiver`; the receiver's rate in Mbit/s (from its
         first byte to its last), i.e. what the slower of the sender's uplink and the receiver's downlink lets through."""
-        server = subprocess.Popen(self.exec_in(receiver) + [sys.executable, "-c", _RECEIVER, self.address(receiver)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            self.exec_in(receiver) + [sys.executable, "-c", _RECEIVER, self.address(receiver)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             ready = server.stdout.readline().strip()
             if ready != "ready":

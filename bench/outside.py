@@ -79,8 +79,12 @@ def main() -> None:
     log("evaluation suite on the Cairn encoder")
     from common import wordnet
 
-    report = run_suite({"cairn relational": lambda t: embedder.relational(t)[:, :256], "cairn absolute": embedder.absolute},
-                       heldout_gloss_lemma(wordnet()), dims=(16, 32, 64, 128, 256), prefix_rows=("cairn relational",))
+    report = run_suite(
+        {"cairn relational": lambda t: embedder.relational(t)[:, :256], "cairn absolute": embedder.absolute},
+        heldout_gloss_lemma(wordnet()),
+        dims=(16, 32, 64, 128, 256),
+        prefix_rows=("cairn relational",),
+    )
     rows = []
     for name, views in [(k, v) for k, v in report.items() if k != "meta"] + [(k, v) for k, v in reference.items() if k != "meta"]:
         for view, scores in views.items():
@@ -99,10 +103,16 @@ def main() -> None:
         mini = minilm_vectors(texts)
         ours_rel, ours_abs = run.shipped(texts)[:, :256], run.absolute(texts)
         lsa_vectors = lsa(texts)
-        row = {"texts": set_name, "n": len(texts), "chance": 10 / (len(texts) - 1),
-               "cairn rel vs MiniLM": mutual_knn(ours_rel, mini), "cairn abs vs MiniLM": mutual_knn(ours_abs, mini),
-               "LSA vs MiniLM": mutual_knn(lsa_vectors, mini), "cairn rel vs LSA": mutual_knn(ours_rel, lsa_vectors),
-               "cairn rel vs cairn abs": mutual_knn(ours_rel, ours_abs)}
+        row = {
+            "texts": set_name,
+            "n": len(texts),
+            "chance": 10 / (len(texts) - 1),
+            "cairn rel vs MiniLM": mutual_knn(ours_rel, mini),
+            "cairn abs vs MiniLM": mutual_knn(ours_abs, mini),
+            "LSA vs MiniLM": mutual_knn(lsa_vectors, mini),
+            "cairn rel vs LSA": mutual_knn(ours_rel, lsa_vectors),
+            "cairn rel vs cairn abs": mutual_knn(ours_rel, ours_abs),
+        }
         if all((s / "bench_run.json").exists() for s in seeds):
             row["cairn seed0 vs seed1 (30k, rel)"] = mutual_knn(Run(seeds[0]).shipped(texts), Run(seeds[1]).shipped(texts))
         knn_rows.append(row)
@@ -114,8 +124,11 @@ def main() -> None:
         + "\nMutual kNN@10 (cosine neighbours; 1 = same neighbourhoods, chance ≈ 10/n):\n\n"
         + markdown_table(knn_header, [[r.get(h) for h in knn_header] for r in knn_rows])
     )
-    write_outputs("outside", markdown, {"encoder": str(path), "suite": report, "mutual_knn": knn_rows,
-                                        "seconds": round(time.perf_counter() - started, 1)})
+    write_outputs(
+        "outside",
+        markdown,
+        {"encoder": str(path), "suite": report, "mutual_knn": knn_rows, "seconds": round(time.perf_counter() - started, 1)},
+    )
 
 
 if __name__ == "__main__":

@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     minilm = minilm_embed_fn()
     setup[MINILM_ROW] = time.perf_counter() - clock
 
-    report = run_suite(
-        {LSA_ROW: lsa, MINILM_ROW: minilm}, heldout, dims=DEFAULT_DIMS, quick=args.quick, prefix_rows=(LSA_ROW,), data=data
-    )
+    report = run_suite({LSA_ROW: lsa, MINILM_ROW: minilm}, heldout, dims=DEFAULT_DIMS, quick=args.quick, prefix_rows=(LSA_ROW,), data=data)
     report["meta"]["reference"] = {
         "wordnet_source": source,
         "heldout_pairs": len(heldout),

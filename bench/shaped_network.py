@@ -73,8 +73,12 @@ def init_template(root: Path, name: str, args: list[str]) -> Path:
     if (template / "run.json").exists() and stamp.exists() and json.loads(stamp.read_text()) == args:
         return template
     shutil.rmtree(template, ignore_errors=True)
-    result = subprocess.run(cairn("coordinator", "init", "--workdir", str(template), "--run-id", "shaped", *args),
-                            capture_output=True, text=True, env=child_env())
+    result = subprocess.run(
+        cairn("coordinator", "init", "--workdir", str(template), "--run-id", "shaped", *args),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
     if result.returncode != 0:
         raise SystemExit(f"shaped_network: coordinator init {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-400:]}")
     stamp.write_text(json.dumps(args))
@@ -108,9 +112,11 @@ class LinkSampler(threading.Thread):
 
     def between(self, node: str, direction: str, start: float, end: float) -> int:
         """Bytes through `node`'s link in one direction between two wall-clock times (to the sampling interval)."""
+
         def at(moment: float) -> int:
             before = [c for t, c in self.series if t <= moment]
             return (before[-1] if before else self.series[0][1])[node][direction]
+
         return at(end) - at(start)
 
     def stop(self) -> dict[str, dict[str, int]]:
@@ -119,8 +125,16 @@ class LinkSampler(threading.Thread):
         return {node: {d: self.last[node][d] - self.first[node][d] for d in ("up", "down")} for node in self.last}
 
 
-def run_swarm_shaped(coordinator_dir: Path, workdir: Path, peers: int, rate_mbit: float, seconds: float,
-                     peer_args: list[str], cpus: list[int], coordinator_rate: float | None = None) -> dict:
+def run_swarm_shaped(
+    coordinator_dir: Path,
+    workdir: Path,
+    peers: int,
+    rate_mbit: float,
+    seconds: float,
+    peer_args: list[str],
+    cpus: list[int],
+    coordinator_rate: float | None = None,
+) -> dict:
     """A coordinator and `peers` peers, each in its own namespace behind a `rate_mbit` link, for `seconds` of training.
     Returns the peers' summaries, their link counters and the coordinator's join address."""
     names = [f"p{i + 1}" for i in range(peers)]
@@ -136,9 +150,25 @@ def run_swarm_shaped(coordinator_dir: Path, workdir: Path, peers: int, rate_mbit
         try:
             started = time.time()
             host = net.address("c")
-            coordinator = Service("coordinator", net.exec_in("c") + cairn(
-                "coordinator", "run", "--workdir", str(coordinator_dir), "--host", host, "--port", str(DHT_PORT),
-                "--http-host", host, "--http-port", str(HTTP_PORT)), logs / "coordinator.log")
+            coordinator = Service(
+                "coordinator",
+                net.exec_in("c")
+                + cairn(
+                    "coordinator",
+                    "run",
+                    "--workdir",
+                    str(coordinator_dir),
+                    "--host",
+                    host,
+                    "--port",
+                    str(DHT_PORT),
+                    "--http-host",
+                    host,
+                    "--http-port",
+                    str(HTTP_PORT),
+                ),
+                logs / "coordinator.log",
+            )
             coordinator.start(env)
             services.append(coordinator)
             announced = wait_for_join_address(coordinator_dir, coordinator, started, timeout=180)
@@ -151,10 +181,32 @@ def run_swarm_shaped(coordinator_dir: Path, workdir: Path, peers: int, rate_mbit
                 peer_dir = workdir / "peers" / name
                 shutil.rmtree(peer_dir, ignore_errors=True)
                 pin = ["taskset", "-c", str(cpus[index % len(cpus)])] if cpus else []
-                service = Service(name, net.exec_in(name) + pin + cairn(
-                    "peer", "run", "--join", join, "--name", name, "--workdir", str(peer_dir), "--host", net.address(name),
-                    "--torch-threads", "1", "--no-progress", "--wait-for-peers", str(peers), "--minutes", f"{seconds / 60:.4f}",
-                    *peer_args), logs / f"{name}.log")
+                service = Service(
+                    name,
+                    net.exec_in(name)
+                    + pin
+                    + cairn(
+                        "peer",
+                        "run",
+                        "--join",
+                        join,
+                        "--name",
+                        name,
+                        "--workdir",
+                        str(peer_dir),
+                        "--host",
+                        net.address(name),
+                        "--torch-threads",
+                        "1",
+                        "--no-progress",
+                        "--wait-for-peers",
+                        str(peers),
+                        "--minutes",
+                        f"{seconds / 60:.4f}",
+                        *peer_args,
+                    ),
+                    logs / f"{name}.log",
+                )
                 service.start(env)
                 services.append(service)
             exit_codes = {}
@@ -176,9 +228,15 @@ def run_swarm_shaped(coordinator_dir: Path, workdir: Path, peers: int, rate_mbit
             end = path.stat().st_mtime
             start = end - summaries[name]["wall_seconds"]
             training_traffic[name] = {d: sampler.between(name, d, start, end) for d in ("up", "down")}
-    return {"join": join, "summaries": summaries, "traffic": traffic, "training_traffic": training_traffic,
-            "peak_mbit": sampler.peak_mbit, "exit_codes": exit_codes,
-            "addresses": {n: net.address(n) for n in ["c", *names]}}
+    return {
+        "join": join,
+        "summaries": summaries,
+        "traffic": traffic,
+        "training_traffic": training_traffic,
+        "peak_mbit": sampler.peak_mbit,
+        "exit_codes": exit_codes,
+        "addresses": {n: net.address(n) for n in ["c", *names]},
+    }
 
 
 def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int, effective_batches: float, out: Path) -> dict:
@@ -203,16 +261,33 @@ def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int,
     release = load_bundle(start, device="cpu")
 
     def loss(directory: Path) -> float:
-        task = TrainingTask(load_encoder(directory), release.tokenizer, release.landmarks, reference_texts(corpus, config.reference_size), config)
+        task = TrainingTask(
+            load_encoder(directory), release.tokenizer, release.landmarks, reference_texts(corpus, config.reference_size), config
+        )
         return task.eval_loss(heldout, batch_size=batch)
 
     accumulate = max(1, round(effective_batches))
     shutil.rmtree(out, ignore_errors=True)
-    train(run.corpus, out, config, max_samples=total_samples, accumulate=accumulate, evaluate=False, show_progress=False,
-          compat_with=start, compat_weight=config.objective.compat_weight)
+    train(
+        run.corpus,
+        out,
+        config,
+        max_samples=total_samples,
+        accumulate=accumulate,
+        evaluate=False,
+        show_progress=False,
+        compat_with=start,
+        compat_weight=config.objective.compat_weight,
+    )
     swarm, single = loss(swarm_state), loss(out)
-    return {"start": loss(start), "swarm": swarm, "single_process": single, "accumulate": accumulate,
-            "ratio": swarm / single, "chance": math.log(batch)}
+    return {
+        "start": loss(start),
+        "swarm": swarm,
+        "single_process": single,
+        "accumulate": accumulate,
+        "ratio": swarm / single,
+        "chance": math.log(batch),
+    }
 
 
 def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
@@ -226,8 +301,12 @@ def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
     compute = statistics.mean(s["compute_seconds"] for s in summaries.values())
     payload = sum(s["bytes_sent"] for s in summaries.values())
     return {
-        "mode": mode, "peers_reporting": len(summaries), "contributed": sum(1 for s in summaries.values() if s["samples"] > 0),
-        "exit_codes": result["exit_codes"], "samples": samples, "global_steps": epochs,
+        "mode": mode,
+        "peers_reporting": len(summaries),
+        "contributed": sum(1 for s in summaries.values() if s["samples"] > 0),
+        "exit_codes": result["exit_codes"],
+        "samples": samples,
+        "global_steps": epochs,
         "utilisation_mean": statistics.mean(s["utilisation"] for s in summaries.values()),
         "utilisation_min": min(s["utilisation"] for s in summaries.values()),
         "samples_per_second_total": sum(s["samples_per_second"] for s in summaries.values()),
@@ -248,7 +327,11 @@ def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
 
 
 def parse_modes(text: str, with_diloco: bool) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()] if text != "auto" else ["none", "blockwise8"] + (["diloco"] if with_diloco else [])
+    modes = (
+        [m.strip() for m in text.split(",") if m.strip()]
+        if text != "auto"
+        else ["none", "blockwise8"] + (["diloco"] if with_diloco else [])
+    )
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise SystemExit(f"shaped_network: --modes takes a comma list of {', '.join(MODES)} (or auto), got {text!r}")
@@ -324,19 +407,33 @@ def main() -> None:
         if mode in ("diloco-sync", "diloco-overlap"):
             set_outer_overlap(coordinator_dir, mode == "diloco-overlap")
         print(f"== {mode}: {args.peers} peers at {args.rate_mbit:g} Mbit/s up and down, {args.seconds:g} s", flush=True)
-        raw = run_swarm_shaped(coordinator_dir, workdir, args.peers, args.rate_mbit, args.seconds, peer_args, cpus, args.coordinator_rate_mbit)
+        raw = run_swarm_shaped(
+            coordinator_dir, workdir, args.peers, args.rate_mbit, args.seconds, peer_args, cpus, args.coordinator_rate_mbit
+        )
         row = summarise(mode, raw, args.rate_mbit)
         if not args.no_baseline and "error" not in row:
             summaries = {n: s for n, s in raw["summaries"].items() if s}
             last = max(summaries, key=lambda n: summaries[n]["final_epoch"])
             # DiLoCo's peers update once per batch of 1,024 (the inner step): its single process does too; the per-step
             # modes update once per global step, so theirs accumulates the swarm's effective batch
-            row["heldout"] = heldout_losses(coordinator_dir, workdir / "peers" / last / "state", row["samples"],
-                                            1.0 if mode.startswith("diloco") else row["effective_batches"], workdir / "single-process")
+            row["heldout"] = heldout_losses(
+                coordinator_dir,
+                workdir / "peers" / last / "state",
+                row["samples"],
+                1.0 if mode.startswith("diloco") else row["effective_batches"],
+                workdir / "single-process",
+            )
         print(json.dumps(row), flush=True)
         results.append(row)
-        document = {"peers": args.peers, "rate_mbit": args.rate_mbit, "seconds": args.seconds, "cpus": cpus, "delay_emulation": None,
-                    "load_average": os.getloadavg(), "results": results}
+        document = {
+            "peers": args.peers,
+            "rate_mbit": args.rate_mbit,
+            "seconds": args.seconds,
+            "cpus": cpus,
+            "delay_emulation": None,
+            "load_average": os.getloadavg(),
+            "results": results,
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(document, indent=2))  # after every configuration: a later failure keeps these
     print_table(document)
@@ -344,9 +441,11 @@ def main() -> None:
 
 def print_table(document: dict) -> None:
     print(f"\n{document['peers']} peers, {document['rate_mbit']:g} Mbit/s up and down each, {document['seconds']:g} s, no delay emulation")
-    print("| mode | utilisation (mean, min) | samples | global steps | payload B/sample | wire B sent/sample: training (whole run) | "
-          "peak Mbit/s | samples/s | "
-          "held-out loss: swarm / single process (start) |")
+    print(
+        "| mode | utilisation (mean, min) | samples | global steps | payload B/sample | wire B sent/sample: training (whole run) | "
+        "peak Mbit/s | samples/s | "
+        "held-out loss: swarm / single process (start) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in document["results"]:
         if "error" in r:
@@ -354,9 +453,11 @@ def print_table(document: dict) -> None:
             continue
         held = r.get("heldout")
         loss = f"{held['swarm']:.3f} / {held['single_process']:.3f} ({held['start']:.3f}), ratio {held['ratio']:.3f}" if held else "—"
-        print(f"| {r['mode']} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | {r['samples']:,} | {r['global_steps']} | "
-              f"{r['payload_bytes_sent_per_sample']:,.0f} | {r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
-              f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_total']:,.0f} | {loss} |")
+        print(
+            f"| {r['mode']} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | {r['samples']:,} | {r['global_steps']} | "
+            f"{r['payload_bytes_sent_per_sample']:,.0f} | {r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
+            f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_total']:,.0f} | {loss} |"
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ from cairn.tasks.measures import (
 from cairn.protocol.run_config import TrainingConfig
 
 GOAL_COSINE, GOAL_STITCH = 0.9, 0.95
-SHORT = {"seed pair (seed0 vs seed1)": "seed pair", "halves pair (shard 0/2 vs shard 1/2)": "disjoint halves",
-         "control: seed0 vs seed0 rotated": "control:\nA vs A rotated"}
+SHORT = {
+    "seed pair (seed0 vs seed1)": "seed pair",
+    "halves pair (shard 0/2 vs shard 1/2)": "disjoint halves",
+    "control: seed0 vs seed0 rotated": "control:\nA vs A rotated",
+}
 
 
 class RotatedRun:
@@ -88,21 +91,23 @@ def compare(a: Run, b: Run, probe: Probe) -> list[dict]:
         rho = spearman_summary(coordinate_spearman(wa, wb))
         forward = stitching(ba[tr], ba[te], bb[te], y[tr], y[te])
         backward = stitching(bb[tr], bb[te], ba[te], y[tr], y[te])
-        rows.append({
-            "view": view,
-            "cosine_wordnet": row_cosine(wa, wb),
-            "cosine_bbc": row_cosine(ba, bb),
-            "cosine_bbc_centred": row_cosine(ba - ba.mean(0), bb - bb.mean(0)),
-            "spearman_mean": rho["mean"],
-            "spearman_median": rho["median"],
-            "head_own": (forward["head_score_old"] + backward["head_score_old"]) / 2,
-            "head_stitched": (forward["head_score_new"] + backward["head_score_new"]) / 2,
-            "stitch_ratio": (forward["head_ratio"] + backward["head_ratio"]) / 2,
-            "chance": forward["chance"],
-            "r10_within": (recall_at_10(wa[:nq], wa[nq:], probe.gold) + recall_at_10(wb[:nq], wb[nq:], probe.gold)) / 2,
-            "r10_cross": (recall_at_10(wb[:nq], wa[nq:], probe.gold) + recall_at_10(wa[:nq], wb[nq:], probe.gold)) / 2,
-            "mutual_knn10": mutual_knn(wa, wb, k=10),
-        })
+        rows.append(
+            {
+                "view": view,
+                "cosine_wordnet": row_cosine(wa, wb),
+                "cosine_bbc": row_cosine(ba, bb),
+                "cosine_bbc_centred": row_cosine(ba - ba.mean(0), bb - bb.mean(0)),
+                "spearman_mean": rho["mean"],
+                "spearman_median": rho["median"],
+                "head_own": (forward["head_score_old"] + backward["head_score_old"]) / 2,
+                "head_stitched": (forward["head_score_new"] + backward["head_score_new"]) / 2,
+                "stitch_ratio": (forward["head_ratio"] + backward["head_ratio"]) / 2,
+                "chance": forward["chance"],
+                "r10_within": (recall_at_10(wa[:nq], wa[nq:], probe.gold) + recall_at_10(wb[:nq], wb[nq:], probe.gold)) / 2,
+                "r10_cross": (recall_at_10(wb[:nq], wa[nq:], probe.gold) + recall_at_10(wa[:nq], wb[nq:], probe.gold)) / 2,
+                "mutual_knn10": mutual_knn(wa, wb, k=10),
+            }
+        )
     return rows
 
 
@@ -124,27 +129,71 @@ def main() -> None:
     runs = {name: Run(path, name) for name, path in runs.items()}
     probe = Probe.load()
     log("measuring")
-    quality = {name: {"bbc_probe": probe_accuracy(run.shipped(probe.bbc_texts), probe.bbc_labels),
-                      "r10": recall_at_10(run.shipped(probe.queries), run.shipped(probe.candidates), probe.gold)} for name, run in runs.items()}
-    results = {"seed pair (seed0 vs seed1)": compare(runs["seed0"], runs["seed1"], probe),
-               "halves pair (shard 0/2 vs shard 1/2)": compare(runs["half0"], runs["half1"], probe),
-               "control: seed0 vs seed0 rotated": compare(runs["seed0"], RotatedRun(runs["seed0"]), probe)}
+    quality = {
+        name: {
+            "bbc_probe": probe_accuracy(run.shipped(probe.bbc_texts), probe.bbc_labels),
+            "r10": recall_at_10(run.shipped(probe.queries), run.shipped(probe.candidates), probe.gold),
+        }
+        for name, run in runs.items()
+    }
+    results = {
+        "seed pair (seed0 vs seed1)": compare(runs["seed0"], runs["seed1"], probe),
+        "halves pair (shard 0/2 vs shard 1/2)": compare(runs["half0"], runs["half1"], probe),
+        "control: seed0 vs seed0 rotated": compare(runs["seed0"], RotatedRun(runs["seed0"]), probe),
+    }
 
-    header = ["pair", "view", "mean cos (WordNet)", "mean cos (BBC)", "BBC, centred", "coord. Spearman mean", "median", "head on own", "head stitched",
-              "stitch ratio", "R@10 within", "R@10 cross-run", "mutual kNN@10"]
+    header = [
+        "pair",
+        "view",
+        "mean cos (WordNet)",
+        "mean cos (BBC)",
+        "BBC, centred",
+        "coord. Spearman mean",
+        "median",
+        "head on own",
+        "head stitched",
+        "stitch ratio",
+        "R@10 within",
+        "R@10 cross-run",
+        "mutual kNN@10",
+    ]
     table_rows = []
     for pair, rows in results.items():
         for row in rows:
-            table_rows.append([pair, row["view"], row["cosine_wordnet"], row["cosine_bbc"], row["cosine_bbc_centred"], row["spearman_mean"], row["spearman_median"],
-                               row["head_own"], row["head_stitched"], row["stitch_ratio"], row["r10_within"], row["r10_cross"],
-                               row["mutual_knn10"]])
+            table_rows.append(
+                [
+                    pair,
+                    row["view"],
+                    row["cosine_wordnet"],
+                    row["cosine_bbc"],
+                    row["cosine_bbc_centred"],
+                    row["spearman_mean"],
+                    row["spearman_median"],
+                    row["head_own"],
+                    row["head_stitched"],
+                    row["stitch_ratio"],
+                    row["r10_within"],
+                    row["r10_cross"],
+                    row["mutual_knn10"],
+                ]
+            )
     goals = []
     for pair, rows in results.items():
         if pair.startswith("control"):
             continue
         rel, ab = rows[0], rows[2]
-        goals.append([pair, rel["cosine_wordnet"], "met" if rel["cosine_wordnet"] >= GOAL_COSINE else "MISSED", rel["stitch_ratio"],
-                      "met" if rel["stitch_ratio"] >= GOAL_STITCH else "MISSED", ab["cosine_wordnet"], ab["head_stitched"], ab["chance"]])
+        goals.append(
+            [
+                pair,
+                rel["cosine_wordnet"],
+                "met" if rel["cosine_wordnet"] >= GOAL_COSINE else "MISSED",
+                rel["stitch_ratio"],
+                "met" if rel["stitch_ratio"] >= GOAL_STITCH else "MISSED",
+                ab["cosine_wordnet"],
+                ab["head_stitched"],
+                ab["chance"],
+            ]
+        )
     quality_rows = [[name, q["bbc_probe"], q["r10"]] for name, q in quality.items()]
     markdown = (
         f"Tiny model, WordNet, {s} samples per run (batch 64), default TrainingConfig (absolute InfoNCE; relational read-out), "
@@ -155,14 +204,27 @@ def main() -> None:
         f"its absolute space (what retraining could do at best): it checks the measurements, not the encoders.\n\n"
         + markdown_table(header, table_rows)
         + "\nGoals (relational = all 256 coordinates):\n\n"
-        + markdown_table(["pair", "relational mean cos", "goal >= 0.9", "stitch ratio", "goal >= 0.95", "absolute mean cos",
-                          "absolute stitched acc", "chance"], goals)
+        + markdown_table(
+            [
+                "pair",
+                "relational mean cos",
+                "goal >= 0.9",
+                "stitch ratio",
+                "goal >= 0.95",
+                "absolute mean cos",
+                "absolute stitched acc",
+                "chance",
+            ],
+            goals,
+        )
         + "\nQuality of each run (relational, all 256): BBC 5-fold probe accuracy and gloss->lemma R@10:\n\n"
         + markdown_table(["run", "BBC probe", "R@10"], quality_rows)
     )
     name = "stability" if s == 30_000 else f"stability-{s}"  # other budgets keep the default's outputs
     plot(results, name)
-    write_outputs(name, markdown, {"samples": s, "results": results, "quality": quality, "seconds": round(time.perf_counter() - started, 1)})
+    write_outputs(
+        name, markdown, {"samples": s, "results": results, "quality": quality, "seconds": round(time.perf_counter() - started, 1)}
+    )
 
 
 def plot(results: dict, name: str) -> None:
@@ -173,8 +235,10 @@ def plot(results: dict, name: str) -> None:
     pairs = list(results)
     view_names = [row["view"] for row in results[pairs[0]]]
     width = 0.8 / len(view_names)
-    for metric, axis, title in (("cosine_wordnet", axes[0], "mean cosine between runs (held-out WordNet)"),
-                                ("stitch_ratio", axes[1], "zero-shot stitching (BBC head, ratio to own)")):
+    for metric, axis, title in (
+        ("cosine_wordnet", axes[0], "mean cosine between runs (held-out WordNet)"),
+        ("stitch_ratio", axes[1], "zero-shot stitching (BBC head, ratio to own)"),
+    ):
         for i, view in enumerate(view_names):
             values = [next(r[metric] for r in results[p] if r["view"] == view) for p in pairs]
             axis.bar(np.arange(len(pairs)) + i * width, values, width, label=view)

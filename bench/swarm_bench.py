@@ -37,9 +37,24 @@ def run_config(name: str, coordinator_dir: Path, peers: list[tuple[str, list[str
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     started = time.time()
-    coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1",
-                                               "--port", str(free_port()), "--http-host", "127.0.0.1", "--http-port", str(free_port())),
-                          logs / "coordinator.log")
+    coordinator = Service(
+        "coordinator",
+        cairn(
+            "coordinator",
+            "run",
+            "--workdir",
+            str(coordinator_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            str(free_port()),
+        ),
+        logs / "coordinator.log",
+    )
     coordinator.start(env)
     services = [coordinator]
     try:
@@ -49,10 +64,32 @@ def run_config(name: str, coordinator_dir: Path, peers: list[tuple[str, list[str
             for stale in (workdir / "peer-summary.json",):
                 stale.unlink(missing_ok=True)
             pin = ["taskset", "-c", ",".join(cpus)] if cpus else []
-            peer = Service(peer_name, pin + cairn("peer", "run", "--join", join, "--name", peer_name, "--workdir", str(workdir),
-                                                  "--host", "127.0.0.1", "--torch-threads", "1", "--no-progress", "--compression",
-                                                  compression, "--wait-for-peers", str(len(peers)), "--minutes", str(seconds / 60)),
-                           logs / f"{peer_name}.log")
+            peer = Service(
+                peer_name,
+                pin
+                + cairn(
+                    "peer",
+                    "run",
+                    "--join",
+                    join,
+                    "--name",
+                    peer_name,
+                    "--workdir",
+                    str(workdir),
+                    "--host",
+                    "127.0.0.1",
+                    "--torch-threads",
+                    "1",
+                    "--no-progress",
+                    "--compression",
+                    compression,
+                    "--wait-for-peers",
+                    str(len(peers)),
+                    "--minutes",
+                    str(seconds / 60),
+                ),
+                logs / f"{peer_name}.log",
+            )
             peer.start(env)
             services.append(peer)
         for peer in services[1:]:
@@ -62,7 +99,10 @@ def run_config(name: str, coordinator_dir: Path, peers: list[tuple[str, list[str
     summaries = [json.loads((root / "peers" / peer_name / "peer-summary.json").read_text()) for peer_name, _ in peers]
     epochs = max(s["epochs"] for s in summaries)
     return {
-        "config": name, "peers": len(peers), "compression": compression, "averaging": summaries[0]["averaging"],
+        "config": name,
+        "peers": len(peers),
+        "compression": compression,
+        "averaging": summaries[0]["averaging"],
         "samples_per_second_total": sum(s["samples_per_second"] for s in summaries),
         "utilisation_mean": statistics.mean(s["utilisation"] for s in summaries),
         "global_steps": epochs,
@@ -107,8 +147,10 @@ def main() -> None:
     print("| configuration | samples/s (all peers) | utilisation | global steps | MB sent per step per peer |")
     print("|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['config']} | {r['samples_per_second_total']:.0f} | {r['utilisation_mean']:.2f} | {r['global_steps']} | "
-              f"{r['bytes_sent_per_step_per_peer'] / 1e6:.2f} |")
+        print(
+            f"| {r['config']} | {r['samples_per_second_total']:.0f} | {r['utilisation_mean']:.2f} | {r['global_steps']} | "
+            f"{r['bytes_sent_per_step_per_peer'] / 1e6:.2f} |"
+        )
 
 
 if __name__ == "__main__":

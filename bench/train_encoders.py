@@ -38,9 +38,13 @@ def evaluate_orders(bundle: Path, corpus, quick: bool) -> dict:
     reference = reference_texts(corpus, 512)
     random_embedder = Embedder(embedder.model, embedder.tokenizer, calibrate(embedder.model, embedder.tokenizer, shuffled, reference))
     dims = (4, 8, 16, 32, 64, 128, farthest.size)
-    return run_suite({"relational": embedder.relational, "relational_random_order": random_embedder.relational,
-                      "absolute": embedder.absolute}, heldout_gloss_lemma(corpus), dims=dims, quick=quick,
-                     prefix_rows=("relational", "relational_random_order"))
+    return run_suite(
+        {"relational": embedder.relational, "relational_random_order": random_embedder.relational, "absolute": embedder.absolute},
+        heldout_gloss_lemma(corpus),
+        dims=dims,
+        quick=quick,
+        prefix_rows=("relational", "relational_random_order"),
+    )
 
 
 def main() -> None:
@@ -58,8 +62,13 @@ def main() -> None:
         started = time.monotonic()
         trained = train("wordnet", out, TrainingConfig(model=size), max_samples=int(samples), evaluate=False, show_progress=False)
         report = evaluate_orders(out, corpus, args.quick)
-        report["training"] = {"samples": trained.samples, "steps": trained.steps, "seconds": trained.seconds,
-                              "final_loss": trained.final_loss, "wall_seconds_with_eval": time.monotonic() - started}
+        report["training"] = {
+            "samples": trained.samples,
+            "steps": trained.steps,
+            "seconds": trained.seconds,
+            "final_loss": trained.final_loss,
+            "wall_seconds_with_eval": time.monotonic() - started,
+        }
         results[size] = report
         print(size, json.dumps(report["training"]), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

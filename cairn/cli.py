@@ -62,9 +62,14 @@ def _not_installed(name: str, message: str) -> click.Command:
     def refuse(args: tuple[str, ...]) -> None:
         raise CairnError(message)
 
-    return click.Command(name, callback=refuse, help=f"(not installed) {message}", add_help_option=False,
-                         params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
-                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    return click.Command(
+        name,
+        callback=refuse,
+        help=f"(not installed) {message}",
+        add_help_option=False,
+        params=[click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)],
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
 
 
 @click.group(cls=LazyGroup)

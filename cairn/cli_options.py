@@ -17,11 +17,33 @@ from cairn.protocol.settings import config_option, split_settings
 from cairn.protocol.run_config import SwarmConfig
 from cairn.protocol.run_config import TrainingConfig
 
-TRAINING_FIELDS = ("model", "initialisation", "vocabulary", "batch_size", "lr", "weight_decay", "start_pull", "warmup_updates",
-                   "landmarks", "landmark_order", "anchor_refresh_every", "seed")
+TRAINING_FIELDS = (
+    "model",
+    "initialisation",
+    "vocabulary",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "start_pull",
+    "warmup_updates",
+    "landmarks",
+    "landmark_order",
+    "anchor_refresh_every",
+    "seed",
+)
 OBJECTIVE_FIELDS = ("relational_weight", "absolute_weight", "temperature", "relational_temperature")
-SWARM_FIELDS = ("target_batch_size", "compression", "num_shards", "lease_seconds", "averaging_timeout", "averaging", "outer_every",
-                "outer_lr", "outer_overlap", "aggregation")
+SWARM_FIELDS = (
+    "target_batch_size",
+    "compression",
+    "num_shards",
+    "lease_seconds",
+    "averaging_timeout",
+    "averaging",
+    "outer_every",
+    "outer_lr",
+    "outer_overlap",
+    "aggregation",
+)
 OPTION_NAMES = {"num_shards": "--shards"}
 
 
@@ -33,15 +55,19 @@ def _apply(decorators: list[Callable], function: Callable) -> Callable:
 
 def training_options(function: Callable) -> Callable:
     """--model, --initialisation, --vocabulary, --batch-size, --lr, ... and the objective's weights."""
-    return _apply([config_option(TrainingConfig, name) for name in TRAINING_FIELDS]
-                  + [config_option(ObjectiveConfig, name) for name in OBJECTIVE_FIELDS], function)
+    return _apply(
+        [config_option(TrainingConfig, name) for name in TRAINING_FIELDS]
+        + [config_option(ObjectiveConfig, name) for name in OBJECTIVE_FIELDS],
+        function,
+    )
 
 
 def swarm_options(function: Callable) -> Callable:
     """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --averaging, --outer-every, --outer-lr,
     --outer-overlap, --aggregation."""
-    return _apply([config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ()))
-                   for name in SWARM_FIELDS], function)
+    return _apply(
+        [config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ())) for name in SWARM_FIELDS], function
+    )
 
 
 def training_config(settings: dict) -> TrainingConfig:
@@ -74,9 +100,12 @@ def passphrase_option(function: Callable) -> Callable:
     One option for every command that writes or uses a signing key, so `init`, `run`, `extend-landmarks` and the
     `keys` group read the passphrase from the same places in the same order (cairn.coordinator.publishing.keys).
     """
-    return click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
-                        help="file holding the passphrase of the root and targets keys (else $CAIRN_KEY_PASSPHRASE; "
-                        "neither: keys are written unencrypted, for a development run)")(function)
+    return click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="file holding the passphrase of the root and targets keys (else $CAIRN_KEY_PASSPHRASE; "
+        "neither: keys are written unencrypted, for a development run)",
+    )(function)
 
 
 def key_passphrase(passphrase_file: Path | None) -> bytes | None:

@@ -27,5 +27,6 @@ finish() {
 trap finish EXIT
 
 .venv/bin/ruff check cairn tests bench scripts
+.venv/bin/ruff format --check cairn tests bench scripts
 .venv/bin/mypy   # the files [tool.mypy] in pyproject.toml lists
 .venv/bin/python -m pytest -q --durations=20 "$@"

@@ -29,8 +29,14 @@ from cairn.peer.swarm import cairn, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,7 +147,9 @@ def serve_dashboard(workdir: Path, *, extra_args: Sequence[str] = (), startup_ti
 
 
 @contextmanager
-def dashboard_process(workdir: Path, *, extra_args: Sequence[str] = (), startup_timeout: float = 60.0) -> Iterator[tuple[str, subprocess.Popen]]:
+def dashboard_process(
+    workdir: Path, *, extra_args: Sequence[str] = (), startup_timeout: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """Like serve_dashboard, also yielding the server process (for its pid, say)."""
     port = free_port()
     command = cairn("dashboard", "serve", "--workdir", str(workdir), "--port", str(port), *extra_args)

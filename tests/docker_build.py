@@ -104,8 +104,11 @@ class _WheelHandler(http.server.BaseHTTPRequestHandler):
 
 # ---- the images ---------------------------------------------------------------------------------------
 
+
 def image_ids() -> set[str]:
-    listing = subprocess.run(["docker", "images", "--all", "--quiet", "--no-trunc"], capture_output=True, text=True, timeout=120, check=False)
+    listing = subprocess.run(
+        ["docker", "images", "--all", "--quiet", "--no-trunc"], capture_output=True, text=True, timeout=120, check=False
+    )
     if listing.returncode != 0:
         raise BuildError(f"docker images failed: {listing.stderr.strip()[-300:]}")
     return set(listing.stdout.split())
@@ -150,11 +153,14 @@ def build_images(log=print, cpu_shares: int | None = None) -> Built:
     try:
         if not image_exists(BASE_IMAGE):
             if shutil.which("debootstrap") is None:
-                raise CannotBuild(f"no base image {BASE_IMAGE} and no debootstrap to make one "
-                                  f"(apt-get install debootstrap, or `bash scripts/docker-engine.sh`)")
+                raise CannotBuild(
+                    f"no base image {BASE_IMAGE} and no debootstrap to make one "
+                    f"(apt-get install debootstrap, or `bash scripts/docker-engine.sh`)"
+                )
             started = time.monotonic()
-            made = subprocess.run(["bash", str(ROOT / "docker" / "make-base.sh"), BASE_IMAGE], capture_output=True, text=True,
-                                  timeout=900, check=False)
+            made = subprocess.run(
+                ["bash", str(ROOT / "docker" / "make-base.sh"), BASE_IMAGE], capture_output=True, text=True, timeout=900, check=False
+            )
             if made.returncode != 0:
                 raise BuildError(f"docker/make-base.sh failed: {(made.stderr or made.stdout)[-3000:]}")
             result.made_base = True
@@ -169,10 +175,33 @@ def build_images(log=print, cpu_shares: int | None = None) -> Built:
         for target, tag in result.images.items():
             started = time.monotonic()
             weight = ["--cpu-shares", str(cpu_shares)] if cpu_shares is not None else []
-            build = subprocess.run(["docker", "build", "--force-rm", "--network", "host", *weight, "-f", "docker/Dockerfile", "--target", target,
-                                    "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", f"TORCH_INDEX_URL={torch_index}",
-                                    "-t", tag, "."], cwd=ROOT, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
-                                   check=False)
+            build = subprocess.run(
+                [
+                    "docker",
+                    "build",
+                    "--force-rm",
+                    "--network",
+                    "host",
+                    *weight,
+                    "-f",
+                    "docker/Dockerfile",
+                    "--target",
+                    target,
+                    "--build-arg",
+                    f"BASE_IMAGE={BASE_IMAGE}",
+                    "--build-arg",
+                    f"TORCH_INDEX_URL={torch_index}",
+                    "-t",
+                    tag,
+                    ".",
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=BUILD_TIMEOUT,
+                check=False,
+            )
             if build.returncode != 0:
                 raise BuildError(f"docker build --target {target} failed:\n{(build.stdout + build.stderr)[-4000:]}")
             result.seconds[target] = time.monotonic() - started
@@ -190,8 +219,9 @@ def remove_built(built: Built) -> None:
     """Remove what this build created: the images made since it started that were built on the base (the tagged
     images, the intermediate images of their builds, those of a failed build), and the base if it made it; an image
     built meanwhile from anything else stays."""
-    base = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE], capture_output=True, text=True,
-                          check=False).stdout.strip()
+    base = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE], capture_output=True, text=True, check=False
+    ).stdout.strip()
     ours = set()
     for image in image_ids() - set(built.before):
         chain = subprocess.run(["docker", "history", "-q", "--no-trunc", image], capture_output=True, text=True, check=False).stdout.split()

@@ -56,8 +56,9 @@ class Process:
     def start(self) -> "Process":
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         with open(self.log, "ab") as handle:
-            self.popen = subprocess.Popen(self.args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True, cwd=ROOT, env=env)
+            self.popen = subprocess.Popen(
+                self.args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT, env=env
+            )
         return self
 
     @property
@@ -108,17 +109,55 @@ class Swarm:
         return self.root / "coordinator"
 
     def init(self, *extra: str) -> None:
-        result = subprocess.run(cairn("coordinator", "init", "--workdir", str(self.coordinator_dir), "--run-id", "test-run", "--corpus",
-                                      self.corpus, "--shards", "4", "--lease-seconds", "8", "--averaging-timeout", "10", *extra),
-                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            cairn(
+                "coordinator",
+                "init",
+                "--workdir",
+                str(self.coordinator_dir),
+                "--run-id",
+                "test-run",
+                "--corpus",
+                self.corpus,
+                "--shards",
+                "4",
+                "--lease-seconds",
+                "8",
+                "--averaging-timeout",
+                "10",
+                *extra,
+            ),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
 
     def start_coordinator(self, *extra: str) -> Process:
         workdir = Workdir(self.coordinator_dir)
         started = time.time()
-        process = Process("coordinator", cairn("coordinator", "run", "--workdir", str(self.coordinator_dir), "--host", "127.0.0.1",
-                                               "--port", str(self.dht_port), "--http-host", "127.0.0.1", "--http-port", str(self.http_port),
-                                               "--spot-check-seconds", "5", *extra), self.root / "coordinator.log").start()
+        process = Process(
+            "coordinator",
+            cairn(
+                "coordinator",
+                "run",
+                "--workdir",
+                str(self.coordinator_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.dht_port),
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                str(self.http_port),
+                "--spot-check-seconds",
+                "5",
+                *extra,
+            ),
+            self.root / "coordinator.log",
+        ).start()
         self.processes.append(process)
 
         def ready():
@@ -142,8 +181,26 @@ class Swarm:
     def start_peer(self, name: str, *extra: str) -> Process:
         workdir = self.root / "peers" / name
         workdir.mkdir(parents=True, exist_ok=True)
-        process = Process(name, cairn("peer", "run", "--join", self.join, "--name", name, "--workdir", str(workdir), "--host", "127.0.0.1",
-                                      "--torch-threads", "1", "--no-progress", *extra), self.root / f"{name}.log").start()
+        process = Process(
+            name,
+            cairn(
+                "peer",
+                "run",
+                "--join",
+                self.join,
+                "--name",
+                name,
+                "--workdir",
+                str(workdir),
+                "--host",
+                "127.0.0.1",
+                "--torch-threads",
+                "1",
+                "--no-progress",
+                *extra,
+            ),
+            self.root / f"{name}.log",
+        ).start()
         self.processes.append(process)
         return process
 

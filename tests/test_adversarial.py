@@ -175,15 +175,17 @@ def test_a_holder_whose_record_names_its_shard_is_never_taken_for_idle():
     dht = FakeDHT()
     ordinary_squats(dht, 2, holder="b" * 16)
     busy = {"b" * 16: 0}  # trains on shard 0 (its record says so); holds shard 1 as well without training on it
-    lease = ShardLease(dht, "run", "a" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=lambda: busy,
-                       idle_grace_seconds=0.0)
+    lease = ShardLease(dht, "run", "a" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=lambda: busy, idle_grace_seconds=0.0)
     assert lease.acquire(preferred=0) == 1
     busy["a" * 16] = 1  # our records name shard 1 from now on; b's squat is still the lease the DHT keeps
     assert lease.renew() and lease.shard == 1  # our own record does not make b look busy to us
-    assert ShardLease(dht, "run", "c" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=lambda: busy,
-                      idle_grace_seconds=0.0).acquire(preferred=0) is None  # 0: b trains there; 1: we do (no pile-up)
-    unreadable = ShardLease(dht, "run", "d" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=_raises,
-                            idle_grace_seconds=0.0)
+    assert (
+        ShardLease(
+            dht, "run", "c" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=lambda: busy, idle_grace_seconds=0.0
+        ).acquire(preferred=0)
+        is None
+    )  # 0: b trains there; 1: we do (no pile-up)
+    unreadable = ShardLease(dht, "run", "d" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=_raises, idle_grace_seconds=0.0)
     assert unreadable.acquire() is None  # no evidence, nobody is idle
 
 
@@ -222,8 +224,10 @@ def test_poll_once_survives_a_forged_record_and_bounds_a_forged_global_step(tmp_
 
     honest_key = b"[owner:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC0]"
     forged_key = b"[owner:ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC1]"
-    entries = {honest_key: SimpleNamespace(value=record(300).dict()),
-               forged_key: SimpleNamespace(value={**record(300).dict(), "samples": 2**63, "loss": float("nan")})}
+    entries = {
+        honest_key: SimpleNamespace(value=record(300).dict()),
+        forged_key: SimpleNamespace(value={**record(300).dict(), "samples": 2**63, "loss": float("nan")}),
+    }
     coordinator = Coordinator.__new__(Coordinator)
     coordinator.ledger = Ledger(tmp_path / "ledger.sqlite")
     coordinator.ledger.set_meta("trusted_epoch", "5")

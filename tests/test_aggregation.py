@@ -19,8 +19,16 @@ import torch
 from hivemind.averaging import allreduce
 
 from cairn.peer import aggregation
-from cairn.peer.aggregation import (CheckedTensorPartContainer, clip_radius, RobustTensorPartReducer, centered_clip, implausible, install_aggregation,
-                                    trim_count, trimmed_mean)
+from cairn.peer.aggregation import (
+    CheckedTensorPartContainer,
+    clip_radius,
+    RobustTensorPartReducer,
+    centered_clip,
+    implausible,
+    install_aggregation,
+    trim_count,
+    trimmed_mean,
+)
 
 ATTACKS = {
     "nan": lambda x: torch.full_like(x, math.nan),
@@ -101,8 +109,9 @@ def test_the_reducer_drops_a_non_finite_sender_with_one_line_naming_it(caplog):
         reducer.sender_names = ["peerA", "peerB", "peerC", "peerD"]
 
         async def sender(index: int) -> list[torch.Tensor]:
-            return [await reducer.accumulate_part(index, part, poisoned[index, part * 256:(part + 1) * 256], weight=32.0)
-                    for part in range(3)]
+            return [
+                await reducer.accumulate_part(index, part, poisoned[index, part * 256 : (part + 1) * 256], weight=32.0) for part in range(3)
+            ]
 
         return await asyncio.gather(*(sender(i) for i in (3, 1, 0, 2)))
 
@@ -110,7 +119,7 @@ def test_the_reducer_drops_a_non_finite_sender_with_one_line_naming_it(caplog):
         results = asyncio.run(run())
     lines = [r.getMessage() for r in caplog.records if r.name == "cairn.peer.aggregation"]
     for part in range(3):
-        slice_ = honest[[0, 1, 3], part * 256:(part + 1) * 256]
+        slice_ = honest[[0, 1, 3], part * 256 : (part + 1) * 256]
         expected = centered_clip(slice_)
         for answer in results:
             assert torch.allclose(answer[part], expected)
@@ -172,18 +181,29 @@ def start_group(rule: str, inputs: list[list[torch.Tensor]], evil_reducer: type 
     `evil_reducer` as its reducer class when given (the honest ones have already forked with the installed rule)."""
     install_aggregation(rule)
     first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-    dhts = [first] + [hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())
-                      for _ in inputs[1:]]
+    dhts = [first] + [
+        hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs()) for _ in inputs[1:]
+    ]
     averagers = []
     for index, (dht, tensors) in enumerate(zip(dhts, inputs)):
         evil = evil_reducer is not None and index == len(inputs) - 1
         if evil:
             allreduce.TensorPartReducer = evil_reducer
         try:
-            averagers.append(hivemind.averaging.DecentralizedAverager(
-                [t.clone() for t in tensors], dht=dht, start=True, prefix=prefix, target_group_size=len(inputs),
-                min_group_size=len(inputs), min_matchmaking_time=3.0, request_timeout=1.0, next_chunk_timeout=5.0,
-                part_size_bytes=4096))
+            averagers.append(
+                hivemind.averaging.DecentralizedAverager(
+                    [t.clone() for t in tensors],
+                    dht=dht,
+                    start=True,
+                    prefix=prefix,
+                    target_group_size=len(inputs),
+                    min_group_size=len(inputs),
+                    min_matchmaking_time=3.0,
+                    request_timeout=1.0,
+                    next_chunk_timeout=5.0,
+                    part_size_bytes=4096,
+                )
+            )
         finally:
             if evil:
                 install_aggregation(rule)

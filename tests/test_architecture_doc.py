@@ -16,7 +16,7 @@ def _table_rows(heading: str) -> list[str]:
     text = DOC.read_text()
     start = text.index(f"{heading}\n")
     end = text.find("\n## ", start + 1)
-    return [line for line in text[start:end if end != -1 else None].splitlines() if line.startswith("| ") and "---" not in line]
+    return [line for line in text[start : end if end != -1 else None].splitlines() if line.startswith("| ") and "---" not in line]
 
 
 def _resolve(name: str, folders: list[Path]) -> bool:
@@ -24,7 +24,8 @@ def _resolve(name: str, folders: list[Path]) -> bool:
     if (ROOT / name).exists():
         return True
     return any((folder / name).exists() for folder in folders) or any(
-        path.exists() for path in (ROOT / "cairn" / name, ROOT / "cairn" / "protocol" / name))
+        path.exists() for path in (ROOT / "cairn" / name, ROOT / "cairn" / "protocol" / name)
+    )
 
 
 def test_every_path_in_the_where_a_change_goes_table_exists():

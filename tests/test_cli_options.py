@@ -30,9 +30,11 @@ def _numeric_options():
 
 
 def test_every_numeric_option_has_a_range():
-    unbounded = [f"cairn {path} {param.opts[0]}" for path, param in _numeric_options()
-                 if not isinstance(param.type, (click.IntRange, click.FloatRange))
-                 or (param.type.min is None and param.type.max is None)]
+    unbounded = [
+        f"cairn {path} {param.opts[0]}"
+        for path, param in _numeric_options()
+        if not isinstance(param.type, (click.IntRange, click.FloatRange)) or (param.type.min is None and param.type.max is None)
+    ]
     assert not unbounded, "numeric options without a range:\n" + "\n".join(unbounded)
 
 
@@ -48,14 +50,17 @@ def test_every_batch_size_needs_two_pairs():
         assert param.type.min == 2, (path, param.type)
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--batch-size", "0"],
-    ["train", "--batch-size", "1"],
-    ["coordinator", "init", "--workdir", "unused", "--batch-size", "0"],
-    ["peer", "run", "--join", "/ip4/127.0.0.1/tcp/1/p2p/QmUnused", "--batch-size", "1"],
-    ["peer", "run", "--join", "/ip4/127.0.0.1/tcp/1/p2p/QmUnused", "--port", "70000"],
-    ["coordinator", "run", "--workdir", "unused", "--release-every", "-1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--batch-size", "0"],
+        ["train", "--batch-size", "1"],
+        ["coordinator", "init", "--workdir", "unused", "--batch-size", "0"],
+        ["peer", "run", "--join", "/ip4/127.0.0.1/tcp/1/p2p/QmUnused", "--batch-size", "1"],
+        ["peer", "run", "--join", "/ip4/127.0.0.1/tcp/1/p2p/QmUnused", "--port", "70000"],
+        ["coordinator", "run", "--workdir", "unused", "--release-every", "-1"],
+    ],
+)
 def test_out_of_range_numbers_are_refused_at_once(argv, tmp_path):
     result = subprocess.run([sys.executable, "-m", "cairn.cli", *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr

@@ -20,8 +20,13 @@ from cairn.protocol.run_config import TrainingConfig
 from cairn.training.task import TrainingTask, reference_texts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONFIG = TrainingConfig(landmarks=16, reference_size=32, batch_size=8, anchor_refresh_every=5,
-                        objective=replace(TrainingConfig().objective, prefix_dims=(8, 16), compat_weight=1.0))
+CONFIG = TrainingConfig(
+    landmarks=16,
+    reference_size=32,
+    batch_size=8,
+    anchor_refresh_every=5,
+    objective=replace(TrainingConfig().objective, prefix_dims=(8, 16), compat_weight=1.0),
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,9 @@ def make_task(bundle_dir: Path, corpus: str) -> TrainingTask:
     from cairn.corpora import load_corpus
 
     embedder = load_bundle(bundle_dir, "cpu")
-    return TrainingTask(embedder.model, embedder.tokenizer, embedder.landmarks,
-                        reference_texts(load_corpus(corpus), CONFIG.reference_size), CONFIG)
+    return TrainingTask(
+        embedder.model, embedder.tokenizer, embedder.landmarks, reference_texts(load_corpus(corpus), CONFIG.reference_size), CONFIG
+    )
 
 
 def test_the_parent_follows_new_releases_and_survives_errors(bundle, tmp_path, monkeypatch):

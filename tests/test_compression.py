@@ -129,7 +129,9 @@ def _two_peer_adam(compression, rounds: int = 20) -> tuple[torch.Tensor, torch.T
             part = deserialize_torch_tensor(sent)
             averaged = (part + gradients[owner][half]) / 2
             received[owner][half] = averaged
-            received[sender][half] = gradients[sender][half] + deserialize_torch_tensor(serialize_torch_tensor(averaged - part, sent.compression))
+            received[sender][half] = gradients[sender][half] + deserialize_torch_tensor(
+                serialize_torch_tensor(averaged - part, sent.compression)
+            )
         for weight, optimizer, gradient in zip(weights, optimizers, received):
             weight.grad = gradient
             optimizer.step()

@@ -22,8 +22,9 @@ def test_start_with_only_departed_known_peers_falls_back_to_a_new_network(tmp_pa
     assert load_known_peers(workdir) == [dead]
     config = RunConfig("restart-test", "wordnet", "c" * 64, "t" * 64, "l" * 64, 1)
     port = free_port()
-    dht = start_dht(workdir, config, CoordinatorOptions(workdir=tmp_path, host="127.0.0.1", port=port),
-                    load_or_create_identity(tmp_path / "dht.pem"))
+    dht = start_dht(
+        workdir, config, CoordinatorOptions(workdir=tmp_path, host="127.0.0.1", port=port), load_or_create_identity(tmp_path / "dht.pem")
+    )
     try:
         assert any(f"/tcp/{port}/" in str(address) for address in dht.get_visible_maddrs())
     finally:

@@ -18,7 +18,7 @@ from cairn.corpora import Pair, load_corpus
 from cairn.corpora.base import PairCorpus, held_out
 from cairn.corpora.hf import load_hf
 from cairn.corpora.jsonl import load_jsonl
-from cairn.corpora.wordnet import (DEFAULT_DIR, heldout_gloss_lemma, load_wordnet, parse_line, read_synsets, synset_pairs)
+from cairn.corpora.wordnet import DEFAULT_DIR, heldout_gloss_lemma, load_wordnet, parse_line, read_synsets, synset_pairs
 from cairn.protocol.errors import CorpusError
 
 ROWS = [{"q": f"question number {i}", "a": f"answer number {i}", "extra": i} for i in range(200)]
@@ -53,10 +53,20 @@ def _invalid_json(tmp: Path) -> Path:
     return tmp / "broken.jsonl"
 
 
-BAD_INPUTS = {"missing file": _missing, "wrong columns": _wrong_columns, "empty corpus": _empty, "non-UTF-8 bytes": _non_utf8,
-              "invalid JSON line": _invalid_json}
-EXPECTED = {"missing file": "no such file|not found", "wrong columns": "missing column", "empty corpus": "empty",
-            "non-UTF-8 bytes": "UTF-8", "invalid JSON line": "JSON"}
+BAD_INPUTS = {
+    "missing file": _missing,
+    "wrong columns": _wrong_columns,
+    "empty corpus": _empty,
+    "non-UTF-8 bytes": _non_utf8,
+    "invalid JSON line": _invalid_json,
+}
+EXPECTED = {
+    "missing file": "no such file|not found",
+    "wrong columns": "missing column",
+    "empty corpus": "empty",
+    "non-UTF-8 bytes": "UTF-8",
+    "invalid JSON line": "JSON",
+}
 
 
 # ---- JSON lines ------------------------------------------------------------------------------------------------
@@ -87,12 +97,15 @@ def test_jsonl_bad_inputs(tmp_path, case):
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("line, expected", [
-    ('["q", "a"]', "expected an object"),
-    ('{"q": "x", "a": 3}', "non-empty strings"),
-    ('{"q": "x", "a": "  "}', "non-empty strings"),
-    ('{"q": null, "a": "y"}', "non-empty strings"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ('["q", "a"]', "expected an object"),
+        ('{"q": "x", "a": 3}', "non-empty strings"),
+        ('{"q": "x", "a": "  "}', "non-empty strings"),
+        ('{"q": null, "a": "y"}', "non-empty strings"),
+    ],
+)
 def test_jsonl_bad_records_name_their_line(tmp_path, line, expected):
     path = tmp_path / "records.jsonl"
     path.write_text('{"q": "ok", "a": "ok"}\n' + line + "\n", encoding="utf-8")
@@ -153,9 +166,17 @@ def cairn_command() -> list[str]:
 
 @pytest.mark.parametrize("make", ["missing", "invalid JSON"])
 def test_cli_reports_corpus_errors_in_one_line(tmp_path, make):
-    corpus = {"missing": lambda: Path("/missing"), "non-UTF-8": lambda: _non_utf8(tmp_path), "invalid JSON": lambda: _invalid_json(tmp_path)}[make]()
-    result = subprocess.run(cairn_command() + ["train", "--corpus", f"jsonl:{corpus}", "--max-samples", "10", "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=120)
+    corpus = {
+        "missing": lambda: Path("/missing"),
+        "non-UTF-8": lambda: _non_utf8(tmp_path),
+        "invalid JSON": lambda: _invalid_json(tmp_path),
+    }[make]()
+    result = subprocess.run(
+        cairn_command() + ["train", "--corpus", f"jsonl:{corpus}", "--max-samples", "10", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(corpus) in lines[0]
@@ -187,9 +208,11 @@ def test_wordnet_malformed_data_files(tmp_path, content):
         read_synsets(tmp_path)
 
 
-DOG = ("02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 023 @ 02083346 n 0000 | a member of the genus Canis "
-       '(probably descended from the common wolf) that has been domesticated by man since prehistoric times; occurs in many breeds; '
-       '"the dog barked all night"  ')
+DOG = (
+    "02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 023 @ 02083346 n 0000 | a member of the genus Canis "
+    "(probably descended from the common wolf) that has been domesticated by man since prehistoric times; occurs in many breeds; "
+    '"the dog barked all night"  '
+)
 
 
 def test_parse_line():

@@ -79,7 +79,9 @@ async def client(aiohttp_client, workdir):
     return await aiohttp_client(make_app(_config(workdir), clock=lambda: NOW))
 
 
-async def raw_request(client, target: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+async def raw_request(
+    client, target: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
     """Send `target` exactly as written; return status, headers (lower-case names) and body."""
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     lines = [f"{method} {target} HTTP/1.1", f"Host: {client.server.host}", "Connection: close"]
@@ -113,7 +115,7 @@ async def test_every_page_renders_with_security_headers(client, path):
     assert response.content_type == "text/html"
     assert_security_headers(response.headers)
     html = await response.text()
-    assert "<script src=\"/static/dashboard.js?v=" in html
+    assert '<script src="/static/dashboard.js?v=' in html
     assert re.search(r"<script>(?!alert)", html) is None, "no inline script (the CSP would block it)"
     assert ' style="' not in html, "no inline style attributes (the CSP would block them)"
 
@@ -152,7 +154,12 @@ async def test_swarm_page_shows_numbers_and_join_command(client):
 @aio
 @pytest.mark.parametrize(
     "sort, key, reverse",
-    [("samples", "credited_samples", True), ("hours", "hours_online", True), ("shards", "shards_completed", True), ("name", "display_name", False)],
+    [
+        ("samples", "credited_samples", True),
+        ("hours", "hours_online", True),
+        ("shards", "shards_completed", True),
+        ("name", "display_name", False),
+    ],
 )
 async def test_leaderboard_sorting(client, sort, key, reverse):
     data = await (await client.get(f"/api/contributors?sort={sort}")).json()
@@ -206,7 +213,10 @@ async def test_convergence_data_and_charts(client):
     assert len(data["peer_loss"]) == 4
     by_version = {r["version"]: r for r in data["releases"]}
     assert list(by_version) == ["0.1.0", "0.2.0", "0.3.0"]
-    assert by_version["0.2.0"]["metrics"]["relational/full/simlex_spearman"] > by_version["0.1.0"]["metrics"]["relational/full/simlex_spearman"]
+    assert (
+        by_version["0.2.0"]["metrics"]["relational/full/simlex_spearman"]
+        > by_version["0.1.0"]["metrics"]["relational/full/simlex_spearman"]
+    )
     assert [dims for dims, _ in by_version["0.2.0"]["matryoshka"]["relational/simlex_spearman"]] == [16, 32, 64]
     assert by_version["0.2.0"]["compatibility"]["relational/head_ratio"] == 0.963
     assert by_version["0.2.0"]["compatibility"]["parent"] == "0.1.0"
@@ -216,7 +226,10 @@ async def test_convergence_data_and_charts(client):
     assert promises["Matryoshka"]["met"] is False and promises["Matryoshka"]["detail"] == "random landmark order: 64"
     previous = promises["Compatibility with the previous release"]
     assert previous["measured"] == 0.963 and previous["met"] is False and previous["detail"] == "absolute vectors: 36.5%"
-    assert promises["Alignment with all-MiniLM-L6-v2"]["measured"] == pytest.approx(0.225) and promises["Alignment with all-MiniLM-L6-v2"]["met"] is None
+    assert (
+        promises["Alignment with all-MiniLM-L6-v2"]["measured"] == pytest.approx(0.225)
+        and promises["Alignment with all-MiniLM-L6-v2"]["met"] is None
+    )
     assert [row["promise"].split(":")[0] for row in by_version["0.1.0"]["promises"]] == ["Matryoshka", "Alignment with all-MiniLM-L6-v2"]
     html = await (await client.get("/convergence")).text()
     # loss x2; metrics: 5 suite metrics + k95 + mutual_knn10; Matryoshka: 5 suite curves + 3 probe curves; compatibility per view
@@ -556,6 +569,7 @@ async def test_dashboard_never_writes_and_restart_loses_nothing(aiohttp_client, 
         await client.close()
     assert answers[0] == answers[1]
     after = _fingerprint(workdir_copy)
+
     def content(files):  # SQLite's -wal/-shm bookkeeping may come and go; the database itself must not change
         return {k: v for k, v in files.items() if not k.endswith(("-wal", "-shm"))}
 
@@ -580,18 +594,27 @@ class FakeLive:
 
 def _record(name: str, **overrides) -> ContributionRecord:
     """A record with the fields the dashboard reads (construct: the rest of the schema is the peer's business)."""
-    fields = {"display_name": name, "samples_per_second": 77.0, "device": "cpu", "uptime_seconds": 120.0, "shard": 5, "loss": 1.5,
-              "reported_at": NOW - 2.0}
+    fields = {
+        "display_name": name,
+        "samples_per_second": 77.0,
+        "device": "cpu",
+        "uptime_seconds": 120.0,
+        "shard": 5,
+        "loss": 1.5,
+        "reported_at": NOW - 2.0,
+    }
     return ContributionRecord.construct(**{**fields, **overrides})
 
 
 @aio
 async def test_live_dht_records_join_the_swarm_view(aiohttp_client, workdir):
-    live = FakeLive({
-        ALICE: _record("alice-laptop", samples_per_second=99.5, shard=3),
-        "00000000000000dd": _record("dht-only <b>"),
-        "00000000000000ee": _record("stale", reported_at=NOW - 600.0),
-    })
+    live = FakeLive(
+        {
+            ALICE: _record("alice-laptop", samples_per_second=99.5, shard=3),
+            "00000000000000dd": _record("dht-only <b>"),
+            "00000000000000ee": _record("stale", reported_at=NOW - 600.0),
+        }
+    )
     client = await aiohttp_client(make_app(_config(workdir), clock=lambda: NOW, live=live))
     data = await (await client.get("/api/swarm")).json()
     peers = {p["public_id"]: p for p in data["peers"]}
@@ -663,19 +686,56 @@ def test_promise_rows_never_guess_from_malformed_manifests():
     from cairn.releases.manifest import Manifest
 
     leaves = st.one_of(st.none(), st.booleans(), st.integers(-5, 500), st.floats(allow_nan=False), st.text(max_size=5))
-    documents = st.recursive(leaves, lambda children: st.one_of(st.lists(children, max_size=3),
-                                                                 st.dictionaries(st.sampled_from(
-                                                                     ["matryoshka", "outside", "relational", "absolute", "goal", "k95",
-                                                                      "head_ratio", "grandparent", "mutual_knn10", "chance", "random_order", "yardstick",
-                                                                      "scores", "full", "mode", "gloss_lemma_r10", "bbc_probe_acc"]),
-                                                                     children, max_size=4)), max_leaves=20)
+    documents = st.recursive(
+        leaves,
+        lambda children: st.one_of(
+            st.lists(children, max_size=3),
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "matryoshka",
+                        "outside",
+                        "relational",
+                        "absolute",
+                        "goal",
+                        "k95",
+                        "head_ratio",
+                        "grandparent",
+                        "mutual_knn10",
+                        "chance",
+                        "random_order",
+                        "yardstick",
+                        "scores",
+                        "full",
+                        "mode",
+                        "gloss_lemma_r10",
+                        "bbc_probe_acc",
+                    ]
+                ),
+                children,
+                max_size=4,
+            ),
+        ),
+        max_leaves=20,
+    )
 
     @settings(max_examples=300, deadline=None)
-    @given(st.dictionaries(st.sampled_from(["matryoshka", "outside", "yardstick", "relational"]), documents), st.dictionaries(
-        st.sampled_from(["relational", "absolute", "grandparent"]), documents))
+    @given(
+        st.dictionaries(st.sampled_from(["matryoshka", "outside", "yardstick", "relational"]), documents),
+        st.dictionaries(st.sampled_from(["relational", "absolute", "grandparent"]), documents),
+    )
     def check(metrics, compatibility):
-        base = Manifest(version=None, parent_version=None, run_id="r", global_step=0, landmarks_version=1,
-                        landmarks_digest="0" * 64, files={}, metrics=metrics, compatibility=compatibility)
+        base = Manifest(
+            version=None,
+            parent_version=None,
+            run_id="r",
+            global_step=0,
+            landmarks_version=1,
+            landmarks_digest="0" * 64,
+            files={},
+            metrics=metrics,
+            compatibility=compatibility,
+        )
         for row in promise_rows(base):
             assert row["measured"] is None or isinstance(row["measured"], float)
             assert row["met"] in (None, True, False)
@@ -695,8 +755,17 @@ def test_the_yardstick_rows_say_which_tasks_a_release_beats():
     block = against_yardstick(mine, theirs, quick=True)
     assert block["beats"] == {"gloss_lemma_r10": True, "simlex_spearman": False, "wordsim_spearman": True, "bbc_probe_acc": True}
     assert block["beats_all"] is False and block["mode"] == "quick"
-    manifest = Manifest(version=None, parent_version=None, run_id="r", global_step=0, landmarks_version=1, landmarks_digest="0" * 64,
-                        files={}, metrics={"relational": {"full": mine}, "yardstick": block}, compatibility={})
+    manifest = Manifest(
+        version=None,
+        parent_version=None,
+        run_id="r",
+        global_step=0,
+        landmarks_version=1,
+        landmarks_digest="0" * 64,
+        files={},
+        metrics={"relational": {"full": mine}, "yardstick": block},
+        compatibility={},
+    )
     rows = {row["promise"]: row for row in promise_rows(manifest) if "yardstick" in row["promise"]}
     assert len(rows) == 4
     assert rows["Beats the TF-IDF+SVD yardstick: SimLex-999 ρ"]["met"] is False

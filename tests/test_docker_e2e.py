@@ -77,8 +77,9 @@ def compose_command() -> list[str] | None:
 
 _problem = engine_problem()
 if _problem:
-    pytest.skip(f"container tests skipped: {_problem}; `bash scripts/docker-engine.sh` installs and starts an engine",
-                allow_module_level=True)
+    pytest.skip(
+        f"container tests skipped: {_problem}; `bash scripts/docker-engine.sh` installs and starts an engine", allow_module_level=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +107,10 @@ def built():
 
 # ---- no secrets in any layer --------------------------------------------------------------------------
 
-SECRET_PATH = re.compile(r"(^|/)(identity\.pem|p2p\.key|dht\.pem|ledger\.sqlite[^/]*|run\.json|coordinator\.json|\.env|\.netrc|"
-                         r"\.pypirc|\.git-credentials|\.dockercfg|config\.json|token|cairn-swarm)$|(^|/)keys/[^/]+\.pem$|\.key$")
+SECRET_PATH = re.compile(
+    r"(^|/)(identity\.pem|p2p\.key|dht\.pem|ledger\.sqlite[^/]*|run\.json|coordinator\.json|\.env|\.netrc|"
+    r"\.pypirc|\.git-credentials|\.dockercfg|config\.json|token|cairn-swarm)$|(^|/)keys/[^/]+\.pem$|\.key$"
+)
 # a PEM block with a body, not the bare marker a library keeps as a constant (cryptography's ssh.py does)
 PRIVATE_KEY = re.compile(rb"-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----\s*(?:[A-Za-z0-9+/=:,-]+\s*){2,}-----END ([A-Z0-9]+ )*PRIVATE KEY-----")
 CREDENTIAL = re.compile(r"(://[^/\s:@]+:[^/\s@]+@|(TOKEN|SECRET|PASSWORD|API_KEY)[A-Z_]*=\S)", re.IGNORECASE)
@@ -151,9 +154,11 @@ def test_no_secret_in_any_layer(built):
 
 # ---- the compose network ------------------------------------------------------------------------------
 
-INIT_ARGS = ("--run-id compose-e2e --corpus wordnet --shards 4 --lease-seconds 8 --averaging-timeout 10 "
-             "--target-batch-size 128 --batch-size 32 --compat-weight 0 --initialisation random --landmarks 64 "
-             "--no-outside-reference")  # as `run` below: no reference encoder or yardstick (~66 s of CPU at init)
+INIT_ARGS = (
+    "--run-id compose-e2e --corpus wordnet --shards 4 --lease-seconds 8 --averaging-timeout 10 "
+    "--target-batch-size 128 --batch-size 32 --compat-weight 0 --initialisation random --landmarks 64 "
+    "--no-outside-reference"
+)  # as `run` below: no reference encoder or yardstick (~66 s of CPU at init)
 RELEASE_EVERY = 3
 
 
@@ -210,8 +215,13 @@ class Network:
         return Path(_run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", f"{self.project}_{name}"]).stdout.strip())
 
     def logs(self) -> str:
-        result = subprocess.run([*self.compose, "-p", self.project, "-f", str(self.file), "logs", "--no-color", "--tail", "40"],
-                                capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(
+            [*self.compose, "-p", self.project, "-f", str(self.file), "logs", "--no-color", "--tail", "40"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         self.log.write_text(result.stdout + result.stderr)
         return (result.stdout + result.stderr)[-6000:]
 
@@ -271,8 +281,11 @@ def test_compose_network_end_to_end(built: Built, tmp_path: Path):
         timings["release"] = time.monotonic() - started
         root = tmp_path / "1.root.json"
         shutil.copy(coordinator_dir / "repository" / "metadata" / "1.root.json", root)
-        pulled = _run(cairn("release", "pull", url, "--version", version, "--to", str(tmp_path / "release"), "--root", str(root)),
-                      timeout=300, env=env)
+        pulled = _run(
+            cairn("release", "pull", url, "--version", version, "--to", str(tmp_path / "release"), "--root", str(root)),
+            timeout=300,
+            env=env,
+        )
         assert f"installed release {version}" in pulled.stdout
         verified = _run(cairn("release", "verify", str(tmp_path / "release"), "--root", str(root)), timeout=300, env=env)
         assert verified.stdout.startswith(f"ok: release {version}")
@@ -286,7 +299,8 @@ def test_compose_network_end_to_end(built: Built, tmp_path: Path):
             elapsed = time.monotonic() - stop_started
             state = json.loads(_run(["docker", "inspect", before[name]["Id"]]).stdout)[0]["State"]
             assert elapsed < GRACE_SECONDS and state["ExitCode"] in (0, 143) and not state["OOMKilled"], (
-                f"{name}: exit code {state['ExitCode']} after {elapsed:.0f} s of a {GRACE_SECONDS} s grace period\n{net.logs()}")
+                f"{name}: exit code {state['ExitCode']} after {elapsed:.0f} s of a {GRACE_SECONDS} s grace period\n{net.logs()}"
+            )
             timings[f"stop {name}"] = elapsed
         releases = ledger(Workdir(coordinator_dir).ledger, "SELECT version, global_step, manifest_json FROM releases ORDER BY version")
         records = ledger(Workdir(coordinator_dir).ledger, "SELECT COUNT(*) FROM records")[0][0]
@@ -299,7 +313,12 @@ def test_compose_network_end_to_end(built: Built, tmp_path: Path):
         net("up", "-d", "--no-build", timeout=START_TIMEOUT)
         net.wait("every container to be healthy again", lambda: net.all_healthy(services), START_TIMEOUT, 3)
         timings["healthy again"] = time.monotonic() - restarted
-        assert ledger(Workdir(coordinator_dir).ledger, "SELECT version, global_step, manifest_json FROM releases ORDER BY version")[:len(releases)] == releases
+        assert (
+            ledger(Workdir(coordinator_dir).ledger, "SELECT version, global_step, manifest_json FROM releases ORDER BY version")[
+                : len(releases)
+            ]
+            == releases
+        )
         assert ledger(Workdir(coordinator_dir).ledger, "SELECT COUNT(*) FROM records")[0][0] >= records
         after = digests(coordinator_dir / "repository" / "targets")
         assert {k: after.get(k) for k in repository} == repository, "a signed release file changed across the restart"
@@ -308,8 +327,13 @@ def test_compose_network_end_to_end(built: Built, tmp_path: Path):
         listed = _run(cairn("release", "list", url, "--root", str(root)), timeout=120, env=env).stdout
         assert version in listed
     finally:
-        down = subprocess.run([*net.compose, "-p", net.project, "-f", str(file), "down", "--volumes", "--remove-orphans", "--timeout", "10"],
-                              capture_output=True, text=True, timeout=300, check=False)
+        down = subprocess.run(
+            [*net.compose, "-p", net.project, "-f", str(file), "down", "--volumes", "--remove-orphans", "--timeout", "10"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         timings["total"] = time.monotonic() - started
         print("\ncompose network: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     assert down.returncode == 0, down.stderr

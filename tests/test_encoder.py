@@ -11,8 +11,17 @@ import pytest
 import torch
 
 from cairn.protocol.embedder import Embedder, calibrate, encode_texts, load_bundle, save_bundle
-from cairn.protocol.encoder import (CONFIG_FILE, MODEL_SIZES, WEIGHTS_FILE, Encoder, EncoderConfig, config_for, load_encoder, pick_device,
-                              save_encoder)
+from cairn.protocol.encoder import (
+    CONFIG_FILE,
+    MODEL_SIZES,
+    WEIGHTS_FILE,
+    Encoder,
+    EncoderConfig,
+    config_for,
+    load_encoder,
+    pick_device,
+    save_encoder,
+)
 from cairn.protocol.errors import CairnError
 from cairn.protocol.landmarks import LandmarkSet
 from cairn.protocol.tokenizer import TextTokenizer, train_tokenizer
@@ -167,8 +176,12 @@ class Rotated(Encoder):
         return self.scale * (super().forward(input_ids, attention_mask) @ self.q)
 
 
-TEXTS = [f"{a} {n} {v}" for a in ("red", "blue", "old", "tiny", "bright") for n in ("fox", "river", "house", "song")
-         for v in ("sleeps", "flows", "stands", "plays")]
+TEXTS = [
+    f"{a} {n} {v}"
+    for a in ("red", "blue", "old", "tiny", "bright")
+    for n in ("fox", "river", "house", "song")
+    for v in ("sleeps", "flows", "stands", "plays")
+]
 
 
 def test_rotating_the_encoder_output_leaves_the_relational_embedding_unchanged(mini, tmp_path):

@@ -188,9 +188,7 @@ def test_run_suite_prefixes_and_report_shape():
     assert list(report["narrow"]) == ["16", "32", "full"]
     for row in ("relational", "absolute", "narrow"):
         for scores in report[row].values():
-            assert list(scores) == [
-                "gloss_lemma_r1", "gloss_lemma_r10", "simlex_spearman", "wordsim_spearman", "bbc_probe_acc"
-            ]
+            assert list(scores) == ["gloss_lemma_r1", "gloss_lemma_r10", "simlex_spearman", "wordsim_spearman", "bbc_probe_acc"]
             assert scores["gloss_lemma_r1"] == 1.0  # glosses embed exactly like their lemma, at every prefix
         assert len(calls[row]) == len(set(calls[row])) == report["meta"]["sizes"]["distinct_texts"]
     assert report["meta"]["widths"] == {"relational": 256, "absolute": 384, "narrow": 48}

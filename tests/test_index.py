@@ -32,8 +32,11 @@ def releases(bundle, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
     root = tmp_path_factory.mktemp("index-releases")
     r2_bundle = extended_copy(bundle, root / "b2", new_anchors=["a brand new anchor", "another new anchor"])
     bad_bundle = extended_copy(bundle, root / "bad", reorder=True)
-    return {"r1": make_release(bundle, root / "r1", "0.1.0"), "r2": make_release(r2_bundle, root / "r2", "0.2.0"),
-            "bad": make_release(bad_bundle, root / "rbad", "0.3.0")}
+    return {
+        "r1": make_release(bundle, root / "r1", "0.1.0"),
+        "r2": make_release(r2_bundle, root / "r2", "0.2.0"),
+        "bad": make_release(bad_bundle, root / "rbad", "0.3.0"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +87,22 @@ def test_build_and_search_round_trip(releases, docs, tmp_path):
 
 def test_cli_build_search_info(releases, docs, tmp_path):
     out = tmp_path / "idx"
-    built = run_cli("index", "build", "--release", str(releases["r1"]), "--data", str(docs), "--id-column", "id", "--out", str(out),
-                    "--coarse-dims", "16", "--device", "cpu")
+    built = run_cli(
+        "index",
+        "build",
+        "--release",
+        str(releases["r1"]),
+        "--data",
+        str(docs),
+        "--id-column",
+        "id",
+        "--out",
+        str(out),
+        "--coarse-dims",
+        "16",
+        "--device",
+        "cpu",
+    )
     assert built.returncode == 0, built.stderr
     assert "indexed 96 documents with 32 coordinates" in built.stdout
     found = run_cli("index", "search", str(out), "the red fox stands there", "the giant crane", "-k", "3", "--device", "cpu")
@@ -105,8 +122,9 @@ def test_exact_engine_is_brute_force_over_the_prefix(releases, docs, tmp_path):
     config = IndexConfig(coarse_dims=4, shortlist=96, engine="exact")
     with build_index(releases["r1"], docs, tmp_path / "idx", config, id_column="id", device="cpu") as index:
         queries = ["the red fox", "a quiet castle", "the old robot"]
-        assert [[h["id"] for h in hits] for hits in index.search(queries, k=10)] == \
-            [[h["id"] for h in hits] for hits in index.search(queries, k=10, exact=True)]
+        assert [[h["id"] for h in hits] for hits in index.search(queries, k=10)] == [
+            [h["id"] for h in hits] for hits in index.search(queries, k=10, exact=True)
+        ]
         assert (tmp_path / "idx" / "gen-1" / "coarse.npy").is_file()
 
 
@@ -144,8 +162,10 @@ def test_incompatible_release_is_refused_in_one_line(releases, docs, tmp_path):
     assert "cairn index build" in message
     with pytest.raises(LandmarkError):
         upgrade_index(out, releases["bad"], "cpu")
-    for args in (("index", "search", str(out), "the red fox", "--release", str(releases["bad"]), "--device", "cpu"),
-                 ("index", "upgrade", str(out), "--release", str(releases["bad"]), "--device", "cpu")):
+    for args in (
+        ("index", "search", str(out), "the red fox", "--release", str(releases["bad"]), "--device", "cpu"),
+        ("index", "upgrade", str(out), "--release", str(releases["bad"]), "--device", "cpu"),
+    ):
         result = run_cli(*args)
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr.startswith("error: index was built on landmark set v1") and result.stderr.count("\n") == 1
@@ -201,8 +221,9 @@ def test_upgrade_resumes_after_kill_9(releases, docs, tmp_path):
     out = tmp_path / "idx"
     build_index(releases["r1"], docs, out, IndexConfig(coarse_dims=8, batch_size=8), id_column="id", device="cpu").close()
     before = tree(out)
-    process = subprocess.Popen([sys.executable, "-c", UPGRADER, str(out), str(releases["r2"])], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=ENV)
+    process = subprocess.Popen(
+        [sys.executable, "-c", UPGRADER, str(out), str(releases["r2"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     try:
         deadline = time.monotonic() + 90
         while len(list((out / WORK_DIR).glob("chunk-*.npy"))) < 3:
@@ -253,14 +274,27 @@ def test_milvus_lite_engine_matches_exact(releases, docs, tmp_path):
 def test_bad_data_files_are_refused_before_anything_is_written(releases, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "dupes.jsonl").write_text('{"id": 1, "text": "a"}\n{"id": "1", "text": "b"}\n')
-    (tmp_path / "blank.csv").write_text("text,n\n\"  \",1\n")
+    (tmp_path / "blank.csv").write_text('text,n\n"  ",1\n')
     cases = {"empty.jsonl": "no rows to index", "dupes.jsonl": "duplicate id '1'", "blank.csv": "must be a non-empty string"}
     for name, expected in cases.items():
         with pytest.raises(CorpusError, match=expected):
             read_documents(tmp_path / name, id_column="id" if name == "dupes.jsonl" else None)
-    result = run_cli("index", "build", "--release", str(releases["r1"]), "--data", str(tmp_path / "dupes.jsonl"), "--id-column", "id",
-                     "--out", str(tmp_path / "idx"))
-    assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / 'dupes.jsonl'}:2: duplicate id '1' (first at {tmp_path / 'dupes.jsonl'}:1)"
+    result = run_cli(
+        "index",
+        "build",
+        "--release",
+        str(releases["r1"]),
+        "--data",
+        str(tmp_path / "dupes.jsonl"),
+        "--id-column",
+        "id",
+        "--out",
+        str(tmp_path / "idx"),
+    )
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == f"error: {tmp_path / 'dupes.jsonl'}:2: duplicate id '1' (first at {tmp_path / 'dupes.jsonl'}:1)"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.csv", "dupes.jsonl", "empty.jsonl"]  # no index, no staging left
 
 
@@ -323,8 +357,12 @@ async def test_serve_answers_json_and_rejects_bad_requests(aiohttp_client, relea
     assert response.status == 200
     body = await response.json()
     assert body["release"] == "0.1.0" and body["generation"] == "gen-1" and len(body["hits"]) == 3 and body["hits"][0]["id"] == "d0"
-    for params, expected in (({}, "missing query"), ({"q": "fox", "k": "x"}, "k must be an integer"),
-                             ({"q": "fox", "k": "0"}, "k must be between"), ({"q": "\u2603"}, "has no token")):
+    for params, expected in (
+        ({}, "missing query"),
+        ({"q": "fox", "k": "x"}, "k must be an integer"),
+        ({"q": "fox", "k": "0"}, "k must be between"),
+        ({"q": "\u2603"}, "has no token"),
+    ):
         response = await client.get("/search", params=params)
         assert response.status == 400 and expected in (await response.json())["error"]
     info = await (await client.get("/info")).json()
@@ -351,9 +389,12 @@ def test_index_upgrade_metric_known_answers():
     unrelated = index_upgrade(rng.normal(size=(80, 16)), vectors[:80], vectors[80:], labels[:80], labels[80:])
     assert unrelated["index_upgrade_ratio"] < 0.6  # an index in other coordinates finds topics at about chance (1/4)
     rotation = np.linalg.qr(rng.normal(size=(16, 16)))[0]
-    report = compatibility_report({"relational": lambda texts: vectors, "absolute": lambda texts: vectors},
-                                  {"relational": lambda texts: vectors, "absolute": lambda texts: vectors @ rotation},
-                                  [str(i) for i in range(120)], labels.tolist())
+    report = compatibility_report(
+        {"relational": lambda texts: vectors, "absolute": lambda texts: vectors},
+        {"relational": lambda texts: vectors, "absolute": lambda texts: vectors @ rotation},
+        [str(i) for i in range(120)],
+        labels.tolist(),
+    )
     assert report["relational"]["index_upgrade_ratio"] == pytest.approx(1.0)
     assert report["absolute"]["index_upgrade_ratio"] < 0.6  # rotated absolute vectors: the old index is lost
 
@@ -364,13 +405,23 @@ def test_releases_page_shows_the_index_upgrade_promise():
     from cairn.releases.manifest import parse_manifest
 
     def manifest(compatibility: dict):
-        document = {"version": "0.2.0", "parent_version": "0.1.0", "run_id": "r", "global_step": 3, "landmarks_version": 1,
-                    "landmarks_digest": "0" * 64, "files": {name: {"sha256": "a" * 64, "length": 1} for name in REQUIRED_FILES},
-                    "compatibility": compatibility}
+        document = {
+            "version": "0.2.0",
+            "parent_version": "0.1.0",
+            "run_id": "r",
+            "global_step": 3,
+            "landmarks_version": 1,
+            "landmarks_digest": "0" * 64,
+            "files": {name: {"sha256": "a" * 64, "length": 1} for name in REQUIRED_FILES},
+            "compatibility": compatibility,
+        }
         return parse_manifest(json.dumps(document).encode())
 
-    rows = promise_rows(manifest({"relational": {"head_ratio": 0.99, "index_upgrade_ratio": 0.93},
-                                  "absolute": {"head_ratio": 0.3, "index_upgrade_ratio": 0.41}}))
+    rows = promise_rows(
+        manifest(
+            {"relational": {"head_ratio": 0.99, "index_upgrade_ratio": 0.93}, "absolute": {"head_ratio": 0.3, "index_upgrade_ratio": 0.41}}
+        )
+    )
     row = next(r for r in rows if r["promise"].startswith("Search without re-embedding"))
     assert row["measured"] == 0.93 and row["met"] is True and "absolute vectors: 41.0%" in row["detail"]
     low = promise_rows(manifest({"relational": {"index_upgrade_ratio": 0.5}}))

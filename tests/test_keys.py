@@ -174,7 +174,9 @@ def test_root_rotation_offline_is_followed_by_a_client_that_pinned_the_old_root(
         installed = tmp_path / "installed"
         ReleaseClient(url, tmp_path / "cache", root=root_v1).pull(installed)  # caches metadata under root v1
 
-        code, out, err = keys_cli(monkeypatch, capsys, workdir, "rotate", "--role", "root", "--role", "timestamp", "--offline-root", offline)
+        code, out, err = keys_cli(
+            monkeypatch, capsys, workdir, "rotate", "--role", "root", "--role", "timestamp", "--offline-root", offline
+        )
         assert code == 0, err
         assert "published root v2" in out
         assert not list((workdir / "keys").glob("root*"))  # the new root key went to the offline directory, not the server
@@ -322,8 +324,9 @@ def test_keys_list_and_revoke(workdir, root_v1, tmp_path, monkeypatch, capsys):
     # targets is re-signed under the new root: 2 of the 2 remaining keys, one of them another holder's
     assert_one_line_refusal(code, out, err, "targets metadata needs 2 of the 2 targets keys root v4 trusts, but only 1 is at hand")
     assert snapshot_of(workdir) == before
-    code, out, err = keys_cli(monkeypatch, capsys, workdir, "revoke", "--role", "targets", "--key-id", away[0][:12],
-                              "--key", holders[0], "--key", holders[1])
+    code, out, err = keys_cli(
+        monkeypatch, capsys, workdir, "revoke", "--role", "targets", "--key-id", away[0][:12], "--key", holders[0], "--key", holders[1]
+    )
     assert code == 0, err
     assert ReleaseRepository(workdir).key_status()["targets"]["threshold"] == 2
     assert len(ReleaseRepository(workdir).key_status()["targets"]["keys"]) == 2

@@ -12,8 +12,19 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cairn.protocol.errors import LandmarkError
-from cairn.protocol.landmarks import (FORMAT, LandmarkSet, LandmarkStats, compute_stats, cosines, farthest_point_order, l2_normalise,
-                                prefix, random_order, relational, select_landmarks)
+from cairn.protocol.landmarks import (
+    FORMAT,
+    LandmarkSet,
+    LandmarkStats,
+    compute_stats,
+    cosines,
+    farthest_point_order,
+    l2_normalise,
+    prefix,
+    random_order,
+    relational,
+    select_landmarks,
+)
 from cairn.training.objective import relational_torch
 
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # huge stats -> inf, refused
@@ -35,8 +46,14 @@ def random_stats(rng: np.random.Generator, k: int) -> LandmarkStats:
 
 
 @FAST
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 12), k=st.integers(1, 24), d=st.integers(2, 48),
-       scale=st.floats(1e-3, 1e3), with_stats=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 12),
+    k=st.integers(1, 24),
+    d=st.integers(2, 48),
+    scale=st.floats(1e-3, 1e3),
+    with_stats=st.booleans(),
+)
 def test_rotation_and_scaling_leave_relational_unchanged(seed, n, k, d, scale, with_stats):
     rng = np.random.default_rng(seed)
     vectors, anchors = rng.standard_normal((n, d)), rng.standard_normal((k, d))
@@ -118,7 +135,7 @@ def test_editing_one_character_changes_the_digest(anchors, data):
     position = data.draw(st.integers(0, len(text)))  # len(text): insert at the end
     replace = data.draw(st.booleans()) and position < len(text)
     char = data.draw(st.characters(codec="utf-8"))
-    edited_text = text[:position] + char + text[position + (1 if replace else 0):]
+    edited_text = text[:position] + char + text[position + (1 if replace else 0) :]
     assume(edited_text != text and edited_text.strip() and edited_text not in anchors)
     edited = list(anchors)
     edited[index] = edited_text
@@ -135,10 +152,21 @@ def test_appending_an_anchor_or_bumping_the_version_changes_the_digest(anchors, 
     assert LandmarkSet(1, list(anchors)).digest == original.digest  # and it is a function of the content only
 
 
-@pytest.mark.parametrize("version, anchors", [
-    (1, []), (1, ["a", "a"]), (1, ["a", " "]), (1, ["a", 3]), (0, ["a"]), (-1, ["a"]), (True, ["a"]), ("1", ["a"]), (1.0, ["a"]),
-    (1, ["ok", "lone \ud800 surrogate"]),
-])
+@pytest.mark.parametrize(
+    "version, anchors",
+    [
+        (1, []),
+        (1, ["a", "a"]),
+        (1, ["a", " "]),
+        (1, ["a", 3]),
+        (0, ["a"]),
+        (-1, ["a"]),
+        (True, ["a"]),
+        ("1", ["a"]),
+        (1.0, ["a"]),
+        (1, ["ok", "lone \ud800 surrogate"]),
+    ],
+)
 def test_malformed_sets_are_refused(version, anchors):
     with pytest.raises(LandmarkError):
         LandmarkSet(version, anchors)
@@ -200,8 +228,22 @@ def _tamper(document: dict, how: str) -> dict:
     return document
 
 
-@pytest.mark.parametrize("how", ["digest", "anchor edited", "anchors reordered", "version", "stats mean", "stats std", "stats digest",
-                                 "stats too short", "stats negative std", "stats not an object", "format"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "digest",
+        "anchor edited",
+        "anchors reordered",
+        "version",
+        "stats mean",
+        "stats std",
+        "stats digest",
+        "stats too short",
+        "stats negative std",
+        "stats not an object",
+        "format",
+    ],
+)
 def test_tampered_file_is_refused(tmp_path, how):
     path = tmp_path / "landmarks.json"
     calibrated_set().save(path)
@@ -222,13 +264,21 @@ def test_unreadable_file_is_refused(tmp_path, content):
 
 # what json.loads can hand over: any str (lone surrogates included, JSON spells them "\\ud800"),
 # integers of any size (beyond float range too), floats including NaN and infinities
-json_text = st.text(max_size=8) | st.tuples(st.text(max_size=4), st.sampled_from(["\ud800", "\udfff", "\udc80"]), st.text(max_size=3)).map("".join)
-json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=10**300, max_value=10**400).map(lambda i: i * (-1) ** (i % 2)),
-    st.floats(allow_nan=True, allow_infinity=True), json_text, st.sampled_from([FORMAT, ""]),
+json_text = st.text(max_size=8) | st.tuples(st.text(max_size=4), st.sampled_from(["\ud800", "\udfff", "\udc80"]), st.text(max_size=3)).map(
+    "".join
 )
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(json_text, inner, max_size=4),
-                           max_leaves=12)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**400).map(lambda i: i * (-1) ** (i % 2)),
+    st.floats(allow_nan=True, allow_infinity=True),
+    json_text,
+    st.sampled_from([FORMAT, ""]),
+)
+json_values = st.recursive(
+    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(json_text, inner, max_size=4), max_leaves=12
+)
 
 
 def _only_landmark_errors(document: object) -> None:
@@ -246,16 +296,26 @@ def test_from_json_fuzz_any_json_value(document):
 
 
 @settings(max_examples=300, deadline=None)
-@given(fields=st.fixed_dictionaries({}, optional={
-    "version": st.integers(1, 3) | json_values, "anchors": st.lists(json_text, min_size=1, max_size=4) | json_values,
-    "digest": json_values, "stats": json_values}))
+@given(
+    fields=st.fixed_dictionaries(
+        {},
+        optional={
+            "version": st.integers(1, 3) | json_values,
+            "anchors": st.lists(json_text, min_size=1, max_size=4) | json_values,
+            "digest": json_values,
+            "stats": json_values,
+        },
+    )
+)
 def test_from_json_fuzz_landmark_shaped_documents(fields):
     _only_landmark_errors({"format": FORMAT, **fields})
 
 
 @settings(max_examples=300, deadline=None)
-@given(field=st.sampled_from(["version", "anchors", "digest", "stats", "mean", "std", "stats digest", "anchor"]),
-       value=json_values | st.lists(json_scalars, min_size=3, max_size=3))
+@given(
+    field=st.sampled_from(["version", "anchors", "digest", "stats", "mean", "std", "stats digest", "anchor"]),
+    value=json_values | st.lists(json_scalars, min_size=3, max_size=3),
+)
 def test_from_json_fuzz_one_field_of_a_valid_document(field, value):
     """Start from a valid calibrated document (so parsing reaches the stats) and replace one field."""
     document = calibrated_set().to_json()
@@ -299,7 +359,7 @@ def test_extend_is_append_only(anchors, new):
     newer = old.extend(new)
     assert newer.version == 2
     assert newer.anchors[: old.size] == old.anchors
-    assert newer.anchors[old.size:] == [a for a in new if a not in anchors]
+    assert newer.anchors[old.size :] == [a for a in new if a not in anchors]
     old.check_successor(newer)  # must not raise
 
 
@@ -376,9 +436,13 @@ def test_farthest_point_order_beats_random_on_clusters():
     assert np.mean(random_hits) < 7  # so the test above is not trivially satisfied by any order
 
 
-CANDIDATES = [f"the {adj} {noun} {verb} near the {place}" for adj in ("red", "blue", "green", "old", "tiny")
-              for noun in ("fox", "dog", "owl", "cat") for verb in ("sleeps", "sings", "waits")
-              for place in ("river", "hill")]
+CANDIDATES = [
+    f"the {adj} {noun} {verb} near the {place}"
+    for adj in ("red", "blue", "green", "old", "tiny")
+    for noun in ("fox", "dog", "owl", "cat")
+    for verb in ("sleeps", "sings", "waits")
+    for place in ("river", "hill")
+]
 
 
 def test_select_landmarks_is_deterministic_and_well_formed():

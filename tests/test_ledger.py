@@ -15,13 +15,36 @@ from cairn.coordinator.ledger import Ledger
 from cairn.protocol.dht_keys import ContributionRecord
 
 
-def record(samples: int, *, name: str = "alice", uptime: float = 10.0, at: float | None = None, epoch: int = 0,
-           probe_epoch: int = -1, probe_loss: float = 0.0) -> ContributionRecord:
+def record(
+    samples: int,
+    *,
+    name: str = "alice",
+    uptime: float = 10.0,
+    at: float | None = None,
+    epoch: int = 0,
+    probe_epoch: int = -1,
+    probe_loss: float = 0.0,
+) -> ContributionRecord:
     return ContributionRecord(
-        display_name=name, peer_id="QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N", samples=samples, steps=samples // 32,
-        loss=5.0, samples_per_second=100.0, device="cpu", uptime_seconds=float(uptime), shard=0, protocol_version=1,
-        reported_at=at if at is not None else time.time(), epoch=epoch, shards_completed=0, probe_epoch=probe_epoch,
-        probe_shard=0 if probe_epoch >= 0 else -1, probe_offset=0, probe_count=32 if probe_epoch >= 0 else 0, probe_loss=probe_loss)
+        display_name=name,
+        peer_id="QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+        samples=samples,
+        steps=samples // 32,
+        loss=5.0,
+        samples_per_second=100.0,
+        device="cpu",
+        uptime_seconds=float(uptime),
+        shard=0,
+        protocol_version=1,
+        reported_at=at if at is not None else time.time(),
+        epoch=epoch,
+        shards_completed=0,
+        probe_epoch=probe_epoch,
+        probe_shard=0 if probe_epoch >= 0 else -1,
+        probe_offset=0,
+        probe_count=32 if probe_epoch >= 0 else 0,
+        probe_loss=probe_loss,
+    )
 
 
 @pytest.fixture
@@ -89,8 +112,12 @@ def test_a_peer_that_never_publishes_a_probe_is_credited_only_in_its_grace_perio
         now = t0 + 3 * i
         if i % 7 == 0:  # the honest peer's probes are checked and pass
             ledger.record_spot_check(honest, i, claimed=5.0, recomputed=5.0, passed=True, now=now)
-        ledger.apply_poll({lazy: record(100 * i, uptime=3 * i, at=now), honest: record(100 * i, name="bob", uptime=3 * i, at=now)},
-                          global_step=i, target_batch_size=512, now=now)
+        ledger.apply_poll(
+            {lazy: record(100 * i, uptime=3 * i, at=now), honest: record(100 * i, name="bob", uptime=3 * i, at=now)},
+            global_step=i,
+            target_batch_size=512,
+            now=now,
+        )
         if now - t0 <= PROBE_GRACE_SECONDS - 3:
             in_grace = credited(ledger)[lazy]
     assert credited(ledger)[honest] == 100 * polls
@@ -104,10 +131,23 @@ def test_a_record_claiming_an_impossible_counter_is_refused_at_the_schema():
     from cairn.protocol.dht_keys import MAX_SAMPLES_PER_SECOND, decode_contributions
 
     honest = record(300).dict()
-    for field, value in [("samples", 2**63), ("samples", 2**62), ("samples", 10**15), ("samples", -1), ("steps", 2**63),
-                         ("epoch", 2**63), ("loss", float("nan")), ("loss", float("inf")), ("probe_loss", float("-inf")),
-                         ("uptime_seconds", float("inf")), ("uptime_seconds", -1.0), ("samples_per_second", 1e30),
-                         ("reported_at", float("nan")), ("probe_offset", 2**63), ("shard", -2)]:
+    for field, value in [
+        ("samples", 2**63),
+        ("samples", 2**62),
+        ("samples", 10**15),
+        ("samples", -1),
+        ("steps", 2**63),
+        ("epoch", 2**63),
+        ("loss", float("nan")),
+        ("loss", float("inf")),
+        ("probe_loss", float("-inf")),
+        ("uptime_seconds", float("inf")),
+        ("uptime_seconds", -1.0),
+        ("samples_per_second", 1e30),
+        ("reported_at", float("nan")),
+        ("probe_offset", 2**63),
+        ("shard", -2),
+    ]:
         with pytest.raises(pydantic.ValidationError):
             ContributionRecord.parse_obj({**honest, field: value})
     # a counter no process reaches in its uptime (10 s at the ceiling rate, plus one batch)
@@ -124,21 +164,28 @@ def unchecked(samples: int, **fields) -> ContributionRecord:
     return ContributionRecord.construct(**{**record(0).dict(), "samples": samples, **fields})
 
 
-@pytest.mark.parametrize("bad", [
-    {"x" * 16: unchecked(2**63)},
-    {"x" * 16: unchecked(2**62, uptime_seconds=1e12), "y" * 16: unchecked(2**62, uptime_seconds=1e12, display_name="y")},
-    {"x" * 16: unchecked(10, loss=float("nan"))},
-    {"x" * 16: unchecked(10, reported_at=float("inf"))},
-    {"x" * 16: unchecked(-(2**63) - 1)},
-    {"x" * 16: unchecked(10**15, uptime_seconds=1e12)},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"x" * 16: unchecked(2**63)},
+        {"x" * 16: unchecked(2**62, uptime_seconds=1e12), "y" * 16: unchecked(2**62, uptime_seconds=1e12, display_name="y")},
+        {"x" * 16: unchecked(10, loss=float("nan"))},
+        {"x" * 16: unchecked(10, reported_at=float("inf"))},
+        {"x" * 16: unchecked(-(2**63) - 1)},
+        {"x" * 16: unchecked(10**15, uptime_seconds=1e12)},
+    ],
+)
 def test_one_bad_record_never_stops_the_ledger_and_honest_credit_is_unchanged(tmp_path: Path, bad: dict):
     """Issue 12, attack 2: `apply_poll` raised (sqlite3.OverflowError, SUM overflow), which ended `serve()`."""
+
     def run(path: Path, extra: dict) -> dict:
         ledger = Ledger(path)
         try:
             for i in range(1, 4):
-                honest = {"a" * 16: record(200 * i, uptime=3 * i, at=float(i)), "b" * 16: record(100 * i, name="bob", uptime=3 * i, at=float(i))}
+                honest = {
+                    "a" * 16: record(200 * i, uptime=3 * i, at=float(i)),
+                    "b" * 16: record(100 * i, name="bob", uptime=3 * i, at=float(i)),
+                }
                 ledger.apply_poll({**extra, **honest}, global_step=10 * i, target_batch_size=512, now=1000.0 + i)
             return {k: v for k, v in credited(ledger).items() if k in ("a" * 16, "b" * 16)}
         finally:
@@ -152,8 +199,9 @@ def test_oscillating_uptime_cannot_reclaim_the_counter(ledger: Ledger):
     whole counter each time. Its claims now stay within what the swarm did since it appeared."""
     attacker = "a" * 16
     for i in range(1, 41):
-        ledger.apply_poll({attacker: record(10**6, uptime=1000.0 - (i % 2), at=float(i))}, global_step=i, target_batch_size=512,
-                          now=1000.0 + i)
+        ledger.apply_poll(
+            {attacker: record(10**6, uptime=1000.0 - (i % 2), at=float(i))}, global_step=i, target_batch_size=512, now=1000.0 + i
+        )
     claimed = ledger.db.execute("SELECT claimed_samples FROM peers WHERE public_id = ?", (attacker,)).fetchone()[0]
     assert claimed <= (40 + 2 * 2) * 512  # the old code: 20 re-claims of 10^6
 
@@ -172,8 +220,13 @@ for i in range(1, 100000):
 
 def test_kill_9_loses_nothing_acknowledged(tmp_path: Path):
     path = tmp_path / "ledger.sqlite"
-    process = subprocess.Popen([sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent), path=str(path))],
-                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent), path=str(path))],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        start_new_session=True,
+    )
     try:
         acknowledged = 0
         deadline = time.monotonic() + 60
@@ -199,13 +252,15 @@ def test_credit_continues_when_the_swarm_is_restarted_on_the_same_workdir(ledger
     """Issue 18: `cairn swarm` run again starts the global step at 0; capped by the new step alone, a second session's
     work was credited nothing until the first run's high point was passed. The earlier runs' steps carry over."""
     alice, bob = "a" * 16, "b" * 16
-    ledger.apply_poll({alice: record(3000, uptime=100, at=1.0), bob: record(3000, name="bob", uptime=100, at=1.0)},
-                      global_step=20, target_batch_size=512)
+    ledger.apply_poll(
+        {alice: record(3000, uptime=100, at=1.0), bob: record(3000, name="bob", uptime=100, at=1.0)}, global_step=20, target_batch_size=512
+    )
     assert sum(credited(ledger).values()) == 6000
     # the swarm stops; a new session starts from step 0: the coordinator first reads step 0, then the new run's steps
     ledger.apply_poll({alice: record(512, uptime=5, at=2.0)}, global_step=0, target_batch_size=512)
-    ledger.apply_poll({alice: record(1024, uptime=10, at=3.0), bob: record(900, name="bob", uptime=10, at=3.0)},
-                      global_step=2, target_batch_size=512)
+    ledger.apply_poll(
+        {alice: record(1024, uptime=10, at=3.0), bob: record(900, name="bob", uptime=10, at=3.0)}, global_step=2, target_batch_size=512
+    )
     assert credited(ledger) == {alice: 3000 + 1024, bob: 3000 + 900}  # within 20 + 2 steps: all of it, now
     # the cap still binds: the new run's claims beyond what its steps explain wait
     ledger.apply_poll({alice: record(1024 + 512 * 40, uptime=60, at=4.0)}, global_step=3, target_batch_size=512)

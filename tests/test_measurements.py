@@ -182,8 +182,9 @@ def test_outside_report_of_a_rotated_copy_is_fully_aligned():
 
     rng = np.random.default_rng(4)
     reference = rng.normal(size=(300, 16))
-    report = outside_report({"relational": reference @ random_rotation(16, seed=2), "absolute": rng.normal(size=(300, 16))},
-                            reference, "ref")
+    report = outside_report(
+        {"relational": reference @ random_rotation(16, seed=2), "absolute": rng.normal(size=(300, 16))}, reference, "ref"
+    )
     assert report["relational"]["mutual_knn10"] == pytest.approx(1.0)
     assert report["absolute"]["mutual_knn10"] < 0.15
     assert report["chance"]["mutual_knn10"] == pytest.approx(10 / 299)

@@ -23,16 +23,24 @@ BATCH = 12
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
     path = Path(tmp_path_factory.mktemp("corpus")) / "pairs.jsonl"
-    rows = [{"a": f"word{i} of kind {i % 7}", "b": f"a sentence about word{i}, kind {i % 7}, and its neighbour word{i + 1}"}
-            for i in range(120)]
+    rows = [
+        {"a": f"word{i} of kind {i % 7}", "b": f"a sentence about word{i}, kind {i % 7}, and its neighbour word{i + 1}"} for i in range(120)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return f"jsonl:{path}"
 
 
 def make_task(corpus_spec: str, model: str, anchor_refresh_every: int) -> tuple[TrainingTask, list]:
-    config = TrainingConfig(model=model, initialisation="random", vocabulary="corpus", landmarks=16, reference_size=32,
-                            batch_size=BATCH, anchor_refresh_every=anchor_refresh_every,
-                            objective=replace(TrainingConfig().objective, prefix_dims=(8, 16)))
+    config = TrainingConfig(
+        model=model,
+        initialisation="random",
+        vocabulary="corpus",
+        landmarks=16,
+        reference_size=32,
+        batch_size=BATCH,
+        anchor_refresh_every=anchor_refresh_every,
+        objective=replace(TrainingConfig().objective, prefix_dims=(8, 16)),
+    )
     corpus = load_corpus(corpus_spec)
     tokenizer, landmarks = prepare_run(corpus, config)
     model_ = initial_encoder(config, tokenizer, init_seed=3)
@@ -52,7 +60,7 @@ def reference_gradient(task: TrainingTask, pairs: list, chunk: int) -> tuple[lis
     outputs = []
     for texts in ([p.a for p in pairs], [p.b for p in pairs]):
         for start in range(0, len(texts), chunk):
-            ids, mask = task.tokenizer.batch(texts[start:start + chunk])
+            ids, mask = task.tokenizer.batch(texts[start : start + chunk])
             outputs.append(task.model(ids, mask))
     half = len(outputs) // 2
     total, parts = task._loss_of(pairs, torch.cat(outputs[:half]), torch.cat(outputs[half:]), anchors_learn, with_parent)

@@ -117,7 +117,9 @@ thread.join()
 
 
 def _thread_failing_in(filename: str, function: str) -> str:
-    result = subprocess.run([sys.executable, "-c", _THREAD_SCRIPT, filename, function], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", _THREAD_SCRIPT, filename, function], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     return result.stderr
 

@@ -30,8 +30,9 @@ def test_relational_term_rewards_matching_relational_vectors_and_punishes_a_shuf
     a = torch.randn(32, 32, generator=torch.Generator().manual_seed(2))
     b = a + 0.01 * torch.randn(32, 32, generator=torch.Generator().manual_seed(3))
     matched, parts = matryoshka_relational_loss(a, b, anchors, config)
-    shuffled, shuffled_parts = matryoshka_relational_loss(a, b[torch.randperm(32, generator=torch.Generator().manual_seed(4))],
-                                                          anchors, config)
+    shuffled, shuffled_parts = matryoshka_relational_loss(
+        a, b[torch.randperm(32, generator=torch.Generator().manual_seed(4))], anchors, config
+    )
     relational = [key for key in parts if key.startswith("rel")]
     assert relational, parts
     assert all(parts[key] < 0.5 * math.log(32) for key in relational), parts

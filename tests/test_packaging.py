@@ -71,8 +71,10 @@ def extra_only_modules() -> dict[str, set[str]]:
     """extra -> the top-level modules it installs that the core does not."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = _core_modules(project)
-    return {extra: set().union(*(_modules_of(name) for name in _extra_distributions(project, extra))) - core
-            for extra in project["optional-dependencies"]}
+    return {
+        extra: set().union(*(_modules_of(name) for name in _extra_distributions(project, extra))) - core
+        for extra in project["optional-dependencies"]
+    }
 
 
 def test_the_extras_table_matches_pyproject():
@@ -81,7 +83,8 @@ def test_the_extras_table_matches_pyproject():
     for extra, modules in EXTRA_MODULES.items():
         assert modules == declared[extra], f"cairn/extras.py's {extra} differs from pyproject.toml's"
     assert not {"hivemind", "bitsandbytes", "datasets", "aiohttp", "jinja2"} & _core_modules(
-        tomllib.loads((REPO / "pyproject.toml").read_text())["project"]), "the core stays small"
+        tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    ), "the core stays small"
 
 
 # ---- the wheel ------------------------------------------------------------------------------
@@ -94,15 +97,22 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copy(REPO / name, source / name)
     shutil.copytree(REPO / "cairn", source / "cairn", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(source)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (built,) = out.glob("cairn_net-*.whl")
     return built
 
 
 def _source_files() -> set[str]:
-    return {path.relative_to(REPO).as_posix() for path in (REPO / "cairn").rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+    return {
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "cairn").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
 
 
 def test_the_wheel_is_one_package_with_all_its_files(wheel):
@@ -110,8 +120,12 @@ def test_the_wheel_is_one_package_with_all_its_files(wheel):
     assert {name.split("/")[0] for name in names} == {"cairn", "cairn_net-0.1.0.dist-info"}, "one top-level package"
     packaged = {name for name in names if name.startswith("cairn/")}
     assert packaged == _source_files(), f"missing {sorted(_source_files() - packaged)}, extra {sorted(packaged - _source_files())}"
-    for needed in ("cairn/dashboard/static/favicon.svg", "cairn/protocol/proto/cairn.proto", "cairn/protocol/proto/cairn_pb2.py",
-                   "cairn/protocol/vocab/bert-base-uncased.txt"):
+    for needed in (
+        "cairn/dashboard/static/favicon.svg",
+        "cairn/protocol/proto/cairn.proto",
+        "cairn/protocol/proto/cairn_pb2.py",
+        "cairn/protocol/vocab/bert-base-uncased.txt",
+    ):
         assert needed in packaged, needed
     assert any(name.startswith("cairn/dashboard/templates/") and name.endswith(".html") for name in packaged)
 
@@ -121,8 +135,12 @@ def test_the_wheel_is_one_package_with_all_its_files(wheel):
 
 def core_only_env(target: Path) -> dict[str, str]:
     blocked = set().union(*extra_only_modules().values())
-    return {**os.environ, "PYTHONPATH": f"{BLOCKER}{os.pathsep}{target}", "CAIRN_BLOCKED_MODULES": ",".join(sorted(blocked)),
-            "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{BLOCKER}{os.pathsep}{target}",
+        "CAIRN_BLOCKED_MODULES": ",".join(sorted(blocked)),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def run_core(target: Path, *args: str | Path, python: bool = False) -> subprocess.CompletedProcess[str]:
@@ -134,8 +152,12 @@ def run_core(target: Path, *args: str | Path, python: bool = False) -> subproces
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("core-install")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return target
 
 
@@ -154,7 +176,10 @@ def test_a_role_without_its_extra_is_one_line(installed):
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr == "error: cairn peer needs the peer extra: pip install 'cairn-net[peer]'\n"
     served = run_core(installed, "index", "serve", installed / "no-index")
-    assert served.returncode == 2 and served.stderr == "error: cairn index needs aiohttp, from the serve extra: pip install 'cairn-net[serve]'\n"
+    assert (
+        served.returncode == 2
+        and served.stderr == "error: cairn index needs aiohttp, from the serve extra: pip install 'cairn-net[serve]'\n"
+    )
 
 
 @pytest.mark.slow
@@ -170,8 +195,12 @@ def test_core_only_install_pulls_verifies_embeds_and_searches(installed, tmp_pat
 
     words = ["fox", "dog", "cat", "river", "castle", "engine", "rocket", "garden", "owl", "pump"]
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"a": f"{a} {w}", "b": f"a {w} that is {a}"}) + "\n" for w in words for a in ["red", "old", "tiny"]))
-    config = TrainingConfig(landmarks=16, reference_size=24, batch_size=8, objective=replace(TrainingConfig().objective, prefix_dims=(4, 8, 16)))
+    pairs.write_text(
+        "".join(json.dumps({"a": f"{a} {w}", "b": f"a {w} that is {a}"}) + "\n" for w in words for a in ["red", "old", "tiny"])
+    )
+    config = TrainingConfig(
+        landmarks=16, reference_size=24, batch_size=8, objective=replace(TrainingConfig().objective, prefix_dims=(4, 8, 16))
+    )
     train(f"jsonl:{pairs}", tmp_path / "bundle", config, max_samples=24, device="cpu", evaluate=False, show_progress=False)
     repository = ReleaseRepository(tmp_path / "coordinator")
     repository.init()
@@ -194,8 +223,9 @@ def test_core_only_install_pulls_verifies_embeds_and_searches(installed, tmp_pat
 
     docs = tmp_path / "docs.txt"
     docs.write_text("".join(f"the {a} {w}\n" for w in words for a in ["red", "old"]))
-    built = run_core(installed, "index", "build", "--release", tmp_path / "installed", "--data", docs, "--out", tmp_path / "idx",
-                     "--coarse-dims", "8")
+    built = run_core(
+        installed, "index", "build", "--release", tmp_path / "installed", "--data", docs, "--out", tmp_path / "idx", "--coarse-dims", "8"
+    )
     assert built.returncode == 0, built.stderr
     found = run_core(installed, "index", "search", tmp_path / "idx", "the red fox", "-k", "1")
     assert found.returncode == 0, found.stderr

@@ -198,9 +198,7 @@ def test_only_the_owner_can_write_its_record(swarm):
     assert mallory.run_coroutine(_raw_store(target, key, owner_subkey(alice_key), correct, later)) == [True]
 
 
-def _signed_value(
-    value: dict, key: str, owner: RSAPrivateKey, expiration: float, signer: RSAPrivateKey | None
-) -> bytes:
+def _signed_value(value: dict, key: str, owner: RSAPrivateKey, expiration: float, signer: RSAPrivateKey | None) -> bytes:
     """`value` as it travels for `owner`'s subkey, with a signature by `signer` (None: garbage bytes)."""
     value_bytes = MSGPackSerializer.dumps(value)
     record = DHTRecord(
@@ -440,8 +438,16 @@ def test_a_squatter_renewing_ordinary_leases_on_every_shard_does_not_stop_an_hon
     squatter = ShardLease(swarm.peers[2], "t-squat", "f" * 16, num_shards=2, lease_seconds=3, settle_seconds=0.3)
     assert busy.acquire(preferred=0) == 0 and squatter.acquire(preferred=1) == 1
     assert publish_record(swarm.peers[1], "t-squat", _record(swarm.peers[1], shard=0), 60, identity=busy_key)
-    newcomer = ShardLease(swarm.peers[0], "t-squat", peer_public_id(swarm.keys[0]), num_shards=2, lease_seconds=3, settle_seconds=0.3,
-                          shards_in_use=partial(shards_in_use, swarm.peers[0], "t-squat"), idle_grace_seconds=2.0)
+    newcomer = ShardLease(
+        swarm.peers[0],
+        "t-squat",
+        peer_public_id(swarm.keys[0]),
+        num_shards=2,
+        lease_seconds=3,
+        settle_seconds=0.3,
+        shards_in_use=partial(shards_in_use, swarm.peers[0], "t-squat"),
+        idle_grace_seconds=2.0,
+    )
     with busy.renewing(), squatter.renewing():
         assert newcomer.acquire() is None  # both held; the watch on shard 1's holder starts now
         deadline = time.monotonic() + 20
@@ -464,8 +470,9 @@ def test_peers_at_the_start_barrier_see_each_other_and_start_together(swarm):
     returned: dict[int, tuple[float, int]] = {}
 
     def wait(index: int, expected: int, timeout: float) -> None:
-        seen = wait_for_peers(swarm.peers[index], "t-ready", swarm.keys[index], expected, running_peers=lambda: 0,
-                              stopped=lambda: False, timeout=timeout)
+        seen = wait_for_peers(
+            swarm.peers[index], "t-ready", swarm.keys[index], expected, running_peers=lambda: 0, stopped=lambda: False, timeout=timeout
+        )
         returned[index] = (time.monotonic(), seen)
 
     first = threading.Thread(target=wait, args=(0, 2, 60.0))
@@ -482,11 +489,13 @@ def test_peers_at_the_start_barrier_see_each_other_and_start_together(swarm):
     assert ready_peers(swarm.peers[2], "t-ready") == {peer_public_id(swarm.keys[0]), peer_public_id(swarm.keys[1])}
 
     started = time.monotonic()
-    assert wait_for_peers(swarm.peers[2], "t-ready-short", swarm.keys[2], 2, running_peers=lambda: 0, stopped=lambda: False,
-                          timeout=2.0) == 1
+    assert (
+        wait_for_peers(swarm.peers[2], "t-ready-short", swarm.keys[2], 2, running_peers=lambda: 0, stopped=lambda: False, timeout=2.0) == 1
+    )
     assert 2.0 <= time.monotonic() - started < 10.0
     # a late joiner counts the peers already training, whose entries are long gone
-    assert wait_for_peers(swarm.peers[2], "t-ready-short", swarm.keys[2], 3, running_peers=lambda: 3, stopped=lambda: False,
-                          timeout=60.0) == 3
+    assert (
+        wait_for_peers(swarm.peers[2], "t-ready-short", swarm.keys[2], 3, running_peers=lambda: 3, stopped=lambda: False, timeout=60.0) == 3
+    )
     # an entry under a subkey that names no owner is refused: one identity, one place at the start line
     assert not swarm.peers[2].store(RunKeys("t-ready-short").ready, 1.0, get_dht_time() + 30, subkey="anyone")

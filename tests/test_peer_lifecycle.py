@@ -24,7 +24,9 @@ def running_swarm(tmp_path_factory):
     root = tmp_path_factory.mktemp("swarm")
     corpus = write_corpus(root / "pairs.jsonl")
     with swarm_in(root, corpus) as swarm:
-        swarm.init("--target-batch-size", "4096", "--batch-size", "32", "--landmarks", "64", "--compat-weight", "0", "--no-outside-reference")
+        swarm.init(
+            "--target-batch-size", "4096", "--batch-size", "32", "--landmarks", "64", "--compat-weight", "0", "--no-outside-reference"
+        )
         swarm.start_coordinator("--no-outside-reference")
         swarm.start_peer("host", "--wait-for-peers", "1")
         wait_for(lambda: swarm.global_step() >= 1, 400, 1, "the first peer's first global step")

@@ -118,8 +118,21 @@ def test_init_without_the_outside_reference_prepares_neither_it_nor_the_yardstic
 
     monkeypatch.setenv("CAIRN_CACHE_DIR", str(tmp_path / "cache"))
     corpus_spec = write_corpus(tmp_path / "pairs.jsonl", pairs=600)
-    result = CliRunner().invoke(coordinator, ["init", "--workdir", str(tmp_path / "c"), "--corpus", corpus_spec, "--initialisation", "random",
-                                              "--landmarks", "64", "--no-outside-reference"])
+    result = CliRunner().invoke(
+        coordinator,
+        [
+            "init",
+            "--workdir",
+            str(tmp_path / "c"),
+            "--corpus",
+            corpus_spec,
+            "--initialisation",
+            "random",
+            "--landmarks",
+            "64",
+            "--no-outside-reference",
+        ],
+    )
     assert result.exit_code == 0, result.output
     workdir = Workdir(tmp_path / "c")
     assert workdir.run_config_path.is_file()

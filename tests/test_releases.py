@@ -313,7 +313,9 @@ def test_metadata_signed_by_a_key_not_in_root_is_refused(repo, root, installed, 
     forged.signed.version += 1
     forged.sign(generate_signer())  # mallory's key replaces the real signature
     with serve(tampering(repo.repository_dir, {"/metadata/timestamp.json": body(forged.to_bytes())})) as evil:
-        assert_refused_and_intact(lambda: client(evil, tmp_path, root).pull(installed), installed, "not signed by the keys the trusted root names")
+        assert_refused_and_intact(
+            lambda: client(evil, tmp_path, root).pull(installed), installed, "not signed by the keys the trusted root names"
+        )
 
 
 def test_rollback_to_a_lower_version_is_refused(repo, releases, root, tmp_path):
@@ -327,7 +329,9 @@ def test_rollback_to_a_lower_version_is_refused(repo, releases, root, tmp_path):
     with serve(make_repository_app(served)) as base:
         client(base, tmp_path, root).pull(destination)
         # Asking for the older release explicitly.
-        assert_refused_and_intact(lambda: client(base, tmp_path, root).pull(destination, "1.0.0"), destination, r"refusing release 1\.0\.0.*rollback")
+        assert_refused_and_intact(
+            lambda: client(base, tmp_path, root).pull(destination, "1.0.0"), destination, r"refusing release 1\.0\.0.*rollback"
+        )
         # The server starts replaying the old, validly signed repository: TUF's metadata versions catch it...
         shutil.rmtree(served)
         shutil.copytree(old_repository, served)
@@ -351,8 +355,21 @@ def test_an_older_release_asked_for_by_version_installs_beside_a_newer_one(repo,
     root_file = tmp_path / "root.json"
     root_file.write_bytes(root)
     older = tmp_path / "cairn-1.0.0"
-    code, out, err = run_cli(monkeypatch, capsys, "release", "pull", url, "--version", "1.0.0", "--to", older, "--root", root_file,
-                             "--cache-dir", tmp_path / "cache")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "release",
+        "pull",
+        url,
+        "--version",
+        "1.0.0",
+        "--to",
+        older,
+        "--root",
+        root_file,
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert code == 0, err
     assert installed_version(older) == "1.0.0" and installed_version(newer) == "1.1.0"
     assert str(verify_installed(older, root, tmp_path / "cache").version) == "1.0.0"
@@ -550,7 +567,9 @@ def test_a_directory_cannot_vouch_for_itself(repo, releases, root, url, tmp_path
     evil.init()
     evil.publish_release(make_release(tmp_path / "evil-src", "1.1.0", landmarks_version=2))
     with serve(make_repository_app(evil.repository_dir)) as evil_url:
-        ReleaseClient(evil_url, tmp_path / "attacker-cache", root=(evil.metadata_dir / "1.root.json").read_bytes()).pull(tmp_path / "forged")
+        ReleaseClient(evil_url, tmp_path / "attacker-cache", root=(evil.metadata_dir / "1.root.json").read_bytes()).pull(
+            tmp_path / "forged"
+        )
     shutil.rmtree(installed)
     shutil.copytree(tmp_path / "forged", installed)
     with pytest.raises(ReleaseError, match="not signed by the keys|differs from the one installed"):

@@ -166,7 +166,9 @@ def test_release_dir_refuses_symlinks_and_missing_files(tmp_path: Path):
     for name, data in contents.items():
         (directory / name).write_bytes(data)
     document = valid_document()
-    document.update(landmarks_version=1, files={n: {"sha256": hashlib.sha256(d).hexdigest(), "length": len(d)} for n, d in contents.items()})
+    document.update(
+        landmarks_version=1, files={n: {"sha256": hashlib.sha256(d).hexdigest(), "length": len(d)} for n, d in contents.items()}
+    )
     (directory / "manifest.json").write_bytes(encode(document))
     assert check_release_dir(directory).version == ReleaseVersion(1, 2, 3)
 

@@ -20,8 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_config(**changes) -> RunConfig:
-    fields = dict(run_id="rpc-test", corpus="wordnet", corpus_digest="c" * 64, tokenizer_digest="t" * 64, landmarks_digest="l" * 64,
-                  landmarks_version=1)
+    fields = dict(
+        run_id="rpc-test",
+        corpus="wordnet",
+        corpus_digest="c" * 64,
+        tokenizer_digest="t" * 64,
+        landmarks_digest="l" * 64,
+        landmarks_version=1,
+    )
     fields.update(changes)
     return RunConfig(**fields)
 
@@ -67,6 +73,7 @@ def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Pa
     import hivemind
 
     from cairn.peer.run_setup import coordinator_peer_id, fetch_config
+
     key = load_or_create_identity(tmp_path / "coordinator.pem")
     signed = sign_run_config(make_config(), key)
 
@@ -109,6 +116,8 @@ async def _register(dht, node, signed: bytes) -> None:
 
 def test_generated_protobuf_code_is_current(tmp_path: Path):
     proto_dir = ROOT / "cairn" / "protocol" / "proto"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(proto_dir), f"--python_out={tmp_path}",
-                    str(proto_dir / "cairn.proto")], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(proto_dir), f"--python_out={tmp_path}", str(proto_dir / "cairn.proto")],
+        check=True,
+    )
     assert (tmp_path / "cairn_pb2.py").read_text() == (proto_dir / "cairn_pb2.py").read_text(), "run bash scripts/gen_proto.sh"

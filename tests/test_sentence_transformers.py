@@ -23,8 +23,14 @@ def test_export_loads_in_sentence_transformers_and_matches(tmp_path: Path):
     words = [f"word{i}" for i in range(400)]
     corpus.write_text("".join(f'{{"a": "{w} thing", "b": "a thing called {w} in a long gloss"}}\n' for w in words))
     bundle = tmp_path / "bundle"
-    train(f"jsonl:{corpus}", bundle, TrainingConfig(landmarks=32, reference_size=64, batch_size=16), max_samples=64,
-          evaluate=False, show_progress=False)
+    train(
+        f"jsonl:{corpus}",
+        bundle,
+        TrainingConfig(landmarks=32, reference_size=64, batch_size=16),
+        max_samples=64,
+        evaluate=False,
+        show_progress=False,
+    )
     exported = export_sentence_transformers(bundle, tmp_path / "st", dims=16)
     model = st.SentenceTransformer(str(exported), device="cpu", trust_remote_code=True)
     texts = ["word1 thing", "a thing called word2"]

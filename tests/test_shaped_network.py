@@ -66,17 +66,47 @@ def test_bad_network_input_is_refused_in_one_line():
 def test_two_peers_train_together_over_shaped_links(tmp_path: Path, no_leftovers):
     corpus = write_corpus(tmp_path / "pairs.jsonl", pairs=6000)
     coordinator_dir = tmp_path / "coordinator"
-    init = subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", "shaped-test", "--corpus", corpus,
-                                "--shards", "4", "--lease-seconds", "8", "--batch-size", "256", "--target-batch-size", "512",
-                                "--initialisation", "random", "--no-outside-reference"),  # the links are under test, not the start
-                          capture_output=True, text=True, env=child_env(), timeout=300)
+    init = subprocess.run(
+        cairn(
+            "coordinator",
+            "init",
+            "--workdir",
+            str(coordinator_dir),
+            "--run-id",
+            "shaped-test",
+            "--corpus",
+            corpus,
+            "--shards",
+            "4",
+            "--lease-seconds",
+            "8",
+            "--batch-size",
+            "256",
+            "--target-batch-size",
+            "512",
+            "--initialisation",
+            "random",
+            "--no-outside-reference",
+        ),  # the links are under test, not the start
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert init.returncode == 0, init.stderr[-2000:]
 
     # One run, no second try: the start race that once left 2 of 6 runs without a round (one peer met the target
     # before the other's first step) is gone with the start barrier (cairn/peer/start_barrier.py), and must stay gone
     attempt = "swarm"
-    result = run_swarm_shaped(coordinator_dir, tmp_path / attempt, peers=2, rate_mbit=SWARM_RATE_MBIT, seconds=30,
-                              peer_args=["--compression", "blockwise8"], cpus=sorted(os.sched_getaffinity(0)))
+    result = run_swarm_shaped(
+        coordinator_dir,
+        tmp_path / attempt,
+        peers=2,
+        rate_mbit=SWARM_RATE_MBIT,
+        seconds=30,
+        peer_args=["--compression", "blockwise8"],
+        cpus=sorted(os.sched_getaffinity(0)),
+    )
     logs = {name: (tmp_path / attempt / "logs" / f"{name}.log").read_text(errors="replace")[-1500:] for name in ("p1", "p2")}
     assert result["exit_codes"] == {"p1": 0, "p2": 0}, logs
     assert result["join"].startswith("/ip4/10.77.0.1/tcp/"), result["join"]  # peers joined through the bridge, not loopback

@@ -12,7 +12,16 @@ import torch
 
 from cairn.training.distill import distilled_table, encoder_from_table, load_or_distill, random_rotation, token_texts
 from cairn.protocol.embedder import Embedder, calibrate, encode_texts, load_bundle, save_bundle
-from cairn.protocol.encoder import CONFIG_FILE, STATIC_INIT_STD, EncoderConfig, StaticEncoder, build_encoder, config_for, load_encoder, save_encoder
+from cairn.protocol.encoder import (
+    CONFIG_FILE,
+    STATIC_INIT_STD,
+    EncoderConfig,
+    StaticEncoder,
+    build_encoder,
+    config_for,
+    load_encoder,
+    save_encoder,
+)
 from cairn.protocol.errors import CairnError
 from cairn.protocol.landmarks import LandmarkSet
 from cairn.protocol.tokenizer import TextTokenizer, make_tokenizer, wordpiece_from_file
@@ -76,8 +85,12 @@ def test_an_encoder_config_without_architecture_is_a_transformer(tmp_path):
     assert load_encoder(tmp_path).config == transformer
 
 
-TEXTS = [f"{a} {n} {v}" for a in ("red", "blue", "old", "tiny", "bright") for n in ("fox", "river", "house", "song")
-         for v in ("sleeps", "flows", "stands", "plays")]
+TEXTS = [
+    f"{a} {n} {v}"
+    for a in ("red", "blue", "old", "tiny", "bright")
+    for n in ("fox", "river", "house", "song")
+    for v in ("sleeps", "flows", "stands", "plays")
+]
 
 
 def test_rotating_a_static_table_leaves_the_relational_embedding_unchanged(bert, tmp_path):

@@ -112,11 +112,19 @@ def _a_lone_peer_starts_from_the_latest_release(swarm) -> None:
     versions = [version for (version,) in swarm.ledger("SELECT version FROM releases")]
     assert pulled in versions and pulled != "0.1.0", (pulled, versions)
     # its saved state (96 samples, no global update at target 512) is that release, not the start release 0.1.0
-    start, released, kept = (_parameters(path) for path in (swarm.coordinator_dir / "releases" / "0.1.0",
-                                                             swarm.coordinator_dir / "releases" / pulled, swarm.peer_dir("second") / "state"))
+    start, released, kept = (
+        _parameters(path)
+        for path in (
+            swarm.coordinator_dir / "releases" / "0.1.0",
+            swarm.coordinator_dir / "releases" / pulled,
+            swarm.peer_dir("second") / "state",
+        )
+    )
     assert resumed["epochs"] == 0, resumed
-    assert np.linalg.norm(kept - released) < 0.05 * np.linalg.norm(released - start), (np.linalg.norm(kept - released),
-                                                                                        np.linalg.norm(released - start))
+    assert np.linalg.norm(kept - released) < 0.05 * np.linalg.norm(released - start), (
+        np.linalg.norm(kept - released),
+        np.linalg.norm(released - start),
+    )
     # and it trained from there: its first loss is a trained model's, below chance at batch 32 (measured 2.98 against
     # ln 32 = 3.47 from this release, one step of 512 pairs past the start; one batch of 32 varies by ~0.3)
     assert resumed["first_loss"] < math.log(32) - 0.25, resumed
@@ -129,8 +137,12 @@ def _check_dashboard(coordinator_dir: Path, screenshots: Path) -> None:
         pytest.skip("Debian's chromium is not installed (bash scripts/setup.sh --test installs it)")
     screenshots = Path(os.environ.get("CAIRN_SCREENSHOTS", screenshots))
     with serve_dashboard(coordinator_dir) as base:
-        pages = visit_pages([f"{base}/", f"{base}/contributors", f"{base}/convergence", f"{base}/releases"],
-                            screenshot_dir=screenshots, wait_for_api="/api/swarm", screenshot_prefix="swarm-")
+        pages = visit_pages(
+            [f"{base}/", f"{base}/contributors", f"{base}/convergence", f"{base}/releases"],
+            screenshot_dir=screenshots,
+            wait_for_api="/api/swarm",
+            screenshot_prefix="swarm-",
+        )
     for page in pages:
         assert page.status == 200 and not page.problems, (page.url, page.problems)
     leaderboard = pages[1].text
@@ -139,20 +151,39 @@ def _check_dashboard(coordinator_dir: Path, screenshots: Path) -> None:
 
 
 def _pull_verify_embed(swarm, tmp_path: Path) -> None:
-    listed = subprocess.run(cairn("release", "list", swarm.repository_url, "--cache-dir", str(tmp_path / "trust")), cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    listed = subprocess.run(
+        cairn("release", "list", swarm.repository_url, "--cache-dir", str(tmp_path / "trust")),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listed.returncode == 0, listed.stderr
     assert "0.1.0" in listed.stdout and "0.2.0" in listed.stdout
     installed = tmp_path / "installed"
-    pulled = subprocess.run(cairn("release", "pull", swarm.repository_url, "--to", str(installed), "--cache-dir", str(tmp_path / "trust")),
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    pulled = subprocess.run(
+        cairn("release", "pull", swarm.repository_url, "--to", str(installed), "--cache-dir", str(tmp_path / "trust")),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pulled.returncode == 0, pulled.stderr
-    verified = subprocess.run(cairn("release", "verify", str(installed), "--cache-dir", str(tmp_path / "trust")), cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+    verified = subprocess.run(
+        cairn("release", "verify", str(installed), "--cache-dir", str(tmp_path / "trust")),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verified.returncode == 0, verified.stderr
-    embedded = subprocess.run(cairn("embed", "--release", str(installed), "--dims", "64", "--cache-dir", str(tmp_path / "trust"),
-                                    "a small dog", "a large cat"), cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+    embedded = subprocess.run(
+        cairn("embed", "--release", str(installed), "--dims", "64", "--cache-dir", str(tmp_path / "trust"), "a small dog", "a large cat"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert embedded.returncode == 0, embedded.stderr
     lines = [json.loads(line) for line in embedded.stdout.splitlines()]
     assert [len(line["embedding"]) for line in lines] == [64, 64]
@@ -182,8 +213,10 @@ def manifest_width(release: Path) -> int:
 
 def _records(swarm) -> dict[str, tuple]:
     """The latest ledger record of each peer: name -> (samples, loss, shard, epoch, reported_at)."""
-    rows = swarm.ledger("SELECT p.display_name, r.samples, r.loss, r.shard, r.epoch, r.reported_at FROM records r "
-                        "JOIN peers p USING(public_id) WHERE r.id IN (SELECT MAX(id) FROM records GROUP BY public_id)")
+    rows = swarm.ledger(
+        "SELECT p.display_name, r.samples, r.loss, r.shard, r.epoch, r.reported_at FROM records r "
+        "JOIN peers p USING(public_id) WHERE r.id IN (SELECT MAX(id) FROM records GROUP BY public_id)"
+    )
     return {name: (samples, loss, shard, epoch, at) for name, samples, loss, shard, epoch, at in rows}
 
 
@@ -195,8 +228,19 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
     with swarm_in(tmp_path, corpus_spec) as swarm:
         # three shards for three peers: a newcomer can only train on the shard the killed peer held
         # failure handling, not compatibility: without the term's parent pulls and extra forward passes on this 2-core box
-        swarm.init("--target-batch-size", "384", "--batch-size", "32", "--landmarks", "64", "--shards", "3", "--compat-weight", "0",
-                   "--no-outside-reference")  # what releases report beyond the run's own suite is not under test here
+        swarm.init(
+            "--target-batch-size",
+            "384",
+            "--batch-size",
+            "32",
+            "--landmarks",
+            "64",
+            "--shards",
+            "3",
+            "--compat-weight",
+            "0",
+            "--no-outside-reference",
+        )  # what releases report beyond the run's own suite is not under test here
         coordinator = swarm.start_coordinator("--release-every", "4", "--no-outside-reference")
         peers = {name: swarm.start_peer(name, "--wait-for-peers", "3") for name in ("ann", "ben", "cat")}
         wait_for(lambda: swarm.global_step() >= 3 and len(_records(swarm)) == 3, 600, 3, "three peers to train together")
@@ -208,8 +252,12 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         averaging_timeout, poll = 10, 3
         # the survivors keep stepping: the next global step comes within the averaging timeout plus one
         # ordinary epoch (384 samples at >= 30 samples/s) plus the ledger's poll interval and slack
-        wait_for(lambda: swarm.global_step() >= step_at_kill + 2, averaging_timeout + 2 * 13 + poll + 30, 1,
-                 "the survivors to make progress after a peer was killed")
+        wait_for(
+            lambda: swarm.global_step() >= step_at_kill + 2,
+            averaging_timeout + 2 * 13 + poll + 30,
+            1,
+            "the survivors to make progress after a peer was killed",
+        )
 
         # -- a late joiner: only the dead peer's shard is free once its lease (8 s) expires
         step_at_join = swarm.global_step()
@@ -226,8 +274,12 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         killed_at = time.time()
         time.sleep(15)  # peers train on without their coordinator
         swarm.start_coordinator("--release-every", "4", "--no-outside-reference")
-        wait_for(lambda: len(swarm.ledger("SELECT version FROM releases")) > len(releases_before), 600, 3,
-                 "a new release after the coordinator restart")
+        wait_for(
+            lambda: len(swarm.ledger("SELECT version FROM releases")) > len(releases_before),
+            600,
+            3,
+            "a new release after the coordinator restart",
+        )
         steps_after_restart = [step for (step,) in swarm.ledger("SELECT global_step FROM swarm WHERE at > ?", killed_at)]
         assert max(steps_after_restart) > step_before, "the peers did not train while the coordinator was down"
         releases_after = [v for (v,) in swarm.ledger("SELECT version FROM releases ORDER BY created_at")]
@@ -235,8 +287,13 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         assert releases_after[len(releases_before)] == _next_minor(releases_before[-1])  # the sequence continues
         credited_after = dict(swarm.ledger("SELECT display_name, credited_samples FROM peers"))
         assert all(credited_after[name] >= credited for name, credited in credited_before.items())
-        listed = subprocess.run(cairn("release", "list", swarm.repository_url, "--cache-dir", str(tmp_path / "trust")), cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+        listed = subprocess.run(
+            cairn("release", "list", swarm.repository_url, "--cache-dir", str(tmp_path / "trust")),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert listed.returncode == 0 and all(version in listed.stdout for version in releases_after), listed.stdout + listed.stderr
 
         leaving = [peers["ann"], peers["ben"], late]
@@ -321,8 +378,17 @@ def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tm
     baselines = []
     for accumulate in sorted({math.floor(effective), math.ceil(effective)}):
         baseline_dir = tmp_path / f"baseline-{accumulate}"
-        train(corpus_spec, baseline_dir, config, max_samples=total, accumulate=accumulate, evaluate=False, show_progress=False,
-              compat_with=start, compat_weight=COMPAT_WEIGHT)
+        train(
+            corpus_spec,
+            baseline_dir,
+            config,
+            max_samples=total,
+            accumulate=accumulate,
+            evaluate=False,
+            show_progress=False,
+            compat_with=start,
+            compat_weight=COMPAT_WEIGHT,
+        )
         baselines.append(heldout_loss(baseline_dir))
 
     chance = math.log(batch)
@@ -343,8 +409,14 @@ def test_cairn_swarm_runs_the_whole_network_learns_and_stops_cleanly(tmp_path: P
 
     workdir = tmp_path / "swarm"
     # exactly the README's command (the embedded WordNet, 5 minutes), with more frequent releases
-    process = subprocess.Popen(cairn("swarm", "--peers", "2", "--minutes", "5", "--workdir", str(workdir), "--release-every", "15"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        cairn("swarm", "--peers", "2", "--minutes", "5", "--workdir", str(workdir), "--release-every", "15"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=900)
     finally:
@@ -358,7 +430,7 @@ def test_cairn_swarm_runs_the_whole_network_learns_and_stops_cleanly(tmp_path: P
     assert rows.get("peer-1", 0) > 0 and rows.get("peer-2", 0) > 0, rows
     losses = [loss for (loss,) in db.execute("SELECT mean_loss FROM swarm WHERE mean_loss IS NOT NULL ORDER BY at")]
     chance = math.log(1024)  # the default batch: InfoNCE over 1,024 in-batch candidates
-    early, late = np.mean(losses[: max(1, len(losses) // 5)]), np.mean(losses[-max(1, len(losses) // 5):])
+    early, late = np.mean(losses[: max(1, len(losses) // 5)]), np.mean(losses[-max(1, len(losses) // 5) :])
     assert late < 0.6 * chance and late < early - 1.0, (early, late, chance)  # a falling loss, far from ln(batch)
 
     releases = sorted((workdir / "coordinator" / "releases").glob("0.*.0"), key=lambda p: int(p.name.split(".")[1]))
@@ -371,15 +443,25 @@ def test_cairn_swarm_runs_the_whole_network_learns_and_stops_cleanly(tmp_path: P
     # and the manifest says, against the TF-IDF+SVD yardstick in the same (quick) suite mode, that it beats it where the
     # README promises (issue 11): held-out retrieval and the topic probe
     yardstick = json.loads((releases[-1] / "manifest.json").read_text())["metrics"]["yardstick"]
-    assert yardstick["mode"] == "quick" and yardstick["beats"]["gloss_lemma_r10"] and yardstick["beats"]["bbc_probe_acc"], (latest, yardstick)
+    assert yardstick["mode"] == "quick" and yardstick["beats"]["gloss_lemma_r10"] and yardstick["beats"]["bbc_probe_acc"], (
+        latest,
+        yardstick,
+    )
     # and what a user gets from it works: the release loads through the public API (files checked against the manifest)
     # and its 64-coordinate Matryoshka prefix matches short definitions to their words: measured on three README-job
     # releases, 7-8 of 8 found first, matched cosine 0.51-0.54 against 0.05 for the others (one pair alone is too noisy)
     from cairn.releases import load_release
 
-    definitions = ["a young dog", "a large body of salt water", "a portable computer", "a building where people live",
-                   "the money a person earns for work", "a feeling of great happiness", "a vehicle that flies through the air",
-                   "a doctor who operates on patients"]
+    definitions = [
+        "a young dog",
+        "a large body of salt water",
+        "a portable computer",
+        "a building where people live",
+        "the money a person earns for work",
+        "a feeling of great happiness",
+        "a vehicle that flies through the air",
+        "a doctor who operates on patients",
+    ]
     words = ["puppy", "ocean", "laptop", "house", "salary", "joy", "airplane", "surgeon"]
     release = load_release(releases[-1], device="cpu")
     similarity = release.embed(definitions, dims=64) @ release.embed(words, dims=64).T
@@ -397,8 +479,23 @@ def test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join(tmp_path:
     with swarm_in(tmp_path, corpus_spec) as swarm:
         # an outer round every 8 x 256 samples: 32 inner steps of 32 per peer with two peers (a round much shorter than
         # hivemind's matchmaking would measure matchmaking, not DiLoCo)
-        swarm.init("--averaging", "diloco", "--outer-every", "8", "--target-batch-size", "256", "--batch-size", "32",
-                   "--landmarks", "64", "--shards", "3", "--compat-weight", "0", "--no-outside-reference")
+        swarm.init(
+            "--averaging",
+            "diloco",
+            "--outer-every",
+            "8",
+            "--target-batch-size",
+            "256",
+            "--batch-size",
+            "32",
+            "--landmarks",
+            "64",
+            "--shards",
+            "3",
+            "--compat-weight",
+            "0",
+            "--no-outside-reference",
+        )
         swarm.start_coordinator("--no-outside-reference")
         peers = {name: swarm.start_peer(name, "--wait-for-peers", "2") for name in ("ann", "ben")}
         wait_for(lambda: swarm.global_step() >= 2 and {"ann", "ben"} <= set(_records(swarm)), 300, 2, "two outer rounds")

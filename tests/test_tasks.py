@@ -34,8 +34,13 @@ from cairn.protocol.run_config import TrainingConfig
 from cairn.training.task import reference_texts
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = TrainingConfig(landmarks=32, reference_size=64, batch_size=16, anchor_refresh_every=5,
-                        objective=replace(TrainingConfig().objective, prefix_dims=(8, 16, 32)))
+CONFIG = TrainingConfig(
+    landmarks=32,
+    reference_size=64,
+    batch_size=16,
+    anchor_refresh_every=5,
+    objective=replace(TrainingConfig().objective, prefix_dims=(8, 16, 32)),
+)
 GROUPS = {
     "animal": ["fox", "dog", "cat", "horse", "owl", "wolf", "mouse", "goat"],
     "place": ["river", "mountain", "castle", "garden", "forest", "island", "harbor", "meadow"],
@@ -79,7 +84,7 @@ def data_files(tmp_path_factory) -> dict[str, Path]:
     jsonl = root / "topics.jsonl"
     jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
     csv_path = root / "topics.csv"
-    csv_path.write_text("text,topic\n" + "".join(f"\"{row['text']}\",{row['topic']}\n" for row in rows))
+    csv_path.write_text("text,topic\n" + "".join(f'"{row["text"]}",{row["topic"]}\n' for row in rows))
     return {"jsonl": jsonl, "csv": csv_path}
 
 
@@ -107,8 +112,15 @@ def make_release(bundle: Path, target: Path, version: str) -> Path:
         sha256, length = file_sha256(target / name)
         files[name] = {"sha256": sha256, "length": length}
     landmarks = json.loads((target / "landmarks.json").read_text())
-    document = {"version": version, "parent_version": None, "run_id": "task-test", "global_step": 20, "landmarks_version": landmarks["version"],
-                "landmarks_digest": landmarks["digest"], "files": files}
+    document = {
+        "version": version,
+        "parent_version": None,
+        "run_id": "task-test",
+        "global_step": 20,
+        "landmarks_version": landmarks["version"],
+        "landmarks_digest": landmarks["digest"],
+        "files": files,
+    }
     write_manifest(parse_manifest(json.dumps(document).encode()), target / "manifest.json")
     return target
 
@@ -151,7 +163,8 @@ def test_numpy_forward_matches_sklearn(kind, classes):
         reference = LogisticRegression(max_iter=2000, random_state=0).fit(x.astype(np.float64), [f"c{v}" for v in y])
     else:
         reference = MLPClassifier(hidden_layer_sizes=(128,), max_iter=500, early_stopping=True, random_state=0).fit(
-            x.astype(np.float64), [f"c{v}" for v in y])
+            x.astype(np.float64), [f"c{v}" for v in y]
+        )
     assert model.predict_features(x) == list(reference.predict(x.astype(np.float64)))
     np.testing.assert_allclose(model.scores(x), reference.predict_proba(x.astype(np.float64)), atol=1e-4)
 
@@ -179,7 +192,9 @@ def test_model_transfers_to_an_append_only_successor(bundle, data_files, tmp_pat
     before = evaluate_task_model(model, base, data.texts, data.labels)
     after = evaluate_task_model(loaded, successor, data.texts, data.labels)
     assert after["accuracy"] == pytest.approx(before["accuracy"], abs=1e-9)
-    np.testing.assert_allclose(successor.embedder.relational(data.texts)[:, :32], base.embedder.relational(data.texts), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        successor.embedder.relational(data.texts)[:, :32], base.embedder.relational(data.texts), rtol=1e-4, atol=1e-4
+    )
     assert after["landmarks"].startswith("v2") and after["trained_on_landmarks"].startswith("v1")
 
 
@@ -236,10 +251,16 @@ def test_load_refuses_malformed_model_directories(bundle, data_files, tmp_path):
     assert "not valid JSON" in broken(lambda t: (t / META_FILE).write_text("{"))
     assert "not UTF-8" in broken(lambda t: (t / META_FILE).write_bytes(b"\xff\xfe"))
     assert "unknown format" in broken(lambda t: (t / META_FILE).write_text(json.dumps({**meta, "format": "pickle"})))
-    assert "anchors_digest" in broken(lambda t: (t / META_FILE).write_text(json.dumps(
-        {**meta, "landmarks": {**meta["landmarks"], "anchors": ["x"] + meta["landmarks"]["anchors"][1:]}})))
-    assert "do not fit" in broken(lambda t: (t / META_FILE).write_text(json.dumps({**meta, "dims": 9, "landmarks": {
-        **meta["landmarks"], "anchors": meta["landmarks"]["anchors"] + ["y"]}})))
+    assert "anchors_digest" in broken(
+        lambda t: (t / META_FILE).write_text(
+            json.dumps({**meta, "landmarks": {**meta["landmarks"], "anchors": ["x"] + meta["landmarks"]["anchors"][1:]}})
+        )
+    )
+    assert "do not fit" in broken(
+        lambda t: (t / META_FILE).write_text(
+            json.dumps({**meta, "dims": 9, "landmarks": {**meta["landmarks"], "anchors": meta["landmarks"]["anchors"] + ["y"]}})
+        )
+    )
     assert "kind" in broken(lambda t: (t / META_FILE).write_text(json.dumps({**meta, "kind": "__import__('os')"})))
 
 
@@ -253,19 +274,22 @@ def test_bad_training_input(bundle):
         train_task_model(release, ["a", "b"], ["x", "y"], kind="forest")
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("missing.jsonl", None, "no such file"),
-    ("bad.jsonl", b'{"text": "a", "topic": "x"}\n{"text": "b"}\n', "bad.jsonl:2: missing column(s) 'topic' (found 'text')"),
-    ("bad.csv", b"text,label\na,x\n", "missing column(s) 'topic' in the header (found 'text', 'label')"),
-    ("latin1.csv", "text,topic\ncaf\xe9,x\n".encode("latin-1"), "not UTF-8 (invalid byte at offset 14)"),
-    ("latin1.jsonl", b'{"text": "caf\xe9", "topic": "x"}\n', "not UTF-8"),
-    ("empty.jsonl", b"\n", "no rows"),
-    ("notjson.jsonl", b'{"text": \n', "notjson.jsonl:1: not valid JSON"),
-    ("ragged.csv", b"text,topic\na,x,extra\n", "ragged.csv:2: 3 fields, the header has 2"),
-    ("data.xlsx", b"PK", "unknown data format '.xlsx'"),
-    ("nulllabel.jsonl", b'{"text": "a", "topic": null}\n', "must be a string or an integer"),
-    ("emptytext.jsonl", b'{"text": " ", "topic": "x"}\n', "must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.jsonl", None, "no such file"),
+        ("bad.jsonl", b'{"text": "a", "topic": "x"}\n{"text": "b"}\n', "bad.jsonl:2: missing column(s) 'topic' (found 'text')"),
+        ("bad.csv", b"text,label\na,x\n", "missing column(s) 'topic' in the header (found 'text', 'label')"),
+        ("latin1.csv", "text,topic\ncaf\xe9,x\n".encode("latin-1"), "not UTF-8 (invalid byte at offset 14)"),
+        ("latin1.jsonl", b'{"text": "caf\xe9", "topic": "x"}\n', "not UTF-8"),
+        ("empty.jsonl", b"\n", "no rows"),
+        ("notjson.jsonl", b'{"text": \n', "notjson.jsonl:1: not valid JSON"),
+        ("ragged.csv", b"text,topic\na,x,extra\n", "ragged.csv:2: 3 fields, the header has 2"),
+        ("data.xlsx", b"PK", "unknown data format '.xlsx'"),
+        ("nulllabel.jsonl", b'{"text": "a", "topic": null}\n', "must be a string or an integer"),
+        ("emptytext.jsonl", b'{"text": " ", "topic": "x"}\n', "must be a non-empty string"),
+    ],
+)
 def test_read_labelled_errors(tmp_path, name, content, message):
     path = tmp_path / name
     if content is not None:
@@ -279,18 +303,43 @@ def test_read_labelled_errors(tmp_path, name, content, message):
 
 
 def cairn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cairn.cli", "task", *args], check=False, capture_output=True, text=True, cwd=REPO,
-                          timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "cairn.cli", "task", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_cli_train_then_eval_on_another_release(bundle, data_files, tmp_path):
     successor = extended_copy(bundle, tmp_path / "v2", new_anchors=["yet another anchor"])
-    trained = cairn("train", "--release", str(bundle), "--data", str(data_files["csv"]), "--text-column", "text", "--label-column", "topic",
-                    "--dims", "16", "--kind", "logreg", "--out", str(tmp_path / "model"), "--device", "cpu")
+    trained = cairn(
+        "train",
+        "--release",
+        str(bundle),
+        "--data",
+        str(data_files["csv"]),
+        "--text-column",
+        "text",
+        "--label-column",
+        "topic",
+        "--dims",
+        "16",
+        "--kind",
+        "logreg",
+        "--out",
+        str(tmp_path / "model"),
+        "--device",
+        "cpu",
+    )
     assert trained.returncode == 0, trained.stderr
     assert "logreg task model on 16 dims, 3 labels, 96 examples" in trained.stdout
-    evaluated = cairn("eval", "--release", str(successor), "--model", str(tmp_path / "model"), "--data", str(data_files["jsonl"]),
-                      "--device", "cpu")
+    evaluated = cairn(
+        "eval", "--release", str(successor), "--model", str(tmp_path / "model"), "--data", str(data_files["jsonl"]), "--device", "cpu"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
     assert report["examples"] == 96 and report["accuracy"] > 0.45 and report["landmarks"].startswith("v2")
@@ -303,14 +352,52 @@ def test_cli_errors_are_one_line(bundle, data_files, tmp_path):
     (tmp_path / "latin1.csv").write_bytes("text,topic\ncaf\xe9,x\n".encode("latin-1"))
     cases = [
         (["train", "--release", str(bundle), "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "m")], "no such file"),
-        (["train", "--release", str(bundle), "--data", str(data_files["jsonl"]), "--label-column", "category", "--out", str(tmp_path / "m")],
-         "missing column(s) 'category'"),
-        (["train", "--release", str(bundle), "--data", str(tmp_path / "latin1.csv"), "--label-column", "topic", "--out", str(tmp_path / "m")],
-         "not UTF-8"),
-        (["train", "--release", str(tmp_path / "no-release"), "--data", str(data_files["jsonl"]), "--label-column", "topic",
-          "--out", str(tmp_path / "m")], "not a release or bundle directory"),
-        (["eval", "--release", str(bundle), "--model", str(tmp_path / "no-model"), "--data", str(data_files["jsonl"])],
-         "not a task model directory"),
+        (
+            [
+                "train",
+                "--release",
+                str(bundle),
+                "--data",
+                str(data_files["jsonl"]),
+                "--label-column",
+                "category",
+                "--out",
+                str(tmp_path / "m"),
+            ],
+            "missing column(s) 'category'",
+        ),
+        (
+            [
+                "train",
+                "--release",
+                str(bundle),
+                "--data",
+                str(tmp_path / "latin1.csv"),
+                "--label-column",
+                "topic",
+                "--out",
+                str(tmp_path / "m"),
+            ],
+            "not UTF-8",
+        ),
+        (
+            [
+                "train",
+                "--release",
+                str(tmp_path / "no-release"),
+                "--data",
+                str(data_files["jsonl"]),
+                "--label-column",
+                "topic",
+                "--out",
+                str(tmp_path / "m"),
+            ],
+            "not a release or bundle directory",
+        ),
+        (
+            ["eval", "--release", str(bundle), "--model", str(tmp_path / "no-model"), "--data", str(data_files["jsonl"])],
+            "not a task model directory",
+        ),
     ]
     for args, message in cases:
         result = cairn(*args)
@@ -321,11 +408,13 @@ def test_cli_errors_are_one_line(bundle, data_files, tmp_path):
 
 def test_cli_refuses_incompatible_release(bundle, data_files, tmp_path):
     data = read_labelled(data_files["jsonl"], "text", "topic")
-    train_task_model(open_release(bundle, "cpu"), data.texts, data.labels, dims=8,
-                     training_info={"text_column": "text", "label_column": "topic"}).save(tmp_path / "model")
+    train_task_model(
+        open_release(bundle, "cpu"), data.texts, data.labels, dims=8, training_info={"text_column": "text", "label_column": "topic"}
+    ).save(tmp_path / "model")
     reordered = extended_copy(bundle, tmp_path / "reordered", reorder=True)
-    result = cairn("eval", "--release", str(reordered), "--model", str(tmp_path / "model"), "--data", str(data_files["jsonl"]), "--device", "cpu")
+    result = cairn(
+        "eval", "--release", str(reordered), "--model", str(tmp_path / "model"), "--data", str(data_files["jsonl"]), "--device", "cpu"
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "differs at anchor 1" in lines[0], result.stderr
-

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from cairn.protocol.errors import CairnError
 from cairn.protocol.tokenizer import TOKENIZER_FILE, TextTokenizer, train_tokenizer
 
-WORDS = ("the quick brown fox jumps over lazy dog cat runs fast slow red green blue small large house tree river "
-         "mountain sings under bright night garden window yellow old young water stone").split()
+WORDS = (
+    "the quick brown fox jumps over lazy dog cat runs fast slow red green blue small large house tree river "
+    "mountain sings under bright night garden window yellow old young water stone"
+).split()
 
 
 def sentences(count: int = 400, seed: int = 0) -> list[str]:
@@ -41,9 +43,11 @@ def test_special_tokens_have_fixed_ids(tokenizer):
 
 
 @settings(max_examples=80, deadline=None)
-@given(words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=12),
-       gaps=st.lists(st.sampled_from([" ", "  ", "\t", " \n "]), min_size=12, max_size=12),
-       upper=st.lists(st.booleans(), min_size=12, max_size=12))
+@given(
+    words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=12),
+    gaps=st.lists(st.sampled_from([" ", "  ", "\t", " \n "]), min_size=12, max_size=12),
+    upper=st.lists(st.booleans(), min_size=12, max_size=12),
+)
 def test_round_trip_of_in_vocabulary_text(tokenizer, words, gaps, upper):
     """decode(encode(text)) is the normalised text: lower-cased, whitespace collapsed to single spaces."""
     cased = [w.upper() if u else w for w, u in zip(words, upper)]
@@ -51,12 +55,15 @@ def test_round_trip_of_in_vocabulary_text(tokenizer, words, gaps, upper):
     assert tokenizer.round_trip(text) == " ".join(words)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The fox, the dog.", "the fox, the dog."),
-    ("Why?  Red house!", "why? red house!"),
-    ("rivermountain", "rivermountain"),  # unseen word, spelled from sub-word pieces
-    ("zebra", ""),  # 'z' never follows another letter in the training text: the word becomes [UNK], dropped on decode
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The fox, the dog.", "the fox, the dog."),
+        ("Why?  Red house!", "why? red house!"),
+        ("rivermountain", "rivermountain"),  # unseen word, spelled from sub-word pieces
+        ("zebra", ""),  # 'z' never follows another letter in the training text: the word becomes [UNK], dropped on decode
+    ],
+)
 def test_round_trip_examples(tokenizer, text, expected):
     assert tokenizer.round_trip(text) == expected
 
@@ -105,9 +112,11 @@ def test_training_is_deterministic_within_a_process(tokenizer):
 
 def test_training_is_deterministic_across_processes(tokenizer):
     """Hash-map seeds differ per process: every peer must still derive the coordinator's tokenizer."""
-    script = ("import sys; sys.path.insert(0, %r); from test_tokenizer import sentences; "
-              "from cairn.protocol.tokenizer import TextTokenizer, train_tokenizer; "
-              "print(TextTokenizer(train_tokenizer(sentences(), 300), max_len=24).digest())") % str(__import__("pathlib").Path(__file__).parent)
+    script = (
+        "import sys; sys.path.insert(0, %r); from test_tokenizer import sentences; "
+        "from cairn.protocol.tokenizer import TextTokenizer, train_tokenizer; "
+        "print(TextTokenizer(train_tokenizer(sentences(), 300), max_len=24).digest())"
+    ) % str(__import__("pathlib").Path(__file__).parent)
     digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)}
     assert digests == {tokenizer.digest()}
 

@@ -23,12 +23,37 @@ from cairn.protocol.run_config import TrainingConfig
 from cairn.training.task import TrainingTask, batches, prepare_run, reference_texts
 
 ADJECTIVES = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "silver", "golden", "tiny", "giant"]
-NOUNS = ["fox", "dog", "cat", "horse", "river", "mountain", "castle", "garden", "engine", "violin", "forest", "island",
-         "rocket", "teapot", "lantern", "harbor", "meadow", "bridge", "tower", "canyon"]
+NOUNS = [
+    "fox",
+    "dog",
+    "cat",
+    "horse",
+    "river",
+    "mountain",
+    "castle",
+    "garden",
+    "engine",
+    "violin",
+    "forest",
+    "island",
+    "rocket",
+    "teapot",
+    "lantern",
+    "harbor",
+    "meadow",
+    "bridge",
+    "tower",
+    "canyon",
+]
 VERBS = ["sleeps", "runs", "sings", "glows", "waits", "drifts"]
 
-CONFIG = TrainingConfig(landmarks=32, reference_size=64, batch_size=16, anchor_refresh_every=5,
-                        objective=replace(TrainingConfig().objective, prefix_dims=(8, 16, 32)))
+CONFIG = TrainingConfig(
+    landmarks=32,
+    reference_size=64,
+    batch_size=16,
+    anchor_refresh_every=5,
+    objective=replace(TrainingConfig().objective, prefix_dims=(8, 16, 32)),
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one torch thread on the shared 2-core boxes
@@ -102,7 +127,10 @@ def test_resume_continues_from_the_checkpoint(first_run, corpus_path, tmp_path, 
     straight_dir = tmp_path / "straight"
     straight = train(f"jsonl:{corpus_path}", straight_dir, CONFIG, max_samples=320, device="cpu", evaluate=False, show_progress=False)
     assert (straight.steps, straight.samples) == (20, 320)
-    resumed_weights, straight_weights = load_file(str(resumed_dir / "model.safetensors")), load_file(str(straight_dir / "model.safetensors"))
+    resumed_weights, straight_weights = (
+        load_file(str(resumed_dir / "model.safetensors")),
+        load_file(str(straight_dir / "model.safetensors")),
+    )
     assert resumed_weights.keys() == straight_weights.keys()
     for name in straight_weights:  # same data order, optimizer state and dropout RNG -> identical weights
         np.testing.assert_array_equal(resumed_weights[name], straight_weights[name], err_msg=name)
@@ -181,8 +209,7 @@ def test_batches_wrap_around_and_resume_from_an_offset():
 
 
 def run(corpus_path: Path, out: Path, max_samples: int, **options):
-    return train(f"jsonl:{corpus_path}", out, CONFIG, max_samples=max_samples, device="cpu", evaluate=False, show_progress=False,
-                 **options)
+    return train(f"jsonl:{corpus_path}", out, CONFIG, max_samples=max_samples, device="cpu", evaluate=False, show_progress=False, **options)
 
 
 def weights(out: Path) -> dict[str, np.ndarray]:
@@ -263,7 +290,8 @@ def test_data_seed_shuffles_the_pairs_before_batching(corpus_path, tmp_path, mon
     assert shuffled == training_pairs(corpus, data_seed=3) and sorted(map(repr, shuffled)) == sorted(map(repr, corpus.train))
     assert shuffled != corpus.train and training_pairs(corpus) == corpus.train  # no data seed: the corpus order
     assert training_pairs(corpus, 3, (1, 2)) != corpus.shard(1, 2) and sorted(map(repr, training_pairs(corpus, 3, (1, 2)))) == sorted(
-        map(repr, corpus.shard(1, 2)))
+        map(repr, corpus.shard(1, 2))
+    )
     seen = record_batches(monkeypatch)
     run(corpus_path, tmp_path, 32, data_seed=3)
     assert seen == [[(p.a, p.b) for p in shuffled[:16]], [(p.a, p.b) for p in shuffled[16:32]]]
@@ -287,8 +315,23 @@ def test_same_seeds_give_identical_weights_and_a_resume_continues_the_same_pair_
 @pytest.mark.parametrize("value", ["2/2", "0/0", "-1/2", "3/-1", "1", "a/b", "1/2/3", ""])
 def test_a_bad_shard_is_a_one_line_usage_error(corpus_path, tmp_path, value):
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["train", "--corpus", f"jsonl:{corpus_path}", "--out", str(out), "--max-samples", "16",
-                                      "--device", "cpu", "--no-eval", "--shard", value])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--corpus",
+            f"jsonl:{corpus_path}",
+            "--out",
+            str(out),
+            "--max-samples",
+            "16",
+            "--device",
+            "cpu",
+            "--no-eval",
+            "--shard",
+            value,
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
@@ -305,9 +348,31 @@ def test_a_bad_shard_is_refused_by_the_api_too(corpus_path, tmp_path, shard):
 
 def test_cli_passes_the_seeds_and_shard(corpus_path, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["train", "--corpus", f"jsonl:{corpus_path}", "--out", str(out), "--max-samples", "32", "--batch-size",
-                                      "16", "--landmarks", "32", "--device", "cpu", "--no-eval", "--init-seed", "3", "--data-seed", "4",
-                                      "--shard", "1/2"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--corpus",
+            f"jsonl:{corpus_path}",
+            "--out",
+            str(out),
+            "--max-samples",
+            "32",
+            "--batch-size",
+            "16",
+            "--landmarks",
+            "32",
+            "--device",
+            "cpu",
+            "--no-eval",
+            "--init-seed",
+            "3",
+            "--data-seed",
+            "4",
+            "--shard",
+            "1/2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     training = json.loads((out / "eval.json").read_text())["training"]
     assert (training["samples"], training["init_seed"], training["data_seed"], training["shard"]) == (32, 3, 4, [1, 2])
@@ -319,8 +384,15 @@ def other_landmarks(corpus_path: Path) -> LandmarkSet:
     return prepare_run(load_corpus(f"jsonl:{corpus_path}"), replace(CONFIG, seed=5))[1]
 
 
-@pytest.mark.parametrize("change, message", [({"init_seed": 1}, "init_seed: 0 -> 1"), ({"data_seed": 0}, "data_seed: null -> 0"),
-                                             ({"shard": (0, 2)}, "shard: null -> [0, 2]"), ({"landmarks": "other"}, "landmarks_override")])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"init_seed": 1}, "init_seed: 0 -> 1"),
+        ({"data_seed": 0}, "data_seed: null -> 0"),
+        ({"shard": (0, 2)}, "shard: null -> [0, 2]"),
+        ({"landmarks": "other"}, "landmarks_override"),
+    ],
+)
 def test_resume_with_other_seeds_shard_or_landmarks_is_refused(first_run, corpus_path, change, message):
     out, _ = first_run
     if "landmarks" in change:
@@ -378,8 +450,15 @@ def test_compat_with_the_previous_release_keeps_its_relational_vectors(first_run
     parent = copy_run(out, tmp_path / "parent")  # "release N": the 160-sample bundle
     texts = [row["b"] for row in map(json.loads, corpus_path.read_text().splitlines())][:120]
     before = load_bundle(parent, "cpu").relational(texts)
-    plain = train(f"jsonl:{corpus_path}", copy_run(out, tmp_path / "plain"), CONFIG, max_samples=800, device="cpu", evaluate=False,
-                  show_progress=False)
+    plain = train(
+        f"jsonl:{corpus_path}",
+        copy_run(out, tmp_path / "plain"),
+        CONFIG,
+        max_samples=800,
+        device="cpu",
+        evaluate=False,
+        show_progress=False,
+    )
     drifts: list[float] = []
     original = TrainingTask.loss
 
@@ -389,8 +468,17 @@ def test_compat_with_the_previous_release_keeps_its_relational_vectors(first_run
         return loss, parts
 
     monkeypatch.setattr(TrainingTask, "loss", spy)
-    kept = train(f"jsonl:{corpus_path}", copy_run(out, tmp_path / "kept"), CONFIG, max_samples=800, device="cpu", evaluate=False,
-                 show_progress=False, compat_with=parent, compat_weight=10.0)
+    kept = train(
+        f"jsonl:{corpus_path}",
+        copy_run(out, tmp_path / "kept"),
+        CONFIG,
+        max_samples=800,
+        device="cpu",
+        evaluate=False,
+        show_progress=False,
+        compat_with=parent,
+        compat_weight=10.0,
+    )
     assert plain.samples == kept.samples == 800 and len(drifts) == 40 and all(np.isfinite(drifts))
     plain_cos = row_cosine(before, load_bundle(tmp_path / "plain", "cpu").relational(texts))
     kept_cos = row_cosine(before, load_bundle(tmp_path / "kept", "cpu").relational(texts))
@@ -400,7 +488,18 @@ def test_compat_with_the_previous_release_keeps_its_relational_vectors(first_run
 
 
 def test_compat_with_a_missing_directory_is_a_usage_error(corpus_path, tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--corpus", f"jsonl:{corpus_path}", "--out", str(tmp_path / "run"), "--max-samples", "16",
-                                      "--compat-with", str(tmp_path / "nowhere")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--corpus",
+            f"jsonl:{corpus_path}",
+            "--out",
+            str(tmp_path / "run"),
+            "--max-samples",
+            "16",
+            "--compat-with",
+            str(tmp_path / "nowhere"),
+        ],
+    )
     assert result.exit_code == 2 and "--compat-with" in result.output and "Traceback" not in result.output
-

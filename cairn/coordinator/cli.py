@@ -18,9 +18,12 @@ COMPAT_WEIGHT = 1.0
 
 
 outside_reference_option = click.option(
-    "--outside-reference/--no-outside-reference", default=True, show_default=True,
+    "--outside-reference/--no-outside-reference",
+    default=True,
+    show_default=True,
     help="report each release's mutual kNN with all-MiniLM-L6-v2 (needs the reference extra installed) and its scores against the "
-    "TF-IDF+SVD yardstick; init prepares both (about a minute of CPU once per machine) so no release pays for it")
+    "TF-IDF+SVD yardstick; init prepares both (about a minute of CPU once per machine) so no release pays for it",
+)
 
 
 @click.group()
@@ -36,16 +39,26 @@ coordinator.add_command(keys)
 @click.option("--run-id", default="cairn-wordnet", show_default=True, help="letters, digits, '.' and '-'")
 @click.option("--corpus", default="wordnet", show_default=True)
 @training_options
-@config_option(ObjectiveConfig, "compat_weight", default=COMPAT_WEIGHT,
-               help="keep each release compatible with the one before: peers add this weight x the drift of their relational "
-               "coordinates from the latest signed release (0: off; bench/compat_loss.py)")
+@config_option(
+    ObjectiveConfig,
+    "compat_weight",
+    default=COMPAT_WEIGHT,
+    help="keep each release compatible with the one before: peers add this weight x the drift of their relational "
+    "coordinates from the latest signed release (0: off; bench/compat_loss.py)",
+)
 @swarm_options
-@click.option("--init", "init_from", type=click.Choice(["fresh", "release"]), show_default="release for a distilled start, else fresh",
-              help="what a peer alone in the swarm starts from: a fresh seeded model or the latest signed release")
+@click.option(
+    "--init",
+    "init_from",
+    type=click.Choice(["fresh", "release"]),
+    show_default="release for a distilled start, else fresh",
+    help="what a peer alone in the swarm starts from: a fresh seeded model or the latest signed release",
+)
 @outside_reference_option
 @passphrase_option
-def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, outside_reference: bool, passphrase_file: Path | None,
-         **settings) -> None:
+def init(
+    workdir: Path, run_id: str, corpus: str, init_from: str | None, outside_reference: bool, passphrase_file: Path | None, **settings
+) -> None:
     """Write the run configuration, create the signing keys and the release repository (with the start release
     when the run starts from a distilled table)."""
     from cairn.coordinator.init import init_workdir
@@ -63,8 +76,10 @@ def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, outside
     if config.init == "release":
         click.echo("  peers start from the latest signed release")
     if passphrase is None:
-        click.echo("  signing keys are stored unencrypted (fine for a development run): for a public run set $CAIRN_KEY_PASSPHRASE "
-                   f"or --passphrase-file, then `cairn coordinator keys encrypt --workdir {workdir}`")
+        click.echo(
+            "  signing keys are stored unencrypted (fine for a development run): for a public run set $CAIRN_KEY_PASSPHRASE "
+            f"or --passphrase-file, then `cairn coordinator keys encrypt --workdir {workdir}`"
+        )
     click.echo(f"  keep the root key offline: cairn coordinator keys export-root --workdir {workdir} --out DIR")
 
 
@@ -75,15 +90,30 @@ def init(workdir: Path, run_id: str, corpus: str, init_from: str | None, outside
 @click.option("--http-host", default="0.0.0.0", show_default=True)
 @click.option("--http-port", type=click.IntRange(0, 65535), default=8700, show_default=True, help="release repository over HTTP")
 @click.option("--announce-host", help="public address to put in the join address and repository URL")
-@click.option("--release-every", type=click.IntRange(min=0), default=0, show_default=True, help="cut a release every R global steps (0: on request)")
+@click.option(
+    "--release-every", type=click.IntRange(min=0), default=0, show_default=True, help="cut a release every R global steps (0: on request)"
+)
 @click.option("--spot-check-seconds", type=click.FloatRange(min=1.0, max=86_400.0), default=20.0, show_default=True)
-@click.option("--metrics-port", type=click.IntRange(1, 65535), help="also serve Prometheus /metrics on this port (it is always on the release port)")
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), help="also serve Prometheus /metrics on this port (it is always on the release port)"
+)
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @outside_reference_option
 @passphrase_option
-def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, announce_host: str | None, release_every: int,
-        spot_check_seconds: float, metrics_port: int | None, metrics_host: str, outside_reference: bool,
-        passphrase_file: Path | None) -> None:
+def run(
+    workdir: Path,
+    host: str,
+    port: int,
+    http_host: str,
+    http_port: int,
+    announce_host: str | None,
+    release_every: int,
+    spot_check_seconds: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    outside_reference: bool,
+    passphrase_file: Path | None,
+) -> None:
     """Bootstrap the DHT, keep the ledger, serve and cut signed releases (Ctrl+C stops)."""
     import logging
 
@@ -94,11 +124,22 @@ def run(workdir: Path, host: str, port: int, http_host: str, http_port: int, ann
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     quiet_hivemind_logs()
-    run_coordinator(CoordinatorOptions(workdir=workdir, host=host, port=port, http_host=http_host, http_port=http_port,
-                                       announce_host=announce_host, release_every=release_every,
-                                       spot_check_seconds=spot_check_seconds, metrics_port=metrics_port,
-                                       metrics_host=metrics_host, outside_reference=outside_reference,
-                                       key_passphrase=key_passphrase(passphrase_file)))
+    run_coordinator(
+        CoordinatorOptions(
+            workdir=workdir,
+            host=host,
+            port=port,
+            http_host=http_host,
+            http_port=http_port,
+            announce_host=announce_host,
+            release_every=release_every,
+            spot_check_seconds=spot_check_seconds,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            outside_reference=outside_reference,
+            key_passphrase=key_passphrase(passphrase_file),
+        )
+    )
 
 
 @coordinator.command()

@@ -15,8 +15,16 @@ from cairn.training.task import prepare_run
 from cairn.protocol.workdir import Workdir
 
 
-def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingConfig, swarm: SwarmConfig,
-                 init_from: str | None = None, outside_reference: bool = True, passphrase: bytes | None = None) -> RunConfig:
+def init_workdir(
+    root: Path,
+    run_id: str,
+    corpus_spec: str,
+    training: TrainingConfig,
+    swarm: SwarmConfig,
+    init_from: str | None = None,
+    outside_reference: bool = True,
+    passphrase: bytes | None = None,
+) -> RunConfig:
     """Derive the run from the corpus, create the keys and the empty repository; a distilled start is cut as
     the run's first signed release (global step 0), which every peer pulls, verifies and starts from.
 
@@ -35,9 +43,17 @@ def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingCo
     tokenizer, landmarks = prepare_run(corpus, training)
     tokenizer.save(workdir.run_dir)
     landmarks.save(workdir.run_dir / LANDMARKS_FILE)
-    config = RunConfig(run_id=run_id, corpus=corpus_spec, corpus_digest=corpus.digest, tokenizer_digest=tokenizer.digest(),
-                       landmarks_digest=landmarks.digest, landmarks_version=landmarks.version, training=training, swarm=swarm,
-                       init=init_from)
+    config = RunConfig(
+        run_id=run_id,
+        corpus=corpus_spec,
+        corpus_digest=corpus.digest,
+        tokenizer_digest=tokenizer.digest(),
+        landmarks_digest=landmarks.digest,
+        landmarks_version=landmarks.version,
+        training=training,
+        swarm=swarm,
+        init=init_from,
+    )
     from cairn.coordinator.publishing.repository import ReleaseRepository
 
     ReleaseRepository(workdir.root, passphrase=passphrase).init()
@@ -61,16 +77,23 @@ def init_workdir(root: Path, run_id: str, corpus_spec: str, training: TrainingCo
     return config
 
 
-def _release_the_start(workdir: Workdir, config: RunConfig, corpus, tokenizer, landmarks, outside_reference: bool,
-                       passphrase: bytes | None) -> None:
+def _release_the_start(
+    workdir: Workdir, config: RunConfig, corpus, tokenizer, landmarks, outside_reference: bool, passphrase: bytes | None
+) -> None:
     """Cut release 0.1.0 from the distilled starting point (the teacher runs here, once, ~30 s on two cores)."""
     from cairn.coordinator.ledger import Ledger
     from cairn.coordinator.releaser import ReleaseInputs, cut_release
     from cairn.training.task import initial_encoder, reference_texts
 
     model = initial_encoder(config.training, tokenizer, config.training.seed)
-    inputs = ReleaseInputs(config, corpus, tokenizer, landmarks, reference_texts(corpus, config.training.reference_size, config.training.seed),
-                           outside_reference=outside_reference)
+    inputs = ReleaseInputs(
+        config,
+        corpus,
+        tokenizer,
+        landmarks,
+        reference_texts(corpus, config.training.reference_size, config.training.seed),
+        outside_reference=outside_reference,
+    )
     ledger = Ledger(workdir.ledger)
     try:
         cut_release(workdir, inputs, model, 0, ledger, passphrase=passphrase)

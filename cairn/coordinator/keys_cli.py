@@ -25,13 +25,22 @@ def _workdir(function):
 
 
 def _offline_root(function):
-    return click.option("--offline-root", type=click.Path(file_okay=False, path_type=Path),
-                        help="directory holding the offline root keys (what `keys export-root --out` wrote); read, never copied")(function)
+    return click.option(
+        "--offline-root",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="directory holding the offline root keys (what `keys export-root --out` wrote); read, never copied",
+    )(function)
 
 
 def _extra_keys(function):
-    return click.option("--key", "--targets-key", "key_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-                        help="another private key file to sign with (a targets key another holder brought, a root key file); repeatable")(function)
+    return click.option(
+        "--key",
+        "--targets-key",
+        "key_files",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="another private key file to sign with (a targets key another holder brought, a root key file); repeatable",
+    )(function)
 
 
 def _repository(workdir: Path, passphrase_file: Path | None):
@@ -67,8 +76,13 @@ def list_keys(workdir: Path) -> None:
 
 @keys.command("export-root")
 @_workdir
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="directory on offline media; the key files are created there 0600, never overwritten")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="directory on offline media; the key files are created there 0600, never overwritten",
+)
 def export_root(workdir: Path, out_dir: Path) -> None:
     """Move every root key out of the workdir to DIR (copied, read back, then deleted); releases keep publishing."""
     written = _repository(workdir, None).export_root_keys(out_dir)
@@ -83,8 +97,9 @@ def export_root(workdir: Path, out_dir: Path) -> None:
 @_offline_root
 @_extra_keys
 @passphrase_option
-def rotate(workdir: Path, roles: tuple[str, ...], offline_root: Path | None, key_files: tuple[Path, ...],
-           passphrase_file: Path | None) -> None:
+def rotate(
+    workdir: Path, roles: tuple[str, ...], offline_root: Path | None, key_files: tuple[Path, ...], passphrase_file: Path | None
+) -> None:
     """Replace the key of each --role with a new one and publish the next root version, signed by old and new root keys.
 
     A new root key is written to --offline-root when given (else the workdir); other new keys to the workdir.
@@ -104,22 +119,37 @@ def rotate(workdir: Path, roles: tuple[str, ...], offline_root: Path | None, key
 @keys.command()
 @_workdir
 @click.option("--role", required=True, type=click.Choice(_THRESHOLD_ROLES))
-@click.option("--count", type=click.IntRange(0, 16), default=1, show_default=True, help="new keys to generate (0: only change the threshold)")
+@click.option(
+    "--count", type=click.IntRange(0, 16), default=1, show_default=True, help="new keys to generate (0: only change the threshold)"
+)
 @click.option("--threshold", type=click.IntRange(min=1), help="signatures the role needs from now on (default: unchanged)")
-@click.option("--out", "key_out", type=click.Path(dir_okay=False, path_type=Path),
-              help="write the (one) new private key to this file for its holder instead of the workdir (root: --offline-root)")
+@click.option(
+    "--out",
+    "key_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="write the (one) new private key to this file for its holder instead of the workdir (root: --offline-root)",
+)
 @_offline_root
 @_extra_keys
 @passphrase_option
-def add(workdir: Path, role: str, count: int, threshold: int | None, key_out: Path | None, offline_root: Path | None,
-        key_files: tuple[Path, ...], passphrase_file: Path | None) -> None:
+def add(
+    workdir: Path,
+    role: str,
+    count: int,
+    threshold: int | None,
+    key_out: Path | None,
+    offline_root: Path | None,
+    key_files: tuple[Path, ...],
+    passphrase_file: Path | None,
+) -> None:
     """Trust COUNT new keys for --role and set its --threshold (k-of-n); publish the next root version."""
     from cairn.coordinator.publishing.keys import generate_signer
 
     repository = _repository(workdir, passphrase_file)
     new_keys = [generate_signer() for _ in range(count)]
-    version = repository.add_keys(role, new_keys, threshold, offline_root=offline_root, key_out=key_out,
-                                  extra_signers=_load(key_files, repository.passphrase))
+    version = repository.add_keys(
+        role, new_keys, threshold, offline_root=offline_root, key_out=key_out, extra_signers=_load(key_files, repository.passphrase)
+    )
     status = repository.key_status()[role]
     for signer in new_keys:
         click.echo(f"{role}: new key {signer.public_key.keyid[:16]}")
@@ -135,8 +165,9 @@ def add(workdir: Path, role: str, count: int, threshold: int | None, key_out: Pa
 @_offline_root
 @_extra_keys
 @passphrase_option
-def revoke(workdir: Path, role: str, key_id: str, offline_root: Path | None, key_files: tuple[Path, ...],
-           passphrase_file: Path | None) -> None:
+def revoke(
+    workdir: Path, role: str, key_id: str, offline_root: Path | None, key_files: tuple[Path, ...], passphrase_file: Path | None
+) -> None:
     """Stop trusting one key of --role (a lost or leaked one); publish the next root version."""
     repository = _repository(workdir, passphrase_file)
     version = repository.revoke_key(role, key_id, offline_root=offline_root, extra_signers=_load(key_files, repository.passphrase))

@@ -56,8 +56,14 @@ class Ledger:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
-    def apply_poll(self, records: dict[str, ContributionRecord], global_step: int, target_batch_size: int,
-                   last_allreduce_at: float | None = None, now: float | None = None) -> PollResult:
+    def apply_poll(
+        self,
+        records: dict[str, ContributionRecord],
+        global_step: int,
+        target_batch_size: int,
+        last_allreduce_at: float | None = None,
+        now: float | None = None,
+    ) -> PollResult:
         """Store new records, credit outstanding claims within the cap, snapshot the swarm; one transaction.
 
         The cap is cumulative: everything ever credited stays within (global_step + 1) x target batch
@@ -81,9 +87,11 @@ class Ledger:
             credited_total = self._credit_outstanding(cap, now)
             online = [r for public_id, r in records.items() if public_id not in rejected and now - r.reported_at < 60]
             mean_loss = sum(r.loss for r in online) / len(online) if online else None
-            self.db.execute("INSERT OR REPLACE INTO swarm(at, global_step, peers_online, samples_per_second, mean_loss, credit_cap, last_allreduce_at)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (now, global_step, len(online), sum(r.samples_per_second for r in online), mean_loss, cap, last_allreduce_at))
+            self.db.execute(
+                "INSERT OR REPLACE INTO swarm(at, global_step, peers_online, samples_per_second, mean_loss, credit_cap, last_allreduce_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (now, global_step, len(online), sum(r.samples_per_second for r in online), mean_loss, cap, last_allreduce_at),
+            )
         claimed = int(self.db.execute("SELECT COALESCE(SUM(claimed_samples), 0) FROM peers").fetchone()[0])
         return PollResult(claimed, credited_total, cap, len(online))
 
@@ -98,8 +106,19 @@ class Ledger:
         self.db.execute(
             "INSERT INTO records(public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta,"
             " collapsed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-            (public_id, record.reported_at, now, record.samples, record.steps, record.loss, record.samples_per_second,
-             record.epoch, record.shard, int(bool(getattr(record, "collapsed", False)))))
+            (
+                public_id,
+                record.reported_at,
+                now,
+                record.samples,
+                record.steps,
+                record.loss,
+                record.samples_per_second,
+                record.epoch,
+                record.shard,
+                int(bool(getattr(record, "collapsed", False))),
+            ),
+        )
 
     def _steps_explained(self, global_step: int) -> int:
         """Global steps of every run of the swarm on this ledger, the current one's included.
@@ -123,8 +142,9 @@ class Ledger:
 
     def _credit_outstanding(self, cap: int, now: float) -> int:
         """Credit claimed-but-uncredited samples of peers in good standing, scaled down to fit the cap."""
-        rows = self.db.execute("SELECT public_id, first_seen, claimed_samples - credited_samples - forfeited_samples AS outstanding"
-                               " FROM peers").fetchall()
+        rows = self.db.execute(
+            "SELECT public_id, first_seen, claimed_samples - credited_samples - forfeited_samples AS outstanding FROM peers"
+        ).fetchall()
         eligible = {r["public_id"]: r["outstanding"] for r in rows if r["outstanding"] > 0 and self._in_good_standing(r, now)}
         room = max(0, cap - self.total_credited())
         wanted = sum(eligible.values())
@@ -133,14 +153,17 @@ class Ledger:
             credit = int(outstanding * scale)
             if credit:
                 self.db.execute("UPDATE peers SET credited_samples = credited_samples + ? WHERE public_id = ?", (credit, public_id))
-                self.db.execute("UPDATE records SET credited_delta = credited_delta + ? WHERE id = "
-                                "(SELECT MAX(id) FROM records WHERE public_id = ?)", (credit, public_id))
+                self.db.execute(
+                    "UPDATE records SET credited_delta = credited_delta + ? WHERE id = (SELECT MAX(id) FROM records WHERE public_id = ?)",
+                    (credit, public_id),
+                )
         return self.total_credited()
 
     def _in_good_standing(self, peer, now: float) -> bool:
         """Its last spot check passed; or it was never checked and is still within its first PROBE_GRACE_SECONDS."""
-        row = self.db.execute("SELECT passed FROM spot_checks WHERE public_id = ? ORDER BY checked_at DESC, id DESC LIMIT 1",
-                              (peer["public_id"],)).fetchone()
+        row = self.db.execute(
+            "SELECT passed FROM spot_checks WHERE public_id = ? ORDER BY checked_at DESC, id DESC LIMIT 1", (peer["public_id"],)
+        ).fetchone()
         if row is None:
             return now - peer["first_seen"] <= PROBE_GRACE_SECONDS
         return bool(row["passed"])
@@ -161,29 +184,59 @@ class Ledger:
                    seconds_online = peers.seconds_online + excluded.seconds_online,
                    shards_completed = MAX(peers.shards_completed, excluded.shards_completed),
                    last_counter = excluded.last_counter, last_uptime = excluded.last_uptime""",
-            (public_id, record.display_name, record.peer_id, record.device, now, now, claimed, 0, online_delta,
-             record.shards_completed, record.samples, record.uptime_seconds, start_step))
+            (
+                public_id,
+                record.display_name,
+                record.peer_id,
+                record.device,
+                now,
+                now,
+                claimed,
+                0,
+                online_delta,
+                record.shards_completed,
+                record.samples,
+                record.uptime_seconds,
+                start_step,
+            ),
+        )
 
-    def record_spot_check(self, public_id: str, epoch: int, claimed: float, recomputed: float, passed: bool,
-                          now: float | None = None) -> None:
+    def record_spot_check(
+        self, public_id: str, epoch: int, claimed: float, recomputed: float, passed: bool, now: float | None = None
+    ) -> None:
         """Store a check. A failed one forfeits the window since the peer's previous check: its outstanding claims and
         the credit paid for records received in that window (a free-rider loses what it collected, not just its next credit)."""
         now = now if now is not None else time.time()
         with self._transaction():
             previous = self.db.execute("SELECT MAX(checked_at) FROM spot_checks WHERE public_id = ?", (public_id,)).fetchone()[0]
-            inserted = self.db.execute("INSERT OR IGNORE INTO spot_checks(public_id, epoch, claimed_loss, recomputed_loss, passed, checked_at)"
-                                       " VALUES (?, ?, ?, ?, ?, ?)", (public_id, epoch, claimed, recomputed, int(passed), now)).rowcount
+            inserted = self.db.execute(
+                "INSERT OR IGNORE INTO spot_checks(public_id, epoch, claimed_loss, recomputed_loss, passed, checked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (public_id, epoch, claimed, recomputed, int(passed), now),
+            ).rowcount
             if passed or not inserted:
                 return
             since = previous if previous is not None else float("-inf")
-            revoked = int(self.db.execute("SELECT COALESCE(SUM(credited_delta), 0) FROM records WHERE public_id = ? AND received_at > ?",
-                                          (public_id, since)).fetchone()[0])
+            revoked = int(
+                self.db.execute(
+                    "SELECT COALESCE(SUM(credited_delta), 0) FROM records WHERE public_id = ? AND received_at > ?", (public_id, since)
+                ).fetchone()[0]
+            )
             self.db.execute("UPDATE records SET credited_delta = 0 WHERE public_id = ? AND received_at > ?", (public_id, since))
             # everything claimed and not kept as credit is forfeited: outstanding claims and the revoked credit
-            self.db.execute("UPDATE peers SET credited_samples = credited_samples - ?, forfeited_samples = claimed_samples - (credited_samples - ?)"
-                            " WHERE public_id = ?", (revoked, revoked, public_id))
-        logger.warning("spot check failed for %s at epoch %s (claimed %.4f, recomputed %.4f): %s credited samples taken back",
-                       public_id, epoch, claimed, recomputed, revoked)
+            self.db.execute(
+                "UPDATE peers SET credited_samples = credited_samples - ?, forfeited_samples = claimed_samples - (credited_samples - ?)"
+                " WHERE public_id = ?",
+                (revoked, revoked, public_id),
+            )
+        logger.warning(
+            "spot check failed for %s at epoch %s (claimed %.4f, recomputed %.4f): %s credited samples taken back",
+            public_id,
+            epoch,
+            claimed,
+            recomputed,
+            revoked,
+        )
 
     def spot_checked(self, public_id: str, epoch: int) -> bool:
         return self.db.execute("SELECT 1 FROM spot_checks WHERE public_id = ? AND epoch = ?", (public_id, epoch)).fetchone() is not None
@@ -195,8 +248,11 @@ class Ledger:
 
     def record_release(self, version: str, parent: str | None, global_step: int, samples_seen: int, manifest: dict) -> None:
         with self._transaction():
-            self.db.execute("INSERT OR REPLACE INTO releases(version, parent_version, global_step, samples_seen, created_at, manifest_json)"
-                            " VALUES (?, ?, ?, ?, ?, ?)", (version, parent, global_step, samples_seen, time.time(), json.dumps(manifest)))
+            self.db.execute(
+                "INSERT OR REPLACE INTO releases(version, parent_version, global_step, samples_seen, created_at, manifest_json)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (version, parent, global_step, samples_seen, time.time(), json.dumps(manifest)),
+            )
 
     def total_credited(self) -> int:
         return int(self.db.execute("SELECT COALESCE(SUM(credited_samples), 0) AS s FROM peers").fetchone()["s"])

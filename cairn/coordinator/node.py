@@ -75,8 +75,12 @@ def start_dht(workdir: Workdir, config: RunConfig, options: CoordinatorOptions, 
     """
     from hivemind.p2p import P2PDaemonError
 
-    settings = dict(start=True, host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"], identity_path=str(workdir.p2p_identity),
-                    record_validators=make_validators(config.run_id, key))
+    settings = dict(
+        start=True,
+        host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"],
+        identity_path=str(workdir.p2p_identity),
+        record_validators=make_validators(config.run_id, key),
+    )
     known = load_known_peers(workdir)
     if known:
         try:

@@ -79,8 +79,16 @@ def next_version(latest: ReleaseVersion | None) -> ReleaseVersion:
     return ReleaseVersion(0, 1, 0) if latest is None else ReleaseVersion(latest.major, latest.minor + 1, 0)
 
 
-def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: TextEncoder, global_step: int, ledger: Ledger,
-                quick_eval: bool = True, gate: dict | None = None, passphrase: bytes | None = None) -> Manifest:
+def cut_release(
+    workdir: Workdir,
+    inputs: ReleaseInputs,
+    model: TextEncoder,
+    global_step: int,
+    ledger: Ledger,
+    quick_eval: bool = True,
+    gate: dict | None = None,
+    passphrase: bytes | None = None,
+) -> Manifest:
     """Build, evaluate and sign the next release from `model`; `passphrase` opens encrypted targets keys.
 
     With a k-of-n targets role whose keys are not all in the workdir the release is built into
@@ -120,11 +128,23 @@ def cut_release(workdir: Workdir, inputs: ReleaseInputs, model: TextEncoder, glo
         files[path.name] = FileEntry(digest, length)
     summary = ledger.spot_check_summary()
     manifest = Manifest(
-        version=version, parent_version=parent, run_id=inputs.config.run_id, global_step=global_step,
-        landmarks_version=calibrated.version, landmarks_digest=calibrated.digest, files=files,
-        metrics=metrics, compatibility=compatibility,
-        extra={"samples_seen": ledger.total_credited(), "contributors": ledger.contributor_count(), "created_at": time.time(),
-               "spot_checks": summary, "gate": gate, "encoder": {"model": inputs.config.training.model, "parameters": model.num_parameters()}},
+        version=version,
+        parent_version=parent,
+        run_id=inputs.config.run_id,
+        global_step=global_step,
+        landmarks_version=calibrated.version,
+        landmarks_digest=calibrated.digest,
+        files=files,
+        metrics=metrics,
+        compatibility=compatibility,
+        extra={
+            "samples_seen": ledger.total_credited(),
+            "contributors": ledger.contributor_count(),
+            "created_at": time.time(),
+            "spot_checks": summary,
+            "gate": gate,
+            "encoder": {"model": inputs.config.training.model, "parameters": model.num_parameters()},
+        },
     )
     write_manifest(manifest, staging / "manifest.json")
     final = workdir.releases / str(version)
@@ -149,8 +169,9 @@ def _views(embedder: Embedder, texts: list[str]) -> dict[str, np.ndarray]:
     return {"relational": relational(absolute, embedder.anchor_vectors, embedder.landmarks.stats), "absolute": absolute}
 
 
-def _compatibility(workdir: Workdir, parent: ReleaseVersion | None, views: dict[str, np.ndarray], texts: list[str],
-                   labels: list[int]) -> dict:
+def _compatibility(
+    workdir: Workdir, parent: ReleaseVersion | None, views: dict[str, np.ndarray], texts: list[str], labels: list[int]
+) -> dict:
     """Compare with the parent release, and with the release before it ("grandparent"); {} for the first release."""
     if parent is None or not (workdir.releases / str(parent)).is_dir():
         return {}

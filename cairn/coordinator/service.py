@@ -56,10 +56,14 @@ class Coordinator:
         self.ledger = Ledger(self.workdir.ledger)
         self.corpus = load_corpus(self.config.corpus)
         max_len = config_for(self.config.training.model).max_len
-        self.inputs = ReleaseInputs(self.config, self.corpus, TextTokenizer.load(self.workdir.run_dir, max_len),
-                                    latest_landmarks(self.workdir),
-                                    reference_texts(self.corpus, self.config.training.reference_size, self.config.training.seed),
-                                    outside_reference=options.outside_reference)
+        self.inputs = ReleaseInputs(
+            self.config,
+            self.corpus,
+            TextTokenizer.load(self.workdir.run_dir, max_len),
+            latest_landmarks(self.workdir),
+            reference_texts(self.corpus, self.config.training.reference_size, self.config.training.seed),
+            outside_reference=options.outside_reference,
+        )
         self.dht = start_dht(self.workdir, self.config, options, self.key)
         self.join = join_addresses(self.dht, options.announce_host)
         self.repository_url = f"http://{options.announce_host or options.http_host}:{options.http_port}"
@@ -67,8 +71,13 @@ class Coordinator:
         self.model = build_encoder(encoder_config(self.config.training, self.inputs.tokenizer))
         self.state_loader = self._make_state_loader()  # main thread: hivemind requires it
         # spot checks recompute the training loss, which uses the run's own (v1) landmark set
-        self.task = TrainingTask(self.model, self.inputs.tokenizer, LandmarkSet.load(self.workdir.run_dir / LANDMARKS_FILE),
-                                 self.inputs.reference, self.config.training)
+        self.task = TrainingTask(
+            self.model,
+            self.inputs.tokenizer,
+            LandmarkSet.load(self.workdir.run_dir / LANDMARKS_FILE),
+            self.inputs.reference,
+            self.config.training,
+        )
         self.loaded_epoch = -1
         self._seen_epoch, self._epoch_changed_at = -1, None
         self._last_records: dict = {}
@@ -87,14 +96,21 @@ class Coordinator:
         training, swarm = self.config.training, self.config.swarm
         optimizer, scheduler = shared_optimizer_factories(training, swarm)
         return hivemind.Optimizer(
-            dht=self.dht, run_id=self.config.run_id, target_batch_size=swarm.samples_per_epoch, auxiliary=True,
+            dht=self.dht,
+            run_id=self.config.run_id,
+            target_batch_size=swarm.samples_per_epoch,
+            auxiliary=True,
             # the peers' shared optimizer and schedule: hivemind unpacks a downloaded optimizer state into this one's structure
-            params=self.model.parameters(), optimizer=optimizer, scheduler=scheduler,
-            matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
+            params=self.model.parameters(),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            matchmaking_time=swarm.matchmaking_time,
+            averaging_timeout=swarm.averaging_timeout,
             # it shares the last averaged state it loaded: a peer joining a swarm whose peers all left
             # would otherwise retry forever inside hivemind for a donor that no longer exists
             averager_opts=dict(request_timeout=swarm.request_timeout),
-            tracker_opts=dict(private_key=self.key), verbose=False,
+            tracker_opts=dict(private_key=self.key),
+            verbose=False,
         )
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -128,8 +144,9 @@ class Coordinator:
             metrics_runner = web.AppRunner(metrics_app)
             await metrics_runner.setup()
             await web.TCPSite(metrics_runner, self.options.metrics_host, self.options.metrics_port).start()
-        CoordinatorState(join=tuple(self.join), repository_url=self.repository_url, pid=os.getpid(), run_id=self.config.run_id,
-                         started_at=time.time()).save(self.workdir.state_file)
+        CoordinatorState(
+            join=tuple(self.join), repository_url=self.repository_url, pid=os.getpid(), run_id=self.config.run_id, started_at=time.time()
+        ).save(self.workdir.state_file)
         logger.info("coordinator of run %s at %s; releases at %s", self.config.run_id, self.join[0], self.repository_url)
         last_check, last_timestamp = 0.0, time.monotonic()
         try:
@@ -162,7 +179,9 @@ class Coordinator:
         logger.info("stopped on request")
 
     def _epoch_limit(self) -> int:
-        return plausible_epoch_limit(int(self.ledger.meta("trusted_epoch", "0")), float(self.ledger.meta("trusted_epoch_at", "0")), time.time())
+        return plausible_epoch_limit(
+            int(self.ledger.meta("trusted_epoch", "0")), float(self.ledger.meta("trusted_epoch_at", "0")), time.time()
+        )
 
     def _trust_epoch(self, epoch: int) -> None:
         self.ledger.set_meta("trusted_epoch", str(epoch))
@@ -176,8 +195,9 @@ class Coordinator:
         global_epoch = min(tracker.global_epoch, self._epoch_limit())  # peers report it: an absurd one would lift the credit cap
         if global_epoch > self._seen_epoch:  # the swarm finished an averaging round since the last poll
             self._seen_epoch, self._epoch_changed_at = global_epoch, time.time()
-        result = self.ledger.apply_poll(records, global_epoch, self.config.swarm.samples_per_epoch,
-                                        last_allreduce_at=self._epoch_changed_at)
+        result = self.ledger.apply_poll(
+            records, global_epoch, self.config.swarm.samples_per_epoch, last_allreduce_at=self._epoch_changed_at
+        )
         self._last_records = records
         peers = set(self.dht.run_coroutine(_connected_peers))
         if peers and peers != self._saved_peers:  # write the file only when the set of peers changed
@@ -206,8 +226,9 @@ class Coordinator:
             return
         if averager.local_epoch > self._epoch_limit() or not state_is_finite(self.model):
             # a donor's lie: keep serving the state we had, not the one it sent, and never spot-check or release from it
-            logger.warning("refused the state a peer served at epoch %s (trusted up to %s, or not finite)",
-                           averager.local_epoch, self._epoch_limit())
+            logger.warning(
+                "refused the state a peer served at epoch %s (trusted up to %s, or not finite)", averager.local_epoch, self._epoch_limit()
+            )
             with torch.no_grad():
                 for tensor, saved in zip(self.model.parameters(), before[0]):
                     tensor.copy_(saved)
@@ -223,8 +244,18 @@ class Coordinator:
                 gate = self._release_gate()
                 # calibration and the promises' measurements are minutes of CPU on a small box: lowered, so peers
                 # sharing the machine keep their averaging rounds (the worker waits; ledger use stays serialised)
-                manifest = run_at_low_priority(partial(cut_release, self.workdir, self.inputs, self.model, self.loaded_epoch, self.ledger,
-                                                       gate=gate, passphrase=self.options.key_passphrase))
+                manifest = run_at_low_priority(
+                    partial(
+                        cut_release,
+                        self.workdir,
+                        self.inputs,
+                        self.model,
+                        self.loaded_epoch,
+                        self.ledger,
+                        gate=gate,
+                        passphrase=self.options.key_passphrase,
+                    )
+                )
             except ReleaseRefused as error:
                 logger.warning("no release at global step %s: %s", self.loaded_epoch, error)
                 return
@@ -246,7 +277,11 @@ class Coordinator:
     def _spot_check(self, records: dict) -> None:
         """Recompute each probe loss reported for the loaded epoch from the shard samples it names."""
         for public_id, record in records.items():
-            if record.probe_epoch != self.loaded_epoch or record.probe_count <= 0 or self.ledger.spot_checked(public_id, record.probe_epoch):
+            if (
+                record.probe_epoch != self.loaded_epoch
+                or record.probe_count <= 0
+                or self.ledger.spot_checked(public_id, record.probe_epoch)
+            ):
                 continue
             if not 0 <= record.probe_shard < self.config.swarm.num_shards:
                 self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, math.inf, False)

@@ -30,4 +30,6 @@ def load_corpus(spec: str) -> PairCorpus:
         if kind == "hf-json":
             return load_hf("json", (parts[1], parts[2]), data_files=parts[0])
         return load_hf(parts[0], (parts[1], parts[2]), split=parts[3] if len(parts) > 3 else "train")
-    raise CorpusError(f"unknown corpus {spec!r}; use wordnet, wordnet+relations, jsonl:PATH, hf:NAME:COL_A:COL_B or hf-json:PATH:COL_A:COL_B")
+    raise CorpusError(
+        f"unknown corpus {spec!r}; use wordnet, wordnet+relations, jsonl:PATH, hf:NAME:COL_A:COL_B or hf-json:PATH:COL_A:COL_B"
+    )

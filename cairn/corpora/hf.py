@@ -10,8 +10,7 @@ from cairn.corpora.jsonl import pair_from_record, split_pairs
 from cairn.protocol.errors import CorpusError
 
 
-def load_hf(name: str, columns: tuple[str, str], split: str = "train", data_files: str | None = None,
-            limit: int = 1_000_000) -> PairCorpus:
+def load_hf(name: str, columns: tuple[str, str], split: str = "train", data_files: str | None = None, limit: int = 1_000_000) -> PairCorpus:
     import datasets
 
     datasets.disable_progress_bars()

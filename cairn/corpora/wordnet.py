@@ -55,7 +55,7 @@ def parse_line(pos: str, line: str) -> Synset | None:
     at = 4 + 2 * word_count
     pointers = []
     for index in range(int(parts[at]) if len(parts) > at else 0):
-        pointer = parts[at + 1 + 4 * index: at + 5 + 4 * index]
+        pointer = parts[at + 1 + 4 * index : at + 5 + 4 * index]
         if len(pointer) < 4:  # a truncated line: keep what is there
             break
         symbol, offset, target_pos, source_target = pointer

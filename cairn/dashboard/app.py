@@ -161,7 +161,14 @@ class Page:
 PAGES = (
     Page("/", "/api/swarm", "swarm", "swarm.html", pages.swarm_charts),
     Page("/contributors", "/api/contributors", "contributors", "contributors.html", args=_sort),
-    Page("/contributors/{public_id}", "/api/contributors/{public_id}", "contributor", "contributor.html", pages.contributor_charts, _public_id),
+    Page(
+        "/contributors/{public_id}",
+        "/api/contributors/{public_id}",
+        "contributor",
+        "contributor.html",
+        pages.contributor_charts,
+        _public_id,
+    ),
     Page("/convergence", "/api/convergence", "convergence", "convergence.html", pages.convergence_charts),
     Page("/releases", "/api/releases", "releases", "releases.html"),
     Page("/landmarks", "/api/landmarks", "landmarks", "landmarks.html"),
@@ -227,8 +234,12 @@ async def static_file(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()
     data, content_type, digest = asset
     cache = "public, max-age=31536000, immutable" if request.query.get("v") == digest else "public, max-age=300"
-    return web.Response(body=data, content_type=content_type, charset="utf-8" if content_type != "image/svg+xml" else None,
-                        headers={"Cache-Control": cache, "ETag": f'"{digest}"'})
+    return web.Response(
+        body=data,
+        content_type=content_type,
+        charset="utf-8" if content_type != "image/svg+xml" else None,
+        headers={"Cache-Control": cache, "ETag": f'"{digest}"'},
+    )
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

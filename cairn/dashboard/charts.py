@@ -76,27 +76,33 @@ def line_chart(
     ]
     for y in y_ticks:
         parts.append(
-            Markup('<line class="grid" x1="{a}" x2="{b}" y1="{y:.1f}" y2="{y:.1f}"/><text class="tick" x="{t}" y="{ty:.1f}" text-anchor="end">{label}</text>').format(
-                a=left, b=left + plot_w, y=py(y), t=left - 6, ty=py(y) + 4, label=format_number(y, _step(y_ticks))
-            )
+            Markup(
+                '<line class="grid" x1="{a}" x2="{b}" y1="{y:.1f}" y2="{y:.1f}"/><text class="tick" x="{t}" y="{ty:.1f}" text-anchor="end">{label}</text>'
+            ).format(a=left, b=left + plot_w, y=py(y), t=left - 6, ty=py(y) + 4, label=format_number(y, _step(y_ticks)))
         )
     for x, label in _x_ticks(x_kind, xs, categories, x_lo, x_hi):
         parts.append(
-            Markup('<line class="tickmark" x1="{x:.1f}" x2="{x:.1f}" y1="{a}" y2="{b}"/><text class="tick" x="{x:.1f}" y="{ty}" text-anchor="middle">{label}</text>').format(
-                x=px(x), a=top + plot_h, b=top + plot_h + 5, ty=top + plot_h + 18, label=label
-            )
+            Markup(
+                '<line class="tickmark" x1="{x:.1f}" x2="{x:.1f}" y1="{a}" y2="{b}"/><text class="tick" x="{x:.1f}" y="{ty}" text-anchor="middle">{label}</text>'
+            ).format(x=px(x), a=top + plot_h, b=top + plot_h + 5, ty=top + plot_h + 18, label=label)
         )
     parts.append(Markup('<rect class="frame" x="{}" y="{}" width="{}" height="{}"/>').format(left, top, plot_w, plot_h))
-    parts.append(Markup('<text class="axis-label" x="{x}" y="{y}" text-anchor="middle">{t}</text>').format(x=left + plot_w / 2, y=height - 6, t=x_label))
     parts.append(
-        Markup('<text class="axis-label" x="14" y="{y}" text-anchor="middle" transform="rotate(-90 14 {y})">{t}</text>').format(y=top + plot_h / 2, t=y_label)
+        Markup('<text class="axis-label" x="{x}" y="{y}" text-anchor="middle">{t}</text>').format(
+            x=left + plot_w / 2, y=height - 6, t=x_label
+        )
+    )
+    parts.append(
+        Markup('<text class="axis-label" x="14" y="{y}" text-anchor="middle" transform="rotate(-90 14 {y})">{t}</text>').format(
+            y=top + plot_h / 2, t=y_label
+        )
     )
     for label, y in references:
         parts.append(
-            Markup('<line class="reference" x1="{a}" x2="{b}" y1="{y:.1f}" y2="{y:.1f}"><title>{t}</title></line>'
-                   '<text class="reference-label" x="{tx}" y="{ty:.1f}" text-anchor="end">{t}</text>').format(
-                a=left, b=left + plot_w, y=py(y), tx=left + plot_w - 4, ty=py(y) - 4, t=label
-            )
+            Markup(
+                '<line class="reference" x1="{a}" x2="{b}" y1="{y:.1f}" y2="{y:.1f}"><title>{t}</title></line>'
+                '<text class="reference-label" x="{tx}" y="{ty:.1f}" text-anchor="end">{t}</text>'
+            ).format(a=left, b=left + plot_w, y=py(y), tx=left + plot_w - 4, ty=py(y) - 4, t=label)
         )
     for index, s in enumerate(series):
         cls = f"s{index % PALETTE_SIZE}"

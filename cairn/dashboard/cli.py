@@ -14,7 +14,9 @@ def dashboard() -> None:
 
 
 @dashboard.command("serve")
-@click.option("--workdir", required=True, type=click.Path(path_type=Path, file_okay=False), help="the coordinator's workdir (read, never written)")
+@click.option(
+    "--workdir", required=True, type=click.Path(path_type=Path, file_okay=False), help="the coordinator's workdir (read, never written)"
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="interface to listen on")
 @click.option("--port", default=8780, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--dht-join", "dht_join", multiple=True, help="a swarm join address: also show live DHT records (optional)")

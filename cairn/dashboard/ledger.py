@@ -180,8 +180,10 @@ def _rejection_columns(db: sqlite3.Connection) -> str:
     """SQL for what the coordinator refused of a peer's work: failed spot checks and the credit they took back
     (`forfeited_samples`: ledger schema 3; an older ledger has none)."""
     forfeited = "forfeited_samples" if has_column(db, "peers", "forfeited_samples") else "0"
-    return (f"{forfeited} AS forfeited_samples, "
-            "(SELECT COUNT(*) FROM spot_checks s WHERE s.public_id = peers.public_id AND s.passed = 0) AS failed_checks")
+    return (
+        f"{forfeited} AS forfeited_samples, "
+        "(SELECT COUNT(*) FROM spot_checks s WHERE s.public_id = peers.public_id AND s.passed = 0) AS failed_checks"
+    )
 
 
 def _contributor_row(row: sqlite3.Row, total_samples: int, now: float) -> dict[str, Any]:

@@ -134,11 +134,21 @@ def swarm_charts(data: dict[str, Any]) -> dict[str, Markup]:
     return {
         "speed": line_chart(
             [Series("swarm samples/s", [(p["at"], p["samples_per_second"]) for p in history])],
-            title="Swarm speed, last hour", x_label="time (UTC)", y_label="samples/s", x_kind="time", width=HALF, height=250,
+            title="Swarm speed, last hour",
+            x_label="time (UTC)",
+            y_label="samples/s",
+            x_kind="time",
+            width=HALF,
+            height=250,
         ),
         "loss": line_chart(
             [Series("mean loss", [(p["at"], p["mean_loss"]) for p in history if p["mean_loss"] is not None])],
-            title="Mean training loss, last hour", x_label="time (UTC)", y_label="loss", x_kind="time", width=HALF, height=250,
+            title="Mean training loss, last hour",
+            x_label="time (UTC)",
+            y_label="loss",
+            x_kind="time",
+            width=HALF,
+            height=250,
             references=chance_lines(data),
         ),
     }
@@ -152,16 +162,31 @@ def contributor_charts(data: dict[str, Any]) -> dict[str, Markup]:
                 Series("credited by the ledger", [(p["at"], p["credited_samples"]) for p in history]),
                 Series("claimed by the peer", [(p["at"], p["claimed_samples"]) for p in history]),
             ],
-            title="Samples over time", x_label="time (UTC)", y_label="samples", x_kind="time", width=FULL, height=300,
+            title="Samples over time",
+            x_label="time (UTC)",
+            y_label="samples",
+            x_kind="time",
+            width=FULL,
+            height=300,
         ),
         "loss": line_chart(
             [Series("reported loss", [(p["at"], p["loss"]) for p in history])],
-            title="Training loss reported", x_label="time (UTC)", y_label="loss", x_kind="time", width=HALF, height=250,
+            title="Training loss reported",
+            x_label="time (UTC)",
+            y_label="loss",
+            x_kind="time",
+            width=HALF,
+            height=250,
             references=chance_lines(data),
         ),
         "speed": line_chart(
             [Series("samples/s", [(p["at"], p["samples_per_second"]) for p in history])],
-            title="Speed", x_label="time (UTC)", y_label="samples/s", x_kind="time", width=HALF, height=250,
+            title="Speed",
+            x_label="time (UTC)",
+            y_label="samples/s",
+            x_kind="time",
+            width=HALF,
+            height=250,
         ),
     }
 
@@ -172,14 +197,23 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
     charts: dict[str, Any] = {
         "by_step": line_chart(
             [Series("swarm mean loss", [(p["global_step"], p["mean_loss"]) for p in data["loss_by_step"]])],
-            title="Training loss vs global step", x_label="global step", y_label="loss", width=FULL, height=320,
+            title="Training loss vs global step",
+            x_label="global step",
+            y_label="loss",
+            width=FULL,
+            height=320,
             references=chance_lines(data),
         ),
         "by_time": line_chart(
             [Series("swarm mean", [(p["at"], p["mean_loss"]) for p in data["swarm"] if p["mean_loss"] is not None])]
             + [Series(s["display_name"], [(p["at"], p["loss"]) for p in s["points"]]) for s in data["peer_loss"]],
-            title="Training loss vs wall time (swarm mean and top contributors)", x_label="time (UTC)", y_label="loss", x_kind="time",
-            width=FULL, height=320, references=chance_lines(data),
+            title="Training loss vs wall time (swarm mean and top contributors)",
+            x_label="time (UTC)",
+            y_label="loss",
+            x_kind="time",
+            width=FULL,
+            height=320,
+            references=chance_lines(data),
         ),
     }
     metric_groups: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -188,9 +222,17 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
             head, _, metric = key.rpartition("/")
             metric_groups.setdefault(metric, {}).setdefault(head or metric, []).append((index, value))
     charts["metrics"] = [
-        line_chart([Series(name, points) for name, points in sorted(group.items())],
-                   title=f"{metric} by release", x_label="release", y_label=metric, x_kind="category", categories=versions, width=HALF, height=250,
-                   y_range=_score_range(group.values()))
+        line_chart(
+            [Series(name, points) for name, points in sorted(group.items())],
+            title=f"{metric} by release",
+            x_label="release",
+            y_label=metric,
+            x_kind="category",
+            categories=versions,
+            width=HALF,
+            height=250,
+            y_range=_score_range(group.values()),
+        )
         for metric, group in sorted(metric_groups.items())
     ]
     curves: dict[str, list[Series]] = {}
@@ -198,8 +240,16 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
         for name, points in release["matryoshka"].items():
             curves.setdefault(name, []).append(Series(release["version"], points))
     charts["matryoshka"] = [
-        line_chart(series, title=_matryoshka_title(name), x_label="dimensions (prefix of the relational vector)",
-                   y_label=name.rpartition("/")[2], x_kind="log2", width=HALF, height=250, y_range=_score_range(s.points for s in series))
+        line_chart(
+            series,
+            title=_matryoshka_title(name),
+            x_label="dimensions (prefix of the relational vector)",
+            y_label=name.rpartition("/")[2],
+            x_kind="log2",
+            width=HALF,
+            height=250,
+            y_range=_score_range(s.points for s in series),
+        )
         for name, series in sorted(curves.items())
     ]
     compat: dict[str, dict[str, list[tuple[int, float]]]] = {}
@@ -209,16 +259,24 @@ def convergence_charts(data: dict[str, Any]) -> dict[str, Any]:
                 head, _, name = key.rpartition("/")
                 compat.setdefault(head, {}).setdefault(name, []).append((index, value))
     charts["compatibility"] = [
-        line_chart([Series(name, points) for name, points in sorted(group.items())],
-                   title=_compatibility_title(head), x_label="release",
-                   y_label="score", x_kind="category", categories=versions, width=HALF, height=250, y_range=_score_range(group.values()))
+        line_chart(
+            [Series(name, points) for name, points in sorted(group.items())],
+            title=_compatibility_title(head),
+            x_label="release",
+            y_label="score",
+            x_kind="category",
+            categories=versions,
+            width=HALF,
+            height=250,
+            y_range=_score_range(group.values()),
+        )
         for head, group in sorted(compat.items(), key=lambda item: (item[0].startswith("grandparent"), item[0] != "relational", item[0]))
     ]
     return charts
 
 
 def _compatibility_title(head: str) -> str:
-    """"relational" -> previous release, relational vectors; "grandparent/absolute" -> the release before it."""
+    """ "relational" -> previous release, relational vectors; "grandparent/absolute" -> the release before it."""
     scope, _, view = head.rpartition("/")
     against = "the release before the previous one" if scope == "grandparent" else "the previous release"
     return f"Compatibility with {against}{f' ({view} vectors)' if view else ''}"
@@ -230,4 +288,3 @@ def _matryoshka_title(name: str) -> str:
     if group == "matryoshka":
         return f"Matryoshka, BBC probe accuracy: {curve.replace('_', ' ')} vs dims"
     return f"Matryoshka: {name} vs dims"
-

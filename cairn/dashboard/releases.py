@@ -111,7 +111,9 @@ def pull_commands(repository_url: str | None, version: str) -> dict[str, str]:
     }
 
 
-def release_list(repository: SignedRepository, ledger_rows: list[dict[str, Any]], repository_url: str | None, cache: ParsedCache) -> dict[str, Any]:
+def release_list(
+    repository: SignedRepository, ledger_rows: list[dict[str, Any]], repository_url: str | None, cache: ParsedCache
+) -> dict[str, Any]:
     """Every known release, newest first, with manifest, metrics, files, signing state and commands."""
     state = repository.state()
     rows = {row["version"]: row for row in ledger_rows}
@@ -193,7 +195,9 @@ def _release_entry(version, signed, row, manifest: Manifest | None, problem, rep
     }
 
 
-def landmark_sets(repository: SignedRepository, run_landmarks: Path, release_entries: list[dict[str, Any]], cache: ParsedCache) -> dict[str, Any]:
+def landmark_sets(
+    repository: SignedRepository, run_landmarks: Path, release_entries: list[dict[str, Any]], cache: ParsedCache
+) -> dict[str, Any]:
     """Every distinct landmark set, oldest version first, each marked with what it appended.
 
     Sources: standalone signed sets (landmarks/vN), each signed release's landmarks.json, and the

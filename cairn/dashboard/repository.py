@@ -168,14 +168,13 @@ class SignedRepository:
         }
         return RepositoryState(
             root_version=root.signed.version,
-            roles={
-                name: {"threshold": role.threshold, "keyids": sorted(role.keyids)} for name, role in sorted(root.signed.roles.items())
-            },
+            roles={name: {"threshold": role.threshold, "keyids": sorted(role.keyids)} for name, role in sorted(root.signed.roles.items())},
             verified=verified,
             targets_signed_by=signed_by,
             targets_version=targets.signed.version,
             expires={
-                name: m.signed.expires.isoformat() for name, m in (("root", root), ("targets", targets), ("snapshot", snapshot), ("timestamp", timestamp))
+                name: m.signed.expires.isoformat()
+                for name, m in (("root", root), ("targets", targets), ("snapshot", snapshot), ("timestamp", timestamp))
             },
             releases=releases,
             landmark_targets=landmark_targets,

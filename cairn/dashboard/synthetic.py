@@ -49,25 +49,44 @@ def default_peers(count: int = 3) -> list[SyntheticPeer]:
     """alice plus the two hostile display names, then more ordinary peers, and one peer gone offline."""
     names = ["alice-laptop", *HOSTILE_NAMES] + [f"volunteer-{i:03d}" for i in range(max(0, count - 3))]
     peers = [
-        SyntheticPeer(f"{i + 1:016x}", name, "cuda" if i % 3 == 1 else "cpu", 40.0 + 25.0 * (i % 4))
-        for i, name in enumerate(names[:count])
+        SyntheticPeer(f"{i + 1:016x}", name, "cuda" if i % 3 == 1 else "cpu", 40.0 + 25.0 * (i % 4)) for i, name in enumerate(names[:count])
     ]
     return peers + [SyntheticPeer("00000000000000ff", "bob (offline)", "cpu", 30.0, online=False)]
 
 
 def anchors(count: int, offset: int = 0) -> list[str]:
-    topics = ["a river in spring", "the stock market fell", "a goal in extra time", "quantum entanglement", "baking sourdough bread",
-              "a parliamentary vote", "the violin concerto", "a broken leg", "machine translation", "volcanic ash cloud"]
+    topics = [
+        "a river in spring",
+        "the stock market fell",
+        "a goal in extra time",
+        "quantum entanglement",
+        "baking sourdough bread",
+        "a parliamentary vote",
+        "the violin concerto",
+        "a broken leg",
+        "machine translation",
+        "volcanic ash cloud",
+    ]
     return [f"{topics[(i + offset) % len(topics)]} #{i + offset}" for i in range(count)]
 
 
 BATCH_SIZE = 32  # the synthetic run's batch size: its loss at chance is ln 32
 
 
-def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None = None, hours: float = 1.0,
-                  record_every: float = 10.0, snapshot_every: float = 5.0, publisher: Publisher | None = None,
-                  seed: int = 0, at_chance: bool = False, gap: tuple[float, float] | None = None,
-                  collapsed: frozenset[str] = frozenset()) -> Path:
+def build_workdir(
+    root: Path,
+    *,
+    now: float,
+    peers: list[SyntheticPeer] | None = None,
+    hours: float = 1.0,
+    record_every: float = 10.0,
+    snapshot_every: float = 5.0,
+    publisher: Publisher | None = None,
+    seed: int = 0,
+    at_chance: bool = False,
+    gap: tuple[float, float] | None = None,
+    collapsed: frozenset[str] = frozenset(),
+) -> Path:
     """Write a coordinator workdir under `root` whose history ends at `now`; returns `root`.
 
     `at_chance`: a run that learns nothing (loss at ln BATCH_SIZE, probe scores at chance), the case the dashboard
@@ -87,8 +106,12 @@ def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None =
     layout.run_config_path.write_text(json.dumps({"run_id": RUN_ID, "training": {"batch_size": BATCH_SIZE}}))
     loss = _chance_loss if at_chance else _loss
     missing = (lambda at: False) if gap is None else (lambda at: start + gap[0] * (now - start) <= at < start + gap[1] * (now - start))
-    CoordinatorState(join=("/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWDemoCoordinatorPeerIdForTheDashboardTests",),
-                     repository_url="http://127.0.0.1:8700", run_id=RUN_ID, started_at=now).save(layout.state_file)
+    CoordinatorState(
+        join=("/ip4/127.0.0.1/tcp/31337/p2p/12D3KooWDemoCoordinatorPeerIdForTheDashboardTests",),
+        repository_url="http://127.0.0.1:8700",
+        run_id=RUN_ID,
+        started_at=now,
+    ).save(layout.state_file)
 
     db = connect(layout.ledger)
     db.execute("BEGIN")
@@ -103,9 +126,15 @@ def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None =
         progress = (at - start) / max(now - start, 1.0)
         db.execute(
             "INSERT INTO swarm VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (at, int((at - start) * step_rate), sum(p.online for p in peers),
-             sum(p.speed for p in peers if p.online) * (1 + 0.06 * math.sin(12 * progress)) * rng.uniform(0.98, 1.02),
-             loss(progress, rng), int((at - start) * step_rate * 256), at - rng.uniform(0.0, 8.0)),
+            (
+                at,
+                int((at - start) * step_rate),
+                sum(p.online for p in peers),
+                sum(p.speed for p in peers if p.online) * (1 + 0.06 * math.sin(12 * progress)) * rng.uniform(0.98, 1.02),
+                loss(progress, rng),
+                int((at - start) * step_rate * 256),
+                at - rng.uniform(0.0, 8.0),
+            ),
         )
     releases_dir = root / "releases"
     built = []
@@ -113,7 +142,10 @@ def build_workdir(root: Path, *, now: float, peers: list[SyntheticPeer] | None =
         step = int(hours * 3600.0 * fraction * step_rate)
         directory = _release_dir(releases_dir / version, version, parent, landmarks, step, fraction, rng, at_chance)
         manifest_json = (directory / "manifest.json").read_text()
-        db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)", (version, parent, step, step * 256, start + hours * 3600.0 * fraction, manifest_json))
+        db.execute(
+            "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?)",
+            (version, parent, step, step * 256, start + hours * 3600.0 * fraction, manifest_json),
+        )
         built.append(directory)
     db.execute("COMMIT")
     db.close()
@@ -133,8 +165,17 @@ def _chance_loss(progress: float, rng: random.Random) -> float:
     return math.log(BATCH_SIZE) + rng.uniform(-0.02, 0.02)
 
 
-def _write_peer(db, peer: SyntheticPeer, start: float, now: float, every: float, rng: random.Random, loss=_loss,
-                missing=lambda at: False, collapsed: bool = False) -> None:
+def _write_peer(
+    db,
+    peer: SyntheticPeer,
+    start: float,
+    now: float,
+    every: float,
+    rng: random.Random,
+    loss=_loss,
+    missing=lambda at: False,
+    collapsed: bool = False,
+) -> None:
     begin = start + rng.uniform(0, 600)
     end = now - rng.uniform(1, 8) if peer.online else start + (now - start) * 0.4
     db.execute(
@@ -158,8 +199,19 @@ def _write_peer(db, peer: SyntheticPeer, start: float, now: float, every: float,
             db.execute(
                 "INSERT INTO records (public_id, reported_at, received_at, samples, steps, loss, samples_per_second, epoch, shard, credited_delta, "
                 "collapsed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (peer.public_id, at, at + 0.5, samples, samples // 32, loss(progress, rng) + 0.05, speed, int(progress * 40), shard, granted,
-                 int(collapsed)),
+                (
+                    peer.public_id,
+                    at,
+                    at + 0.5,
+                    samples,
+                    samples // 32,
+                    loss(progress, rng) + 0.05,
+                    speed,
+                    int(progress * 40),
+                    shard,
+                    granted,
+                    int(collapsed),
+                ),
             )
         at += every
     db.execute(
@@ -176,8 +228,16 @@ def _write_peer(db, peer: SyntheticPeer, start: float, now: float, every: float,
         )
 
 
-def _release_dir(directory: Path, version: str, parent: str | None, landmarks: LandmarkSet, step: int, quality: float, rng: random.Random,
-                 at_chance: bool = False) -> Path:
+def _release_dir(
+    directory: Path,
+    version: str,
+    parent: str | None,
+    landmarks: LandmarkSet,
+    step: int,
+    quality: float,
+    rng: random.Random,
+    at_chance: bool = False,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     landmarks.save(directory / "landmarks.json")
     (directory / "model.safetensors").write_bytes(rng.randbytes(256 * 1024))
@@ -204,29 +264,63 @@ def _release_dir(directory: Path, version: str, parent: str | None, landmarks: L
         "meta": {"quick": True, "dims": [16, 32, 64], "widths": {"relational": 64, "absolute": 256}},
         # cairn.evaluation.promises: Matryoshka prefixes on the BBC probe, alignment with the outside reference
         "matryoshka": {
-            "relational_prefix": {"8": round(0.5 + 0.3 * quality, 4), "16": round(0.55 + 0.38 * quality, 4), "32": round(0.6 + 0.38 * quality, 4),
-                                  "64": round(0.6 + 0.4 * quality, 4), "k95": 16 if quality > 0.5 else 32},
-            "random_order": {"8": round(0.35 + 0.2 * quality, 4), "16": round(0.45 + 0.3 * quality, 4), "32": round(0.55 + 0.36 * quality, 4),
-                             "64": round(0.6 + 0.4 * quality, 4), "k95": 64},
-            "pca_absolute": {"8": round(0.55 + 0.4 * quality, 4), "16": round(0.58 + 0.41 * quality, 4), "32": round(0.6 + 0.4 * quality, 4),
-                             "64": round(0.6 + 0.4 * quality, 4), "k95": 8},
+            "relational_prefix": {
+                "8": round(0.5 + 0.3 * quality, 4),
+                "16": round(0.55 + 0.38 * quality, 4),
+                "32": round(0.6 + 0.38 * quality, 4),
+                "64": round(0.6 + 0.4 * quality, 4),
+                "k95": 16 if quality > 0.5 else 32,
+            },
+            "random_order": {
+                "8": round(0.35 + 0.2 * quality, 4),
+                "16": round(0.45 + 0.3 * quality, 4),
+                "32": round(0.55 + 0.36 * quality, 4),
+                "64": round(0.6 + 0.4 * quality, 4),
+                "k95": 64,
+            },
+            "pca_absolute": {
+                "8": round(0.55 + 0.4 * quality, 4),
+                "16": round(0.58 + 0.41 * quality, 4),
+                "32": round(0.6 + 0.4 * quality, 4),
+                "64": round(0.6 + 0.4 * quality, 4),
+                "k95": 8,
+            },
             "goal": {"k95": 8},
             "goal_met": False,
         },
-        "outside": {"reference": "all-MiniLM-L6-v2 on 1000 held-out texts of the run's corpus",
-                    "relational": {"mutual_knn10": round(0.25 * quality, 4)}, "absolute": {"mutual_knn10": round(0.27 * quality, 4)},
-                    "chance": {"mutual_knn10": 0.01}},
+        "outside": {
+            "reference": "all-MiniLM-L6-v2 on 1000 held-out texts of the run's corpus",
+            "relational": {"mutual_knn10": round(0.25 * quality, 4)},
+            "absolute": {"mutual_knn10": round(0.27 * quality, 4)},
+            "chance": {"mutual_knn10": 0.01},
+        },
     }
     if at_chance:  # BBC's 5 topics: every prefix at about 0.2, so "95 % of full" comes at the smallest prefix
         for curve in ("relational_prefix", "random_order", "pca_absolute"):
             metrics["matryoshka"][curve] = {**{k: round(0.2 + rng.uniform(-0.01, 0.01), 4) for k in ("8", "16", "32", "64")}, "k95": 8.0}
         metrics["matryoshka"]["goal_met"] = True
-    compatibility = {} if parent is None else {
-        "parent": parent,
-        "probe": "bbc-news 5 topics, 60 per topic",
-        "relational": {"head_score_old": 0.82, "head_score_new": 0.79, "head_ratio": 0.963, "agreement": 0.93, "cross_retrieval_r1": 0.88},
-        "absolute": {"head_score_old": 0.85, "head_score_new": 0.31, "head_ratio": 0.365, "agreement": 0.12, "cross_retrieval_r1": 0.05},
-    }
+    compatibility = (
+        {}
+        if parent is None
+        else {
+            "parent": parent,
+            "probe": "bbc-news 5 topics, 60 per topic",
+            "relational": {
+                "head_score_old": 0.82,
+                "head_score_new": 0.79,
+                "head_ratio": 0.963,
+                "agreement": 0.93,
+                "cross_retrieval_r1": 0.88,
+            },
+            "absolute": {
+                "head_score_old": 0.85,
+                "head_score_new": 0.31,
+                "head_ratio": 0.365,
+                "agreement": 0.12,
+                "cross_retrieval_r1": 0.05,
+            },
+        }
+    )
     manifest = Manifest(
         version=ReleaseVersion.parse(version),
         parent_version=ReleaseVersion.parse(parent) if parent else None,
@@ -237,8 +331,13 @@ def _release_dir(directory: Path, version: str, parent: str | None, landmarks: L
         files=files,
         metrics=metrics,
         compatibility=compatibility,
-        extra={"samples_seen": step * 256, "contributors": 4, "created_at": 0.0,
-               "encoder": {"model": "tiny", "parameters": 1_234_567}, "spot_checks": {"passed": 7, "failed": 1}},
+        extra={
+            "samples_seen": step * 256,
+            "contributors": 4,
+            "created_at": 0.0,
+            "encoder": {"model": "tiny", "parameters": 1_234_567},
+            "spot_checks": {"passed": 7, "failed": 1},
+        },
     )
     write_manifest(manifest, directory / "manifest.json")
     return directory

@@ -182,8 +182,10 @@ def convergence(sources: Sources) -> dict[str, Any]:
         "swarm": _read(sources, notices, q.swarm_series, default=[]),
         "peer_loss": _read(sources, notices, q.peer_loss_series, default=[]),
         "releases": [
-            {key: r[key] for key in ("version", "parent_version", "global_step", "created_at", "metrics", "matryoshka", "compatibility",
-                                   "promises")}
+            {
+                key: r[key]
+                for key in ("version", "parent_version", "global_step", "created_at", "metrics", "matryoshka", "compatibility", "promises")
+            }
             for r in ordered
         ],
         "notices": notices,

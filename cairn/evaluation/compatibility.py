@@ -25,8 +25,9 @@ from cairn.protocol.landmarks import l2_normalise
 EmbedFn = Callable[[list[str]], np.ndarray]
 
 
-def head_transfer(train_old: np.ndarray, test_old: np.ndarray, test_new: np.ndarray, y_train: np.ndarray, y_test: np.ndarray,
-                  seed: int = 0) -> dict[str, float]:
+def head_transfer(
+    train_old: np.ndarray, test_old: np.ndarray, test_new: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, seed: int = 0
+) -> dict[str, float]:
     """Fit a logistic-regression head on old vectors; score it on old and on new test vectors."""
     head = LogisticRegression(max_iter=2000, random_state=seed).fit(l2_normalise(train_old), y_train)
     old_score = float(head.score(l2_normalise(test_old), y_test))
@@ -55,16 +56,18 @@ def topic_precision(index_vectors: np.ndarray, query_vectors: np.ndarray, y_inde
     return float(np.mean(np.asarray(y_index)[top] == np.asarray(y_query)[:, None]))
 
 
-def index_upgrade(old_index: np.ndarray, new_index: np.ndarray, new_queries: np.ndarray, y_index: np.ndarray, y_query: np.ndarray,
-                  k: int = 10) -> dict[str, float]:
+def index_upgrade(
+    old_index: np.ndarray, new_index: np.ndarray, new_queries: np.ndarray, y_index: np.ndarray, y_query: np.ndarray, k: int = 10
+) -> dict[str, float]:
     """An index built with the old release and queried with the new one, against the same index re-embedded."""
     kept = topic_precision(old_index, new_queries, y_index, y_query, k)
     reembedded = topic_precision(new_index, new_queries, y_index, y_query, k)
     return {"index_kept_p10": kept, "index_reembedded_p10": reembedded, "index_upgrade_ratio": kept / reembedded if reembedded else 0.0}
 
 
-def compatibility_report(old: dict[str, EmbedFn], new: dict[str, EmbedFn], texts: Sequence[str], labels: Sequence[int],
-                         seed: int = 0) -> dict[str, dict[str, float]]:
+def compatibility_report(
+    old: dict[str, EmbedFn], new: dict[str, EmbedFn], texts: Sequence[str], labels: Sequence[int], seed: int = 0
+) -> dict[str, dict[str, float]]:
     """For each view present in both ("relational", "absolute"): head transfer, agreement, retrieval."""
     texts, y = list(texts), np.asarray(labels)
     train_idx, test_idx = train_test_split(np.arange(len(texts)), test_size=0.3, random_state=seed, stratify=y)

@@ -61,8 +61,9 @@ def matryoshka_report(relational: np.ndarray, absolute: np.ndarray, labels: Sequ
         "pca_absolute": pca_curve(absolute, [k for k in sizes if k <= min(absolute.shape)], score),
     }
     full = curves["relational_prefix"][width]
-    report: dict = {name: {**{str(k): v for k, v in curve.items()}, "k95": smallest_k(curve, MATRYOSHKA_SHARE, full)}
-                    for name, curve in curves.items()}
+    report: dict = {
+        name: {**{str(k): v for k, v in curve.items()}, "k95": smallest_k(curve, MATRYOSHKA_SHARE, full)} for name, curve in curves.items()
+    }
     goal = width // GOAL_FRACTION
     k95 = report["relational_prefix"]["k95"]
     report["goal"] = {"k95": goal}

@@ -25,7 +25,9 @@ def print_report(report: dict, console: Console | None = None) -> None:
     console.print(table)
     training = report.get("training")
     if training:
-        console.print(f"trained {training['steps']} steps, {training['samples']} samples in {training['seconds']} s; final loss {training['final_loss']:.3f}")
+        console.print(
+            f"trained {training['steps']} steps, {training['samples']} samples in {training['seconds']} s; final loss {training['final_loss']:.3f}"
+        )
 
 
 def _fmt(value: object) -> str:

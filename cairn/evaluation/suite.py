@@ -106,18 +106,14 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def evaluate_view(
-    vectors: np.ndarray, row_of: dict[str, int], task: GlossTask, data: SuiteData, folds: int
-) -> dict[str, float | None]:
+def evaluate_view(vectors: np.ndarray, row_of: dict[str, int], task: GlossTask, data: SuiteData, folds: int) -> dict[str, float | None]:
     """All metrics for one view (already sliced and L2-normalised) of one embedding table."""
 
     def rows(texts: Sequence[str]) -> np.ndarray:
         return vectors[[row_of[text] for text in texts]]
 
     recall = retrieval_recall(rows(task.queries), rows(task.candidates), task.gold, ks=(1, 10))
-    simlex, wordsim = (
-        spearman_similarity(rows(pairs.words_a), rows(pairs.words_b), pairs.gold) for pairs in (data.simlex, data.wordsim)
-    )
+    simlex, wordsim = (spearman_similarity(rows(pairs.words_a), rows(pairs.words_b), pairs.gold) for pairs in (data.simlex, data.wordsim))
     probe = linear_probe_accuracy(rows(data.bbc.texts), data.bbc.labels, folds=folds, seed=SEED)
     values = (recall[1], recall[10], simlex, wordsim, probe)
     return {name: _finite(value) for name, value in zip(METRICS, values)}
@@ -158,9 +154,7 @@ def run_suite(
         width = widths[name] = table.shape[1]
         sizes = [m for m in dims if m <= width] if name in prefix_rows else []
         views = {str(m): m for m in sizes} | {"full": width}
-        report[name] = {
-            key: evaluate_view(l2_normalise(table[:, :m]), row_of, task, data, folds) for key, m in views.items()
-        }
+        report[name] = {key: evaluate_view(l2_normalise(table[:, :m]), row_of, task, data, folds) for key, m in views.items()}
         seconds[name] = {"embed": round(embedded - clock, 3), "evaluate": round(time.perf_counter() - embedded, 3)}
 
     report["meta"] = {

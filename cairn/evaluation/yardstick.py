@@ -68,6 +68,8 @@ def yardstick_scores(quick: bool) -> dict[str, float | None]:
 
 def against_yardstick(scores: dict, yardstick: dict, quick: bool) -> dict:
     """The manifest block: the yardstick's scores, and per promised task whether `scores` beat them."""
-    beats = {metric: scores.get(metric) is not None and yardstick.get(metric) is not None and scores[metric] > yardstick[metric]
-             for metric in PROMISED}
+    beats = {
+        metric: scores.get(metric) is not None and yardstick.get(metric) is not None and scores[metric] > yardstick[metric]
+        for metric in PROMISED
+    }
     return {"name": NAME, "mode": "quick" if quick else "full", "scores": yardstick, "beats": beats, "beats_all": all(beats.values())}

@@ -29,9 +29,16 @@ from cairn.protocol.landmarks import l2_normalise
 from cairn.tasks.api import Release
 
 
-def build_index(release: Release | Path | str, documents: Documents | Path | str, out: Path | str,
-                config: IndexConfig = IndexConfig(), text_column: str = "text", id_column: str | None = None,
-                device: str = "auto", progress: Callable[[int], None] | None = None) -> SearchIndex:
+def build_index(
+    release: Release | Path | str,
+    documents: Documents | Path | str,
+    out: Path | str,
+    config: IndexConfig = IndexConfig(),
+    text_column: str = "text",
+    id_column: str | None = None,
+    device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+) -> SearchIndex:
     """Write a new index at `out` and return it opened; `documents` is a Documents or a data file to read."""
     out = Path(out)
     if out.exists():
@@ -46,10 +53,19 @@ def build_index(release: Release | Path | str, documents: Documents | Path | str
     staging.mkdir()
     try:
         write_store(staging / STORE_FILE, documents.ids, documents.texts, documents.metadata)
-        meta = IndexMeta(count=len(documents), dims=release.landmarks.size, coarse_dims=min(config.coarse_dims, release.landmarks.size),
-                         generation="gen-1", config=config, release=release_record(release), landmarks_version=release.landmarks.version,
-                         landmarks_digest=release.landmarks.digest, anchors=tuple(release.landmarks.anchors), files={},
-                         collection=f"cairn_{uuid.uuid4().hex[:12]}")
+        meta = IndexMeta(
+            count=len(documents),
+            dims=release.landmarks.size,
+            coarse_dims=min(config.coarse_dims, release.landmarks.size),
+            generation="gen-1",
+            config=config,
+            release=release_record(release),
+            landmarks_version=release.landmarks.version,
+            landmarks_digest=release.landmarks.digest,
+            anchors=tuple(release.landmarks.anchors),
+            files={},
+            collection=f"cairn_{uuid.uuid4().hex[:12]}",
+        )
         meta.files = {STORE_FILE: file_digest(staging / STORE_FILE), **write_generation(staging, meta, vectors)}
         meta.history = [history_entry(release, "build", documents.source)]
         meta.save(staging)
@@ -85,8 +101,13 @@ def release_record(release: Release) -> dict:
 
 
 def history_entry(release: Release, action: str, source: str | None = None) -> dict:
-    entry = {"action": action, "release": release.info.get("version"), "encoder_sha256": release.info.get("encoder_sha256"),
-             "landmarks": f"v{release.landmarks.version} {release.landmarks.digest[:12]}", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    entry = {
+        "action": action,
+        "release": release.info.get("version"),
+        "encoder_sha256": release.info.get("encoder_sha256"),
+        "landmarks": f"v{release.landmarks.version} {release.landmarks.digest[:12]}",
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if source:
         entry["source"] = source
     return entry

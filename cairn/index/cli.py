@@ -25,8 +25,13 @@ def index() -> None:
 
 
 @index.command("build")
-@click.option("--release", "release_dir", type=click.Path(path_type=Path), required=True,
-              help="an installed release directory (checked against its manifest) or a bundle from `cairn train`")
+@click.option(
+    "--release",
+    "release_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="an installed release directory (checked against its manifest) or a bundle from `cairn train`",
+)
 @click.option("--data", "data_file", type=click.Path(path_type=Path), required=True, help="documents: .jsonl, .csv, .tsv or .txt")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--id-column", default=None, help="unique ids (default: the row number)")
@@ -45,21 +50,29 @@ def build_command(release_dir: Path, data_file: Path, text_column: str, id_colum
     documents = read_documents(data_file, text_column, id_column)  # before the encoder loads: bad input fails fast
     with build_index(release_dir, documents, out, IndexConfig(**settings), device=device) as built:
         meta = built.meta
-    click.echo(f"indexed {meta.count} documents with {meta.dims} coordinates (coarse prefix {meta.coarse_dims}, "
-               f"{meta.config.engine}) from release {meta.release.get('version') or release_dir} into {out}")
+    click.echo(
+        f"indexed {meta.count} documents with {meta.dims} coordinates (coarse prefix {meta.coarse_dims}, "
+        f"{meta.config.engine}) from release {meta.release.get('version') or release_dir} into {out}"
+    )
 
 
 @index.command("search")
 @INDEX
 @click.argument("queries", nargs=-1, required=True)
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="hits per query")
-@click.option("--release", "release_dir", type=click.Path(path_type=Path), default=None,
-              help="embed queries with this release (default: the one the index was built with); its landmark set must extend the index's")
+@click.option(
+    "--release",
+    "release_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="embed queries with this release (default: the one the index was built with); its landmark set must extend the index's",
+)
 @click.option("--exact", is_flag=True, help="score every stored vector with all K coordinates instead of coarse-to-fine")
 @click.option("--shortlist", type=click.IntRange(1, 100_000), default=None, help="candidates to re-rank (default: the index's setting)")
 @DEVICE
-def search_command(index_dir: Path, queries: tuple[str, ...], k: int, release_dir: Path | None, exact: bool, shortlist: int | None,
-                   device: str) -> None:
+def search_command(
+    index_dir: Path, queries: tuple[str, ...], k: int, release_dir: Path | None, exact: bool, shortlist: int | None, device: str
+) -> None:
     """Print one JSON line per QUERY: {"query": ..., "hits": [{"id", "text", "metadata", "score"}]}."""
     from cairn.index.index import open_index
 
@@ -83,10 +96,16 @@ def info_command(index_dir: Path, verify: bool) -> None:
 
 @index.command("upgrade")
 @INDEX
-@click.option("--release", "release_dir", type=click.Path(path_type=Path), required=True,
-              help="the newer release; its landmark set must be an append-only successor of the index's")
-@click.option("--max-batches", type=click.IntRange(min=1), default=None,
-              help="embed at most this many batches now and stop (run again to continue)")
+@click.option(
+    "--release",
+    "release_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="the newer release; its landmark set must be an append-only successor of the index's",
+)
+@click.option(
+    "--max-batches", type=click.IntRange(min=1), default=None, help="embed at most this many batches now and stop (run again to continue)"
+)
 @DEVICE
 def upgrade_command(index_dir: Path, release_dir: Path, max_batches: int | None, device: str) -> None:
     """Re-embed IDX's texts with RELEASE (resumable; searches keep working meanwhile), then switch atomically."""
@@ -105,8 +124,13 @@ def upgrade_command(index_dir: Path, release_dir: Path, max_batches: int | None,
 @INDEX
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8090, show_default=True)
-@click.option("--release", "release_dir", type=click.Path(path_type=Path), default=None,
-              help="embed queries with this release (default: the index's own)")
+@click.option(
+    "--release",
+    "release_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="embed queries with this release (default: the index's own)",
+)
 @DEVICE
 def serve_command(index_dir: Path, host: str, port: int, release_dir: Path | None, device: str) -> None:
     """A read-only JSON search endpoint: GET /search?q=TEXT&k=10, GET /info."""

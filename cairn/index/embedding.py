@@ -29,12 +29,12 @@ def as_release(release: Release | Path | str, device: str = "auto") -> Release:
 
 def check_release(meta: Any, release: Release) -> None:
     """One LandmarkError line unless `release`'s landmark set starts with the index's anchors (cairn.index.meta.IndexMeta)."""
-    check_prefix_compatible(release.landmarks, meta.anchors, meta.landmarks_version, meta.landmarks_digest,
-                            owner="index", made="built", remedy=REBUILD)
+    check_prefix_compatible(
+        release.landmarks, meta.anchors, meta.landmarks_version, meta.landmarks_digest, owner="index", made="built", remedy=REBUILD
+    )
 
 
-def embed_documents(release: Release, texts: Sequence[str], batch_size: int,
-                    progress: Callable[[int], None] | None = None) -> np.ndarray:
+def embed_documents(release: Release, texts: Sequence[str], batch_size: int, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """(n, K) float32: all K relational coordinates per text, L2-normalised, in batches of `batch_size`."""
     chunks = []
     for start in range(0, len(texts), batch_size):

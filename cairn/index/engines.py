@@ -58,8 +58,9 @@ def build_engine(engine: str, directory: Path, vectors: np.ndarray, milvus_uri: 
         raise CairnError(f"unknown engine {engine!r}")
 
 
-def open_engine(engine: str, directory: Path, dims: int, count: int, shortlist: int, milvus_uri: str = "",
-                collection: str = MILVUS_COLLECTION) -> CoarseEngine:
+def open_engine(
+    engine: str, directory: Path, dims: int, count: int, shortlist: int, milvus_uri: str = "", collection: str = MILVUS_COLLECTION
+) -> CoarseEngine:
     path = directory / engine_file(engine)
     if engine == "exact":
         return ExactEngine(load_array(path, mmap=True))
@@ -129,8 +130,7 @@ class MilvusEngine:
         self.client.load_collection(collection)
 
     def search(self, queries: np.ndarray, count: int) -> np.ndarray:
-        results = self.client.search(self.collection, data=[q.tolist() for q in queries], limit=count,
-                                     search_params={"metric_type": "IP"})
+        results = self.client.search(self.collection, data=[q.tolist() for q in queries], limit=count, search_params={"metric_type": "IP"})
         rows = np.full((len(queries), count), -1, dtype=np.int64)
         for i, hits in enumerate(results):
             ids = [hit["id"] for hit in hits][:count]

@@ -44,14 +44,23 @@ class SearchIndex:
         check_sizes(self.directory, meta)
         vectors = load_array(self.directory / meta.generation / VECTORS_FILE, mmap=True)
         if vectors.shape != (meta.count, meta.dims) or vectors.dtype != np.float32:
-            raise CairnError(f"{self.directory / meta.generation / VECTORS_FILE}: shape {vectors.shape} {vectors.dtype}, index.json "
-                             f"says ({meta.count}, {meta.dims}) float32; the index is damaged")
+            raise CairnError(
+                f"{self.directory / meta.generation / VECTORS_FILE}: shape {vectors.shape} {vectors.dtype}, index.json "
+                f"says ({meta.count}, {meta.dims}) float32; the index is damaged"
+            )
         store = TextStore(self.directory / STORE_FILE)
         if store.count != meta.count:
             store.close()
             raise CairnError(f"{self.directory / STORE_FILE}: {store.count} texts, index.json says {meta.count}; the index is damaged")
-        engine = open_engine(meta.config.engine, self.directory / meta.generation, meta.coarse_dims, meta.count, meta.config.shortlist,
-                             meta.config.milvus_uri, meta.engine_collection)
+        engine = open_engine(
+            meta.config.engine,
+            self.directory / meta.generation,
+            meta.coarse_dims,
+            meta.count,
+            meta.config.shortlist,
+            meta.config.milvus_uri,
+            meta.engine_collection,
+        )
         self.meta, self.vectors, self.store, self.engine = meta, vectors, store, engine
         self._stamp = self._meta_stamp()
 
@@ -78,8 +87,10 @@ class SearchIndex:
             return release
         path = release if release is not None else self.meta.release.get("path")
         if not path or not Path(path).is_dir():
-            raise CairnError(f"the release this index was built with ({path or 'unknown'}) is not there; pass a release "
-                             "(--release DIR) whose landmark set extends the index's")
+            raise CairnError(
+                f"the release this index was built with ({path or 'unknown'}) is not there; pass a release "
+                "(--release DIR) whose landmark set extends the index's"
+            )
         key = str(Path(path).resolve())
         if key not in self._releases:
             self._releases[key] = as_release(path, self.device)
@@ -88,8 +99,14 @@ class SearchIndex:
 
     # ---- search -------------------------------------------------------------------------------
 
-    def search(self, queries: str | Sequence[str], k: int = 10, release: Release | Path | str | None = None,
-               exact: bool = False, shortlist: int | None = None) -> list[list[dict[str, Any]]]:
+    def search(
+        self,
+        queries: str | Sequence[str],
+        k: int = 10,
+        release: Release | Path | str | None = None,
+        exact: bool = False,
+        shortlist: int | None = None,
+    ) -> list[list[dict[str, Any]]]:
         """For each query, up to `k` hits {"id", "text", "metadata", "score", "row"}, best first."""
         texts = [queries] if isinstance(queries, str) else list(queries)
         if not texts:
@@ -102,8 +119,9 @@ class SearchIndex:
             results.append([{**hit, "score": round(float(s), 6), "row": int(r)} for hit, r, s in zip(hits, row_list, score_list)])
         return results[:1] if isinstance(queries, str) else results
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, exact: bool = False,
-                       shortlist: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def search_vectors(
+        self, queries: np.ndarray, k: int = 10, exact: bool = False, shortlist: int | None = None
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Rows and scores of the best `k` stored vectors for each (q, K) query vector (normalised here).
 
         `shortlist` overrides the index's candidate count for this call (more: higher recall, slower)."""

@@ -105,8 +105,10 @@ def read_meta(directory: Path) -> IndexMeta:
         history=_field(document, "history", list, where),
     )
     if meta.count < 1 or meta.dims != len(meta.anchors) or not 1 <= meta.coarse_dims <= meta.dims:
-        raise CairnError(f"{where}: inconsistent sizes (count {meta.count}, dims {meta.dims}, {len(meta.anchors)} anchors, "
-                         f"coarse_dims {meta.coarse_dims})")
+        raise CairnError(
+            f"{where}: inconsistent sizes (count {meta.count}, dims {meta.dims}, {len(meta.anchors)} anchors, "
+            f"coarse_dims {meta.coarse_dims})"
+        )
     if not meta.generation.startswith("gen-") or "/" in meta.generation or ".." in meta.generation:
         raise CairnError(f"{where}: invalid generation name {meta.generation!r}")
     return meta

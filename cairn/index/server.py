@@ -67,8 +67,12 @@ async def search(request: web.Request) -> web.Response:
 
     def work(index: SearchIndex) -> dict:
         hits = index.search(query, k=k, release=app[RELEASE_KEY])[0]
-        return {"query": query, "release": app[RELEASE_KEY].info.get("version"), "generation": index.meta.generation,
-                "hits": [{key: hit[key] for key in ("id", "score", "text", "metadata")} for hit in hits]}
+        return {
+            "query": query,
+            "release": app[RELEASE_KEY].info.get("version"),
+            "generation": index.meta.generation,
+            "hits": [{key: hit[key] for key in ("id", "score", "text", "metadata")} for hit in hits],
+        }
 
     return await _answer(app, work)
 

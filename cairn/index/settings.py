@@ -13,17 +13,28 @@ ENGINES = ("hnswlib", "exact", "milvus")
 class IndexConfig:
     """How an index is built and searched; stored in the index so that search and upgrade repeat the build's choices."""
 
-    coarse_dims: int = setting(64, "coordinates of the coarse prefix the ANN shortlist is built on (capped at the "
-                                    "release's K); docs/benchmarks.md section 8 shows recall and speed-up per value", min=1, max=4096)
-    shortlist: int = setting(400, "candidates taken from the coarse prefix per query and re-ranked with all K coordinates",
-                             min=1, max=100_000)
-    engine: str = setting("hnswlib", "where the coarse prefix lives: hnswlib (embedded HNSW, the measured default), exact "
-                                     "(numpy brute force, no graph), milvus (pymilvus; a milvus-lite file or --milvus-uri)",
-                          choices=ENGINES)
-    milvus_uri: str = setting("", "for --engine milvus: a Milvus server URI (http://host:19530); empty keeps a milvus-lite "
-                                  "file inside the index")
-    batch_size: int = setting(256, "texts embedded per batch while building or upgrading (also the upgrade's resume unit)",
-                              min=1, max=65_536)
+    coarse_dims: int = setting(
+        64,
+        "coordinates of the coarse prefix the ANN shortlist is built on (capped at the "
+        "release's K); docs/benchmarks.md section 8 shows recall and speed-up per value",
+        min=1,
+        max=4096,
+    )
+    shortlist: int = setting(
+        400, "candidates taken from the coarse prefix per query and re-ranked with all K coordinates", min=1, max=100_000
+    )
+    engine: str = setting(
+        "hnswlib",
+        "where the coarse prefix lives: hnswlib (embedded HNSW, the measured default), exact "
+        "(numpy brute force, no graph), milvus (pymilvus; a milvus-lite file or --milvus-uri)",
+        choices=ENGINES,
+    )
+    milvus_uri: str = setting(
+        "", "for --engine milvus: a Milvus server URI (http://host:19530); empty keeps a milvus-lite file inside the index"
+    )
+    batch_size: int = setting(
+        256, "texts embedded per batch while building or upgrading (also the upgrade's resume unit)", min=1, max=65_536
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self)

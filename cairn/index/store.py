@@ -28,9 +28,13 @@ def write_store(path: Path, ids: Sequence[str], texts: Sequence[str], metadata: 
     try:
         with connection:
             connection.execute(SCHEMA)
-            connection.executemany("INSERT INTO documents VALUES (?, ?, ?, ?)",
-                                   ((row, identifier, text, json.dumps(meta, ensure_ascii=False, allow_nan=False))
-                                    for row, (identifier, text, meta) in enumerate(zip(ids, texts, metadata))))
+            connection.executemany(
+                "INSERT INTO documents VALUES (?, ?, ?, ?)",
+                (
+                    (row, identifier, text, json.dumps(meta, ensure_ascii=False, allow_nan=False))
+                    for row, (identifier, text, meta) in enumerate(zip(ids, texts, metadata))
+                ),
+            )
     finally:
         connection.close()
 
@@ -53,8 +57,12 @@ class TextStore:
         if not rows:
             return []
         marks = ",".join("?" * len(rows))
-        found = {row: (identifier, text, meta) for row, identifier, text, meta in self.connection.execute(
-            f"SELECT row, id, text, metadata FROM documents WHERE row IN ({marks})", [int(r) for r in rows])}
+        found = {
+            row: (identifier, text, meta)
+            for row, identifier, text, meta in self.connection.execute(
+                f"SELECT row, id, text, metadata FROM documents WHERE row IN ({marks})", [int(r) for r in rows]
+            )
+        }
         missing = [r for r in rows if int(r) not in found]
         if missing:
             raise CairnError(f"{self.path}: rows {missing[:3]} missing; the index is corrupted")
@@ -62,8 +70,9 @@ class TextStore:
 
     def texts(self, start: int, stop: int) -> list[str]:
         """Texts of rows start..stop-1, in row order (the unit an upgrade re-embeds)."""
-        return [text for (text,) in self.connection.execute("SELECT text FROM documents WHERE row >= ? AND row < ? ORDER BY row",
-                                                            (start, stop))]
+        return [
+            text for (text,) in self.connection.execute("SELECT text FROM documents WHERE row >= ? AND row < ? ORDER BY row", (start, stop))
+        ]
 
     def iter_texts(self, batch: int) -> Iterator[list[str]]:
         for start in range(0, self.count, batch):

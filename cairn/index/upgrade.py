@@ -35,8 +35,13 @@ STATE_FILE = "state.json"
 LOCK_FILE = "upgrade.lock"
 
 
-def upgrade_index(directory: Path | str, release: Release | Path | str, device: str = "auto", max_batches: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def upgrade_index(
+    directory: Path | str,
+    release: Release | Path | str,
+    device: str = "auto",
+    max_batches: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Re-embed the index's texts with `release`; returns {"status": "done" | "partial" | "current", "batches_done", "batches"}."""
     directory = Path(directory)
     meta = read_meta(directory)
@@ -46,13 +51,18 @@ def upgrade_index(directory: Path | str, release: Release | Path | str, device: 
         meta = read_meta(directory)  # re-read under the lock: another upgrade may have finished meanwhile
         _remove_stale_generations(directory, meta.generation)
         work = directory / WORK_DIR
-        if (release.info.get("encoder_sha256") == meta.release.get("encoder_sha256")
-                and release.landmarks.digest == meta.landmarks_digest):
+        if release.info.get("encoder_sha256") == meta.release.get("encoder_sha256") and release.landmarks.digest == meta.landmarks_digest:
             shutil.rmtree(work, ignore_errors=True)  # left by a run killed after its switch
             return {"status": "current", "release": release.info.get("version"), "batches_done": 0, "batches": 0}
         batch = meta.config.batch_size
-        state = {"encoder_sha256": release.info.get("encoder_sha256"), "landmarks_digest": release.landmarks.digest,
-                 "release": release.info.get("version"), "from_generation": meta.generation, "count": meta.count, "batch_size": batch}
+        state = {
+            "encoder_sha256": release.info.get("encoder_sha256"),
+            "landmarks_digest": release.landmarks.digest,
+            "release": release.info.get("version"),
+            "from_generation": meta.generation,
+            "count": meta.count,
+            "batch_size": batch,
+        }
         if _read_state(work) != state:  # another target (or none yet): start over
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
@@ -77,13 +87,22 @@ def upgrade_index(directory: Path | str, release: Release | Path | str, device: 
             store.close()
         vectors = np.concatenate([load_array(work / f"chunk-{n:06d}.npy") for n in range(batches)])
         if vectors.shape != (meta.count, release.landmarks.size):
-            raise CairnError(f"{work}: re-embedded vectors have shape {vectors.shape}, expected ({meta.count}, {release.landmarks.size}); "
-                             f"remove {work} and run the upgrade again")
+            raise CairnError(
+                f"{work}: re-embedded vectors have shape {vectors.shape}, expected ({meta.count}, {release.landmarks.size}); "
+                f"remove {work} and run the upgrade again"
+            )
         old_generation = meta.generation
-        new = replace(meta, generation=f"gen-{int(old_generation[4:]) + 1}", dims=release.landmarks.size,
-                      coarse_dims=min(meta.config.coarse_dims, release.landmarks.size), release=release_record(release),
-                      landmarks_version=release.landmarks.version, landmarks_digest=release.landmarks.digest,
-                      anchors=tuple(release.landmarks.anchors), history=meta.history + [history_entry(release, "upgrade")])
+        new = replace(
+            meta,
+            generation=f"gen-{int(old_generation[4:]) + 1}",
+            dims=release.landmarks.size,
+            coarse_dims=min(meta.config.coarse_dims, release.landmarks.size),
+            release=release_record(release),
+            landmarks_version=release.landmarks.version,
+            landmarks_digest=release.landmarks.digest,
+            anchors=tuple(release.landmarks.anchors),
+            history=meta.history + [history_entry(release, "upgrade")],
+        )
         shutil.rmtree(directory / new.generation, ignore_errors=True)  # half-written by an interrupted run
         new.files = {STORE_FILE: meta.files[STORE_FILE], **write_generation(directory, new, vectors)}
         new.save(directory)  # the switch: one atomic rename

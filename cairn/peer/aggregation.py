@@ -67,7 +67,7 @@ def trimmed_mean(parts: torch.Tensor) -> torch.Tensor:
     k = trim_count(parts.shape[0])
     if k == 0:
         return parts.mean(dim=0)
-    return parts.sort(dim=0).values[k:parts.shape[0] - k].mean(dim=0)
+    return parts.sort(dim=0).values[k : parts.shape[0] - k].mean(dim=0)
 
 
 def clip_radius(parts: torch.Tensor, start: torch.Tensor) -> float:
@@ -126,12 +126,13 @@ class RobustTensorPartReducer(TensorPartReducer):
             # finishes the slice without it. (hivemind's own sum raised only after counting it, so the ban left the
             # slice waiting for a part that would never come: the round stalled until its timeout. A peer splitting
             # its tensors for another compression than the group's, `--compression none` in a blockwise run, did it.)
-            raise AllreduceException(f"sender {self._name(sender_index)} sent a part of shape {tuple(tensor_part.shape)}, "
-                                     f"expected {tuple(self.part_shapes[part_index])}")
+            raise AllreduceException(
+                f"sender {self._name(sender_index)} sent a part of shape {tuple(tensor_part.shape)}, "
+                f"expected {tuple(self.part_shapes[part_index])}"
+            )
         self.num_parts_received[sender_index] += 1
         while part_index > self.current_part_index:  # hivemind's wait for the previous slices, unchanged
-            await asyncio.wait({self.current_part_future, asyncio.create_task(self.finished.wait())},
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({self.current_part_future, asyncio.create_task(self.finished.wait())}, return_when=asyncio.FIRST_COMPLETED)
             if self.finished.is_set():
                 raise AllreduceException(f"attempted to aggregate part in a finalized {self.__class__.__name__}")
         if self.sender_failed_after[sender_index] != float("inf"):
@@ -156,8 +157,11 @@ class RobustTensorPartReducer(TensorPartReducer):
         kept = []
         for sender, part, weight in self.received:
             if not bool(torch.isfinite(part).all()):
-                self._report(sender, f"sent a part that is not finite (slice {self.current_part_index}); its non-finite parts "
-                                     f"are left out of this round's {self.rule}")
+                self._report(
+                    sender,
+                    f"sent a part that is not finite (slice {self.current_part_index}); its non-finite parts "
+                    f"are left out of this round's {self.rule}",
+                )
             elif not (math.isfinite(weight) and weight > 0):
                 continue  # weight 0: a peer with no samples this round (hivemind sends zeros), not an opinion
             else:
@@ -211,9 +215,14 @@ class CheckedTensorPartContainer(TensorPartContainer):
                 self.untrusted.add(peer_index)
                 name = self.peer_names[peer_index] if peer_index < len(self.peer_names) else f"#{peer_index}"
                 # the reducer is dishonest, or its group was too small to outvote a dishonest sender (two peers)
-                logger.warning("averaging: reducer %s sent %s for slice %d (a dishonest reducer, or a dishonest sender in a "
-                               "group too small to outvote it); keeping this peer's own values for that reducer's slices this "
-                               "round", name, reason, part_index)
+                logger.warning(
+                    "averaging: reducer %s sent %s for slice %d (a dishonest reducer, or a dishonest sender in a "
+                    "group too small to outvote it); keeping this peer's own values for that reducer's slices this "
+                    "round",
+                    name,
+                    reason,
+                    part_index,
+                )
         if own is not None and self.return_deltas and peer_index in self.untrusted:
             part = torch.zeros_like(own)  # delta 0: our own values, as hivemind does for a reducer that failed
             self.failed_size += part.numel()

@@ -25,19 +25,50 @@ def peer() -> None:
 @click.option("--client-mode", is_flag=True, help="behind NAT: dial out only, accept no connections")
 @click.option("--host", default="0.0.0.0", show_default=True, help="interface to listen on")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="TCP port to listen on (0: any free port)")
-@click.option("--batch-size", type=click_type(TrainingConfig, "batch_size"), help="samples per local step (default: the run's; InfoNCE needs at least 2)")
-@click.option("--micro-batch", type=click.IntRange(min=1), help="texts per forward pass: the batch's loss is taken whole, its "
-              "forward and backward passes in chunks of this size (default: sized from free GPU memory; the whole batch on CPU)")
+@click.option(
+    "--batch-size",
+    type=click_type(TrainingConfig, "batch_size"),
+    help="samples per local step (default: the run's; InfoNCE needs at least 2)",
+)
+@click.option(
+    "--micro-batch",
+    type=click.IntRange(min=1),
+    help="texts per forward pass: the batch's loss is taken whole, its "
+    "forward and backward passes in chunks of this size (default: sized from free GPU memory; the whole batch on CPU)",
+)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="serve Prometheus /metrics on this port")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True)
 @click.option("--max-samples", type=click.IntRange(min=1), help="leave after this many samples")
 @click.option("--minutes", "max_minutes", type=click.FloatRange(min=0, min_open=True), help="leave after this many minutes")
-@click.option("--wait-for-peers", type=click.IntRange(1, 1024), default=1, show_default=True, help="before the first step, wait up to 30 s to see this many peers")
+@click.option(
+    "--wait-for-peers",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="before the first step, wait up to 30 s to see this many peers",
+)
 @click.option("--torch-threads", type=click.IntRange(1, 1024), help="torch intra-op threads (one per core you give)")
 @click.option("--no-progress", is_flag=True, help="no live progress line (for logs)")
-def run(join: tuple[str, ...], name: str, device: str, identity: Path | None, workdir: Path, compression: str | None,
-        client_mode: bool, host: str, port: int, batch_size: int | None, micro_batch: int | None, metrics_port: int | None, metrics_host: str,
-        max_samples: int | None, max_minutes: float | None, wait_for_peers: int, torch_threads: int | None, no_progress: bool) -> None:
+def run(
+    join: tuple[str, ...],
+    name: str,
+    device: str,
+    identity: Path | None,
+    workdir: Path,
+    compression: str | None,
+    client_mode: bool,
+    host: str,
+    port: int,
+    batch_size: int | None,
+    micro_batch: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    max_samples: int | None,
+    max_minutes: float | None,
+    wait_for_peers: int,
+    torch_threads: int | None,
+    no_progress: bool,
+) -> None:
     """Join a run and train until Ctrl+C (the shard lease is released and hivemind shut down cleanly)."""
     import logging
 
@@ -50,9 +81,25 @@ def run(join: tuple[str, ...], name: str, device: str, identity: Path | None, wo
     logging.getLogger("cairn").setLevel(logging.INFO)
     stop = StopFlag()
     stop.install()
-    options = PeerOptions(join=list(join), workdir=workdir, name=name, device=device, identity=identity, compression=compression,
-                          client_mode=client_mode, host=host, port=port, batch_size=batch_size, micro_batch=micro_batch, metrics_port=metrics_port,
-                          metrics_host=metrics_host, max_samples=max_samples, max_minutes=max_minutes, wait_for_peers=wait_for_peers,
-                          progress=not no_progress, torch_threads=torch_threads)
+    options = PeerOptions(
+        join=list(join),
+        workdir=workdir,
+        name=name,
+        device=device,
+        identity=identity,
+        compression=compression,
+        client_mode=client_mode,
+        host=host,
+        port=port,
+        batch_size=batch_size,
+        micro_batch=micro_batch,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        max_samples=max_samples,
+        max_minutes=max_minutes,
+        wait_for_peers=wait_for_peers,
+        progress=not no_progress,
+        torch_threads=torch_threads,
+    )
     stats = run_peer(options, stop)
     click.echo(f"{name}: left after {stats.samples} samples in {stats.steps} steps")

@@ -31,8 +31,15 @@ PARENTS_DIR = "parent"
 
 
 class ParentTracker:
-    def __init__(self, dht: hivemind.DHT, coordinator: str, workdir: Path, device: torch.device, task: TrainingTask,
-                 check_every_s: float = CHECK_EVERY_S):
+    def __init__(
+        self,
+        dht: hivemind.DHT,
+        coordinator: str,
+        workdir: Path,
+        device: torch.device,
+        task: TrainingTask,
+        check_every_s: float = CHECK_EVERY_S,
+    ):
         self.dht, self.coordinator, self.workdir, self.task = dht, coordinator, Path(workdir), task
         self.device = torch.device(device)
         self.check_every_s = check_every_s

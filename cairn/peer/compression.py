@@ -9,8 +9,14 @@ keeps each failure and its fix side by side.
 from __future__ import annotations
 
 import torch
-from hivemind.compression import (BlockwiseQuantization, CompressionBase, Float16Compression, NoCompression,
-                                  RoleAdaptiveCompression, Uniform8BitQuantization)
+from hivemind.compression import (
+    BlockwiseQuantization,
+    CompressionBase,
+    Float16Compression,
+    NoCompression,
+    RoleAdaptiveCompression,
+    Uniform8BitQuantization,
+)
 
 
 class ExactZeroBlockwiseQuantization(BlockwiseQuantization):

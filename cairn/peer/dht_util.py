@@ -25,6 +25,7 @@ from cairn.protocol.identity import load_or_create_identity, write_p2p_identity
 from cairn.protocol.errors import CairnError
 from cairn.network.logs import quiet_hivemind_logs
 
+
 def make_dht(
     initial_peers: Sequence[str],
     *,
@@ -170,9 +171,7 @@ def check_reachable(dht: hivemind.DHT, max_peers: int = 3, timeout: float = 30.0
         return Reachability(False, "this node runs in client mode: it dials others and accepts no connections")
     if _behind_nat(dht.get_visible_maddrs(latest=True), dht.initial_peers or ()):
         return Reachability(False, f"{_UNREACHABLE_ADVICE} (no public address among this node's addresses)")
-    asked, confirmed, failures = dht.run_coroutine(
-        partial(_ask_for_ping_back, max_peers=max_peers, timeout=timeout)
-    )
+    asked, confirmed, failures = dht.run_coroutine(partial(_ask_for_ping_back, max_peers=max_peers, timeout=timeout))
     if failures:
         return Reachability(False, f"{_UNREACHABLE_ADVICE} ({failures[0]})")
     if asked == 0:
@@ -200,9 +199,7 @@ def _is_public(maddr: Any) -> bool:
     return False
 
 
-async def _ask_for_ping_back(
-    _dht: hivemind.DHT, node: DHTNode, max_peers: int, timeout: float
-) -> tuple[int, int, list[str]]:
+async def _ask_for_ping_back(_dht: hivemind.DHT, node: DHTNode, max_peers: int, timeout: float) -> tuple[int, int, list[str]]:
     """Runs inside the DHT process: (peers asked, peers that pinged back, why the others could not)."""
     peers = [peer for peer in node.protocol.routing_table.peer_id_to_uid if peer != node.peer_id][:max_peers]
 

@@ -78,8 +78,14 @@ def outer_parameters(model: TextEncoder) -> list[torch.nn.Parameter]:
 class DiLoCoSteps:
     """DiLoCo: a local AdamW step on this peer's copy every batch; an outer round every `outer_every` global steps."""
 
-    def __init__(self, model: TextEncoder, optimizer: hivemind.Optimizer, outer: list[torch.nn.Parameter],
-                 inner_optimizer: torch.optim.Optimizer, inner_scheduler: torch.optim.lr_scheduler.LRScheduler):
+    def __init__(
+        self,
+        model: TextEncoder,
+        optimizer: hivemind.Optimizer,
+        outer: list[torch.nn.Parameter],
+        inner_optimizer: torch.optim.Optimizer,
+        inner_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ):
         self.model, self.optimizer, self.outer = model, optimizer, outer
         self.inner_optimizer, self.inner_scheduler = inner_optimizer, inner_scheduler
         self.local = [p for p in model.parameters()]
@@ -190,11 +196,20 @@ class OverlappedOuterOptimizer(hivemind.Optimizer):
 
     def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
         return OuterStateAverager(
-            dht=self.dht, prefix=f"{self.run_id}_state_averager", min_matchmaking_time=self.matchmaking_time,
-            allreduce_timeout=self.allreduce_timeout, shutdown_timeout=self.shutdown_timeout,
-            offload_optimizer=self.offload_optimizer, custom_gradients=self.offload_optimizer,
-            status_loglevel=self.status_loglevel, next_chunk_timeout=self.next_chunk_timeout,
-            client_mode=self.client_mode, auxiliary=self.auxiliary, start=True, **kwargs)
+            dht=self.dht,
+            prefix=f"{self.run_id}_state_averager",
+            min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer,
+            custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel,
+            next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode,
+            auxiliary=self.auxiliary,
+            start=True,
+            **kwargs,
+        )
 
 
 def overlap_options(request_timeout: float) -> dict:
@@ -202,15 +217,25 @@ def overlap_options(request_timeout: float) -> dict:
     from cairn.peer.hivemind_contract import check_hivemind
 
     check_hivemind()  # the classes above override hivemind internals: refuse, in one line, a hivemind without them
-    return dict(delay_grad_averaging=True, delay_optimizer_step=True, offload_optimizer=True,
-                grad_averager_factory=partial(OuterGradientAverager, request_timeout=request_timeout))
+    return dict(
+        delay_grad_averaging=True,
+        delay_optimizer_step=True,
+        offload_optimizer=True,
+        grad_averager_factory=partial(OuterGradientAverager, request_timeout=request_timeout),
+    )
 
 
 class OverlappedDiLoCoSteps(DiLoCoSteps):
     """DiLoCo whose outer round runs in the background while the inner steps go on (see the module docstring)."""
 
-    def __init__(self, model: TextEncoder, optimizer: hivemind.Optimizer, outer: list[torch.nn.Parameter],
-                 inner_optimizer: torch.optim.Optimizer, inner_scheduler: torch.optim.lr_scheduler.LRScheduler):
+    def __init__(
+        self,
+        model: TextEncoder,
+        optimizer: hivemind.Optimizer,
+        outer: list[torch.nn.Parameter],
+        inner_optimizer: torch.optim.Optimizer,
+        inner_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ):
         super().__init__(model, optimizer, outer, inner_optimizer, inner_scheduler)
         if not (optimizer.delay_grad_averaging and isinstance(optimizer.grad_averager, OuterGradientAverager)):
             raise ValueError("overlapped DiLoCo needs a hivemind.Optimizer built with overlap_options()")

@@ -21,8 +21,13 @@ from cairn.protocol.errors import CairnError
 HIVEMIND_TESTED = "1.1.12"
 
 # hivemind.Optimizer's status messages that instrumentation.RoundOutcomeHandler turns into round outcomes
-ROUND_MESSAGES = ("Beginning optimizer step", "Averaged gradients with", "Skipped averaging", "Averaging gradients failed with",
-                  "Pre-scheduling")
+ROUND_MESSAGES = (
+    "Beginning optimizer step",
+    "Averaged gradients with",
+    "Skipped averaging",
+    "Averaging gradients failed with",
+    "Pre-scheduling",
+)
 
 
 def missing_internals() -> list[str]:
@@ -56,11 +61,27 @@ def missing_internals() -> list[str]:
 
 # what cairn/peer/aggregation.py's subclasses rely on: (class, method, its parameters, names its source must use)
 ALLREDUCE_CONTRACT = (
-    ("TensorPartReducer", "__init__", ("self", "part_shapes", "num_senders"),
-     ("current_part_index", "current_part_future", "current_part_accumulated_from", "finished", "num_parts_received",
-      "sender_failed_after", "num_current_senders", "reset_accumulators")),
-    ("TensorPartReducer", "accumulate_part", ("self", "sender_index", "part_index", "tensor_part", "weight"),
-     ("current_part_future", "sender_failed_after", "check_current_part_finished")),
+    (
+        "TensorPartReducer",
+        "__init__",
+        ("self", "part_shapes", "num_senders"),
+        (
+            "current_part_index",
+            "current_part_future",
+            "current_part_accumulated_from",
+            "finished",
+            "num_parts_received",
+            "sender_failed_after",
+            "num_current_senders",
+            "reset_accumulators",
+        ),
+    ),
+    (
+        "TensorPartReducer",
+        "accumulate_part",
+        ("self", "sender_index", "part_index", "tensor_part", "weight"),
+        ("current_part_future", "sender_failed_after", "check_current_part_finished"),
+    ),
     ("TensorPartReducer", "check_current_part_finished", ("self",), ("current_part_accumulated_from", "reset_accumulators")),
     ("TensorPartReducer", "on_sender_failed", ("self", "sender_index"), ("check_current_part_finished",)),
     ("TensorPartContainer", "__init__", None, ("_input_parts_by_peer", "local_tensors", "total_size", "return_deltas", "failed_size")),
@@ -96,6 +117,8 @@ def check_hivemind() -> str:
 
     missing = missing_internals()
     if missing:
-        raise CairnError(f"hivemind {hivemind.__version__} lacks what Cairn patches ({'; '.join(missing)}); Cairn was "
-                         f"checked against hivemind {HIVEMIND_TESTED}: pip install hivemind=={HIVEMIND_TESTED}")
+        raise CairnError(
+            f"hivemind {hivemind.__version__} lacks what Cairn patches ({'; '.join(missing)}); Cairn was "
+            f"checked against hivemind {HIVEMIND_TESTED}: pip install hivemind=={HIVEMIND_TESTED}"
+        )
     return hivemind.__version__

@@ -142,9 +142,7 @@ class ShardLease:
             while True:
                 leases = self._read_leases()  # afresh each time: a stale view could take a live lease
                 idle = self._idle_holders(leases)
-                shard = next(
-                    (s for s in self._candidates(preferred) if s not in tried and self._is_free(leases.get(s), s, idle)), None
-                )
+                shard = next((s for s in self._candidates(preferred) if s not in tried and self._is_free(leases.get(s), s, idle)), None)
                 if shard is None:
                     return None
                 tried.add(shard)
@@ -168,8 +166,12 @@ class ShardLease:
             if self._shard is None:
                 return False
             entry = self._read_leases().get(self._shard)
-            if (entry is not None and entry[0].holder not in ("", self.holder) and entry[1] > get_dht_time()
-                    and (self._shard, entry[0].holder) not in self._idle_holders({self._shard: entry})):
+            if (
+                entry is not None
+                and entry[0].holder not in ("", self.holder)
+                and entry[1] > get_dht_time()
+                and (self._shard, entry[0].holder) not in self._idle_holders({self._shard: entry})
+            ):
                 logger.warning("lost the lease on shard %d to %s", self._shard, entry[0].holder)
                 self._shard, self._lost = None, True
                 return False
@@ -212,8 +214,13 @@ class ShardLease:
         entry = found.value.get(str(shard)) if found is not None and isinstance(found.value, dict) else None
         with self._lock:
             high = self._progress_high.get(shard, 0)
-            if (entry is None or not isinstance(entry.value, int) or isinstance(entry.value, bool) or entry.value < 0
-                    or entry.expiration_time > get_dht_time() + self.progress_ttl_seconds + MAX_CLOCK_SKEW):
+            if (
+                entry is None
+                or not isinstance(entry.value, int)
+                or isinstance(entry.value, bool)
+                or entry.value < 0
+                or entry.expiration_time > get_dht_time() + self.progress_ttl_seconds + MAX_CLOCK_SKEW
+            ):
                 return high
             if entry.value < high:  # a write that goes backwards: a rewind of the data order, ignored
                 return high
@@ -243,15 +250,17 @@ class ShardLease:
         return order
 
     def _is_free(self, entry: tuple[LeaseRecord, float] | None, shard: int, idle: set[tuple[int, str]]) -> bool:
-        return (entry is None or entry[0].holder in ("", self.holder) or entry[1] <= get_dht_time()
-                or (shard, entry[0].holder) in idle)
+        return entry is None or entry[0].holder in ("", self.holder) or entry[1] <= get_dht_time() or (shard, entry[0].holder) in idle
 
     def _idle_holders(self, leases: dict[int, tuple[LeaseRecord, float]]) -> set[tuple[int, str]]:
         """(shard, holder) among these live leases of others whose holder has named that shard in no live contribution
         record for `idle_grace_seconds` in a row, as watched from here (module doc). `leases` may be a part of the
         table (renew looks at its own shard): watches of shards not in it are kept. One DHT read when others hold any."""
-        others = {(shard, record.holder) for shard, (record, expiration) in leases.items()
-                  if record.holder not in ("", self.holder) and expiration > get_dht_time()}
+        others = {
+            (shard, record.holder)
+            for shard, (record, expiration) in leases.items()
+            if record.holder not in ("", self.holder) and expiration > get_dht_time()
+        }
         for key in list(self._idle_since):
             if key[0] in leases and key not in others:  # that shard has another holder now, or none
                 del self._idle_since[key]

@@ -27,8 +27,15 @@ from cairn.protocol import PROTOCOL_VERSION
 from cairn.protocol.encoder import TextEncoder, build_encoder, load_encoder, pick_device
 from cairn.protocol.errors import CairnError
 from cairn.protocol.run_config import RunConfig
-from cairn.training.task import (CollapseDetector, TrainingTask, encoder_config, optimizer_factory, reference_texts, scheduler_factory,
-                                 shared_optimizer_factories)
+from cairn.training.task import (
+    CollapseDetector,
+    TrainingTask,
+    encoder_config,
+    optimizer_factory,
+    reference_texts,
+    scheduler_factory,
+    shared_optimizer_factories,
+)
 
 from cairn.peer.aggregation import install_aggregation
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
@@ -95,8 +102,9 @@ class StopFlag:
         return self.event.is_set()
 
 
-def make_optimizer(dht: hivemind.DHT, params: list[torch.nn.Parameter], config: RunConfig, batch_size: int, compression: str,
-                   sent, received, key) -> hivemind.Optimizer:
+def make_optimizer(
+    dht: hivemind.DHT, params: list[torch.nn.Parameter], config: RunConfig, batch_size: int, compression: str, sent, received, key
+) -> hivemind.Optimizer:
     """hivemind.Optimizer over the shared parameters with the measured settings (docs/benchmarks.md); must run in
     the main thread. `params` are the model's own (per-step gradients) or a separate outer copy (DiLoCo)."""
     swarm, training = config.swarm, config.training
@@ -108,22 +116,32 @@ def make_optimizer(dht: hivemind.DHT, params: list[torch.nn.Parameter], config: 
     diloco = swarm.averaging == "diloco"
     overlap = diloco and swarm.outer_overlap
     # an overlapped outer round: hivemind's delayed all-reduce and outer step, made safe for DiLoCo (cairn/peer/diloco.py)
-    optimizer_class, overlap_kwargs = (OverlappedOuterOptimizer, overlap_options(swarm.request_timeout)) if overlap else (hivemind.Optimizer, {})
+    optimizer_class, overlap_kwargs = (
+        (OverlappedOuterOptimizer, overlap_options(swarm.request_timeout)) if overlap else (hivemind.Optimizer, {})
+    )
     return optimizer_class(
-        dht=dht, run_id=config.run_id, target_batch_size=swarm.samples_per_epoch, batch_size_per_step=batch_size,
+        dht=dht,
+        run_id=config.run_id,
+        target_batch_size=swarm.samples_per_epoch,
+        batch_size_per_step=batch_size,
         # explicitly: hivemind 1.1.12 leaves Optimizer.client_mode None when not given, while its averagers take the DHT's
         # True; the optimizer then sets a state-sharing priority on a client-mode averager, which raises ValueError
         client_mode=dht.client_mode,
-        params=params, optimizer=optimizer,
+        params=params,
+        optimizer=optimizer,
         # per-step gradients: hivemind steps the scheduler once per global epoch, lr_factor(epoch), the trainer's curve
         # update by update. DiLoCo: none here, the peer steps its inner schedule itself (cairn/peer/diloco.py)
         scheduler=scheduler,
-        matchmaking_time=swarm.matchmaking_time, averaging_timeout=swarm.averaging_timeout,
-        next_chunk_timeout=swarm.next_chunk_timeout, averager_opts=dict(request_timeout=swarm.request_timeout),
+        matchmaking_time=swarm.matchmaking_time,
+        averaging_timeout=swarm.averaging_timeout,
+        next_chunk_timeout=swarm.next_chunk_timeout,
+        averager_opts=dict(request_timeout=swarm.request_timeout),
         # what goes on the wire every epoch: the gradient, or DiLoCo's pseudo-gradient
-        grad_compression=make_compression(compression, sent, received), average_state_every=swarm.average_state_every,
+        grad_compression=make_compression(compression, sent, received),
+        average_state_every=swarm.average_state_every,
         **(overlap_kwargs or dict(grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout))),
-        state_averaging_compression=state_compression, load_state_compression=make_state_compression("fp16"),
+        state_averaging_compression=state_compression,
+        load_state_compression=make_state_compression("fp16"),
         # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is. The
         # optimizer stays offloaded (hivemind's default): only then does a lone peer's outer step see the pseudo-gradient
         # divided by hivemind's accumulation count (without offloading, that path steps on the raw .grad buffers)
@@ -172,17 +190,29 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         coordinator = coordinator_peer_id(options.join[0])
         config = fetch_config(probe_dht, coordinator)
         swarm = config.swarm
-        logger.info("run %s: %s averaging (%s), %s samples per global step, %s aggregation", config.run_id, swarm.averaging,
-                    f"an outer round every {swarm.outer_every} global steps"
-                    + (", overlapped with the next inner steps" if swarm.outer_overlap else "") if swarm.averaging == "diloco" else "every global step",
-                    f"{swarm.target_batch_size:,}", swarm.aggregation)
+        logger.info(
+            "run %s: %s averaging (%s), %s samples per global step, %s aggregation",
+            config.run_id,
+            swarm.averaging,
+            f"an outer round every {swarm.outer_every} global steps"
+            + (", overlapped with the next inner steps" if swarm.outer_overlap else "")
+            if swarm.averaging == "diloco"
+            else "every global step",
+            f"{swarm.target_batch_size:,}",
+            swarm.aggregation,
+        )
         corpus, tokenizer, landmarks = prepare_local_run(config, options.workdir)
         # before the optimizer exists, since it copies the parameters it starts from
         release_dir = latest_release_weights(probe_dht, coordinator, options.workdir) if config.init == "release" else None
     finally:
         probe_dht.shutdown()
-    dht = make_dht(options.join, validators=make_validators(config.run_id, key), host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"],
-                   client_mode=options.client_mode, identity_path=identity_path)
+    dht = make_dht(
+        options.join,
+        validators=make_validators(config.run_id, key),
+        host_maddrs=[f"/ip4/{options.host}/tcp/{options.port}"],
+        client_mode=options.client_mode,
+        identity_path=identity_path,
+    )
     if not options.client_mode:
         reachability = check_reachable(dht)
         if not reachability:
@@ -203,16 +233,24 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     from cairn.peer.diloco import outer_parameters
 
     params = outer_parameters(model) if config.swarm.averaging == "diloco" else list(model.parameters())
-    optimizer = make_optimizer(dht, params, config, batch_size, options.compression or config.swarm.compression,
-                               traffic.sent, traffic.received, key)
+    optimizer = make_optimizer(
+        dht, params, config, batch_size, options.compression or config.swarm.compression, traffic.sent, traffic.received, key
+    )
     steps = make_steps(model, optimizer, params, config)
     stop.reinstall()
-    lease = ShardLease(dht, config.run_id, peer_public_id(key), config.swarm.num_shards, lease_seconds=config.swarm.lease_seconds,
-                       shards_in_use=partial(shards_in_use, dht, config.run_id))  # a holder that trains on nothing is a squatter
+    lease = ShardLease(
+        dht,
+        config.run_id,
+        peer_public_id(key),
+        config.swarm.num_shards,
+        lease_seconds=config.swarm.lease_seconds,
+        shards_in_use=partial(shards_in_use, dht, config.run_id),
+    )  # a holder that trains on nothing is a squatter
     session = None
     try:
-        task = TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.training.reference_size, config.training.seed),
-                            config.training)
+        task = TrainingTask(
+            model, tokenizer, landmarks, reference_texts(corpus, config.training.reference_size, config.training.seed), config.training
+        )
         parent = None
         if config.training.objective.compat_weight > 0:
             from cairn.peer.compat_parent import ParentTracker
@@ -225,13 +263,36 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         # target alone, its round found no group, and the other spent the run downloading the state it fell behind
         # (tests/test_shaped_network.py failed so in 3 of 5 runs). The wait is a real barrier (cairn/peer/start_barrier.py):
         # hivemind's tracker does not show peers before their first samples, so a wait on it always ran its 30 s
-        wait_for_peers(dht, config.run_id, key, options.wait_for_peers, running_peers=lambda: optimizer.tracker.global_progress.num_peers,
-                       stopped=lambda: bool(stop))
+        wait_for_peers(
+            dht,
+            config.run_id,
+            key,
+            options.wait_for_peers,
+            running_peers=lambda: optimizer.tracker.global_progress.num_peers,
+            stopped=lambda: bool(stop),
+        )
         if optimizer.tracker.global_epoch > optimizer.local_epoch:
             optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
             steps.shared_state_into_model()
-        session = TrainingSession(options, config, corpus, task, optimizer, steps, lease, dht, key, device, batch_size, metrics,
-                                  rounds, traffic, stop, parent, micro_batch=chunk)
+        session = TrainingSession(
+            options,
+            config,
+            corpus,
+            task,
+            optimizer,
+            steps,
+            lease,
+            dht,
+            key,
+            device,
+            batch_size,
+            metrics,
+            rounds,
+            traffic,
+            stop,
+            parent,
+            micro_batch=chunk,
+        )
         session.run()
     finally:
         lease.release()
@@ -268,9 +329,26 @@ SUMMARY_FILE = "peer-summary.json"
 class TrainingSession:
     """The training loop of one peer and the bookkeeping around it (lease, records, metrics)."""
 
-    def __init__(self, options: PeerOptions, config: RunConfig, corpus, task: TrainingTask, optimizer: hivemind.Optimizer, steps,
-                 lease, dht: hivemind.DHT, key, device: torch.device, batch_size: int, metrics, rounds: RoundCounters,
-                 traffic: Traffic, stop: StopFlag, parent=None, micro_batch: int | None = None):
+    def __init__(
+        self,
+        options: PeerOptions,
+        config: RunConfig,
+        corpus,
+        task: TrainingTask,
+        optimizer: hivemind.Optimizer,
+        steps,
+        lease,
+        dht: hivemind.DHT,
+        key,
+        device: torch.device,
+        batch_size: int,
+        metrics,
+        rounds: RoundCounters,
+        traffic: Traffic,
+        stop: StopFlag,
+        parent=None,
+        micro_batch: int | None = None,
+    ):
         self.options, self.config, self.corpus, self.task = options, config, corpus, task
         self.steps = steps  # cairn.peer.diloco: GradientSteps or DiLoCoSteps
         self.optimizer, self.lease, self.dht, self.key, self.device = optimizer, lease, dht, key, device
@@ -386,8 +464,10 @@ class TrainingSession:
         self._publish()
 
     def _status_line(self) -> str:
-        return (f"{self.options.name}: {self.throughput:6.1f} samples/s | global step {self.optimizer.tracker.global_epoch} | "
-                f"peers {self.optimizer.tracker.global_progress.num_peers} | shard {self.stats.shard} | loss {self.stats.loss:.3f}")
+        return (
+            f"{self.options.name}: {self.throughput:6.1f} samples/s | global step {self.optimizer.tracker.global_epoch} | "
+            f"peers {self.optimizer.tracker.global_progress.num_peers} | shard {self.stats.shard} | loss {self.stats.loss:.3f}"
+        )
 
     def _publish(self) -> None:
         """Publish this peer's signed contribution record (owner-tagged subkey: nobody else can write it)."""
@@ -396,10 +476,19 @@ class TrainingSession:
         probe = self.stats.last_probe or {"probe_epoch": -1, "probe_shard": -1, "probe_offset": 0, "probe_count": 0, "probe_loss": 0.0}
         loss = self.stats.loss if self.stats.loss == self.stats.loss else 0.0  # NaN before the first step
         record = build_record(
-            display_name=self.options.name, peer_id=self.dht.peer_id.to_base58(), samples=self.stats.samples, steps=self.stats.steps,
-            loss=float(loss), samples_per_second=float(max(self.throughput, 0.0)), device=self.device.type,
-            uptime_seconds=float(time.time() - self.stats.started_at), shard=self.stats.shard, protocol_version=PROTOCOL_VERSION,
-            reported_at=time.time(), epoch=int(self.optimizer.local_epoch), shards_completed=self.stats.shards_completed,
+            display_name=self.options.name,
+            peer_id=self.dht.peer_id.to_base58(),
+            samples=self.stats.samples,
+            steps=self.stats.steps,
+            loss=float(loss),
+            samples_per_second=float(max(self.throughput, 0.0)),
+            device=self.device.type,
+            uptime_seconds=float(time.time() - self.stats.started_at),
+            shard=self.stats.shard,
+            protocol_version=PROTOCOL_VERSION,
+            reported_at=time.time(),
+            epoch=int(self.optimizer.local_epoch),
+            shards_completed=self.stats.shards_completed,
             collapsed=self.collapse.collapsed,
             **{k: (float(v) if k == "probe_loss" else int(v)) for k, v in probe.items()},
         )
@@ -412,17 +501,33 @@ class TrainingSession:
 
         wall = time.monotonic() - self.started
         epochs = self.optimizer.local_epoch - self.epochs_at_start
-        atomic_write_json(self.options.workdir / SUMMARY_FILE, {
-            "name": self.options.name, "samples": self.stats.samples, "steps": self.stats.steps, "wall_seconds": wall,
-            "compute_seconds": self.compute_seconds, "utilisation": self.compute_seconds / wall if wall else 0.0,
-            "samples_per_second": self.stats.samples / wall if wall else 0.0, "epochs": epochs,
-            "start_epoch": self.epochs_at_start, "final_epoch": self.optimizer.local_epoch, "first_loss": self.first_loss, "micro_batch": self.micro_batch, "last_loss": self.stats.loss,
-            "bytes_sent": self.traffic.sent.value, "bytes_received": self.traffic.received.value,
-            "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
-            "rounds": self.rounds.snapshot(), "shards_completed": self.stats.shards_completed,
-            "compression": self.options.compression or self.config.swarm.compression, "averaging": self.config.swarm.averaging,
-            "compat_parent": self.parent.version if self.parent is not None else None, "collapsed": self.collapse.collapsed,
-        })
+        atomic_write_json(
+            self.options.workdir / SUMMARY_FILE,
+            {
+                "name": self.options.name,
+                "samples": self.stats.samples,
+                "steps": self.stats.steps,
+                "wall_seconds": wall,
+                "compute_seconds": self.compute_seconds,
+                "utilisation": self.compute_seconds / wall if wall else 0.0,
+                "samples_per_second": self.stats.samples / wall if wall else 0.0,
+                "epochs": epochs,
+                "start_epoch": self.epochs_at_start,
+                "final_epoch": self.optimizer.local_epoch,
+                "first_loss": self.first_loss,
+                "micro_batch": self.micro_batch,
+                "last_loss": self.stats.loss,
+                "bytes_sent": self.traffic.sent.value,
+                "bytes_received": self.traffic.received.value,
+                "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
+                "rounds": self.rounds.snapshot(),
+                "shards_completed": self.stats.shards_completed,
+                "compression": self.options.compression or self.config.swarm.compression,
+                "averaging": self.config.swarm.averaging,
+                "compat_parent": self.parent.version if self.parent is not None else None,
+                "collapsed": self.collapse.collapsed,
+            },
+        )
 
 
 @torch.no_grad()
@@ -432,5 +537,10 @@ def _probe(task: TrainingTask, batch, shard: int, batch_start: int, epoch: int) 
     It depends only on the shared parameters of `epoch`, so the coordinator can recompute it from the
     averaged state and spot-check this peer's claim.
     """
-    return {"probe_epoch": epoch, "probe_shard": shard, "probe_offset": batch_start, "probe_count": len(batch),
-            "probe_loss": task.eval_loss(batch, batch_size=len(batch))}
+    return {
+        "probe_epoch": epoch,
+        "probe_shard": shard,
+        "probe_offset": batch_start,
+        "probe_count": len(batch),
+        "probe_loss": task.eval_loss(batch, batch_size=len(batch)),
+    }

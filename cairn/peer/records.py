@@ -31,9 +31,7 @@ def build_record(**fields) -> ContributionRecord | None:
         return None
 
 
-def publish_record(
-    dht: hivemind.DHT, run_id: str, record: ContributionRecord, ttl_seconds: float, *, identity: RSAPrivateKey
-) -> bool:
+def publish_record(dht: hivemind.DHT, run_id: str, record: ContributionRecord, ttl_seconds: float, *, identity: RSAPrivateKey) -> bool:
     """Store `record` for `ttl_seconds` under `identity`'s owner subkey; False when it was refused.
 
     `identity` must be the key the DHT's validators sign with (make_validators), since the subkey

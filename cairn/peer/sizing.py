@@ -67,9 +67,15 @@ def micro_batch(task: TrainingTask, pairs: list[Pair], batch_size: int, requeste
     free, total = torch.cuda.mem_get_info(device)
     chunk = fit.largest_chunk(free, batch_size)
     _step_peak_bytes(task, sample[:batch_size], device, chunk)  # take the memory now (module doc)
-    logger.info("GPU: %.1f of %.1f GiB free; a step needs %.0f MiB + %.2f MiB per pair: %d texts per forward pass%s",
-                free / 2**30, total / 2**30, fit.fixed / 2**20, fit.per_pair / 2**20, chunk,
-                "" if chunk >= batch_size else f" (batch {batch_size} in {math.ceil(batch_size / chunk)} chunks)")
+    logger.info(
+        "GPU: %.1f of %.1f GiB free; a step needs %.0f MiB + %.2f MiB per pair: %d texts per forward pass%s",
+        free / 2**30,
+        total / 2**30,
+        fit.fixed / 2**20,
+        fit.per_pair / 2**20,
+        chunk,
+        "" if chunk >= batch_size else f" (batch {batch_size} in {math.ceil(batch_size / chunk)} chunks)",
+    )
     return chunk
 
 

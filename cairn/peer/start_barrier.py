@@ -35,8 +35,16 @@ def ready_peers(dht: hivemind.DHT, run_id: str) -> set[str]:
     return {owner for owner in map(owner_public_id, entries) if owner is not None}
 
 
-def wait_for_peers(dht: hivemind.DHT, run_id: str, identity: RSAPrivateKey, expected: int, *, running_peers: Callable[[], int],
-                   stopped: Callable[[], bool], timeout: float = 30.0) -> int:
+def wait_for_peers(
+    dht: hivemind.DHT,
+    run_id: str,
+    identity: RSAPrivateKey,
+    expected: int,
+    *,
+    running_peers: Callable[[], int],
+    stopped: Callable[[], bool],
+    timeout: float = 30.0,
+) -> int:
     """Announce this peer and wait until `expected` peers are waiting or training (or `timeout` s, or a stop).
 
     Returns the count seen last. `running_peers` is the tracker's count of peers already training (a late joiner

@@ -120,8 +120,9 @@ class Service:
     def start(self, env: dict[str, str]) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.log, "ab")
-        self.process = subprocess.Popen(self.args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, env=env)
+        self.process = subprocess.Popen(
+            self.args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
         handle.close()
 
     def alive(self) -> bool:
@@ -165,8 +166,13 @@ def cairn(*args: str) -> list[str]:
 def initialise(plan: SwarmPlan) -> Path:
     coordinator_dir = plan.workdir / "coordinator"
     if not Workdir(coordinator_dir).is_initialised():
-        result = subprocess.run(cairn("coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", plan.run_id,
-                                      "--corpus", plan.corpus, *plan.init_args), capture_output=True, text=True)
+        result = subprocess.run(
+            cairn(
+                "coordinator", "init", "--workdir", str(coordinator_dir), "--run-id", plan.run_id, "--corpus", plan.corpus, *plan.init_args
+            ),
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise CairnError(f"coordinator init failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
     return coordinator_dir
@@ -205,23 +211,62 @@ def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         started = time.time()
-        coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1",
-                                                   "--port", str(plan.dht_port), "--http-host", "127.0.0.1", "--http-port",
-                                                   str(plan.http_port), "--release-every", str(plan.release_every)), logs / "coordinator.log")
+        coordinator = Service(
+            "coordinator",
+            cairn(
+                "coordinator",
+                "run",
+                "--workdir",
+                str(coordinator_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(plan.dht_port),
+                "--http-host",
+                "127.0.0.1",
+                "--http-port",
+                str(plan.http_port),
+                "--release-every",
+                str(plan.release_every),
+            ),
+            logs / "coordinator.log",
+        )
         services.append(coordinator)
         coordinator.start(env)
         join = wait_for_join_address(coordinator_dir, coordinator, started)
         for index in range(plan.peers):
             name = f"peer-{index + 1}"
-            peer = Service(name, cairn("peer", "run", "--join", join[0], "--name", name, "--workdir", str(plan.workdir / "peers" / name),
-                                       "--host", "127.0.0.1", "--torch-threads", "1", "--no-progress", "--wait-for-peers",
-                                       str(plan.peers), *plan.extra_peer_args), logs / f"{name}.log")
+            peer = Service(
+                name,
+                cairn(
+                    "peer",
+                    "run",
+                    "--join",
+                    join[0],
+                    "--name",
+                    name,
+                    "--workdir",
+                    str(plan.workdir / "peers" / name),
+                    "--host",
+                    "127.0.0.1",
+                    "--torch-threads",
+                    "1",
+                    "--no-progress",
+                    "--wait-for-peers",
+                    str(plan.peers),
+                    *plan.extra_peer_args,
+                ),
+                logs / f"{name}.log",
+            )
             services.append(peer)
             peer.start(env)
         dashboard_url = None
         if plan.dashboard and _dashboard_installed():
-            dashboard = Service("dashboard", cairn("dashboard", "serve", "--workdir", str(coordinator_dir), "--host", "127.0.0.1",
-                                                   "--port", str(plan.dashboard_port)), logs / "dashboard.log")
+            dashboard = Service(
+                "dashboard",
+                cairn("dashboard", "serve", "--workdir", str(coordinator_dir), "--host", "127.0.0.1", "--port", str(plan.dashboard_port)),
+                logs / "dashboard.log",
+            )
             services.append(dashboard)
             dashboard.start(env)
             dashboard_url = f"http://127.0.0.1:{plan.dashboard_port}/"
@@ -248,8 +293,10 @@ def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
         signal.signal(signal.SIGTERM, previous_handler)
         stop_services(list(reversed(services)))
     step, peers = swarm_progress(Workdir(coordinator_dir).ledger)
-    console.print(f"stopped{' on request' if interrupted else ''}: global step {step}; "
-                  + (", ".join(f"{name}: {samples:,} samples" for name, samples in peers) or "no records"))
+    console.print(
+        f"stopped{' on request' if interrupted else ''}: global step {step}; "
+        + (", ".join(f"{name}: {samples:,} samples" for name, samples in peers) or "no records")
+    )
     return {"global_step": step, "peers": dict(peers), "workdir": str(plan.workdir), "coordinator_dir": str(coordinator_dir)}
 
 
@@ -257,8 +304,24 @@ def start_loopback_coordinator(coordinator_dir: Path, log: Path, env: dict[str, 
     """`cairn coordinator run` for an initialised workdir on free loopback ports (benchmarks): the running service and
     its first join address. The caller stops it with stop_services; if it never announces an address it is stopped here."""
     started = time.time()
-    coordinator = Service("coordinator", cairn("coordinator", "run", "--workdir", str(coordinator_dir), "--host", "127.0.0.1", "--port",
-                                               str(free_port()), "--http-host", "127.0.0.1", "--http-port", str(free_port())), log)
+    coordinator = Service(
+        "coordinator",
+        cairn(
+            "coordinator",
+            "run",
+            "--workdir",
+            str(coordinator_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--http-host",
+            "127.0.0.1",
+            "--http-port",
+            str(free_port()),
+        ),
+        log,
+    )
     coordinator.start(env)
     try:
         return coordinator, wait_for_join_address(coordinator_dir, coordinator, started)[0]

@@ -16,7 +16,9 @@ from cairn.cli_options import swarm_options, training_options
 @click.option("--corpus", default="wordnet", show_default=True)
 @training_options
 @swarm_options
-@click.option("--release-every", type=click.IntRange(min=1), default=10, show_default=True, help="cut a signed release every R global steps")
+@click.option(
+    "--release-every", type=click.IntRange(min=1), default=10, show_default=True, help="cut a signed release every R global steps"
+)
 @click.option("--no-dashboard", is_flag=True)
 def swarm(peers: int, minutes: float | None, workdir: Path, corpus: str, release_every: int, no_dashboard: bool, **settings) -> None:
     """Run a whole Cairn network on this machine; Ctrl+C stops everything cleanly.
@@ -30,5 +32,14 @@ def swarm(peers: int, minutes: float | None, workdir: Path, corpus: str, release
     from cairn.peer.swarm import SwarmPlan, run_swarm
     from cairn.cli_options import init_arguments
 
-    run_swarm(SwarmPlan(workdir=workdir, peers=peers, minutes=minutes, corpus=corpus, init_args=init_arguments(settings),
-                        release_every=release_every, dashboard=not no_dashboard))
+    run_swarm(
+        SwarmPlan(
+            workdir=workdir,
+            peers=peers,
+            minutes=minutes,
+            corpus=corpus,
+            init_args=init_arguments(settings),
+            release_every=release_every,
+            dashboard=not no_dashboard,
+        )
+    )

@@ -133,10 +133,7 @@ class RunKeys:
         # "_" would let run "a_shard" collide with run "a" ("a_shard" + "_progress" is "a" + "_shard_progress"),
         # and hivemind.Optimizer derives its own keys from the run id the same way
         if not _RUN_ID.fullmatch(self.run_id):
-            raise ValueError(
-                f"run id {self.run_id!r} must be 1-64 letters, digits, '.' or '-' (no '_'), "
-                "starting with a letter or digit"
-            )
+            raise ValueError(f"run id {self.run_id!r} must be 1-64 letters, digits, '.' or '-' (no '_'), starting with a letter or digit")
 
     def _key(self, name: str) -> str:
         return f"{self.run_id}_{name}"

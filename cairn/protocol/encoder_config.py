@@ -29,8 +29,7 @@ class EncoderConfig:
 
 MODEL_SIZES: dict[str, EncoderConfig] = {
     # 30,522 x 256 = 7.8M parameters, a lookup and a mean per text: thousands of samples/s per CPU core.
-    "static": EncoderConfig(architecture="static", vocab_size=30522, max_len=256, d_model=256, n_layers=0, n_heads=1, d_ff=0,
-                            dropout=0.0),
+    "static": EncoderConfig(architecture="static", vocab_size=30522, max_len=256, d_model=256, n_layers=0, n_heads=1, d_ff=0, dropout=0.0),
     # ~1.4M parameters: trains on 2 CPU cores in minutes; used by tests and the local swarm.
     "tiny": EncoderConfig(vocab_size=8000, max_len=64, d_model=128, n_layers=2, n_heads=4, d_ff=512),
     # ~22M parameters, the size of all-MiniLM-L6-v2 (6 layers, width 384, 30k vocabulary).

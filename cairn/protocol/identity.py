@@ -36,9 +36,7 @@ def load_or_create_identity(path: Path) -> RSAPrivateKey:
         raise CairnError(f"identity file {path} is not an unencrypted PEM private key ({error})") from None
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
         raise CairnError(f"identity file {path} must hold an RSA key of at least 2048 bits")
-    der = key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    )
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
     return _from_der(der)
 
 
@@ -60,9 +58,7 @@ def write_p2p_identity(key: RSAPrivateKey, path: Path) -> None:
 
 def _to_pem(key: RSAPrivateKey) -> bytes:
     loaded = serialization.load_der_private_key(key.to_bytes(), password=None)
-    return loaded.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    return loaded.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _from_der(der: bytes) -> RSAPrivateKey:

@@ -125,7 +125,9 @@ class LandmarkSet:
             if not isinstance(raw_stats, dict):
                 raise LandmarkError(f"{source}: 'stats' must be an object")
             try:
-                stats = LandmarkStats(np.asarray(raw_stats.get("mean"), dtype=np.float32), np.asarray(raw_stats.get("std"), dtype=np.float32))
+                stats = LandmarkStats(
+                    np.asarray(raw_stats.get("mean"), dtype=np.float32), np.asarray(raw_stats.get("std"), dtype=np.float32)
+                )
             except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float range
                 raise LandmarkError(f"{source}: 'stats' mean/std must be lists of numbers") from None
             try:

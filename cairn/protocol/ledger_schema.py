@@ -102,9 +102,11 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 # columns added after version 1: (table, column, definition); CREATE TABLE IF NOT EXISTS leaves an old table as it was
-MIGRATIONS = (("records", "collapsed", "INTEGER NOT NULL DEFAULT 0"),
-              ("peers", "forfeited_samples", "INTEGER NOT NULL DEFAULT 0"),
-              ("peers", "start_step", "INTEGER NOT NULL DEFAULT 0"))
+MIGRATIONS = (
+    ("records", "collapsed", "INTEGER NOT NULL DEFAULT 0"),
+    ("peers", "forfeited_samples", "INTEGER NOT NULL DEFAULT 0"),
+    ("peers", "start_step", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 def _migrate(connection: sqlite3.Connection) -> None:

@@ -37,8 +37,7 @@ class ObjectiveConfig:
     # Trains the relational vector itself (docs/embedding.md, "the recipe"): with the static encoder it lifts the
     # relational read-out to the absolute vector's quality. (From a random start the tiny transformer's relational
     # term stalled at chance: docs/benchmarks.md, "objective".)
-    relational_weight: float = setting(1.0, "weight of the Matryoshka relational term (InfoNCE on relational prefixes)",
-                                       min=0.0, max=100.0)
+    relational_weight: float = setting(1.0, "weight of the Matryoshka relational term (InfoNCE on relational prefixes)", min=0.0, max=100.0)
     absolute_weight: float = setting(1.0, "weight of InfoNCE on the absolute (pooled) vector", min=0.0, max=100.0)
     temperature: float = setting(0.05, "InfoNCE temperature of the absolute vector", min=0.0, max=10.0, min_open=True)
     relational_temperature: float = setting(0.1, "InfoNCE temperature of the relational prefixes", min=0.0, max=10.0, min_open=True)
@@ -60,29 +59,47 @@ class TrainingConfig:
     that sets one is generated from its `setting` (cairn/protocol/settings.py): one default, one range."""
 
     model: str = setting("static", "encoder family and size (cairn.protocol.encoder.MODEL_SIZES)", choices=tuple(MODEL_SIZES))
-    initialisation: str = setting("distilled", "initial weights: 'distilled' (static model only) starts from "
-                                  "all-MiniLM-L6-v2's vector of every token, reduced by PCA (cairn/training/distill.py); "
-                                  "'random' from the seeded random init", choices=INITIALISATIONS)
-    vocabulary: str = setting("bert-base-uncased", "token vocabulary: an established one shipped in cairn/protocol/vocab, or 'corpus' "
-                              "(WordPiece trained on the run's texts)", choices=VOCABULARIES)
+    initialisation: str = setting(
+        "distilled",
+        "initial weights: 'distilled' (static model only) starts from "
+        "all-MiniLM-L6-v2's vector of every token, reduced by PCA (cairn/training/distill.py); "
+        "'random' from the seeded random init",
+        choices=INITIALISATIONS,
+    )
+    vocabulary: str = setting(
+        "bert-base-uncased",
+        "token vocabulary: an established one shipped in cairn/protocol/vocab, or 'corpus' (WordPiece trained on the run's texts)",
+        choices=VOCABULARIES,
+    )
     batch_size: int = setting(1024, "pairs per forward pass (in-batch negatives: InfoNCE needs at least 2)", min=2, max=65536)
     lr: float = setting(3e-3, "peak learning rate of AdamW", min=0.0, max=10.0, min_open=True)
     weight_decay: float = setting(0.0, "AdamW's decoupled weight decay (toward zero)", min=0.0, max=1.0)
-    start_pull: float = setting(1.0, "decoupled decay toward the initial weights (L2-SP, cairn/training/optim.py): keeps what a "
-                                "distilled start knows while the corpus is learned", min=0.0, max=100.0)
+    start_pull: float = setting(
+        1.0,
+        "decoupled decay toward the initial weights (L2-SP, cairn/training/optim.py): keeps what a "
+        "distilled start knows while the corpus is learned",
+        min=0.0,
+        max=100.0,
+    )
     # Counted in updates, not samples: a swarm updating once per 2,048 samples got 1.5 updates of warm-up that
     # way, and its first full-size Adam steps collapsed the encoder (docs/benchmarks.md, "the swarm that trained nothing").
     warmup_updates: int = setting(20, "linear learning-rate warm-up, in optimizer updates", min=1, max=1_000_000)
     landmarks: int = setting(256, "anchors in the landmark set: the relational vector's width K", min=16, max=4096)
-    landmark_order: str = setting("farthest", "anchor order: farthest-point (anchors that split the data most first) or random",
-                                  choices=("farthest", "random"))
+    landmark_order: str = setting(
+        "farthest", "anchor order: farthest-point (anchors that split the data most first) or random", choices=("farthest", "random")
+    )
     # 0: the anchors are encoded with gradient in every step (cheap for the static encoder: 256 more texts);
     # N > 0: re-encoded without gradient every N steps (a transformer's cost; bench/anchor_refresh.py)
-    anchor_refresh_every: int = setting(0, "anchors of the relational term: 0 encodes them with gradient in every step, "
-                                        "N re-encodes them without gradient every N steps", min=0, max=100_000)
+    anchor_refresh_every: int = setting(
+        0,
+        "anchors of the relational term: 0 encodes them with gradient in every step, N re-encodes them without gradient every N steps",
+        min=0,
+        max=100_000,
+    )
     reference_size: int = setting(512, "texts over which each anchor's cosine is standardised", min=16, max=100_000)
-    seed: int = setting(0, "seed of the landmark set and reference texts (and of the initial weights unless --init-seed)",
-                        min=0, max=2**31 - 1)
+    seed: int = setting(
+        0, "seed of the landmark set and reference texts (and of the initial weights unless --init-seed)", min=0, max=2**31 - 1
+    )
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self) -> None:
@@ -110,30 +127,44 @@ class SwarmConfig:
 
     target_batch_size: int = setting(2048, "samples per global step (all peers together)", min=2, max=2**24)
     matchmaking_time: float = setting(1.0, "seconds a peer waits to gather a group for an averaging round", min=0.1, max=600.0)
-    averaging_timeout: float = setting(15.0, "the longest an averaging round may take (a departed peer can stall a round this long)",
-                                       min=1.0, max=3600.0)
+    averaging_timeout: float = setting(
+        15.0, "the longest an averaging round may take (a departed peer can stall a round this long)", min=1.0, max=3600.0
+    )
     # >= 5 s: hivemind's default silently half-averages some rounds
     next_chunk_timeout: float = setting(5.0, "seconds to wait for the next chunk of a peer's part in a round", min=5.0, max=600.0)
     request_timeout: float = setting(0.5, "seconds to wait for a peer to answer a request", min=0.05, max=60.0)
     average_state_every: int = setting(10, "full-state averaging rounds (fp16) every N global steps", min=1, max=100_000)
     compression: str = setting("blockwise8", "gradient compression on the wire", choices=COMPRESSIONS)
-    averaging: str = setting("gradients", "how peers combine their work: 'gradients' (all-reduce every global step) or 'diloco' "
-                             "(local AdamW steps; every --outer-every global steps, an outer Nesterov step on the averaged "
-                             "parameter change)", choices=AVERAGING)
-    outer_every: int = setting(16, "diloco: global steps' worth of samples (x --target-batch-size) between two outer rounds",
-                               min=1, max=100_000)
-    outer_lr: float = setting(0.7, "diloco: learning rate of the outer Nesterov step (1 with no momentum = plain averaging)",
-                              min=0.0, max=10.0, min_open=True)
+    averaging: str = setting(
+        "gradients",
+        "how peers combine their work: 'gradients' (all-reduce every global step) or 'diloco' "
+        "(local AdamW steps; every --outer-every global steps, an outer Nesterov step on the averaged "
+        "parameter change)",
+        choices=AVERAGING,
+    )
+    outer_every: int = setting(
+        16, "diloco: global steps' worth of samples (x --target-batch-size) between two outer rounds", min=1, max=100_000
+    )
+    outer_lr: float = setting(
+        0.7, "diloco: learning rate of the outer Nesterov step (1 with no momentum = plain averaging)", min=0.0, max=10.0, min_open=True
+    )
     # measured in docs/benchmarks.md section 10 ("overlapped outer rounds"): the synchronous round stops every peer
     # for the all-reduce, which behind a home link costs a large share of the wall time
-    outer_overlap: bool = setting(True, "diloco: run the outer round in the background while the next inner steps go on "
-                                  "(the shared state lags one round; false: every peer waits for the round)")
+    outer_overlap: bool = setting(
+        True,
+        "diloco: run the outer round in the background while the next inner steps go on "
+        "(the shared state lags one round; false: every peer waits for the round)",
+    )
     # Robust rules hold every sender's part of a slice before answering (hivemind already waits for all of them) and
     # drop non-finite parts; measured in docs/benchmarks.md ("one malicious peer of four"): see aggregation.py's docstring
     # for what each rule guarantees for n peers (with 2 peers every rule is the mean of the finite parts).
-    aggregation: str = setting("centered_clip", "how each reducer combines the peers' parts: 'mean' (hivemind's, weighted by "
-                               "claimed samples), 'centered_clip' (BTARD) or 'trimmed_mean' (coordinate-wise); robust rules also "
-                               "drop non-finite parts", choices=AGGREGATIONS)
+    aggregation: str = setting(
+        "centered_clip",
+        "how each reducer combines the peers' parts: 'mean' (hivemind's, weighted by "
+        "claimed samples), 'centered_clip' (BTARD) or 'trimmed_mean' (coordinate-wise); robust rules also "
+        "drop non-finite parts",
+        choices=AGGREGATIONS,
+    )
     num_shards: int = setting(16, "corpus shards that peers lease", min=1, max=1_000_000)
     lease_seconds: float = setting(30.0, "shard lease; a departed peer's shard frees after this", min=5.0, max=86_400.0)
 
@@ -187,8 +218,15 @@ class RunConfig:
     def check_compatible(self, tokenizer_digest: str, landmarks_digest: str, corpus_digest: str) -> None:
         """Refuse to train with a different protocol, corpus, tokenizer or landmark set."""
         if self.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolMismatch(f"run {self.run_id} speaks protocol v{self.protocol_version}, this peer v{PROTOCOL_VERSION}; upgrade cairn-net")
-        for what, ours, theirs in (("corpus", corpus_digest, self.corpus_digest), ("tokenizer", tokenizer_digest, self.tokenizer_digest),
-                                   ("landmark set", landmarks_digest, self.landmarks_digest)):
+            raise ProtocolMismatch(
+                f"run {self.run_id} speaks protocol v{self.protocol_version}, this peer v{PROTOCOL_VERSION}; upgrade cairn-net"
+            )
+        for what, ours, theirs in (
+            ("corpus", corpus_digest, self.corpus_digest),
+            ("tokenizer", tokenizer_digest, self.tokenizer_digest),
+            ("landmark set", landmarks_digest, self.landmarks_digest),
+        ):
             if ours != theirs:
-                raise ProtocolMismatch(f"this peer's {what} digest {ours[:12]} differs from run {self.run_id}'s {theirs[:12]}; refusing to train")
+                raise ProtocolMismatch(
+                    f"this peer's {what} digest {ours[:12]} differs from run {self.run_id}'s {theirs[:12]}; refusing to train"
+                )

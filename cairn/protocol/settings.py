@@ -15,8 +15,15 @@ from typing import Any
 import click
 
 
-def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None, min_open: bool = False,
-            choices: Sequence[str] | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    choices: Sequence[str] | None = None,
+) -> Any:
     """A dataclass field with its command-line help and valid range (or choices)."""
     metadata = {"help": help, "min": min, "max": max, "min_open": min_open, "choices": tuple(choices) if choices else None}
     return dataclasses.field(default=default, metadata=metadata)
@@ -69,9 +76,15 @@ def config_option(config_class: type, name: str, *param_decls: str, help: str | 
     """A click option for `config_class.name`: `--name-with-dashes` unless `param_decls` are given."""
     field = _field(config_class, name)
     decls = param_decls or (f"--{name.replace('_', '-')}",)
-    return click.option(*decls, name, type=kwargs.pop("type", click_type(config_class, name)),
-                        default=kwargs.pop("default", field_default(config_class, name)), show_default=True,
-                        help=help or field.metadata.get("help"), **kwargs)
+    return click.option(
+        *decls,
+        name,
+        type=kwargs.pop("type", click_type(config_class, name)),
+        default=kwargs.pop("default", field_default(config_class, name)),
+        show_default=True,
+        help=help or field.metadata.get("help"),
+        **kwargs,
+    )
 
 
 def split_settings(settings: dict, *config_classes: type) -> list[dict]:
@@ -99,5 +112,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def device_option() -> Callable:
     """--device, the same for every command that runs the encoder."""
-    return click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES),
-                        help="where the encoder runs: auto takes CUDA when torch sees a GPU")
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        type=click.Choice(DEVICES),
+        help="where the encoder runs: auto takes CUDA when torch sees a GPU",
+    )

@@ -72,7 +72,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def _continuing_pieces(tokenizer: Tokenizer, texts: list[str]) -> list[str]:
-    """"##c" for every character c that occurs after the first position of a pre-tokenized word, sorted."""
+    """ "##c" for every character c that occurs after the first position of a pre-tokenized word, sorted."""
     normalise, split = tokenizer.normalizer.normalize_str, tokenizer.pre_tokenizer.pre_tokenize_str
     words: set[str] = set()
     for start in range(0, len(texts), 1024):  # normalisation never crosses whitespace, so chunks are exact

@@ -72,8 +72,13 @@ class CoordinatorState:
         problem = _problem(document)
         if problem:
             raise CairnError(f"{path}: not a coordinator state file ({problem})")
-        return cls(join=tuple(document["join"]), repository_url=document.get("repository_url"), pid=document.get("pid"),
-                   run_id=document.get("run_id"), started_at=float(document.get("started_at", 0.0)))
+        return cls(
+            join=tuple(document["join"]),
+            repository_url=document.get("repository_url"),
+            pid=document.get("pid"),
+            run_id=document.get("run_id"),
+            started_at=float(document.get("started_at", 0.0)),
+        )
 
 
 def _problem(document: object) -> str | None:

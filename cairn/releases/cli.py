@@ -81,14 +81,26 @@ def list_command(url: str, root_file: Path | None, cache_dir: Path | None) -> No
     table = Table("version", "landmark set", "size", "files")
     for item in releases:
         latest = "  (latest)" if item is releases[-1] else ""
-        table.add_row(f"{item.version}{latest}", f"v{item.landmarks.version} {item.landmarks.digest[:12]}", _size(item.total_length), str(len(item.files)))
+        table.add_row(
+            f"{item.version}{latest}",
+            f"v{item.landmarks.version} {item.landmarks.digest[:12]}",
+            _size(item.total_length),
+            str(len(item.files)),
+        )
     Console().print(table)
 
 
 @release.command()
 @click.argument("url")
 @click.option("--version", "version", metavar="X.Y.Z", help="Release to install (default: the latest).")
-@click.option("--to", "destination", type=click.Path(file_okay=False, path_type=Path), default=Path("cairn-release"), show_default=True, help="Directory to install into; a previous release there is replaced only once the new one is verified.")
+@click.option(
+    "--to",
+    "destination",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("cairn-release"),
+    show_default=True,
+    help="Directory to install into; a previous release there is replaced only once the new one is verified.",
+)
 @_root_option
 @_cache_option
 def pull(url: str, version: str | None, destination: Path, root_file: Path | None, cache_dir: Path | None) -> None:
@@ -105,13 +117,17 @@ def pull(url: str, version: str | None, destination: Path, root_file: Path | Non
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @_root_option
 @_cache_option
-@click.option("--integrity-only", is_flag=True,
-              help="for a release not pulled on this machine and no --root: check only that it is intact and consistently "
-              "signed by the root stored inside it (not who signed it)")
+@click.option(
+    "--integrity-only",
+    is_flag=True,
+    help="for a release not pulled on this machine and no --root: check only that it is intact and consistently "
+    "signed by the root stored inside it (not who signed it)",
+)
 def verify(directory: Path, root_file: Path | None, cache_dir: Path | None, integrity_only: bool) -> None:
     """Check an installed release offline against the signed metadata it was installed with."""
-    manifest = verify_installed(directory, _read_root(root_file), cache_dir, warn=_warner(Console(stderr=True)),
-                                integrity_only=integrity_only)
+    manifest = verify_installed(
+        directory, _read_root(root_file), cache_dir, warn=_warner(Console(stderr=True)), integrity_only=integrity_only
+    )
     click.echo(f"ok: release {manifest.version} in {directory} matches its signed metadata")
 
 

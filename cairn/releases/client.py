@@ -93,8 +93,10 @@ class ReleaseClient:
         recover_interrupted_install(Path(destination))
         current = installed_version(Path(destination))
         if current is not None and wanted < current:
-            raise ReleaseError(f"refusing release {wanted}: {destination} already holds release {current} (rollback); "
-                               f"pull {wanted} into another --to directory to keep both")
+            raise ReleaseError(
+                f"refusing release {wanted}: {destination} already holds release {current} (rollback); "
+                f"pull {wanted} into another --to directory to keep both"
+            )
         try:
             with staging_dir(Path(destination)) as staging:
                 self._download(updater, release.files[MANIFEST_FILE].path, MANIFEST_FILE, staging)
@@ -162,8 +164,7 @@ class ReleaseClient:
             raise ReleaseError(f"{url} is not version 1 of the root metadata")
         self.trust.pin_root(data)
         self._warn(
-            f"trusting root on first use: fetched {url} without --root and pinned it in {self.trust.directory}; "
-            "check its keys out of band"
+            f"trusting root on first use: fetched {url} without --root and pinned it in {self.trust.directory}; check its keys out of band"
         )
         return data
 

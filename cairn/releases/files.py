@@ -42,5 +42,3 @@ def atomic_copy(source: Path, destination: Path, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-
-

@@ -63,7 +63,9 @@ class InstallRecord:
         if install is None:
             return
         if version < install.version:
-            raise ReleaseError(f"{directory} holds release {version}, but release {install.version} was installed there "
-                               "(an older release swapped in); pull again to restore it")
+            raise ReleaseError(
+                f"{directory} holds release {version}, but release {install.version} was installed there "
+                "(an older release swapped in); pull again to restore it"
+            )
         if version == install.version and manifest_sha256 != install.manifest_sha256:
             raise ReleaseError(f"{directory}: release {version} differs from the one installed there (its manifest changed)")

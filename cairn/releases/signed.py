@@ -34,7 +34,11 @@ class SignedRelease:
 
 def release_custom(manifest: Manifest) -> dict[str, Any]:
     """The `custom` block the publisher puts on every target of a release."""
-    return {"release": str(manifest.version), "landmarks_version": manifest.landmarks_version, "landmarks_digest": manifest.landmarks_digest}
+    return {
+        "release": str(manifest.version),
+        "landmarks_version": manifest.landmarks_version,
+        "landmarks_digest": manifest.landmarks_digest,
+    }
 
 
 def landmarks_custom(landmarks: LandmarksRef) -> dict[str, Any]:

@@ -84,7 +84,10 @@ def export_sentence_transformers(release_dir: Path, output: Path, dims: int | No
     if missing:
         raise CairnError(f"{release_dir}: not a release or bundle (missing {', '.join(missing)})")
     export_bundle_files(Path(release_dir), Path(output), dims)
-    atomic_write_json(Path(output) / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": "cairn.releases.st_module.CairnRelational"}])
-    atomic_write_json(Path(output) / "config_sentence_transformers.json", {"prompts": {}, "default_prompt_name": None,
-                                                                       "similarity_fn_name": "cosine"})
+    atomic_write_json(
+        Path(output) / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": "cairn.releases.st_module.CairnRelational"}]
+    )
+    atomic_write_json(
+        Path(output) / "config_sentence_transformers.json", {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+    )
     return Path(output)

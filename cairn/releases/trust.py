@@ -69,8 +69,7 @@ class TrustStore:
         pinned = self.pinned_root()
         if pinned is not None and pinned != data:
             raise ReleaseError(
-                f"a different root is already pinned for {self.url} (in {self.directory}); "
-                "delete that directory to trust a new root"
+                f"a different root is already pinned for {self.url} (in {self.directory}); delete that directory to trust a new root"
             )
         if pinned is None:
             atomic_write_bytes(self.pinned_root_path, data, mode=0o644)

@@ -21,7 +21,9 @@ def tuf_errors(subject: str) -> Iterator[None]:
     try:
         yield
     except exceptions.ExpiredMetadataError as error:
-        raise ReleaseError(f"{subject}: signed metadata has expired ({error}); the server may be replaying stale data (freeze attack)") from None
+        raise ReleaseError(
+            f"{subject}: signed metadata has expired ({error}); the server may be replaying stale data (freeze attack)"
+        ) from None
     except exceptions.UnsignedMetadataError as error:
         raise ReleaseError(f"{subject}: metadata is not signed by the keys the trusted root names ({error})") from None
     except exceptions.BadVersionNumberError as error:

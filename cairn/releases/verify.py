@@ -44,9 +44,11 @@ def verify_installed(
     anchor = root if root is not None else _pinned_root(installs.get(directory), cache)
     if anchor is None:
         if not integrity_only:
-            raise ReleaseError(f"{directory} was not installed by `cairn release pull` on this machine, so no pinned root vouches "
-                               "for it: pass --root ROOT.json (obtained out of band), or --integrity-only to check only that it is "
-                               "intact and consistently signed")
+            raise ReleaseError(
+                f"{directory} was not installed by `cairn release pull` on this machine, so no pinned root vouches "
+                "for it: pass --root ROOT.json (obtained out of band), or --integrity-only to check only that it is "
+                "intact and consistently signed"
+            )
         warn(f"checking {directory} against the root stored inside it: this proves integrity, not origin")
         anchor = _read_first_root(tuf_dir)
     targets = verify_metadata_chain(anchor, tuf_dir)

@@ -53,8 +53,15 @@ def _as_release(release: Release | Any) -> Release:
     return Release(release, {"version": None, "encoder_sha256": None, "path": None})
 
 
-def train_task_model(release: Release | Any, texts: Sequence[str], labels: Sequence[str], dims: int | None = None,
-                     kind: str = "logreg", seed: int = 0, training_info: dict[str, Any] | None = None) -> TaskModel:
+def train_task_model(
+    release: Release | Any,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    dims: int | None = None,
+    kind: str = "logreg",
+    seed: int = 0,
+    training_info: dict[str, Any] | None = None,
+) -> TaskModel:
     """Fit a task model on the first `dims` relational coordinates (all K if None) of `release`'s embeddings."""
     release = _as_release(release)
     landmarks = release.landmarks
@@ -66,9 +73,17 @@ def train_task_model(release: Release | Any, texts: Sequence[str], labels: Seque
     labels = [str(label) for label in labels]
     features = _features(release, texts, dims)
     names, weights = fit_head(features, labels, kind=kind, seed=seed)
-    model = TaskModel(kind=kind, dims=dims, labels=names, weights=weights, anchors=tuple(landmarks.anchors[:dims]),
-                      landmarks_version=landmarks.version, landmarks_digest=landmarks.digest, release=dict(release.info),
-                      training={"examples": len(texts), "seed": seed, **(training_info or {})})
+    model = TaskModel(
+        kind=kind,
+        dims=dims,
+        labels=names,
+        weights=weights,
+        anchors=tuple(landmarks.anchors[:dims]),
+        landmarks_version=landmarks.version,
+        landmarks_digest=landmarks.digest,
+        release=dict(release.info),
+        training={"examples": len(texts), "seed": seed, **(training_info or {})},
+    )
     accuracy, macro_f1 = accuracy_and_macro_f1(labels, model.predict_features(features))
     model.training.update(train_accuracy=round(accuracy, 6), train_macro_f1=round(macro_f1, 6))
     return model

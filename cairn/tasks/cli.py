@@ -11,8 +11,13 @@ import click
 from cairn.protocol.errors import CairnError
 
 DEVICE = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-RELEASE = click.option("--release", "release_dir", type=click.Path(path_type=Path), required=True,
-                       help="an installed release directory (checked against its manifest) or a bundle from `cairn train`")
+RELEASE = click.option(
+    "--release",
+    "release_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="an installed release directory (checked against its manifest) or a bundle from `cairn train`",
+)
 
 
 @click.group()
@@ -30,19 +35,29 @@ def task() -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="task model directory to write")
 @DEVICE
-def train_command(release_dir: Path, data_file: Path, text_column: str, label_column: str, dims: int | None, kind: str, seed: int,
-                  out: Path, device: str) -> None:
+def train_command(
+    release_dir: Path, data_file: Path, text_column: str, label_column: str, dims: int | None, kind: str, seed: int, out: Path, device: str
+) -> None:
     """Fit a logistic-regression or MLP task model and save it to OUT."""
     from cairn.tasks.api import open_release, train_task_model
     from cairn.tasks.data import read_labelled
 
     data = read_labelled(data_file, text_column, label_column)  # read before loading the encoder: bad input fails fast
     release = open_release(release_dir, device)
-    model = train_task_model(release, data.texts, data.labels, dims=dims, kind=kind, seed=seed,
-                             training_info={"source": data.source, "text_column": text_column, "label_column": label_column})
+    model = train_task_model(
+        release,
+        data.texts,
+        data.labels,
+        dims=dims,
+        kind=kind,
+        seed=seed,
+        training_info={"source": data.source, "text_column": text_column, "label_column": label_column},
+    )
     model.save(out)
-    click.echo(f"{kind} task model on {model.dims} dims, {len(model.labels)} labels, {len(data)} examples "
-               f"(train accuracy {model.training['train_accuracy']:.3f}) written to {out}")
+    click.echo(
+        f"{kind} task model on {model.dims} dims, {len(model.labels)} labels, {len(data)} examples "
+        f"(train accuracy {model.training['train_accuracy']:.3f}) written to {out}"
+    )
 
 
 @task.command("eval")
@@ -52,15 +67,18 @@ def train_command(release_dir: Path, data_file: Path, text_column: str, label_co
 @click.option("--text-column", default=None, help="default: the column the model was trained with")
 @click.option("--label-column", default=None, help="default: the column the model was trained with")
 @DEVICE
-def eval_command(release_dir: Path, model_dir: Path, data_file: Path, text_column: str | None, label_column: str | None, device: str) -> None:
+def eval_command(
+    release_dir: Path, model_dir: Path, data_file: Path, text_column: str | None, label_column: str | None, device: str
+) -> None:
     """Print one JSON object: accuracy and macro-F1 of the task model on DATA embedded by RELEASE."""
     from cairn.tasks.api import evaluate_task_model, open_release
     from cairn.tasks.data import read_labelled
     from cairn.tasks.model import load_task_model
 
     model = load_task_model(model_dir)
-    data = read_labelled(data_file, text_column or model.training.get("text_column", "text"),
-                         label_column or model.training.get("label_column", "label"))
+    data = read_labelled(
+        data_file, text_column or model.training.get("text_column", "text"), label_column or model.training.get("label_column", "label")
+    )
     release = open_release(release_dir, device)
     model.check_compatible(release.landmarks)
     report = evaluate_task_model(model, release, data.texts, data.labels)

@@ -66,8 +66,9 @@ def spearman_summary(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(finite.mean()), "median": float(np.median(finite)), "min": float(finite.min())}
 
 
-def stitching(train_a: np.ndarray, test_a: np.ndarray, test_b: np.ndarray, y_train: Sequence, y_test: Sequence,
-              seed: int = 0) -> dict[str, float]:
+def stitching(
+    train_a: np.ndarray, test_a: np.ndarray, test_b: np.ndarray, y_train: Sequence, y_test: Sequence, seed: int = 0
+) -> dict[str, float]:
     """Zero-shot stitching: a logistic head fit on A's training vectors, scored on A's and on B's test vectors.
 
     `head_ratio` = score on B / score on A: 1.0 when B's vectors mean what A's mean; chance / A's score when
@@ -106,8 +107,9 @@ def gram_schmidt_basis(anchor_vectors: np.ndarray, tol: float = 1e-6) -> tuple[n
     return basis, valid
 
 
-def relational_view(vectors: np.ndarray, anchor_vectors: np.ndarray, reference_vectors: np.ndarray | None = None,
-                    view: str = "standardised") -> np.ndarray:
+def relational_view(
+    vectors: np.ndarray, anchor_vectors: np.ndarray, reference_vectors: np.ndarray | None = None, view: str = "standardised"
+) -> np.ndarray:
     """Relational coordinates (n, K) of absolute `vectors` against ordered anchors.
 
     standardised: (cos - mean_k) / std_k with per-anchor stats over `reference_vectors` (the shipped form);

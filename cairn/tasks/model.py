@@ -41,8 +41,9 @@ def anchors_digest(anchors: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(anchors), ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def check_prefix_compatible(landmarks: LandmarkSet, anchors: Sequence[str], version: int, digest: str, *, owner: str,
-                            made: str, remedy: str) -> None:
+def check_prefix_compatible(
+    landmarks: LandmarkSet, anchors: Sequence[str], version: int, digest: str, *, owner: str, made: str, remedy: str
+) -> None:
     """The append-only rule, for anything built on the first len(anchors) coordinates of landmark set (version, digest).
 
     `landmarks` is accepted when it is that set, or starts with the same anchors in the same order (coordinate k
@@ -55,12 +56,15 @@ def check_prefix_compatible(landmarks: LandmarkSet, anchors: Sequence[str], vers
     trained = f"landmark set v{version} ({digest[:12]}…)"
     offered = f"landmark set v{landmarks.version} ({landmarks.digest[:12]}…)"
     if landmarks.size < dims:
-        raise LandmarkError(f"{owner} uses {dims} coordinates of {trained}, but this release's {offered} has only "
-                            f"{landmarks.size} anchors; {remedy}")
+        raise LandmarkError(
+            f"{owner} uses {dims} coordinates of {trained}, but this release's {offered} has only {landmarks.size} anchors; {remedy}"
+        )
     if anchors_digest(landmarks.anchors[:dims]) != anchors_digest(anchors):
         first = next(i for i, (a, b) in enumerate(zip(landmarks.anchors, anchors)) if a != b)
-        raise LandmarkError(f"{owner} was {made} on {trained}, and this release's {offered} differs at anchor {first + 1} "
-                            f"of the first {dims} (not an append-only successor); {remedy}")
+        raise LandmarkError(
+            f"{owner} was {made} on {trained}, and this release's {offered} differs at anchor {first + 1} "
+            f"of the first {dims} (not an append-only successor); {remedy}"
+        )
 
 
 @dataclass
@@ -91,8 +95,15 @@ class TaskModel:
 
     def check_compatible(self, landmarks: LandmarkSet) -> None:
         """Raise a one-line LandmarkError unless `landmarks` starts with this model's `dims` anchors."""
-        check_prefix_compatible(landmarks, self.anchors, self.landmarks_version, self.landmarks_digest,
-                                owner="task model", made="trained", remedy="retrain the task model on this release")
+        check_prefix_compatible(
+            landmarks,
+            self.anchors,
+            self.landmarks_version,
+            self.landmarks_digest,
+            owner="task model",
+            made="trained",
+            remedy="retrain the task model on this release",
+        )
 
     # ---- inference ----------------------------------------------------------------------------
 
@@ -134,8 +145,12 @@ class TaskModel:
             "dims": self.dims,
             "labels": list(self.labels),
             "layers": len(self.weights) // 2,
-            "landmarks": {"version": self.landmarks_version, "digest": self.landmarks_digest, "anchors": list(self.anchors),
-                          "anchors_digest": self.anchors_digest},
+            "landmarks": {
+                "version": self.landmarks_version,
+                "digest": self.landmarks_digest,
+                "anchors": list(self.anchors),
+                "anchors_digest": self.anchors_digest,
+            },
             "release": self.release,
             "training": self.training,
         }
@@ -165,7 +180,9 @@ def load_task_model(directory: Path | str, landmarks: LandmarkSet | None = None)
     try:
         tensors = load(raw)
     except (SafetensorError, ValueError, OSError) as error:
-        raise CairnError(f"{directory / WEIGHTS_FILE}: not a valid safetensors file ({str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
+        raise CairnError(
+            f"{directory / WEIGHTS_FILE}: not a valid safetensors file ({str(error).splitlines()[0] if str(error) else 'unreadable'})"
+        ) from None
     where = str(directory / META_FILE)
     layers = _field(document, "layers", int, where)
     names = [f"layer{i}.{part}" for i in range(layers) for part in ("weight", "bias")]
@@ -196,8 +213,9 @@ def load_task_model(directory: Path | str, landmarks: LandmarkSet | None = None)
 # ---- fitting --------------------------------------------------------------------------------
 
 
-def fit_head(features: np.ndarray, labels: Sequence[str], kind: str = "logreg", seed: int = 0, hidden: int = 128,
-             max_iter: int | None = None) -> tuple[tuple[str, ...], list[np.ndarray]]:
+def fit_head(
+    features: np.ndarray, labels: Sequence[str], kind: str = "logreg", seed: int = 0, hidden: int = 128, max_iter: int | None = None
+) -> tuple[tuple[str, ...], list[np.ndarray]]:
     """Fit logistic regression (C=1, lbfgs) or a one-hidden-layer ReLU MLP; returns (labels, weights)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
@@ -216,8 +234,9 @@ def fit_head(features: np.ndarray, labels: Sequence[str], kind: str = "logreg", 
             fitted = LogisticRegression(max_iter=max_iter or 2000, random_state=seed).fit(x, y)
             weights = [fitted.coef_.T, fitted.intercept_]
         else:
-            fitted = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=max_iter or 500, early_stopping=len(y) >= 50,
-                                   random_state=seed).fit(x, y)
+            fitted = MLPClassifier(
+                hidden_layer_sizes=(hidden,), max_iter=max_iter or 500, early_stopping=len(y) >= 50, random_state=seed
+            ).fit(x, y)
             weights = [w for pair in zip(fitted.coefs_, fitted.intercepts_) for w in pair]
     return tuple(str(c) for c in fitted.classes_), [np.asarray(w, dtype=np.float32) for w in weights]
 

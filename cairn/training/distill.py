@@ -73,8 +73,9 @@ def default_cache() -> Path:
     return cache_dir() / "distilled"
 
 
-def load_or_distill(tokenizer: TextTokenizer, dims: int, teacher: Callable[[], EmbedFn] = teacher_embed_fn,
-                    cache: Path | None = None) -> np.ndarray:
+def load_or_distill(
+    tokenizer: TextTokenizer, dims: int, teacher: Callable[[], EmbedFn] = teacher_embed_fn, cache: Path | None = None
+) -> np.ndarray:
     """The distilled table for this tokenizer and width. The teacher runs once per vocabulary and width on a
     machine (about 30 s on two cores); the table is cached under `cache` (default_cache()) by their digest."""
     expected = {"teacher": TEACHER, "tokenizer": tokenizer.digest(), "dims": str(dims)}

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from cairn.protocol.run_config import ObjectiveConfig
 
 
-
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE: row i of `a` should match row i of `b` against every other row in the batch."""
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
@@ -64,8 +63,7 @@ def matryoshka_relational_loss(
     return total, parts
 
 
-def compat_loss(vectors: torch.Tensor, anchor_vectors: torch.Tensor, parent_sims: torch.Tensor,
-                parent_std: torch.Tensor) -> torch.Tensor:
+def compat_loss(vectors: torch.Tensor, anchor_vectors: torch.Tensor, parent_sims: torch.Tensor, parent_std: torch.Tensor) -> torch.Tensor:
     """Mean squared drift of this encoder's anchor cosines from the parent release's, in the parent's units.
 
     "Backward-compatible training" (Shen et al., CVPR 2020) in relational coordinates: the parent's
@@ -76,4 +74,3 @@ def compat_loss(vectors: torch.Tensor, anchor_vectors: torch.Tensor, parent_sims
     """
     sims = F.normalize(vectors, dim=-1) @ F.normalize(anchor_vectors, dim=-1).T
     return (((sims - parent_sims) / parent_std) ** 2).mean()
-

@@ -95,8 +95,15 @@ class ParentRelease:
 class TrainingTask:
     """Holds the anchors' current encodings and computes the loss of a batch of pairs."""
 
-    def __init__(self, model: TextEncoder, tokenizer: TextTokenizer, landmarks: LandmarkSet, reference: list[str],
-                 config: TrainingConfig, parent: ParentRelease | None = None):
+    def __init__(
+        self,
+        model: TextEncoder,
+        tokenizer: TextTokenizer,
+        landmarks: LandmarkSet,
+        reference: list[str],
+        config: TrainingConfig,
+        parent: ParentRelease | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.landmarks = landmarks
@@ -155,7 +162,7 @@ class TrainingTask:
         chunks = []  # (ids, mask) per chunk of texts: all a's, then all b's
         for texts in ([p.a for p in pairs], [p.b for p in pairs]):
             for start in range(0, len(texts), chunk_size):
-                ids, mask = self.tokenizer.batch(texts[start:start + chunk_size])
+                ids, mask = self.tokenizer.batch(texts[start : start + chunk_size])
                 chunks.append((ids.to(device), mask.to(device)))
         states, cached = [], []
         with torch.no_grad():
@@ -179,13 +186,16 @@ class TrainingTask:
         relational = self.config.objective.relational_weight > 0
         with_parent = compat and self.parent is not None
         anchors_with_gradient = relational and self.config.anchor_refresh_every == 0 and self.model.training
-        if ((relational and not anchors_with_gradient) or with_parent) and self.steps_since_refresh >= max(self.config.anchor_refresh_every, 1):
+        if ((relational and not anchors_with_gradient) or with_parent) and self.steps_since_refresh >= max(
+            self.config.anchor_refresh_every, 1
+        ):
             self.refresh_anchors()
         self.steps_since_refresh += 1
         return anchors_with_gradient, with_parent
 
-    def _loss_of(self, pairs: list[Pair], abs_a: torch.Tensor, abs_b: torch.Tensor, anchors_with_gradient: bool,
-                 with_parent: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss_of(
+        self, pairs: list[Pair], abs_a: torch.Tensor, abs_b: torch.Tensor, anchors_with_gradient: bool, with_parent: bool
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of a batch from its embeddings (both texts of every pair)."""
         relational = self.config.objective.relational_weight > 0
         device = self.device
@@ -213,8 +223,9 @@ class TrainingTask:
         if self.config.objective.relational_weight > 0:
             self.refresh_anchors()
         try:  # the absolute InfoNCE alone: its chance level is ln(batch), whatever the other terms and the parent held
-            losses = [self.loss(pairs[i : i + batch_size], compat=False)[1]["abs"]
-                      for i in range(0, len(pairs) - batch_size + 1, batch_size)]
+            losses = [
+                self.loss(pairs[i : i + batch_size], compat=False)[1]["abs"] for i in range(0, len(pairs) - batch_size + 1, batch_size)
+            ]
         finally:
             self.model.train(was_training)
         return sum(losses) / max(len(losses), 1)
@@ -299,9 +310,11 @@ class CollapseDetector:
 
     @staticmethod
     def warning(batch_size: int, absolute_loss: float, mean_cosine: float) -> str:
-        return (f"training has collapsed: loss {absolute_loss:.4f} against chance ln({batch_size}) = {math.log(batch_size):.4f}, "
-                f"mean cosine between a batch's texts {mean_cosine:.3f}; the encoder maps every text to nearly one vector "
-                "(lower the learning rate or lengthen the warm-up; docs/operating.md, 'collapse')")
+        return (
+            f"training has collapsed: loss {absolute_loss:.4f} against chance ln({batch_size}) = {math.log(batch_size):.4f}, "
+            f"mean cosine between a batch's texts {mean_cosine:.3f}; the encoder maps every text to nearly one vector "
+            "(lower the learning rate or lengthen the warm-up; docs/operating.md, 'collapse')"
+        )
 
 
 def _random_state(device: torch.device) -> tuple:

@@ -26,8 +26,17 @@ from cairn.protocol.fsutil import atomic_write_bytes, atomic_write_json
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from cairn.protocol.tokenizer import TextTokenizer
 from cairn.protocol.run_config import TrainingConfig
-from cairn.training.task import (CollapseDetector, ParentRelease, TrainingTask, batches, initial_encoder, make_optimizer,
-                                 make_scheduler, prepare_run, reference_texts)
+from cairn.training.task import (
+    CollapseDetector,
+    ParentRelease,
+    TrainingTask,
+    batches,
+    initial_encoder,
+    make_optimizer,
+    make_scheduler,
+    prepare_run,
+    reference_texts,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RUN_FILE = "run.json"
@@ -44,11 +53,26 @@ class TrainResult:
     recent_losses: list[float] = field(default_factory=list)  # the last LOSS_WINDOW training losses of this call
 
 
-def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | None = None, max_samples: int | None = None,
-          device: str = "auto", checkpoint_every_s: float = 60.0, accumulate: int = 1, evaluate: bool = True, quick_eval: bool = False,
-          show_progress: bool = True, init_seed: int | None = None, data_seed: int | None = None, shard: tuple[int, int] | None = None,
-          landmarks: LandmarkSet | None = None, compat_with: Path | None = None, compat_weight: float = 1.0,
-          start_from: Path | None = None) -> TrainResult:
+def train(
+    corpus_spec: str,
+    out: Path,
+    config: TrainingConfig,
+    minutes: float | None = None,
+    max_samples: int | None = None,
+    device: str = "auto",
+    checkpoint_every_s: float = 60.0,
+    accumulate: int = 1,
+    evaluate: bool = True,
+    quick_eval: bool = False,
+    show_progress: bool = True,
+    init_seed: int | None = None,
+    data_seed: int | None = None,
+    shard: tuple[int, int] | None = None,
+    landmarks: LandmarkSet | None = None,
+    compat_with: Path | None = None,
+    compat_weight: float = 1.0,
+    start_from: Path | None = None,
+) -> TrainResult:
     """Train (or resume) until `minutes` of wall time or `max_samples` samples, then save and evaluate.
 
     `accumulate` > 1 sums gradients over that many batches per update: the single-process twin of a
@@ -82,7 +106,9 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
         raise CairnError(f"corpus {corpus_spec!r}" + (f" shard {shard[0]}/{shard[1]}" if shard else "") + " has no training pairs")
     seeds = {"init_seed": init_seed, "data_seed": data_seed, "shard": list(shard) if shard else None}
     tokenizer, landmarks = _load_or_prepare(out, corpus_spec, corpus, config, seeds, landmarks)
-    model = (initial_encoder(config, tokenizer, init_seed) if start_from is None else _start_from(start_from, tokenizer)).to(pick_device(device))
+    model = (initial_encoder(config, tokenizer, init_seed) if start_from is None else _start_from(start_from, tokenizer)).to(
+        pick_device(device)
+    )
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     state = _load_checkpoint(out, model, optimizer, scheduler)
@@ -99,15 +125,28 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     loss_value = float("nan")
     recent_losses: deque[float] = deque(maxlen=LOSS_WINDOW)
     collapse, collapse_warned = CollapseDetector(), False
-    progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("step {task.fields[step]} loss {task.fields[loss]:.3f} "
-                        "{task.fields[rate]:.0f} samples/s"), TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress)
+    progress = Progress(
+        TextColumn("[bold]train[/]"),
+        BarColumn(),
+        TextColumn("step {task.fields[step]} loss {task.fields[loss]:.3f} {task.fields[rate]:.0f} samples/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+    )
     total = max_samples if max_samples is not None else (minutes or 0) * 60
     with progress:
-        bar = progress.add_task("train", total=total, step=state["step"], loss=float("nan"), rate=0.0,
-                                completed=state["samples"] if max_samples is not None else elapsed_before)
+        bar = progress.add_task(
+            "train",
+            total=total,
+            step=state["step"],
+            loss=float("nan"),
+            rate=0.0,
+            completed=state["samples"] if max_samples is not None else elapsed_before,
+        )
         for offset, batch in batches(pairs, config.batch_size, state["offset"]):  # the offset indexes `pairs`
-            if state["step"] % accumulate == 0 and ((deadline is not None and time.monotonic() >= deadline)
-                                                    or (max_samples is not None and state["samples"] >= max_samples)):
+            if state["step"] % accumulate == 0 and (
+                (deadline is not None and time.monotonic() >= deadline) or (max_samples is not None and state["samples"] >= max_samples)
+            ):
                 break
             loss, parts = task.loss(batch)
             (loss / accumulate).backward()
@@ -123,8 +162,13 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
                 scheduler.step()  # the learning rate of update n is lr_factor(n), as in every peer
             now = time.monotonic()
             state["seconds"] = elapsed_before + now - started
-            progress.update(bar, completed=state["samples"] if max_samples is not None else state["seconds"], step=state["step"],
-                            loss=loss_value, rate=(state["samples"] - 0) / max(state["seconds"], 1e-9))
+            progress.update(
+                bar,
+                completed=state["samples"] if max_samples is not None else state["seconds"],
+                step=state["step"],
+                loss=loss_value,
+                rate=(state["samples"] - 0) / max(state["seconds"], 1e-9),
+            )
             if now - last_checkpoint >= checkpoint_every_s and state["step"] % accumulate == 0:
                 _save_checkpoint(out, model, optimizer, scheduler, state)
                 last_checkpoint = now
@@ -133,9 +177,18 @@ def train(corpus_spec: str, out: Path, config: TrainingConfig, minutes: float | 
     calibrated = calibrate(model, tokenizer, landmarks, task.reference)
     save_bundle(out, model, tokenizer, calibrated)
     report = evaluate_bundle(Embedder(model, tokenizer, calibrated), corpus, quick=quick_eval) if evaluate else {}
-    report["training"] = {"steps": state["step"], "samples": state["samples"], "seconds": round(state["seconds"], 1),
-                          "final_loss": loss_value, "collapsed": collapse.collapsed, "corpus": corpus.name, "model": config.model, **seeds,
-                          "compat_with": None if compat_with is None else str(compat_with), "compat_weight": compat_weight if compat_with else 0.0}
+    report["training"] = {
+        "steps": state["step"],
+        "samples": state["samples"],
+        "seconds": round(state["seconds"], 1),
+        "final_loss": loss_value,
+        "collapsed": collapse.collapsed,
+        "corpus": corpus.name,
+        "model": config.model,
+        **seeds,
+        "compat_with": None if compat_with is None else str(compat_with),
+        "compat_weight": compat_weight if compat_with else 0.0,
+    }
     atomic_write_json(out / "eval.json", report)
     return TrainResult(state["step"], state["samples"], state["seconds"], loss_value, report, list(recent_losses))
 
@@ -173,25 +226,38 @@ def evaluate_bundle(embedder: Embedder, corpus, quick: bool = False) -> dict:
 
     wordnet = corpus if corpus.name.startswith("wordnet") else load_wordnet()
     dims = tuple(d for d in (16, 32, 64, 128) if d < embedder.dims) + (embedder.dims,)
-    return run_suite({"relational": embedder.relational, "absolute": embedder.absolute}, heldout_gloss_lemma(wordnet),
-                     dims=dims, quick=quick)
+    return run_suite(
+        {"relational": embedder.relational, "absolute": embedder.absolute}, heldout_gloss_lemma(wordnet), dims=dims, quick=quick
+    )
 
 
-def _load_or_prepare(out: Path, corpus_spec: str, corpus, config: TrainingConfig, seeds: dict,
-                     landmarks: LandmarkSet | None) -> tuple[TextTokenizer, LandmarkSet]:
+def _load_or_prepare(
+    out: Path, corpus_spec: str, corpus, config: TrainingConfig, seeds: dict, landmarks: LandmarkSet | None
+) -> tuple[TextTokenizer, LandmarkSet]:
     """A resumed run must keep its tokenizer, landmarks, hyperparameters and seeds; a changed one is refused."""
     run_path = out / RUN_FILE
-    run = {"corpus": corpus_spec, "corpus_digest": corpus.digest, "config": config.to_json(), **seeds,
-           "landmarks_override": landmarks.digest if landmarks is not None else None}
+    run = {
+        "corpus": corpus_spec,
+        "corpus_digest": corpus.digest,
+        "config": config.to_json(),
+        **seeds,
+        "landmarks_override": landmarks.digest if landmarks is not None else None,
+    }
     if run_path.exists():
         previous = json.loads(run_path.read_text())
         # runs written before the seeds were recorded used config.seed, the corpus order, all pairs, their own landmarks
         if isinstance(previous, dict) and isinstance(previous.get("config"), dict):
-            previous = {"init_seed": previous["config"].get("seed"), "data_seed": None, "shard": None, "landmarks_override": None,
-                        **previous}
+            previous = {
+                "init_seed": previous["config"].get("seed"),
+                "data_seed": None,
+                "shard": None,
+                "landmarks_override": None,
+                **previous,
+            }
         if previous != run:
-            raise CairnError(f"{out} holds a run with a different corpus or configuration ({_differences(previous, run)}); "
-                             "use a new --out directory")
+            raise CairnError(
+                f"{out} holds a run with a different corpus or configuration ({_differences(previous, run)}); use a new --out directory"
+            )
         tokenizer = TextTokenizer.load(out / "run", config_for(config.model).max_len)
         return tokenizer, LandmarkSet.load(out / "run" / LANDMARKS_FILE)
     tokenizer, prepared = prepare_run(corpus, config)
@@ -204,6 +270,7 @@ def _load_or_prepare(out: Path, corpus_spec: str, corpus, config: TrainingConfig
 
 def _differences(previous: dict, run: dict) -> str:
     """`key: old -> new` for what changed (config fields by name; digests and specs abbreviated)."""
+
     def short(value) -> str:
         text = json.dumps(value)
         return text if len(text) <= 40 else text[:37] + "..."
@@ -214,8 +281,11 @@ def _differences(previous: dict, run: dict) -> str:
         if old == new:
             continue
         if key == "config" and isinstance(old, dict) and isinstance(new, dict):
-            changes += [f"config.{name}: {short(old.get(name))} -> {short(new.get(name))}"
-                        for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+            changes += [
+                f"config.{name}: {short(old.get(name))} -> {short(new.get(name))}"
+                for name in sorted(set(old) | set(new))
+                if old.get(name) != new.get(name)
+            ]
         else:
             changes.append(f"{key}: {short(old)} -> {short(new)}")
     return ", ".join(changes)
@@ -223,8 +293,16 @@ def _differences(previous: dict, run: dict) -> str:
 
 def _save_checkpoint(out: Path, model: TextEncoder, optimizer: torch.optim.Optimizer, scheduler, state: dict) -> None:
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": state,
-                "rng": torch.get_rng_state()}, buffer)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": state,
+            "rng": torch.get_rng_state(),
+        },
+        buffer,
+    )
     atomic_write_bytes(out / CHECKPOINT_FILE, buffer.getvalue())
 
 

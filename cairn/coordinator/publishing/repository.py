@@ -82,8 +82,9 @@ class ReleaseRepository:
     timestamp refresh cannot interleave with a publish.
     """
 
-    def __init__(self, workdir: Path, lifetimes: Lifetimes = Lifetimes(), clock: Callable[[], datetime] = _utc_now,
-                 passphrase: bytes | None = None):
+    def __init__(
+        self, workdir: Path, lifetimes: Lifetimes = Lifetimes(), clock: Callable[[], datetime] = _utc_now, passphrase: bytes | None = None
+    ):
         self.workdir = Path(workdir)
         self.passphrase = passphrase
         self.keys_dir = self.workdir / "keys"
@@ -139,16 +140,22 @@ class ReleaseRepository:
         with self._locked():
             sources = self._key_files(Root.type, self.keys_dir)
             if len(sources) != 1:
-                raise ReleaseError(f"{self.keys_dir} holds {len(sources)} root keys; export them with "
-                                   "`cairn coordinator keys export-root --out DIR`")
+                raise ReleaseError(
+                    f"{self.keys_dir} holds {len(sources)} root keys; export them with `cairn coordinator keys export-root --out DIR`"
+                )
             if Path(path).exists():
                 raise ReleaseError(f"{path} already exists; refusing to overwrite a key file")
             _copy_key(sources[0], Path(path))
             sources[0].unlink()
             fsync_directory(self.keys_dir)
 
-    def rotate_root(self, new_keys: Mapping[str, CryptoSigner], root_key: Path | None = None, offline_root: Path | None = None,
-                    extra_signers: Sequence[Signer] = ()) -> int:
+    def rotate_root(
+        self,
+        new_keys: Mapping[str, CryptoSigner],
+        root_key: Path | None = None,
+        offline_root: Path | None = None,
+        extra_signers: Sequence[Signer] = (),
+    ) -> int:
         """Replace all keys of each role in `new_keys` by its one new key and publish root N+1; return N+1.
 
         Root N+1 is signed by a threshold of the old root keys and, if the root keys change, of the new ones, so
@@ -164,18 +171,26 @@ class ReleaseRepository:
         def edit(root: Root) -> None:
             for role, signer in new_keys.items():
                 if root.roles[role].threshold > 1:
-                    raise ReleaseError(f"{role} is {root.roles[role].threshold}-of-{len(root.roles[role].keyids)}: rotate its keys one "
-                                       "at a time (`keys add`, then `keys revoke`) so the threshold stays")
+                    raise ReleaseError(
+                        f"{role} is {root.roles[role].threshold}-of-{len(root.roles[role].keyids)}: rotate its keys one "
+                        "at a time (`keys add`, then `keys revoke`) so the threshold stays"
+                    )
                 for keyid in list(root.roles[role].keyids):
                     root.revoke_key(keyid, role)
                 root.add_key(signer.public_key, role)
 
         loaded = [load_signer(root_key, self.passphrase)] if root_key is not None else []
-        return self._change_root(edit, {role: [signer] for role, signer in new_keys.items()}, offline_root,
-                                 [*loaded, *extra_signers])
+        return self._change_root(edit, {role: [signer] for role, signer in new_keys.items()}, offline_root, [*loaded, *extra_signers])
 
-    def add_keys(self, role: str, new_keys: Sequence[CryptoSigner], threshold: int | None = None, offline_root: Path | None = None,
-                 key_out: Path | None = None, extra_signers: Sequence[Signer] = ()) -> int:
+    def add_keys(
+        self,
+        role: str,
+        new_keys: Sequence[CryptoSigner],
+        threshold: int | None = None,
+        offline_root: Path | None = None,
+        key_out: Path | None = None,
+        extra_signers: Sequence[Signer] = (),
+    ) -> int:
         """Trust `new_keys` for `role` (root or targets) and set its threshold (default: unchanged); publish root N+1.
 
         `key_out` (a file, one new key only) receives the new private key instead of the workdir: a targets key meant
@@ -196,8 +211,9 @@ class ReleaseRepository:
                 root.roles[role].threshold = threshold
             _check_threshold(root, role)
 
-        return self._change_root(edit, {role: list(new_keys)}, offline_root, extra_signers,
-                                 key_out={role: key_out} if key_out is not None else {})
+        return self._change_root(
+            edit, {role: list(new_keys)}, offline_root, extra_signers, key_out={role: key_out} if key_out is not None else {}
+        )
 
     def revoke_key(self, role: str, keyid: str, offline_root: Path | None = None, extra_signers: Sequence[Signer] = ()) -> int:
         """Stop trusting the key of `role` whose id starts with `keyid` (at least 8 hex digits); publish root N+1.
@@ -268,12 +284,21 @@ class ReleaseRepository:
             local = {}
             for path in self._key_files(role, self.keys_dir):
                 local[self._keyid_of(path)] = is_encrypted(path)
-            status[role] = {"threshold": root.roles[role].threshold, "version": root.version,
-                            "keys": {keyid: local.get(keyid) for keyid in root.roles[role].keyids}}
+            status[role] = {
+                "threshold": root.roles[role].threshold,
+                "version": root.version,
+                "keys": {keyid: local.get(keyid) for keyid in root.roles[role].keyids},
+            }
         return status
 
-    def _change_root(self, edit: Callable[[Root], None], new_keys: Mapping[str, Sequence[CryptoSigner]], offline_root: Path | None,
-                     extra_signers: Sequence[Signer], key_out: Mapping[str, Path] | None = None) -> int:
+    def _change_root(
+        self,
+        edit: Callable[[Root], None],
+        new_keys: Mapping[str, Sequence[CryptoSigner]],
+        offline_root: Path | None,
+        extra_signers: Sequence[Signer],
+        key_out: Mapping[str, Path] | None = None,
+    ) -> int:
         """Apply `edit` to a copy of root N, publish it as N+1 and re-sign what the new root's keys must now vouch for.
 
         Every signature is collected and counted against both roots' thresholds before anything is written, so a
@@ -296,8 +321,12 @@ class ReleaseRepository:
             root.version += 1
             root.expires = self._expiry(Root.type)
             in_memory: list[Signer] = [*extra_signers, *(signer for signers in new_keys.values() for signer in signers)]
-            root_signers = _unique([*self._signers(Root.type, old, in_memory, offline_root, "current"),
-                                    *self._signers(Root.type, root, in_memory, offline_root, "new")])
+            root_signers = _unique(
+                [
+                    *self._signers(Root.type, old, in_memory, offline_root, "current"),
+                    *self._signers(Root.type, root, in_memory, offline_root, "new"),
+                ]
+            )
             targets_changed = _role_changed(old, root, Targets.type)
             online = {role: self._signers(role, root, in_memory) for role in ROLES[1:] if role != Targets.type or targets_changed}
             for role, signers in new_keys.items():
@@ -394,8 +423,9 @@ class ReleaseRepository:
 
     # ---- internals --------------------------------------------------------------------------
 
-    def _commit(self, state: _State, targets: Targets | None, signers: Mapping[str, list[Signer]] | None = None,
-                extra: Sequence[Signer] = ()) -> None:
+    def _commit(
+        self, state: _State, targets: Targets | None, signers: Mapping[str, list[Signer]] | None = None, extra: Sequence[Signer] = ()
+    ) -> None:
         """Write new targets (if given), then snapshot, then timestamp, bumping each version.
 
         All signers are gathered (and counted against the thresholds) before the first write, so a missing key
@@ -464,8 +494,7 @@ class ReleaseRepository:
             return []
         return [int(m.group(1)) for p in self.metadata_dir.iterdir() if (m := _ROOT_FILE.fullmatch(p.name))]
 
-    def _signers(self, role: str, root: Root, extra: Sequence[Signer] = (), offline: Path | None = None,
-                 which: str = "") -> list[Signer]:
+    def _signers(self, role: str, root: Root, extra: Sequence[Signer] = (), offline: Path | None = None, which: str = "") -> list[Signer]:
         """The signers of `role` that `root` trusts, from `extra`, the workdir and `offline`; at least its threshold.
 
         Key files named by key id are opened only if `root` trusts that id, so an encrypted key of another role
@@ -486,12 +515,16 @@ class ReleaseRepository:
                     found.setdefault(signer.public_key.keyid, signer)
         threshold = root.roles[role].threshold
         if len(found) < threshold:
-            hint = {Root.type: "bring the offline root keys with --offline-root DIR (or --key FILE)",
-                    Targets.type: "pass the other holders' keys with --key FILE"}.get(role, f"restore the {role} key")
+            hint = {
+                Root.type: "bring the offline root keys with --offline-root DIR (or --key FILE)",
+                Targets.type: "pass the other holders' keys with --key FILE",
+            }.get(role, f"restore the {role} key")
             name = f"the {which} root v{root.version}" if which else f"root v{root.version}"
-            raise ReleaseError(f"{role} metadata needs {threshold} of the {len(wanted)} {role} keys {name} trusts, but only "
-                               f"{len(found)} {'is' if len(found) == 1 else 'are'} at hand in {self.keys_dir}"
-                               f"{f' or {offline}' if offline is not None else ''}: {hint}")
+            raise ReleaseError(
+                f"{role} metadata needs {threshold} of the {len(wanted)} {role} keys {name} trusts, but only "
+                f"{len(found)} {'is' if len(found) == 1 else 'are'} at hand in {self.keys_dir}"
+                f"{f' or {offline}' if offline is not None else ''}: {hint}"
+            )
         return list(found.values())
 
     def _online_signers(self, root: Root, extra: Sequence[Signer] = ()) -> dict[str, list[Signer]]:
@@ -503,8 +536,11 @@ class ReleaseRepository:
         """`<role>.pem` (the layout before thresholds) and `<role>-<keyid>.pem` in `directory`, sorted."""
         if not Path(directory).is_dir():
             return []
-        return sorted(p for p in Path(directory).iterdir()
-                      if p.is_file() and (p.name == f"{role}.pem" or (p.name.startswith(f"{role}-") and p.name.endswith(".pem"))))
+        return sorted(
+            p
+            for p in Path(directory).iterdir()
+            if p.is_file() and (p.name == f"{role}.pem" or (p.name.startswith(f"{role}-") and p.name.endswith(".pem")))
+        )
 
     def _keyid_of(self, path: Path) -> str:
         """The key id of a key file: from its name, or (old layout, never encrypted) from the key itself."""
