@@ -24,6 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from cairn.protocol.dht_keys import ContributionRecord, max_samples_for
 from cairn.protocol.ledger_schema import connect
@@ -49,6 +50,10 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    @overload
+    def meta(self, key: str, default: str) -> str: ...
+    @overload
+    def meta(self, key: str, default: None = None) -> str | None: ...
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row["value"] if row else default

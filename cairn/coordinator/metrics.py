@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -9,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 class CoordinatorMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        common = dict(namespace="cairn_coordinator", registry=self.registry)
+        common: dict[str, Any] = dict(namespace="cairn_coordinator", registry=self.registry)
         self.global_step = Gauge("global_step", "The swarm's global step (hivemind epoch)", **common)
         self.peers_online = Gauge("peers_online", "Peers with a contribution record in the last minute", **common)
         self.credited_samples = Gauge("credited_samples", "Samples credited by the ledger, all peers", **common)

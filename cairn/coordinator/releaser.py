@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cairn.evaluation.compatibility import compatibility_report
+from cairn.evaluation.compatibility import EmbedFn, compatibility_report
 from cairn.corpora import PairCorpus
 from cairn.protocol.embedder import Embedder, calibrate, load_bundle, save_bundle
 from cairn.protocol.encoder import TextEncoder
@@ -175,7 +175,11 @@ def _compatibility(
     """Compare with the parent release, and with the release before it ("grandparent"); {} for the first release."""
     if parent is None or not (workdir.releases / str(parent)).is_dir():
         return {}
-    new = {name: (lambda _texts, vectors=vectors: vectors) for name, vectors in views.items()}
+
+    def computed(vectors: np.ndarray) -> EmbedFn:  # the vectors of `texts`, encoded already
+        return lambda _texts: vectors
+
+    new = {name: computed(vectors) for name, vectors in views.items()}
 
     def against(version: ReleaseVersion) -> dict:
         old = load_bundle(workdir.releases / str(version), device="cpu")

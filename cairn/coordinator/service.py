@@ -79,7 +79,8 @@ class Coordinator:
             self.config.training,
         )
         self.loaded_epoch = -1
-        self._seen_epoch, self._epoch_changed_at = -1, None
+        self._seen_epoch = -1
+        self._epoch_changed_at: float | None = None
         self._last_records: dict = {}
         self._saved_peers: set[str] = set()  # the connected peers known_peers.json was last written for
         self.last_release_step = int(self.ledger.meta("last_release_step", "0"))

@@ -153,7 +153,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.floor(lo / step) * step
-    ticks = []
+    ticks: list[float] = []
     value = first
     while value <= hi + step * 0.5 and len(ticks) < 20:
         ticks.append(round(value, 12))
@@ -208,7 +208,8 @@ def _x_ticks(kind: XKind, xs: list[float], categories: Sequence[str], lo: float,
 
 
 def _frange(start: float, stop: float, step: float) -> list[float]:
-    values, value = [], start
+    values: list[float] = []
+    value = start
     while value <= stop and len(values) < 20:
         values.append(value)
         value += step

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -26,7 +27,7 @@ class DashboardMetrics:
 
 def create_metrics() -> DashboardMetrics:
     registry = CollectorRegistry()
-    common = {"namespace": "cairn", "subsystem": "dashboard", "registry": registry}
+    common: dict[str, Any] = {"namespace": "cairn", "subsystem": "dashboard", "registry": registry}
     return DashboardMetrics(
         registry=registry,
         requests=Counter("requests", "HTTP requests by route template and status", ["route", "status"], **common),

@@ -235,14 +235,14 @@ def landmark_sets(
     for entry in sorted(found.values(), key=lambda e: (e["set"].version, e["set"].digest)):
         landmarks: LandmarkSet = entry["set"]
         extends = previous is not None and previous.version < landmarks.version and landmarks.anchors[: previous.size] == previous.anchors
-        first_new = previous.size if extends else 0
+        first_new = previous.size if extends and previous is not None else 0
         sets.append(
             {
                 "version": landmarks.version,
                 "digest": landmarks.digest,
                 "size": landmarks.size,
                 "sources": entry["sources"],
-                "extends": previous.version if extends else None,
+                "extends": previous.version if extends and previous is not None else None,
                 "breaks_prefix": previous is not None and not extends,
                 "first_new": first_new,
                 "appended": landmarks.size - first_new,

@@ -258,7 +258,7 @@ def _release_dir(
         }
 
     # the shapes cairn/coordinator/releaser.py writes: cairn.evaluation.suite's report, cairn.evaluation.compatibility's report
-    metrics = {
+    metrics: dict[str, Any] = {
         "relational": {**{str(m): view(1 - 0.5 / math.log2(m)) for m in (16, 32, 64)}, "full": view(1.0)},
         "absolute": {"full": view(1.05)},
         "meta": {"quick": True, "dims": [16, 32, 64], "widths": {"relational": 64, "absolute": 256}},

@@ -107,7 +107,7 @@ def swarm(sources: Sources) -> dict[str, Any]:
         "status": "training" if coordinator_fresh and peers else "idle",
         "chance": chance_loss(sources.workdir),
         "now": now,
-        "global_step": max(filter(None.__ne__, (snapshot["global_step"] if snapshot else None, live_step)), default=None),
+        "global_step": max((s for s in (snapshot["global_step"] if snapshot else None, live_step) if s is not None), default=None),
         "samples_per_second": samples_per_second,
         "mean_loss": snapshot["mean_loss"] if snapshot else None,
         "snapshot_at": snapshot["at"] if snapshot else None,

@@ -40,7 +40,9 @@ that round's result, not the previous round's parameters under the new epoch num
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import hivemind
 import torch
@@ -132,7 +134,7 @@ class OuterGradientAverager(GradientAverager):
     (`rounds_taken`): how `OverlappedDiLoCoSteps` tells a round's start from a state download (both change the epoch).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sent: list[torch.Tensor] | None = None
         self._taking_round = False
@@ -171,7 +173,7 @@ class OuterStateAverager(TrainingStateAverager):
     the new epoch, one outer step behind every other peer for good. Waiting (bounded by the all-reduce timeout)
     serves a consistent pair."""
 
-    def get_current_state(self):
+    def get_current_state(self) -> Any:  # hivemind's: (metadata, tensors, their compression infos)
         deadline = time.monotonic() + (self._allreduce_timeout or 60.0) + 5.0
         in_flight: list = []
         for _ in range(100):
@@ -285,7 +287,7 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
 
     @staticmethod
     @torch.no_grad()
-    def _copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
+    def _copy(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> None:
         for source, target in zip(sources, targets):
             target.copy_(source)
 

@@ -8,7 +8,7 @@ this code (that needs a robust rule where the senders' parts meet: hivemind's Te
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, cast
 
 import torch
 
@@ -20,7 +20,7 @@ def sanitize_gradients(parameters: Iterable[torch.nn.Parameter], max_norm: float
     parameters = [p for p in parameters if p.grad is not None]
     if not parameters:
         return True
-    if not all(bool(torch.isfinite(p.grad).all()) for p in parameters):
+    if not all(bool(torch.isfinite(cast(torch.Tensor, p.grad)).all()) for p in parameters):  # only those with a .grad
         for p in parameters:
             p.grad = None
         return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -45,7 +45,7 @@ class PeerMetrics:
 def create_peer_metrics() -> PeerMetrics:
     """A fresh registry with every peer metric registered (all at zero, every outcome present)."""
     registry = CollectorRegistry()
-    common = dict(namespace="cairn", registry=registry)
+    common: dict[str, Any] = dict(namespace="cairn", registry=registry)
     rounds = Counter("allreduce_rounds", "All-reduce rounds by outcome", ["outcome"], **common)
     for outcome in _OUTCOMES:
         rounds.labels(outcome=outcome)  # export zeros, so rates work before the first failure

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bitsandbytes.functional  # noqa: F401  (pitfall: lazy import inside averager threads crashes)
 import hivemind
@@ -43,6 +44,9 @@ from cairn.peer.diloco import OverlappedOuterOptimizer, overlap_options
 from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.start_barrier import wait_for_peers
 from cairn.peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
 
 logger = logging.getLogger("cairn.peer")
 
@@ -317,8 +321,8 @@ def _save_local_state(model: TextEncoder, workdir: Path) -> None:
 class Traffic:
     """Averaging payload bytes, counted in the averager processes (shared memory counters)."""
 
-    sent: object
-    received: object
+    sent: Synchronized[int]
+    received: Synchronized[int]
 
 
 REPORT_EVERY_S = 3.0
@@ -399,6 +403,7 @@ class TrainingSession:
                     epoch_seen = self.optimizer.local_epoch
                     self.steps.after_new_epoch()
                     if self.rounds.last_outcome == "success":  # after a failed round our parameters are our own: no claim
+                        assert self.shard is not None  # _ensure_shard() leased the shard this batch came from
                         self.stats.last_probe = _probe(self.task, batch, self.shard, batch_start, epoch_seen)
                 now = time.monotonic()
                 if now - last_report >= REPORT_EVERY_S:

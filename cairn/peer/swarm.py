@@ -50,7 +50,7 @@ def stable_ports(workdir: Path, names: tuple[str, ...] = ("dht", "http", "dashbo
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         saved = {}
-    ports = {}
+    ports: dict[str, int] = {}
     for name in names:
         port = saved.get(name) if isinstance(saved, dict) else None
         if not (isinstance(port, int) and 1024 <= port <= 65535 and port not in ports.values() and port_free(port)):
@@ -70,7 +70,8 @@ class StatusLine:
         self.console, self.every, self.clock = console, every, clock
         self.terminal = console.is_terminal
         self._status = console.status(first) if self.terminal else None
-        self._printed_at, self._last = None, None
+        self._printed_at: float | None = None
+        self._last: str | None = None
         if not self.terminal:
             self.update(first)
 
@@ -93,7 +94,7 @@ class StatusLine:
             self._printed_at, self._last = now, text
 
 
-def print_services(console, rows: list[tuple[str, str, str]], join: str, repository_url: str, dashboard_url: str | None) -> None:
+def print_services(console, rows: list[tuple[str, str, str | None]], join: str, repository_url: str, dashboard_url: str | None) -> None:
     """What runs where; the addresses also on lines of their own, whole (a table cell cuts them at 80 columns)."""
     from rich.table import Table
 
@@ -270,8 +271,13 @@ def run_swarm(plan: SwarmPlan, console=None, stop_check=lambda: False) -> dict:
             services.append(dashboard)
             dashboard.start(env)
             dashboard_url = f"http://127.0.0.1:{plan.dashboard_port}/"
-        rows = [("coordinator", str(coordinator.process.pid), join[0]), ("releases (TUF)", "", f"http://127.0.0.1:{plan.http_port}/")]
+        assert coordinator.process is not None  # start() set it
+        rows: list[tuple[str, str, str | None]] = [
+            ("coordinator", str(coordinator.process.pid), join[0]),
+            ("releases (TUF)", "", f"http://127.0.0.1:{plan.http_port}/"),
+        ]
         for service in services[1:]:
+            assert service.process is not None  # every service in the list was started
             where = dashboard_url if service.name == "dashboard" else f"log: {service.log}"
             rows.append((service.name, str(service.process.pid), where))
         print_services(console, rows, join[0], f"http://127.0.0.1:{plan.http_port}/", dashboard_url)
@@ -335,6 +341,7 @@ def stop_services(services: list[Service], grace: float = 30.0) -> None:
     wait, then SIGKILL each whole process group so nothing (p2pd included) outlives the swarm."""
     for service in services:
         if service.alive():
+            assert service.process is not None  # alive() checked it
             service.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
     for service in services:

@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from securesystemslib.signer import CryptoSigner, Signer
-from tuf.api.metadata import Metadata, MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 from cairn.coordinator.publishing.keys import ENCRYPTED_ROLES, generate_signer, is_encrypted, load_signer, save_signer
@@ -41,6 +42,7 @@ _KEY_FILE = re.compile(r"(?:root|targets|snapshot|timestamp)-([0-9a-f]{64})\.pem
 THRESHOLD_ROLES = (Root.type, Targets.type)
 """The roles that may be k-of-n: the offline ones. Snapshot and timestamp are signed unattended by one server."""
 _SERIALIZER = JSONSerializer(compact=False)
+_Role = TypeVar("_Role", Root, Targets, Snapshot, Timestamp)  # the payload of Metadata[...]: tuf's own constraint
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,8 @@ class ReleaseRepository:
                 root.add_key(signer.public_key, role)
             self._write(root, f"{root.version}.root.json", [signers[Root.type]], root)
             empty = _State(Metadata(root), Metadata(Targets()), Metadata(Snapshot()), Metadata(Timestamp()))
-            for role in (empty.targets, empty.snapshot, empty.timestamp):
-                role.signed.version = 0  # _commit bumps every role it writes, so the first written is v1
+            for metadata in (empty.targets, empty.snapshot, empty.timestamp):
+                metadata.signed.version = 0  # _commit bumps every role it writes, so the first written is v1
             self._commit(empty, empty.targets.signed)
 
     def export_root_keys(self, out_dir: Path) -> list[Path]:
@@ -451,7 +453,7 @@ class ReleaseRepository:
         timestamp.snapshot_meta = MetaFile.from_data(snapshot.version, data, ["sha256"])
         self._write(timestamp, "timestamp.json", signers[Timestamp.type], root)
 
-    def _write(self, signed: Signed, filename: str, signers: list[Signer], trusted_root: Root) -> bytes:
+    def _write(self, signed: _Role, filename: str, signers: list[Signer], trusted_root: Root) -> bytes:
         """Sign, check the signatures verify against `trusted_root` (and itself, for root), write atomically."""
         metadata = Metadata(signed)
         for signer in signers:

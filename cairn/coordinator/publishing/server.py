@@ -33,7 +33,7 @@ class _BoundedFileResponse(web.FileResponse):
         super().__init__(path, headers={"Cache-Control": cache_control, "X-Content-Type-Options": "nosniff"})
         self._slots = slots
 
-    async def prepare(self, request: web.BaseRequest):  # type: ignore[override]
+    async def prepare(self, request: web.BaseRequest):
         async with self._slots:
             return await super().prepare(request)
 
