@@ -268,7 +268,11 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         # -- kill -9 the coordinator while peers train; restart it on the same workdir and address
         wait_for(lambda: swarm.ledger("SELECT version FROM releases"), 300, 3, "a first release")
         releases_before = [v for (v,) in swarm.ledger("SELECT version FROM releases ORDER BY created_at")]
-        credited_before = dict(swarm.ledger("SELECT display_name, credited_samples FROM peers"))
+        # credited + forfeited: a spot check after the restart may take a window's credit back on purpose (the ledger's
+        # rule: in one CI run the late joiner's probe at epoch 40 claimed 0.914 against 1.058 recomputed, and its 352
+        # credited samples were forfeited; reported under issue 12); what a kill -9 must not do is lose credit
+        paid = "SELECT display_name, credited_samples + forfeited_samples FROM peers"
+        credited_before = dict(swarm.ledger(paid))
         step_before = swarm.global_step()
         coordinator.kill_group()
         killed_at = time.time()
@@ -285,8 +289,8 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         releases_after = [v for (v,) in swarm.ledger("SELECT version FROM releases ORDER BY created_at")]
         assert releases_after[: len(releases_before)] == releases_before  # nothing lost
         assert releases_after[len(releases_before)] == _next_minor(releases_before[-1])  # the sequence continues
-        credited_after = dict(swarm.ledger("SELECT display_name, credited_samples FROM peers"))
-        assert all(credited_after[name] >= credited for name, credited in credited_before.items())
+        credited_after = dict(swarm.ledger(paid))
+        assert all(credited_after[name] >= credited for name, credited in credited_before.items()), (credited_before, credited_after)
         listed = subprocess.run(
             cairn("release", "list", swarm.repository_url, "--cache-dir", str(tmp_path / "trust")),
             cwd=ROOT,

@@ -266,15 +266,19 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         # and more on a 20 Mbit/s link, so peers that waited first started stepping seconds apart, the first one met the
         # target alone, its round found no group, and the other spent the run downloading the state it fell behind
         # (tests/test_shaped_network.py failed so in 3 of 5 runs). The wait is a real barrier (cairn/peer/start_barrier.py):
-        # hivemind's tracker does not show peers before their first samples, so a wait on it always ran its 30 s
-        wait_for_peers(
-            dht,
-            config.run_id,
-            key,
-            options.wait_for_peers,
-            running_peers=lambda: optimizer.tracker.global_progress.num_peers,
-            stopped=lambda: bool(stop),
-        )
+        # hivemind's tracker does not show peers before their first samples, so a wait on it always ran its 30 s.
+        # The shard is leased before the barrier, and kept through the wait: two peers racing for one shard take a
+        # settle time or two to sort it out, seconds apart again after a barrier they left together (one CI run)
+        lease.acquire()
+        with lease.renewing():
+            wait_for_peers(
+                dht,
+                config.run_id,
+                key,
+                options.wait_for_peers,
+                running_peers=lambda: optimizer.tracker.global_progress.num_peers,
+                stopped=lambda: bool(stop),
+            )
         if optimizer.tracker.global_epoch > optimizer.local_epoch:
             optimizer.load_state_from_peers()  # a late joiner starts from the swarm's averaged state
             steps.shared_state_into_model()
