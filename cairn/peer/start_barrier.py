@@ -62,6 +62,9 @@ def wait_for_peers(
         if seen >= expected or stopped() or time.monotonic() >= deadline:
             break
         time.sleep(POLL_S)
+    waited = timeout - max(deadline - time.monotonic(), 0.0)
     if seen < expected:
-        logger.info("starting with %d of the %d peers asked for by --wait-for-peers", seen, expected)
+        logger.info("starting with %d of the %d peers asked for by --wait-for-peers (waited %.0f s)", seen, expected, waited)
+    else:
+        logger.info("%d peers at the start line after %.1f s", seen, waited)
     return seen
