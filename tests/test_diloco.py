@@ -60,6 +60,7 @@ def _diloco(dht, swarm: SwarmConfig, run_id: str):
     return model, outer, optimizer, DiLoCoSteps(model, optimizer, outer, inner, torch.optim.lr_scheduler.LambdaLR(inner, lambda _: 1.0))
 
 
+@pytest.mark.slow  # a real hivemind DHT (p2pd)
 def test_one_outer_round_is_a_nesterov_step_on_the_parameter_change(dht):
     """Alone, a peer's outer round uses its own pseudo-gradient (start - local): SGD with Nesterov momentum m and
     learning rate lr moves the shared parameters by lr x (1 + m) x that change, and the model continues from there."""
@@ -91,6 +92,7 @@ def test_one_outer_round_is_a_nesterov_step_on_the_parameter_change(dht):
         optimizer.shutdown()
 
 
+@pytest.mark.slow  # a real hivemind DHT (p2pd)
 def test_a_round_in_progress_never_touches_the_shared_parameters(dht):
     """Inner steps change the model only: what a joiner downloads or the coordinator releases (the outer
     parameters) stays the last round's until the round ends."""
@@ -156,6 +158,7 @@ def _inner_step(weight: torch.Tensor) -> torch.Tensor:
     return weight - 0.1 * 2 * (weight - 0.5)
 
 
+@pytest.mark.slow  # a real hivemind DHT (p2pd)
 def test_an_overlapped_round_lands_under_the_inner_steps_taken_meanwhile(dht):
     """Overlapped, a lone peer's round does not stop the peer: the step that closes the round returns with the
     model where the inner step left it and the shared parameters untouched; the round's outer step (the Nesterov
@@ -205,6 +208,7 @@ def test_an_overlapped_round_lands_under_the_inner_steps_taken_meanwhile(dht):
         optimizer.shutdown()
 
 
+@pytest.mark.slow  # a real hivemind DHT (p2pd)
 def test_overlapped_rounds_in_a_row_sum_every_inner_step_exactly_once(dht):
     """Several overlapped rounds alone, outer lr 1 and the momentum turned off by comparison: with plain averaging a
     lone peer's shared parameters must end where its inner steps took it, minus only what it has not sent yet.
@@ -235,6 +239,7 @@ def test_overlapped_rounds_in_a_row_sum_every_inner_step_exactly_once(dht):
         optimizer.shutdown()
 
 
+@pytest.mark.slow  # a real hivemind DHT (p2pd)
 def test_a_failed_overlapped_round_falls_back_to_what_this_peer_sent(dht):
     """hivemind's fallback after a failed round reloads the accumulators; overlapped, those already hold the next
     round's pseudo-gradient. The averager must restore what the failed round took (divided by its count)."""

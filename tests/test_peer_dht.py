@@ -463,6 +463,7 @@ def test_a_squatter_renewing_ordinary_leases_on_every_shard_does_not_stop_an_hon
         lease.release()
 
 
+@slow
 def test_peers_at_the_start_barrier_see_each_other_and_start_together(swarm):
     """The barrier behind `--wait-for-peers`: hivemind's tracker shows no peer before its first samples, so peers
     waiting there must see each other through the run's `ready` key and leave the wait together, long before its

@@ -67,6 +67,7 @@ def test_malformed_config_documents_raise_the_project_error():
             RunConfig.from_json_bytes(document)
 
 
+@pytest.mark.slow  # real libp2p daemons
 @pytest.mark.timeout(120)
 def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Path):
 
