@@ -12,6 +12,7 @@ import torch
 from cairn.peer.diloco import (
     DiLoCoSteps,
     OuterGradientAverager,
+    OuterStateAverager,
     OverlappedDiLoCoSteps,
     OverlappedOuterOptimizer,
     outer_parameters,
@@ -267,3 +268,17 @@ def test_a_failed_overlapped_round_falls_back_to_what_this_peer_sent(dht):
             assert torch.equal(averaged[0], torch.tensor([100.0, 100.0]))
     finally:
         averager.shutdown()
+
+
+def test_the_overlapped_averagers_speak_hivemind_s_protocol():
+    """hivemind names RPC handlers after the servicer's class: with the subclasses' own names, the coordinator's plain
+    TrainingStateAverager could not download an overlapped DiLoCo peer's state ("failed to negotiate protocol"; no
+    release, no spot check in such a run). The subclasses register under hivemind's names."""
+    from hivemind.optim.grad_averager import GradientAverager
+    from hivemind.optim.state_averager import TrainingStateAverager
+
+    for ours, theirs in ((OuterStateAverager, TrainingStateAverager), (OuterGradientAverager, GradientAverager)):
+        for namespace in (None, "run"):
+            for method in ("rpc_download_state", "rpc_join_group", "rpc_aggregate_part"):
+                assert ours._get_handle_name(namespace, method) == theirs._get_handle_name(namespace, method)
+        assert ours._get_handle_name(None, "rpc_download_state") == f"{theirs.__name__}.rpc_download_state"

@@ -124,6 +124,20 @@ class DiLoCoSteps:
         self.shared_state_into_model()
 
 
+def _hivemind_wire_name(base: type) -> Any:
+    """A `_get_handle_name` that registers and calls RPC handlers under `base`'s names, not the subclass's.
+
+    hivemind names every RPC handler after the servicer's class (`ServicerBase._get_handle_name`: f"{cls.__name__}.
+    {method}"), so a subclass speaks another protocol: the coordinator's plain TrainingStateAverager could not
+    download the state of a peer running `OuterStateAverager` ("failed to negotiate protocol"), and an overlapped
+    DiLoCo run never had its state loaded, spot-checked or released."""
+
+    def _get_handle_name(cls: type, namespace: str | None, method_name: str) -> str:
+        return base._get_handle_name(namespace, method_name)  # type: ignore[attr-defined]
+
+    return classmethod(_get_handle_name)
+
+
 class OuterGradientAverager(GradientAverager):
     """hivemind's GradientAverager for overlapped outer rounds: a failed round falls back to what this peer sent.
 
@@ -133,6 +147,8 @@ class OuterGradientAverager(GradientAverager):
     copy of what the round took and restores that instead. It also counts the rounds that took the accumulators
     (`rounds_taken`): how `OverlappedDiLoCoSteps` tells a round's start from a state download (both change the epoch).
     """
+
+    _get_handle_name = _hivemind_wire_name(GradientAverager)  # on the wire, hivemind's GradientAverager
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -172,6 +188,8 @@ class OuterStateAverager(TrainingStateAverager):
     serves change only when the round ends: a joiner in between would get the previous round's parameters under
     the new epoch, one outer step behind every other peer for good. Waiting (bounded by the all-reduce timeout)
     serves a consistent pair."""
+
+    _get_handle_name = _hivemind_wire_name(TrainingStateAverager)  # on the wire, hivemind's: the coordinator loads it
 
     def get_current_state(self) -> Any:  # hivemind's: (metadata, tensors, their compression infos)
         deadline = time.monotonic() + (self._allreduce_timeout or 60.0) + 5.0

@@ -56,6 +56,10 @@ def missing_internals() -> list[str]:
             missing.append(f"hivemind GradientAverager.{name}")
     if "self.pending_updates" not in inspect.getsource(TrainingStateAverager):
         missing.append("hivemind TrainingStateAverager.pending_updates")
+    from hivemind.p2p.servicer import ServicerBase
+
+    if "__name__" not in inspect.getsource(getattr(ServicerBase, "_get_handle_name", lambda: None)):
+        missing.append("hivemind ServicerBase._get_handle_name naming handlers after the class")
     return missing + missing_allreduce_internals()
 
 
