@@ -202,6 +202,13 @@ def test_an_overlapped_round_lands_under_the_inner_steps_taken_meanwhile(dht):
         # step can also be the one that closes the next round, which then takes everything up to here
         if optimizer.local_epoch == 1:
             assert torch.allclose(steps.reference[0], outer[0].detach())
+            # the probe is taken here, on the outer parameters (the state the coordinator loads for this epoch), and
+            # the inner progress is back in the model afterwards
+            probing, before = steps.probe_point(False), model.weight.detach().clone()
+            assert probing is not None
+            with probing:
+                assert torch.equal(model.weight.detach(), outer[0].detach())
+            assert torch.equal(model.weight.detach(), before)
         else:
             assert optimizer.local_epoch == 2
             assert torch.equal(steps.reference[0], model.weight.detach())

@@ -518,6 +518,10 @@ def test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join(tmp_path:
         # the coordinator loaded the swarm's outer state and cut a release from it (in overlapped runs it could not:
         # hivemind's handler names differed, tests/test_diloco.py::test_the_overlapped_averagers_speak_hivemind_s_protocol)
         wait_for(lambda: len(swarm.ledger("SELECT version FROM releases")) > releases_at_start, 240, 3, "a release from the outer state")
+        # the coordinator spot-checked the peers' probes against that state, and honest peers pass: the overlapped
+        # peers' probes are taken on the outer parameters (before: on their inner ones, and both failed at epoch 3)
+        checks = swarm.ledger("SELECT public_id, epoch, claimed_loss, recomputed_loss, passed FROM spot_checks")
+        assert checks and all(passed for *_, passed in checks), checks
         for peer in (peers["ann"], late):  # together, so neither steps on alone
             peer.popen.send_signal(15)
         for peer in (peers["ann"], late):

@@ -39,8 +39,9 @@ that round's result, not the previous round's parameters under the new epoch num
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -64,6 +65,11 @@ class GradientSteps:
 
     def after_new_epoch(self) -> None:
         """Nothing to do: the model's parameters are the shared ones."""
+
+    def probe_point(self, epoch_changed: bool) -> contextlib.AbstractContextManager | None:
+        """Where a probe can be taken: a context in which the model holds the shared parameters of the current epoch
+        (the state the coordinator recomputes the probe on), or None after this step. Here: right after an update."""
+        return contextlib.nullcontext() if epoch_changed else None
 
     def shared_state_into_model(self) -> None:
         """Nothing to do: the model's parameters are the shared ones."""
@@ -113,6 +119,10 @@ class DiLoCoSteps:
     def after_new_epoch(self) -> None:
         """A new outer round began (an outer step, or state loaded from peers): continue from the shared parameters."""
         self.shared_state_into_model()
+
+    def probe_point(self, epoch_changed: bool) -> contextlib.AbstractContextManager | None:
+        """Right after an outer step the model is the shared state (`after_new_epoch`)."""
+        return contextlib.nullcontext() if epoch_changed else None
 
     @torch.no_grad()
     def shared_state_into_model(self) -> None:
@@ -263,6 +273,7 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
             self.reference = [shared.detach().to(local.device).clone() for shared, local in zip(self.outer, self.local)]
         self._outer_version = self._version()
         self._rounds_taken = optimizer.grad_averager.rounds_taken
+        self._landed_alone = False  # this step applied a round's result and began no round: the outer is the epoch's
 
     def _version(self) -> int:
         """torch's in-place counter of the outer tensors: it moves exactly when hivemind writes new outer parameters
@@ -273,6 +284,7 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
         epoch = self.optimizer.local_epoch
         super().step()
         landed, rounds_taken = self._version() != self._outer_version, self.optimizer.grad_averager.rounds_taken
+        self._landed_alone = landed and rounds_taken == self._rounds_taken and self.optimizer.local_epoch == epoch
         if rounds_taken != self._rounds_taken:
             # a round took the pseudo-gradient in this step. A result that landed in the same call was the previous
             # round's, applied before this one began (hivemind waits for it first): carry the progress over, then
@@ -311,6 +323,22 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
 
     def after_new_epoch(self) -> None:
         """Nothing to do: `step` already saw whether a round began (keep training) or the state was loaded."""
+
+    def probe_point(self, epoch_changed: bool) -> contextlib.AbstractContextManager | None:
+        """When a round's result has just landed: the outer parameters are then the state this epoch serves
+        (`OuterStateAverager` waits for a round in flight), while the model holds inner progress on top of them.
+        A probe taken on the model at the epoch change (the rule of the other modes) failed honest peers' spot checks
+        (0.38 claimed against 0.23 recomputed); it is taken on the outer parameters, put in the model for the while."""
+        return self._outer_in_model() if self._landed_alone else None
+
+    @contextlib.contextmanager
+    def _outer_in_model(self) -> Iterator[None]:
+        saved = [local.detach().clone() for local in self.local]
+        self._copy([shared.detach() for shared in self.outer], self.local)
+        try:
+            yield
+        finally:
+            self._copy(saved, self.local)
 
     def leave(self) -> None:
         """Let a round in flight finish first (bounded by hivemind's all-reduce timeout): the others' round needs this

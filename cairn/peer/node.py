@@ -402,13 +402,16 @@ class TrainingSession:
                 self.steps.step()
                 # the absolute InfoNCE: comparable with the baseline and the spot checks, chance level ln(batch)
                 self._count(batch, parts["abs"])
-                if self.optimizer.local_epoch != epoch_seen:
+                epoch_changed = self.optimizer.local_epoch != epoch_seen
+                if epoch_changed:
                     self.metrics.allreduce_duration.observe(time.monotonic() - stepping)
                     epoch_seen = self.optimizer.local_epoch
                     self.steps.after_new_epoch()
-                    if self.rounds.last_outcome == "success":  # after a failed round our parameters are our own: no claim
-                        assert self.shard is not None  # _ensure_shard() leased the shard this batch came from
-                        self.stats.last_probe = _probe(self.task, batch, self.shard, batch_start, epoch_seen)
+                probing = self.steps.probe_point(epoch_changed)  # the model holds the epoch's shared state in this
+                if probing is not None and self.rounds.last_outcome == "success":  # after a failed round: our own, no claim
+                    assert self.shard is not None  # _ensure_shard() leased the shard this batch came from
+                    with probing:
+                        self.stats.last_probe = _probe(self.task, batch, self.shard, batch_start, self.optimizer.local_epoch)
                 now = time.monotonic()
                 if now - last_report >= REPORT_EVERY_S:
                     self.throughput = (self.stats.samples - window[0]) / max(now - window[1], 1e-9)
