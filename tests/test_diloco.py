@@ -11,6 +11,7 @@ import torch
 
 from cairn.peer.diloco import (
     DiLoCoSteps,
+    GradientSteps,
     OuterGradientAverager,
     OuterStateAverager,
     OverlappedDiLoCoSteps,
@@ -204,7 +205,7 @@ def test_an_overlapped_round_lands_under_the_inner_steps_taken_meanwhile(dht):
             assert torch.allclose(steps.reference[0], outer[0].detach())
             # the probe is taken here, on the outer parameters (the state the coordinator loads for this epoch), and
             # the inner progress is back in the model afterwards
-            probing, before = steps.probe_point(False), model.weight.detach().clone()
+            probing, before = steps.probe_point(False, False), model.weight.detach().clone()
             assert probing is not None
             with probing:
                 assert torch.equal(model.weight.detach(), outer[0].detach())
@@ -289,3 +290,13 @@ def test_the_overlapped_averagers_speak_hivemind_s_protocol():
             for method in ("rpc_download_state", "rpc_join_group", "rpc_aggregate_part"):
                 assert ours._get_handle_name(namespace, method) == theirs._get_handle_name(namespace, method)
         assert ours._get_handle_name(None, "rpc_download_state") == f"{theirs.__name__}.rpc_download_state"
+
+
+def test_a_probe_follows_only_an_update_this_step_s_round_produced():
+    """Per-step averaging: right after a round's update the model is the epoch's shared state; an epoch reached by a
+    state download is not (hivemind may serve an epoch with the parameters of the one before: an honest late joiner
+    failed a spot check so in CI), nor is a step that changed no epoch."""
+    steps = GradientSteps(Tiny(), optimizer=None)
+    assert steps.probe_point(epoch_changed=True, round_ended_here=True) is not None
+    assert steps.probe_point(epoch_changed=True, round_ended_here=False) is None  # a state download
+    assert steps.probe_point(epoch_changed=False, round_ended_here=True) is None  # no new epoch: nothing to claim

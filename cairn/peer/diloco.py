@@ -66,10 +66,12 @@ class GradientSteps:
     def after_new_epoch(self) -> None:
         """Nothing to do: the model's parameters are the shared ones."""
 
-    def probe_point(self, epoch_changed: bool) -> contextlib.AbstractContextManager | None:
+    def probe_point(self, epoch_changed: bool, round_ended_here: bool) -> contextlib.AbstractContextManager | None:
         """Where a probe can be taken: a context in which the model holds the shared parameters of the current epoch
-        (the state the coordinator recomputes the probe on), or None after this step. Here: right after an update."""
-        return contextlib.nullcontext() if epoch_changed else None
+        (the state the coordinator recomputes the probe on), or None after this step. Here: right after an update
+        that a round of this step produced. An epoch reached by a state download is not one: hivemind may serve an
+        epoch with the parameters of the one before (an honest late joiner failed a spot check so, 0.914 vs 1.058)."""
+        return contextlib.nullcontext() if epoch_changed and round_ended_here else None
 
     def shared_state_into_model(self) -> None:
         """Nothing to do: the model's parameters are the shared ones."""
@@ -120,9 +122,9 @@ class DiLoCoSteps:
         """A new outer round began (an outer step, or state loaded from peers): continue from the shared parameters."""
         self.shared_state_into_model()
 
-    def probe_point(self, epoch_changed: bool) -> contextlib.AbstractContextManager | None:
-        """Right after an outer step the model is the shared state (`after_new_epoch`)."""
-        return contextlib.nullcontext() if epoch_changed else None
+    def probe_point(self, epoch_changed: bool, round_ended_here: bool) -> contextlib.AbstractContextManager | None:
+        """Right after an outer step of this step's round the model is the shared state (`after_new_epoch`)."""
+        return contextlib.nullcontext() if epoch_changed and round_ended_here else None
 
     @torch.no_grad()
     def shared_state_into_model(self) -> None:
@@ -324,8 +326,8 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
     def after_new_epoch(self) -> None:
         """Nothing to do: `step` already saw whether a round began (keep training) or the state was loaded."""
 
-    def probe_point(self, epoch_changed: bool) -> contextlib.AbstractContextManager | None:
-        """When a round's result has just landed: the outer parameters are then the state this epoch serves
+    def probe_point(self, epoch_changed: bool, round_ended_here: bool) -> contextlib.AbstractContextManager | None:
+        """When a round's result has just landed (its outcome was reported in the background, not in this step): the outer parameters are then the state this epoch serves
         (`OuterStateAverager` waits for a round in flight), while the model holds inner progress on top of them.
         A probe taken on the model at the epoch change (the rule of the other modes) failed honest peers' spot checks
         (0.38 claimed against 0.23 recomputed); it is taken on the outer parameters, put in the model for the while."""

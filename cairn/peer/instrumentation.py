@@ -34,6 +34,10 @@ class RoundCounters:
         with self.lock:
             return {"success": self.success, "alone": self.alone, "failure": self.failure, "timeout": self.timeout}
 
+    def total(self) -> int:
+        """Rounds ended so far, whatever their outcome: a change across a call means a round ended in it."""
+        return sum(self.snapshot().values())
+
 
 class RoundOutcomeHandler(logging.Handler):
     """Turns hivemind.Optimizer's status messages into counters (and optional callbacks)."""

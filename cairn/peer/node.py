@@ -398,7 +398,7 @@ class TrainingSession:
                     self.task.model.zero_grad(set_to_none=True)
                     continue
                 self._watch_collapse(len(batch), parts)
-                stepping = time.monotonic()
+                stepping, rounds_ended = time.monotonic(), self.rounds.total()
                 self.steps.step()
                 # the absolute InfoNCE: comparable with the baseline and the spot checks, chance level ln(batch)
                 self._count(batch, parts["abs"])
@@ -407,7 +407,7 @@ class TrainingSession:
                     self.metrics.allreduce_duration.observe(time.monotonic() - stepping)
                     epoch_seen = self.optimizer.local_epoch
                     self.steps.after_new_epoch()
-                probing = self.steps.probe_point(epoch_changed)  # the model holds the epoch's shared state in this
+                probing = self.steps.probe_point(epoch_changed, self.rounds.total() != rounds_ended)  # the epoch's shared state
                 if probing is not None and self.rounds.last_outcome == "success":  # after a failed round: our own, no claim
                     assert self.shard is not None  # _ensure_shard() leased the shard this batch came from
                     with probing:
