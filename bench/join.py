@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cairn.peer.swarm import Service, cairn, free_port, stop_services, wait_for_join_address  # noqa: E402
+from cairn.peer.swarm import Service, cairn, start_loopback_coordinator, stop_services  # noqa: E402
 
 
 def latest_record(ledger: Path, name: str) -> tuple[float, int]:
@@ -80,29 +80,9 @@ def main() -> None:
         )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     logs = args.root / "logs"
-    started = time.time()
-    coordinator = Service(
-        "coordinator",
-        cairn(
-            "coordinator",
-            "run",
-            "--workdir",
-            str(coordinator_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-            "--http-host",
-            "127.0.0.1",
-            "--http-port",
-            str(free_port()),
-        ),
-        logs / "coordinator.log",
-    )
-    coordinator.start(env)
+    coordinator, join = start_loopback_coordinator(coordinator_dir, logs / "coordinator.log", env)
     services, results = [coordinator], []
     try:
-        join = wait_for_join_address(coordinator_dir, coordinator, started)[0]
 
         def peer(name: str, log: Path) -> Service:
             return Service(

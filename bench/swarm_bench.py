@@ -17,12 +17,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cairn.peer.swarm import Service, cairn, free_port, stop_services, wait_for_join_address  # noqa: E402
+from cairn.peer.swarm import Service, cairn, start_loopback_coordinator, stop_services  # noqa: E402
 
 
 def init_run(workdir: Path, *extra: str) -> None:
@@ -36,29 +35,9 @@ def run_config(name: str, coordinator_dir: Path, peers: list[tuple[str, list[str
     logs = root / "logs" / name
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    started = time.time()
-    coordinator = Service(
-        "coordinator",
-        cairn(
-            "coordinator",
-            "run",
-            "--workdir",
-            str(coordinator_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(free_port()),
-            "--http-host",
-            "127.0.0.1",
-            "--http-port",
-            str(free_port()),
-        ),
-        logs / "coordinator.log",
-    )
-    coordinator.start(env)
+    coordinator, join = start_loopback_coordinator(coordinator_dir, logs / "coordinator.log", env)
     services = [coordinator]
     try:
-        join = wait_for_join_address(coordinator_dir, coordinator, started)[0]
         for peer_name, cpus in peers:
             workdir = root / "peers" / peer_name  # reused across configurations: tokenizer cache, identity
             for stale in (workdir / "peer-summary.json",):
