@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cairn.coordinator.releaser import ReleaseRefused, release_gate, state_is_finite
-from cairn.coordinator.service import MIN_SECONDS_PER_STEP, plausible_epoch_limit
+from cairn.protocol.epoch_bound import MIN_SECONDS_PER_STEP, plausible_epoch_limit
 from cairn.peer.gradients import MAX_GRAD_NORM, sanitize_gradients
 from cairn.peer.records import build_record
 from tests.test_ledger import record
@@ -230,8 +230,7 @@ def test_poll_once_survives_a_forged_record_and_bounds_a_forged_global_step(tmp_
     }
     coordinator = Coordinator.__new__(Coordinator)
     coordinator.ledger = Ledger(tmp_path / "ledger.sqlite")
-    coordinator.ledger.set_meta("trusted_epoch", "5")
-    coordinator.ledger.set_meta("trusted_epoch_at", str(time.time()))
+    coordinator._trust_epoch(5)
     coordinator.config = SimpleNamespace(run_id="run", swarm=SwarmConfig(target_batch_size=512))
     coordinator.dht = SimpleNamespace(get=lambda key, latest: SimpleNamespace(value=entries), run_coroutine=lambda fn: [])
     coordinator.state_loader = SimpleNamespace(tracker=SimpleNamespace(global_epoch=10**9))

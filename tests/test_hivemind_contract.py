@@ -1,10 +1,10 @@
-"""The hivemind internals Cairn patches are checked before use (cairn/peer/hivemind_contract.py)."""
+"""The hivemind internals Cairn patches are checked before use (cairn/network/hivemind_contract.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cairn.peer import hivemind_contract
+from cairn.network import hivemind_contract
 from cairn.protocol.errors import CairnError
 
 

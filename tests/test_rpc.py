@@ -73,6 +73,9 @@ def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Pa
 
     import hivemind
 
+    from swarm_util import wait_for
+
+    from cairn.network.trusted_state import CoordinatorEpochBound
     from cairn.peer.run_setup import coordinator_peer_id, fetch_config
 
     key = load_or_create_identity(tmp_path / "coordinator.pem")
@@ -85,6 +88,14 @@ def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Pa
         join = str(coordinator.get_visible_maddrs()[0])
         peer = hivemind.DHT(start=True, initial_peers=[join], host_maddrs=["/ip4/127.0.0.1/tcp/0"], client_mode=True)
         assert fetch_config(peer, coordinator_peer_id(join)) == make_config()
+        # the epoch bound (issue 12): asked at start, then again in the background, grown by the clock meanwhile
+        bound = CoordinatorEpochBound(peer, coordinator_peer_id(join), refresh_seconds=0.0)
+        assert bound.limit() is None  # nothing asked yet: hivemind's unbounded behaviour
+        bound.refresh()
+        assert FixedBackend.EPOCH_LIMIT <= bound.limit() <= FixedBackend.EPOCH_LIMIT + 20
+        bound.bound.set(0)
+        bound.maybe_refresh()  # asks
+        wait_for(lambda: (bound.maybe_refresh(), (bound.limit() or 0) >= FixedBackend.EPOCH_LIMIT)[1], timeout=30, interval=0.2)
         with pytest.raises(CairnError, match="must end with /p2p/"):
             coordinator_peer_id("/ip4/127.0.0.1/tcp/1")
     finally:
@@ -96,6 +107,8 @@ def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Pa
 class FixedBackend:
     """Answers like a coordinator would, from a pre-signed configuration."""
 
+    EPOCH_LIMIT = 42
+
     def __init__(self, signed: bytes):
         self.signed = cairn_pb2.RunConfigResponse.FromString(signed)
 
@@ -106,6 +119,9 @@ class FixedBackend:
 
     async def latest_release(self):
         return cairn_pb2.ReleaseAnnouncement(version="0.1.0")
+
+    async def epoch_bound(self):
+        return cairn_pb2.EpochBound(limit=self.EPOCH_LIMIT)
 
 
 async def _register(dht, node, signed: bytes) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import hivemind
 
@@ -48,10 +49,11 @@ class CoordinatorOptions:
 class Backend:
     """RPC behaviour: answers from the signed run configuration and the release repository."""
 
-    def __init__(self, config: RunConfig, key, workdir: Workdir, repository_url: str):
+    def __init__(self, config: RunConfig, key, workdir: Workdir, repository_url: str, epoch_limit: Callable[[], int]):
         self.signed_config = sign_run_config(config, key)
         self.workdir = workdir
         self.repository_url = repository_url
+        self.epoch_limit = epoch_limit  # must not touch the ledger: this runs on the event loop, the ledger in the worker
 
     async def run_config(self, request: cairn_pb2.RunConfigRequest) -> cairn_pb2.RunConfigResponse:
         if request.protocol_version != PROTOCOL_VERSION:
@@ -65,6 +67,9 @@ class Backend:
         if latest is None:
             return cairn_pb2.ReleaseAnnouncement(repository_url=self.repository_url)
         return cairn_pb2.ReleaseAnnouncement(version=str(latest), repository_url=self.repository_url)
+
+    async def epoch_bound(self) -> cairn_pb2.EpochBound:
+        return cairn_pb2.EpochBound(limit=max(int(self.epoch_limit()), 0))
 
 
 def start_dht(workdir: Workdir, config: RunConfig, options: CoordinatorOptions, key) -> hivemind.DHT:

@@ -24,6 +24,7 @@ import torch
 from cairn.corpora import load_corpus
 from cairn.protocol.dht_keys import RunKeys, decode_contributions
 from cairn.protocol.encoder import build_encoder, config_for
+from cairn.protocol.epoch_bound import plausible_epoch_limit
 from cairn.protocol.identity import load_or_create_identity
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
 from cairn.coordinator.priority import run_at_low_priority
@@ -40,9 +41,6 @@ from cairn.protocol.workdir import CoordinatorState, Workdir
 
 logger = logging.getLogger("cairn.coordinator")
 SPOT_CHECK_TOLERANCE = 0.05  # absolute loss difference: fp16 state transfer + 8-bit averaging drift
-# the fastest a swarm can step: an averaging round takes matchmaking (seconds) plus the all-reduce. An epoch further
-# ahead of the last one trusted than this allows is a peer's lie (issue 12: epoch 10^9 froze --release-every)
-MIN_SECONDS_PER_STEP = 0.5
 
 
 class Coordinator:
@@ -54,6 +52,11 @@ class Coordinator:
         self.config: RunConfig = self.workdir.load_run_config()
         self.key = load_or_create_identity(self.workdir.dht_key)
         self.ledger = Ledger(self.workdir.ledger)
+        self.last_release_step = int(self.ledger.meta("last_release_step", "0"))
+        if self.ledger.meta("trusted_epoch") is None:  # a workdir from before issue 12: trust what it had released
+            self._trust_epoch(self.last_release_step)
+        # kept in memory too: the RPC handler and the state loader read it outside the ledger's worker thread
+        self._trusted = (int(self.ledger.meta("trusted_epoch", "0")), float(self.ledger.meta("trusted_epoch_at", "0")))
         self.corpus = load_corpus(self.config.corpus)
         max_len = config_for(self.config.training.model).max_len
         self.inputs = ReleaseInputs(
@@ -83,9 +86,6 @@ class Coordinator:
         self._epoch_changed_at: float | None = None
         self._last_records: dict = {}
         self._saved_peers: set[str] = set()  # the connected peers known_peers.json was last written for
-        self.last_release_step = int(self.ledger.meta("last_release_step", "0"))
-        if self.ledger.meta("trusted_epoch") is None:  # a workdir from before issue 12: trust what it had released
-            self._trust_epoch(self.last_release_step)
         self.stopping: asyncio.Event | None = None
         # one worker thread for everything blocking (DHT calls, SQLite, state loading, releases):
         # ledger writes are serialised and the event loop keeps answering RPCs and HTTP meanwhile
@@ -94,9 +94,14 @@ class Coordinator:
         self.metrics = CoordinatorMetrics()
 
     def _make_state_loader(self) -> hivemind.Optimizer:
+        from cairn.network.trusted_state import BoundedOptimizer
+
         training, swarm = self.config.training, self.config.swarm
         optimizer, scheduler = shared_optimizer_factories(training, swarm)
-        return hivemind.Optimizer(
+        return BoundedOptimizer(
+            # a donor declaring a global step beyond what the clock allows since the last one checked is skipped,
+            # and the next donor asked (cairn/network/trusted_state.py); the check after each load stays, a second line
+            epoch_limit=self._epoch_limit,
             dht=self.dht,
             run_id=self.config.run_id,
             target_batch_size=swarm.samples_per_epoch,
@@ -133,7 +138,7 @@ class Coordinator:
             repository.publish_landmarks(version_path(self.workdir, version), version)
         repository.refresh_timestamp()
         p2p = await self.dht.replicate_p2p()
-        await CoordinatorService(Backend(self.config, self.key, self.workdir, self.repository_url)).add_p2p_handlers(p2p)
+        await CoordinatorService(Backend(self.config, self.key, self.workdir, self.repository_url, self._epoch_limit)).add_p2p_handlers(p2p)
         app = make_repository_app(self.workdir.repository)
         app.router.add_get("/metrics", self.metrics.handle)
         runner = web.AppRunner(app)
@@ -180,13 +185,14 @@ class Coordinator:
         logger.info("stopped on request")
 
     def _epoch_limit(self) -> int:
-        return plausible_epoch_limit(
-            int(self.ledger.meta("trusted_epoch", "0")), float(self.ledger.meta("trusted_epoch_at", "0")), time.time()
-        )
+        """The highest global step the swarm can have reached now (cairn/protocol/epoch_bound.py); any thread."""
+        return plausible_epoch_limit(*self._trusted, time.time())
 
     def _trust_epoch(self, epoch: int) -> None:
+        now = time.time()
         self.ledger.set_meta("trusted_epoch", str(epoch))
-        self.ledger.set_meta("trusted_epoch_at", str(time.time()))
+        self.ledger.set_meta("trusted_epoch_at", str(now))
+        self._trusted = (epoch, now)
 
     def poll_once(self) -> None:
         """Copy the live, owner-signed contribution records into the ledger (one transaction)."""
@@ -310,11 +316,6 @@ def release_is_due(loaded_epoch: int, last_release_step: int, release_every: int
     if loaded_epoch <= last_release_step // 2:  # a new run of the swarm (one step back is only a donor behind)
         last_release_step = 0
     return loaded_epoch - last_release_step >= release_every
-
-
-def plausible_epoch_limit(trusted_epoch: int, trusted_at: float, now: float, min_seconds_per_step: float = MIN_SECONDS_PER_STEP) -> int:
-    """The highest global step the swarm can have reached by `now`, from the last one the coordinator trusted."""
-    return trusted_epoch + 1 + int(max(now - trusted_at, 0.0) / min_seconds_per_step)
 
 
 def run_coordinator(options: CoordinatorOptions) -> None:

@@ -243,7 +243,7 @@ def install_aggregation(rule: str) -> None:
 
     Call in the main process before the averagers start: they fork and keep the classes installed at that moment.
     """
-    from cairn.peer.hivemind_contract import check_hivemind
+    from cairn.network.hivemind_contract import check_hivemind
 
     if rule != "mean" and rule not in RULES:
         raise ValueError(f"unknown aggregation rule {rule!r}; choose mean or one of {', '.join(RULES)}")

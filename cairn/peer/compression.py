@@ -46,7 +46,7 @@ def install_exact_zero_blockwise() -> None:
     """
     from hivemind.compression import serialization
 
-    from cairn.peer.hivemind_contract import check_hivemind
+    from cairn.network.hivemind_contract import check_hivemind
 
     check_hivemind()  # the registry is hivemind's internal: refuse, in one line, a hivemind without it
     serialization._BASE_COMPRESSION_TYPES["BLOCKWISE_8BIT"] = ExactZeroBlockwiseQuantization()

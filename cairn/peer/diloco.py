@@ -48,8 +48,9 @@ from typing import Any
 import hivemind
 import torch
 from hivemind.optim.grad_averager import GradientAverager
-from hivemind.optim.state_averager import TrainingStateAverager
 
+from cairn.network.hivemind_contract import hivemind_wire_name
+from cairn.network.trusted_state import BoundedOptimizer, BoundedStateAverager
 from cairn.protocol.encoder import TextEncoder
 
 
@@ -136,20 +137,6 @@ class DiLoCoSteps:
         self.shared_state_into_model()
 
 
-def _hivemind_wire_name(base: type) -> Any:
-    """A `_get_handle_name` that registers and calls RPC handlers under `base`'s names, not the subclass's.
-
-    hivemind names every RPC handler after the servicer's class (`ServicerBase._get_handle_name`: f"{cls.__name__}.
-    {method}"), so a subclass speaks another protocol: the coordinator's plain TrainingStateAverager could not
-    download the state of a peer running `OuterStateAverager` ("failed to negotiate protocol"), and an overlapped
-    DiLoCo run never had its state loaded, spot-checked or released."""
-
-    def _get_handle_name(cls: type, namespace: str | None, method_name: str) -> str:
-        return base._get_handle_name(namespace, method_name)  # type: ignore[attr-defined]
-
-    return classmethod(_get_handle_name)
-
-
 class OuterGradientAverager(GradientAverager):
     """hivemind's GradientAverager for overlapped outer rounds: a failed round falls back to what this peer sent.
 
@@ -160,7 +147,7 @@ class OuterGradientAverager(GradientAverager):
     (`rounds_taken`): how `OverlappedDiLoCoSteps` tells a round's start from a state download (both change the epoch).
     """
 
-    _get_handle_name = _hivemind_wire_name(GradientAverager)  # on the wire, hivemind's GradientAverager
+    _get_handle_name = hivemind_wire_name(GradientAverager)  # on the wire, hivemind's GradientAverager
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -193,15 +180,14 @@ class OuterGradientAverager(GradientAverager):
         self._sent = None
 
 
-class OuterStateAverager(TrainingStateAverager):
+class OuterStateAverager(BoundedStateAverager):
     """hivemind's TrainingStateAverager whose state downloads wait for a delayed outer step in flight.
 
     With a delayed step hivemind increments the epoch when the round starts, while the (offloaded) parameters it
     serves change only when the round ends: a joiner in between would get the previous round's parameters under
     the new epoch, one outer step behind every other peer for good. Waiting (bounded by the all-reduce timeout)
-    serves a consistent pair."""
-
-    _get_handle_name = _hivemind_wire_name(TrainingStateAverager)  # on the wire, hivemind's: the coordinator loads it
+    serves a consistent pair. On the wire it is hivemind's TrainingStateAverager (as its base), so the coordinator
+    loads it."""
 
     def get_current_state(self) -> Any:  # hivemind's: (metadata, tensors, their compression infos)
         deadline = time.monotonic() + (self._allreduce_timeout or 60.0) + 5.0
@@ -220,33 +206,15 @@ class OuterStateAverager(TrainingStateAverager):
         return super().get_current_state()
 
 
-class OverlappedOuterOptimizer(hivemind.Optimizer):
-    """hivemind.Optimizer whose state averager is an `OuterStateAverager`.
+class OverlappedOuterOptimizer(BoundedOptimizer):
+    """The bounded hivemind.Optimizer (cairn/network/trusted_state.py) whose state averager is an `OuterStateAverager`."""
 
-    hivemind.Optimizer takes no state-averager factory: this is its `_make_state_averager` (hivemind 1.1.12) with
-    the class replaced; cairn/peer/hivemind_contract.py checks the method is still there."""
-
-    def _make_state_averager(self, **kwargs) -> TrainingStateAverager:
-        return OuterStateAverager(
-            dht=self.dht,
-            prefix=f"{self.run_id}_state_averager",
-            min_matchmaking_time=self.matchmaking_time,
-            allreduce_timeout=self.allreduce_timeout,
-            shutdown_timeout=self.shutdown_timeout,
-            offload_optimizer=self.offload_optimizer,
-            custom_gradients=self.offload_optimizer,
-            status_loglevel=self.status_loglevel,
-            next_chunk_timeout=self.next_chunk_timeout,
-            client_mode=self.client_mode,
-            auxiliary=self.auxiliary,
-            start=True,
-            **kwargs,
-        )
+    state_averager_class = OuterStateAverager
 
 
 def overlap_options(request_timeout: float) -> dict:
     """hivemind.Optimizer keyword arguments of an overlapped outer round (for an `OverlappedOuterOptimizer`)."""
-    from cairn.peer.hivemind_contract import check_hivemind
+    from cairn.network.hivemind_contract import check_hivemind
 
     check_hivemind()  # the classes above override hivemind internals: refuse, in one line, a hivemind without them
     return dict(

@@ -72,7 +72,7 @@ class RoundOutcomeHandler(logging.Handler):
 
 
 def watch_rounds(counters: RoundCounters, on_outcome=None) -> RoundOutcomeHandler:
-    from cairn.peer.hivemind_contract import check_hivemind
+    from cairn.network.hivemind_contract import check_hivemind
 
     check_hivemind()  # the messages matched above are hivemind's internals: a renamed one would count zero rounds
     handler = RoundOutcomeHandler(counters, on_outcome)
@@ -117,7 +117,7 @@ def install_traffic_taps(sent, received) -> None:
     """Count the bytes of reducers' replies (sent) and of every incoming part (received)."""
     from hivemind.averaging import allreduce
 
-    from cairn.peer.hivemind_contract import check_hivemind
+    from cairn.network.hivemind_contract import check_hivemind
 
     check_hivemind()
     if getattr(allreduce, "_cairn_tapped", False):

@@ -43,6 +43,7 @@ from cairn.peer.compression import install_exact_zero_blockwise, make_state_comp
 from cairn.peer.diloco import OverlappedOuterOptimizer, overlap_options
 from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.start_barrier import wait_for_peers
+from cairn.network.trusted_state import BoundedOptimizer, CoordinatorEpochBound, EpochLimit
 from cairn.peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
 
 if TYPE_CHECKING:
@@ -107,10 +108,19 @@ class StopFlag:
 
 
 def make_optimizer(
-    dht: hivemind.DHT, params: list[torch.nn.Parameter], config: RunConfig, batch_size: int, compression: str, sent, received, key
+    dht: hivemind.DHT,
+    params: list[torch.nn.Parameter],
+    config: RunConfig,
+    batch_size: int,
+    compression: str,
+    sent,
+    received,
+    key,
+    epoch_limit: EpochLimit | None = None,
 ) -> hivemind.Optimizer:
     """hivemind.Optimizer over the shared parameters with the measured settings (docs/benchmarks.md); must run in
-    the main thread. `params` are the model's own (per-step gradients) or a separate outer copy (DiLoCo)."""
+    the main thread. `params` are the model's own (per-step gradients) or a separate outer copy (DiLoCo).
+    `epoch_limit`: the highest global step to believe, from the coordinator (cairn/network/trusted_state.py)."""
     swarm, training = config.swarm, config.training
     install_exact_zero_blockwise()  # the reducers' replies too, not only what this peer sends
     install_aggregation(swarm.aggregation)  # before the averagers fork: they keep the reducer installed now
@@ -121,9 +131,10 @@ def make_optimizer(
     overlap = diloco and swarm.outer_overlap
     # an overlapped outer round: hivemind's delayed all-reduce and outer step, made safe for DiLoCo (cairn/peer/diloco.py)
     optimizer_class, overlap_kwargs = (
-        (OverlappedOuterOptimizer, overlap_options(swarm.request_timeout)) if overlap else (hivemind.Optimizer, {})
+        (OverlappedOuterOptimizer, overlap_options(swarm.request_timeout)) if overlap else (BoundedOptimizer, {})
     )
     return optimizer_class(
+        epoch_limit=epoch_limit or (lambda: None),
         dht=dht,
         run_id=config.run_id,
         target_batch_size=swarm.samples_per_epoch,
@@ -237,8 +248,19 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     from cairn.peer.diloco import outer_parameters
 
     params = outer_parameters(model) if config.swarm.averaging == "diloco" else list(model.parameters())
+    # the highest global step to believe from other peers: the coordinator's bound (cairn/network/trusted_state.py)
+    epoch_bound = CoordinatorEpochBound(dht, coordinator)
+    epoch_bound.refresh()
     optimizer = make_optimizer(
-        dht, params, config, batch_size, options.compression or config.swarm.compression, traffic.sent, traffic.received, key
+        dht,
+        params,
+        config,
+        batch_size,
+        options.compression or config.swarm.compression,
+        traffic.sent,
+        traffic.received,
+        key,
+        epoch_limit=epoch_bound.limit,
     )
     steps = make_steps(model, optimizer, params, config)
     stop.reinstall()
@@ -300,6 +322,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
             stop,
             parent,
             micro_batch=chunk,
+            epoch_bound=epoch_bound,
         )
         session.run()
     finally:
@@ -356,6 +379,7 @@ class TrainingSession:
         stop: StopFlag,
         parent=None,
         micro_batch: int | None = None,
+        epoch_bound: CoordinatorEpochBound | None = None,
     ):
         self.options, self.config, self.corpus, self.task = options, config, corpus, task
         self.steps = steps  # cairn.peer.diloco: GradientSteps or DiLoCoSteps
@@ -363,6 +387,7 @@ class TrainingSession:
         self.batch_size, self.metrics, self.rounds, self.traffic, self.stop = batch_size, metrics, rounds, traffic, stop
         self.parent = parent  # cairn.peer.compat_parent.ParentTracker when the run has a compat weight, else None
         self.micro_batch = micro_batch or batch_size  # texts per forward pass (cairn/peer/sizing.py)
+        self.epoch_bound = epoch_bound  # asked again in the background (cairn/network/trusted_state.py)
         self.stats = PeerStats()
         self.shard: int | None = None
         self.pairs: list = []
@@ -419,6 +444,8 @@ class TrainingSession:
                     self._report()
                     if self.parent is not None:
                         self.parent.maybe_refresh()
+                    if self.epoch_bound is not None:
+                        self.epoch_bound.maybe_refresh()
                     progress.update(bar, text=self._status_line())
         if self.shard is not None:
             self.lease.save_progress(self.shard, self.offset)
@@ -538,6 +565,8 @@ class TrainingSession:
                 "averaging": self.config.swarm.averaging,
                 "compat_parent": self.parent.version if self.parent is not None else None,
                 "collapsed": self.collapse.collapsed,
+                # donors skipped and states refused for an epoch beyond the coordinator's bound, or not finite
+                "refused_state_downloads": getattr(self.optimizer, "refused_downloads", 0),
             },
         )
 

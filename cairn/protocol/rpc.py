@@ -21,6 +21,8 @@ class CoordinatorBackend(Protocol):
 
     async def latest_release(self) -> cairn_pb2.ReleaseAnnouncement: ...
 
+    async def epoch_bound(self) -> cairn_pb2.EpochBound: ...
+
 
 class CoordinatorService(ServicerBase):
     """Handlers registered on the coordinator's P2P instance as `CoordinatorService.rpc_*`."""
@@ -33,6 +35,9 @@ class CoordinatorService(ServicerBase):
 
     async def rpc_latest_release(self, request: cairn_pb2.LatestReleaseRequest, context: P2PContext) -> cairn_pb2.ReleaseAnnouncement:
         return await self.backend.latest_release()
+
+    async def rpc_epoch_bound(self, request: cairn_pb2.EpochBoundRequest, context: P2PContext) -> cairn_pb2.EpochBound:
+        return await self.backend.epoch_bound()
 
 
 def sign_run_config(config: RunConfig, key: RSAPrivateKey) -> cairn_pb2.RunConfigResponse:
@@ -63,3 +68,9 @@ async def fetch_run_config(p2p: P2P, coordinator: PeerID, protocol_version: int,
 async def fetch_latest_release(p2p: P2P, coordinator: PeerID, timeout: float = 10.0) -> cairn_pb2.ReleaseAnnouncement:
     stub = CoordinatorService.get_stub(p2p, coordinator)
     return await stub.rpc_latest_release(cairn_pb2.LatestReleaseRequest(), timeout=timeout)
+
+
+async def fetch_epoch_bound(p2p: P2P, coordinator: PeerID, timeout: float = 10.0) -> int:
+    """The highest global step the coordinator says the swarm can have reached now (cairn/protocol/epoch_bound.py)."""
+    stub = CoordinatorService.get_stub(p2p, coordinator)
+    return int((await stub.rpc_epoch_bound(cairn_pb2.EpochBoundRequest(), timeout=timeout)).limit)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x63\x61irn.proto\x12\x05\x63\x61irn\",\n\x10RunConfigRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"^\n\x11RunConfigResponse\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"J\n\x13ReleaseAnnouncement\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0erepository_url\x18\x03 \x01(\tJ\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x05\"\x16\n\x14LatestReleaseRequestb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x63\x61irn.proto\x12\x05\x63\x61irn\",\n\x10RunConfigRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"^\n\x11RunConfigResponse\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"J\n\x13ReleaseAnnouncement\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0erepository_url\x18\x03 \x01(\tJ\x04\x08\x02\x10\x03J\x04\x08\x04\x10\x05\"\x16\n\x14LatestReleaseRequest\"\x13\n\x11\x45pochBoundRequest\"\x1b\n\nEpochBound\x12\r\n\x05limit\x18\x01 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,4 +39,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEANNOUNCEMENT']._serialized_end=238
   _globals['_LATESTRELEASEREQUEST']._serialized_start=240
   _globals['_LATESTRELEASEREQUEST']._serialized_end=262
+  _globals['_EPOCHBOUNDREQUEST']._serialized_start=264
+  _globals['_EPOCHBOUNDREQUEST']._serialized_end=283
+  _globals['_EPOCHBOUND']._serialized_start=285
+  _globals['_EPOCHBOUND']._serialized_end=312
 # @@protoc_insertion_point(module_scope)

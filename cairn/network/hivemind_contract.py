@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 from cairn.protocol.errors import CairnError
 
@@ -60,7 +61,33 @@ def missing_internals() -> list[str]:
 
     if "__name__" not in inspect.getsource(getattr(ServicerBase, "_get_handle_name", lambda: None)):
         missing.append("hivemind ServicerBase._get_handle_name naming handlers after the class")
-    return missing + missing_allreduce_internals()
+    return missing + missing_trusted_state_internals(source) + missing_allreduce_internals()
+
+
+def missing_trusted_state_internals(optimizer_source: str) -> list[str]:
+    """What cairn/network/trusted_state.py (issue 12) replaces: the tracker's constructor and parser, the donor loop."""
+    import hivemind.optim.optimizer as optimizer_module
+    from hivemind.averaging.averager import DecentralizedAverager
+    from hivemind.optim.progress_tracker import ProgressTracker
+    from hivemind.optim.state_averager import TrainingStateAverager
+
+    missing = []
+    if not callable(getattr(optimizer_module.Optimizer, "_make_progress_tracker", None)) or "ProgressTracker(" not in optimizer_source:
+        missing.append("hivemind.Optimizer._make_progress_tracker building a ProgressTracker")
+    parse = getattr(ProgressTracker, "_parse_swarm_progress_data", None)
+    if not callable(parse) or tuple(inspect.signature(parse).parameters) != ("self", "metadata"):
+        missing.append("hivemind ProgressTracker._parse_swarm_progress_data(self, metadata)")
+    download = getattr(DecentralizedAverager, "_load_state_from_peers", None)
+    if not callable(download) or tuple(inspect.signature(download).parameters) != ("self", "future", "timeout"):
+        missing.append("hivemind DecentralizedAverager._load_state_from_peers(self, future, timeout)")
+    else:
+        source = inspect.getsource(download)
+        missing += [
+            f"_load_state_from_peers using {name!r}" for name in ("all_averagers", "rpc_download_state", "set_result") if name not in source
+        ]
+    if "super().load_state_from_peers(" not in inspect.getsource(TrainingStateAverager.load_state_from_peers):
+        missing.append("hivemind TrainingStateAverager.load_state_from_peers calling the averager's download")
+    return missing
 
 
 # what cairn/peer/aggregation.py's subclasses rely on: (class, method, its parameters, names its source must use)
@@ -126,3 +153,17 @@ def check_hivemind() -> str:
             f"checked against hivemind {HIVEMIND_TESTED}: pip install hivemind=={HIVEMIND_TESTED}"
         )
     return hivemind.__version__
+
+
+def hivemind_wire_name(base: type) -> Any:
+    """A `_get_handle_name` that registers and calls RPC handlers under `base`'s names, not the subclass's.
+
+    hivemind names every RPC handler after the servicer's class (`ServicerBase._get_handle_name`: f"{cls.__name__}.
+    {method}"), so a subclass speaks another protocol: the coordinator's plain TrainingStateAverager could not
+    download the state of a peer running `OuterStateAverager` ("failed to negotiate protocol"), and an overlapped
+    DiLoCo run never had its state loaded, spot-checked or released."""
+
+    def _get_handle_name(cls: type, namespace: str | None, method_name: str) -> str:
+        return base._get_handle_name(namespace, method_name)  # type: ignore[attr-defined]
+
+    return classmethod(_get_handle_name)

@@ -1,0 +1,269 @@
+"""State a node downloads and progress it believes: nothing beyond the epoch bound (issue 12, attack 1).
+
+hivemind trusts what peers declare about epochs. Its progress tracker takes the highest epoch any peer reports as
+the swarm's global step. Its state download picks the donor with the highest declared state-sharing priority (a
+peer's epoch) and adopts whatever epoch that donor's metadata names. So one peer declaring epoch 10^9 with a
+tampered state became every joiner's donor: the joiner ran on the tampered weights, and every honest peer,
+believing itself 10^9 steps behind, downloaded state at every step instead of training.
+
+The classes here take an `epoch_limit` callable, the highest global step the swarm can honestly have reached now
+(cairn/protocol/epoch_bound.py; None: no bound known, hivemind's behaviour):
+- `BoundedProgressTracker` leaves reports beyond the bound out of the global progress;
+- `BoundedStateAverager` skips donors that declare more, refuses a downloaded state whose epoch is beyond the bound
+  or whose tensors are not finite, and tries the next donor (hivemind stops at the first that answers);
+- `BoundedOptimizer` is hivemind.Optimizer built with both. Peers take the bound from the coordinator (RPC,
+  `cairn.protocol.rpc.fetch_epoch_bound`); the coordinator from its own ledger.
+
+A state within the bound but tampered is not caught here: the coordinator's spot checks and release gate are what
+stand between it and a release (docs/operating.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import multiprocessing as mp
+import time
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence
+
+import hivemind
+import torch
+from hivemind.optim.progress_tracker import GlobalTrainingProgress, ProgressTracker
+from hivemind.optim.state_averager import TrainingStateAverager
+
+from cairn.network.hivemind_contract import hivemind_wire_name
+
+logger = logging.getLogger(__name__)
+
+EpochLimit = Callable[[], "int | None"]
+
+
+def _no_bound() -> int | None:
+    return None
+
+
+def believable_progress(metadata: Any, limit: int | None) -> Any:
+    """The tracker's progress entries without those reporting an epoch beyond `limit`."""
+    if limit is None or not isinstance(metadata, Mapping):
+        return metadata
+    kept = {}
+    for subkey, entry in metadata.items():
+        value = getattr(entry, "value", None)
+        epoch = value.get("epoch") if isinstance(value, Mapping) else None
+        if isinstance(epoch, (int, float)) and epoch > limit:
+            logger.debug("left out a progress report of epoch %s (bound %s)", epoch, limit)
+            continue
+        kept[subkey] = entry
+    return kept
+
+
+def donors_to_try(priorities: Mapping[Any, float], own_id: Any, limit: float) -> tuple[list[Any], list[Any]]:
+    """(donors to ask in order, highest declared epoch first; donors skipped for declaring more than `limit`)."""
+    others = {peer: priority for peer, priority in priorities.items() if peer != own_id}
+    skipped = [peer for peer, priority in others.items() if not priority <= limit]  # NaN is skipped too
+    usable = sorted((peer for peer in others if peer not in skipped), key=lambda peer: others[peer], reverse=True)
+    return usable, skipped
+
+
+def refusal(metadata: Any, tensors: Sequence[torch.Tensor], limit: float) -> str | None:
+    """Why a downloaded state must not be loaded, or None when it may."""
+    epoch = metadata.get("epoch") if isinstance(metadata, Mapping) else None
+    if not isinstance(epoch, int):
+        return "it names no epoch"
+    if epoch > limit:
+        return f"its epoch {epoch} is beyond what the swarm can have reached ({limit:.0f})"
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors if tensor.is_floating_point()):
+        return "it has non-finite values"
+    return None
+
+
+class BoundedProgressTracker(ProgressTracker):
+    """hivemind's ProgressTracker that does not believe reports beyond the epoch bound."""
+
+    def __init__(self, *args: Any, epoch_limit: EpochLimit = _no_bound, **kwargs: Any):
+        self.epoch_limit = epoch_limit  # before hivemind's __init__: it parses the first progress already
+        super().__init__(*args, **kwargs)
+
+    def _parse_swarm_progress_data(self, metadata: Any) -> GlobalTrainingProgress:
+        return super()._parse_swarm_progress_data(believable_progress(metadata, self.epoch_limit()))
+
+
+class BoundedStateAverager(TrainingStateAverager):
+    """hivemind's TrainingStateAverager whose downloads skip and refuse states beyond the epoch bound.
+
+    The download runs in the averager's own process (hivemind sends it the request through a pipe), so the bound
+    goes there through a shared value written just before each download."""
+
+    _get_handle_name = hivemind_wire_name(TrainingStateAverager)  # on the wire, hivemind's: other nodes load from it
+
+    def __init__(self, *args: Any, epoch_limit: EpochLimit = _no_bound, **kwargs: Any):
+        self.epoch_limit = epoch_limit
+        self._download_limit = mp.Value(ctypes.c_double, math.inf)  # created before hivemind forks the averager
+        self.refused_downloads = mp.Value(ctypes.c_int64, 0)  # donors skipped or states refused, for the summary
+        super().__init__(*args, **kwargs)
+
+    def load_state_from_peers(self, **kwargs: Any):
+        limit = self.epoch_limit()
+        self._download_limit.value = math.inf if limit is None else float(limit)
+        return super().load_state_from_peers(**kwargs)
+
+    async def _load_state_from_peers(self, future: Any, timeout: float | None = None) -> None:
+        """hivemind's donor loop (DecentralizedAverager._load_state_from_peers), with the bound applied to each donor."""
+        from hivemind.compression import deserialize_torch_tensor
+        from hivemind.p2p import PeerID
+        from hivemind.proto import averaging_pb2
+        from hivemind.utils.asyncio import aiter_with_timeout
+        from hivemind.utils.streaming import combine_from_streaming
+        from hivemind.utils.timed_storage import ValueWithExpiration
+
+        if timeout is not None:  # as hivemind: the per-chunk wait, not the whole download's
+            timeout = self.next_chunk_timeout if self.next_chunk_timeout is not None else self.request_timeout
+        limit = self._download_limit.value
+        try:
+            found: Any = self.dht.get(f"{self._matchmaking.group_key_manager.prefix}.all_averagers", latest=True)
+            declared = found[0] if found is not None and isinstance(found[0], dict) else {}
+            priorities = {
+                PeerID(peer_id): float(info.value)
+                for peer_id, info in declared.items()
+                if isinstance(info, ValueWithExpiration) and isinstance(info.value, (float, int))
+            }
+            donors, skipped = donors_to_try(priorities, self.peer_id, limit)
+            for peer in skipped:
+                logger.warning(f"Not downloading state from {peer}: it declares epoch {priorities[peer]:.0f}, beyond {limit:.0f}")
+            with self.refused_downloads.get_lock():
+                self.refused_downloads.value += len(skipped)
+            for peer in donors:
+                started = time.monotonic()
+                try:
+                    stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
+                    stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+                    metadata: Any = None
+                    parts: list = []
+                    tensors: list[torch.Tensor] = []
+                    async for message in aiter_with_timeout(stream, timeout=timeout):
+                        if message.metadata:
+                            metadata = self.serializer.loads(message.metadata)
+                        if message.tensor_part.dtype and parts:  # a dtype marks the first part of the next tensor
+                            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                            parts = []
+                        parts.append(message.tensor_part)
+                    if parts:
+                        tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                    if not metadata:
+                        logger.debug(f"Peer {peer} did not send its state")
+                        continue
+                    why = refusal(metadata, tensors, limit)
+                    if why is not None:
+                        logger.warning(f"Refused the state {peer} sent: {why}")
+                        with self.refused_downloads.get_lock():
+                            self.refused_downloads.value += 1
+                        continue
+                    logger.info(f"Finished downloading state in {time.monotonic() - started:.3f}s from {peer}")
+                    future.set_result((metadata, tensors))
+                    return
+                except Exception as error:  # a donor that left or broke off: the next one
+                    logger.warning(f"Failed to download state from {peer} - {error!r}")
+        finally:
+            if not future.done():
+                future.set_result(None)
+
+
+class BoundedOptimizer(hivemind.Optimizer):
+    """hivemind.Optimizer with a `BoundedProgressTracker` and a bounded state averager (`state_averager_class`).
+
+    hivemind.Optimizer takes no factories for either: these are its `_make_state_averager` and
+    `_make_progress_tracker` (hivemind 1.1.12) with the classes replaced; cairn/network/hivemind_contract.py checks that
+    both are still there."""
+
+    state_averager_class: type[BoundedStateAverager] = BoundedStateAverager
+
+    def __init__(self, *args: Any, epoch_limit: EpochLimit = _no_bound, **kwargs: Any):
+        from cairn.network.hivemind_contract import check_hivemind
+
+        check_hivemind()
+        self.epoch_limit = epoch_limit  # before hivemind's __init__: it builds the tracker and the averager
+        super().__init__(*args, **kwargs)
+
+    def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
+        return self.state_averager_class(
+            dht=self.dht,
+            prefix=f"{self.run_id}_state_averager",
+            min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer,
+            custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel,
+            next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode,
+            auxiliary=self.auxiliary,
+            start=True,
+            epoch_limit=self.epoch_limit,
+            **kwargs,
+        )
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs: Any) -> ProgressTracker:
+        return BoundedProgressTracker(
+            dht=self.dht,
+            prefix=self.run_id,
+            target_batch_size=target_batch_size,
+            client_mode=self.client_mode,
+            status_loglevel=self.status_loglevel,
+            start=True,
+            epoch_limit=self.epoch_limit,
+            **kwargs,
+        )
+
+    @property
+    def refused_downloads(self) -> int:
+        """Donors skipped and states refused so far for being beyond the bound or not finite."""
+        return int(self.state_averager.refused_downloads.value)
+
+
+async def _ask_epoch_bound(dht: hivemind.DHT, node: Any, coordinator: str) -> int:
+    """Runs in the DHT's process (so a module-level function: run_coroutine pickles it)."""
+    from hivemind.p2p import PeerID
+
+    from cairn.protocol.rpc import fetch_epoch_bound
+
+    return await fetch_epoch_bound(node.p2p, PeerID.from_base58(coordinator))
+
+
+class CoordinatorEpochBound:
+    """The coordinator's epoch bound (`EpochBound` RPC), extrapolated by this peer's clock and asked again every
+    `refresh_seconds` without blocking training. `limit` is what `BoundedOptimizer` takes."""
+
+    def __init__(self, dht: hivemind.DHT, coordinator: str, refresh_seconds: float = 30.0):
+        from cairn.protocol.epoch_bound import EpochBound
+
+        self.dht, self.coordinator, self.refresh_seconds = dht, coordinator, refresh_seconds
+        self.bound = EpochBound()
+        self._pending: Any = None
+        self._asked_at = -math.inf
+
+    def limit(self) -> int | None:
+        return self.bound.limit()
+
+    def refresh(self) -> None:
+        """Ask now and wait for the answer (at start, before the first state download)."""
+        self._asked_at = time.monotonic()
+        try:
+            self.bound.set(self.dht.run_coroutine(partial(_ask_epoch_bound, coordinator=self.coordinator)))
+        except Exception as error:  # an older coordinator, or none reachable: downloads stay unbounded until one answers
+            logger.warning("the coordinator did not say how far the swarm can be (%r); state downloads are not bounded yet", error)
+
+    def maybe_refresh(self) -> None:
+        """Take a finished answer; ask again when the last question is `refresh_seconds` old."""
+        if self._pending is not None:
+            if not self._pending.done():
+                return
+            try:
+                self.bound.set(self._pending.result())
+            except Exception as error:  # the coordinator restarting: the last bound keeps growing with the clock
+                logger.debug("epoch bound not refreshed: %r", error)
+            self._pending = None
+        if time.monotonic() - self._asked_at >= self.refresh_seconds:
+            self._asked_at = time.monotonic()
+            self._pending = self.dht.run_coroutine(partial(_ask_epoch_bound, coordinator=self.coordinator), return_future=True)

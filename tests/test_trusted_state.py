@@ -1,0 +1,139 @@
+"""Issue 12, attack 1 on the peer's side: no state download and no progress report beyond the epoch bound."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cairn.network.trusted_state import believable_progress, donors_to_try, refusal
+from cairn.protocol.epoch_bound import EpochBound
+
+
+def test_the_bound_grows_with_the_clock_from_the_last_answer():
+    now = [100.0]
+    bound = EpochBound(min_seconds_per_step=0.5, clock=lambda: now[0])
+    assert bound.limit() is None and bound.allows(10**9)  # never told: hivemind's behaviour, nothing filtered
+    bound.set(40)
+    assert bound.limit() == 40 and bound.allows(40) and not bound.allows(41)
+    now[0] += 10.0
+    assert bound.limit() == 60  # two steps a second at most
+    now[0] -= 30.0  # a clock that went back allows no less than what was told
+    assert bound.limit() == 40
+
+
+def test_donors_declaring_more_than_the_bound_are_skipped_and_the_rest_asked_highest_first():
+    declared = {"honest-old": 3.0, "honest": 5.0, "liar": 1e9, "me": 6.0, "nan": math.nan}
+    usable, skipped = donors_to_try(declared, own_id="me", limit=6)
+    assert usable == ["honest", "honest-old"]
+    assert sorted(skipped) == ["liar", "nan"]
+    assert donors_to_try(declared, own_id="me", limit=math.inf)[0][0] == "liar"  # unbounded: hivemind's order
+
+
+def test_a_downloaded_state_beyond_the_bound_or_not_finite_is_refused():
+    good = [torch.ones(3), torch.arange(3)]
+    assert refusal({"epoch": 5}, good, limit=6) is None
+    assert "beyond" in refusal({"epoch": 10**9}, good, limit=6)
+    assert "no epoch" in refusal({"epoch": "5"}, good, limit=6)
+    assert "no epoch" in refusal(None, good, limit=6)
+    assert "non-finite" in refusal({"epoch": 5}, [torch.tensor([1.0, math.nan])], limit=6)
+
+
+def test_progress_reports_beyond_the_bound_are_left_out():
+    entry = lambda epoch: SimpleNamespace(value={"epoch": epoch})  # noqa: E731
+    metadata = {b"a": entry(5), b"b": entry(10**9), b"c": SimpleNamespace(value=None)}
+    assert set(believable_progress(metadata, 6)) == {b"a", b"c"}
+    assert believable_progress(metadata, None) is metadata
+    assert believable_progress(None, 6) is None  # hivemind's "no peers" case passes through
+
+
+def _swarm_optimizer(dht, value: float, optimizer_class, **kwargs):
+    """A hivemind.Optimizer over one 4-value parameter (each node needs its own DHT: donors are told apart by PeerID)."""
+    from hivemind.utils.crypto import RSAPrivateKey
+
+    parameter = torch.nn.Parameter(torch.full((4,), value))
+    return optimizer_class(
+        dht=dht,
+        run_id="trust-test",
+        target_batch_size=10**6,  # no averaging round: only state sharing is under test
+        batch_size_per_step=1,
+        params=[parameter],
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        matchmaking_time=1.0,
+        averaging_timeout=10.0,
+        next_chunk_timeout=5.0,
+        # a key per node: hivemind's default is one per process, and the four trackers would overwrite one progress entry
+        tracker_opts=dict(min_refresh_period=0.2, max_refresh_period=1.0, private_key=RSAPrivateKey()),
+        verbose=False,
+        **kwargs,
+    )
+
+
+def _declare(optimizer, epoch: int, priority: float) -> None:
+    optimizer.state_averager.local_epoch = epoch
+    optimizer.state_averager.state_sharing_priority = priority
+    optimizer.tracker.report_local_progress(local_epoch=epoch, samples_accumulated=1)  # hivemind publishes none before samples
+
+
+@pytest.mark.slow  # real hivemind nodes and averagers, one process
+@pytest.mark.timeout(240)
+def test_a_joiner_loads_the_honest_state_while_a_donor_serves_a_tampered_one_at_epoch_10_to_the_9():
+    import hivemind
+    from swarm_util import wait_for
+
+    from cairn.network.trusted_state import BoundedOptimizer
+
+    nodes, optimizers = [], []
+    try:
+        root = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+        nodes.append(root)
+        join = [str(address) for address in root.get_visible_maddrs()]
+
+        def node():
+            dht = hivemind.DHT(start=True, initial_peers=join, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+            nodes.append(dht)
+            return dht
+
+        # the honest donor runs Cairn too: a plain hivemind peer would believe the lie, think itself behind, and stop
+        # reporting its own progress
+        honest = _swarm_optimizer(node(), 1.0, BoundedOptimizer, epoch_limit=lambda: 6)
+        attacker = _swarm_optimizer(node(), 666.0, hivemind.Optimizer)
+        bounded = _swarm_optimizer(node(), 0.0, BoundedOptimizer, epoch_limit=lambda: 6)
+        plain = _swarm_optimizer(node(), 0.0, hivemind.Optimizer)
+        optimizers += [honest, attacker, bounded, plain]
+        _declare(honest, 5, 5.0)
+        _declare(attacker, 10**9, 1e9)
+
+        # the control: hivemind alone believes the attacker's progress and loads its state
+        wait_for(lambda: plain.tracker.global_epoch == 10**9, timeout=60, interval=0.2, what="the plain tracker sees the lie")
+        plain.load_state_from_peers()
+        assert plain.local_epoch == 10**9 and float(plain.state_averager.main_parameters[0][0].detach()) == 666.0
+
+        # bounded: the lie is not in the swarm's progress, the liar is skipped, the honest donor's state is loaded
+        wait_for(lambda: bounded.tracker.global_epoch == 5, timeout=60, interval=0.2, what="the bounded tracker sees the honest peer")
+        bounded.load_state_from_peers()
+        assert bounded.local_epoch == 5
+        assert torch.equal(bounded.state_averager.main_parameters[0].detach(), torch.ones(4))
+        assert bounded.refused_downloads >= 1
+
+        # a liar that declares a believable priority but sends epoch 10^9: downloaded, refused, the next donor asked
+        attacker.state_averager.state_sharing_priority = 5.5  # above the honest donor's 5: asked first
+        refused_before = bounded.refused_downloads
+        with torch.no_grad():
+            bounded.state_averager.main_parameters[0].zero_()
+        wait_for(
+            lambda: (bounded.load_state_from_peers(), bounded.refused_downloads > refused_before)[1],
+            timeout=60,
+            interval=1.0,
+            what="the liar's new priority is seen, its state refused",
+        )
+        assert bounded.local_epoch == 5
+        assert torch.equal(bounded.state_averager.main_parameters[0].detach(), torch.ones(4))
+    finally:
+        for optimizer in optimizers:
+            optimizer.shutdown()
+        for dht in nodes:
+            dht.shutdown()
