@@ -123,7 +123,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown_table(rows))
+    print(markdown_table(list(rows[0]), [list(row.values()) for row in rows]))
     print(f"N with its own queries: {result['N, its own queries, relational R@10']}; chance {chance:.4f}")
 
 
