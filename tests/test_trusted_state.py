@@ -50,6 +50,48 @@ def test_progress_reports_beyond_the_bound_are_left_out():
     assert believable_progress(None, 6) is None  # hivemind's "no peers" case passes through
 
 
+@pytest.fixture(scope="module")
+def static_model():
+    """The default static encoder (BERT vocabulary) from a seeded random start, and its tokenizer."""
+    from dataclasses import replace
+
+    from cairn.protocol.encoder import build_encoder, config_for
+    from cairn.protocol.run_config import TrainingConfig
+    from cairn.protocol.tokenizer import TextTokenizer, make_tokenizer
+    from cairn.training.task import encoder_config
+
+    training = replace(TrainingConfig(), initialisation="random")
+    tokenizer = TextTokenizer(make_tokenizer(training.vocabulary, [], 0), config_for(training.model).max_len)
+    torch.manual_seed(0)
+    return build_encoder(encoder_config(training, tokenizer)), tokenizer
+
+
+def _pairs() -> list:
+    from cairn.corpora.base import Pair
+
+    words = ["river", "castle", "violin", "meadow", "rocket", "teapot", "lantern", "harbor", "canyon", "forest", "island", "tower"]
+    colours = ["red", "blue", "green", "golden"]
+    return [Pair(f"the {colour} {word} near the sea", f"{word} {colour}") for word in words for colour in colours]
+
+
+def test_the_held_out_gate_refuses_a_state_that_retrieves_worse_and_loads_one_as_good_or_better(static_model):
+    from cairn.network.state_gate import HeldOutStateGate, retrieval_accuracy
+
+    model, tokenizer = static_model
+    pairs = _pairs()
+    gate = HeldOutStateGate(model, tokenizer, pairs)
+    own = [parameter.detach().clone() for parameter in model.parameters()]
+    assert retrieval_accuracy(model, tokenizer, pairs) > 0.5  # bag-of-words overlap: a random table already matches these
+    assert gate(own, own) is None
+    tampered = [torch.full_like(tensor, 666.0) for tensor in own]  # every text embeds alike
+    assert "held-out pairs" in gate(tampered, own)
+    poisoned = [tensor.clone().fill_(math.nan) for tensor in own]
+    assert gate(poisoned, own) is not None
+    assert gate(own, tampered) is None  # better than what this node holds: loaded (a joiner's broken start)
+    assert "do not fit" in gate([tensor[:1] for tensor in own], own)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), own))  # scored on a copy: the live model untouched
+
+
 def _swarm_optimizer(dht, value: float, optimizer_class, **kwargs):
     """A hivemind.Optimizer over one 4-value parameter (each node needs its own DHT: donors are told apart by PeerID)."""
     from hivemind.utils.crypto import RSAPrivateKey
@@ -101,7 +143,9 @@ def test_a_joiner_loads_the_honest_state_while_a_donor_serves_a_tampered_one_at_
         # reporting its own progress
         honest = _swarm_optimizer(node(), 1.0, BoundedOptimizer, epoch_limit=lambda: 6)
         attacker = _swarm_optimizer(node(), 666.0, hivemind.Optimizer)
-        bounded = _swarm_optimizer(node(), 0.0, BoundedOptimizer, epoch_limit=lambda: 6)
+        # a stand-in for the held-out gate (cairn/network/state_gate.py, tested above): values this large are tampered
+        gate = lambda downloaded, held: "tampered" if float(downloaded[0].detach().abs().max()) > 100 else None  # noqa: E731
+        bounded = _swarm_optimizer(node(), 0.0, BoundedOptimizer, epoch_limit=lambda: 6, state_check=gate)
         plain = _swarm_optimizer(node(), 0.0, hivemind.Optimizer)
         optimizers += [honest, attacker, bounded, plain]
         _declare(honest, 5, 5.0)
@@ -130,6 +174,16 @@ def test_a_joiner_loads_the_honest_state_while_a_donor_serves_a_tampered_one_at_
             interval=1.0,
             what="the liar's new priority is seen, its state refused",
         )
+        assert bounded.local_epoch == 5
+        assert torch.equal(bounded.state_averager.main_parameters[0].detach(), torch.ones(4))
+
+        # a liar at a believable epoch and priority: its state fails the node's state check, the next donor is asked
+        attacker.state_averager.local_epoch = 5
+        refused_before = bounded.refused_downloads
+        with torch.no_grad():
+            bounded.state_averager.main_parameters[0].zero_()
+        bounded.load_state_from_peers()
+        assert bounded.refused_downloads > refused_before  # (the plain joiner, now declaring 10^9, is skipped each time too)
         assert bounded.local_epoch == 5
         assert torch.equal(bounded.state_averager.main_parameters[0].detach(), torch.ones(4))
     finally:

@@ -38,12 +38,13 @@ from cairn.protocol.tokenizer import TextTokenizer
 
 from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.outside_reference import reference_vectors
+from cairn.network.state_gate import GATE_PAIRS
 from cairn.evaluation.yardstick import against_yardstick, yardstick_scores
 from cairn.protocol.workdir import Workdir
 
 PROBE_PER_TOPIC = 60  # BBC articles per topic for compatibility and Matryoshka (300 in all)
-GATE_PAIRS = 256  # held-out pairs the gate's loss is measured on
-GATE_TOLERANCE = 0.10  # relative rise of that loss over the last release's that still passes (sample noise, a run's drift)
+# relative rise of the held-out loss (on GATE_PAIRS pairs) over the last release's that still passes (noise, a run's drift)
+GATE_TOLERANCE = 0.10
 
 
 class ReleaseRefused(CairnError):

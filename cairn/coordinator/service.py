@@ -24,6 +24,7 @@ import torch
 from cairn.corpora import load_corpus
 from cairn.protocol.dht_keys import RunKeys, decode_contributions
 from cairn.protocol.encoder import build_encoder, config_for
+from cairn.network.state_gate import HeldOutStateGate, gate_pairs
 from cairn.protocol.epoch_bound import plausible_epoch_limit
 from cairn.protocol.identity import load_or_create_identity
 from cairn.protocol.landmarks import LANDMARKS_FILE, LandmarkSet
@@ -36,7 +37,7 @@ from cairn.coordinator.landmark_versions import latest_landmarks, version_path
 from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.metrics import CoordinatorMetrics
 from cairn.coordinator.node import Backend, CoordinatorOptions, _connected_peers, join_addresses, save_known_peers, start_dht
-from cairn.coordinator.releaser import GATE_PAIRS, ReleaseInputs, ReleaseRefused, cut_release, release_gate, state_is_finite
+from cairn.coordinator.releaser import ReleaseInputs, ReleaseRefused, cut_release, release_gate, state_is_finite
 from cairn.protocol.workdir import CoordinatorState, Workdir
 
 logger = logging.getLogger("cairn.coordinator")
@@ -102,6 +103,8 @@ class Coordinator:
             # a donor declaring a global step beyond what the clock allows since the last one checked is skipped,
             # and the next donor asked (cairn/network/trusted_state.py); the check after each load stays, a second line
             epoch_limit=self._epoch_limit,
+            # nor one that retrieves held-out pairs worse than the state it holds (cairn/network/state_gate.py)
+            state_check=HeldOutStateGate(self.model, self.inputs.tokenizer, gate_pairs(self.corpus, swarm.num_shards)),
             dht=self.dht,
             run_id=self.config.run_id,
             target_batch_size=swarm.samples_per_epoch,
@@ -277,7 +280,7 @@ class Coordinator:
         """Held-out loss of the loaded state against the last release's (cairn.coordinator.releaser.release_gate)."""
         if not state_is_finite(self.model):
             raise ReleaseRefused("the averaged state has non-finite parameters")
-        pairs = self.corpus.heldout[:GATE_PAIRS] or self.corpus.shard(0, self.config.swarm.num_shards)[:GATE_PAIRS]
+        pairs = gate_pairs(self.corpus, self.config.swarm.num_shards)
         previous = self.ledger.meta("release_gate_loss")
         return release_gate(self.task.eval_loss(pairs, batch_size=len(pairs)), None if previous is None else float(previous))
 

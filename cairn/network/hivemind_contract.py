@@ -87,6 +87,13 @@ def missing_trusted_state_internals(optimizer_source: str) -> list[str]:
         ]
     if "super().load_state_from_peers(" not in inspect.getsource(TrainingStateAverager.load_state_from_peers):
         missing.append("hivemind TrainingStateAverager.load_state_from_peers calling the averager's download")
+    if "self.main_parameters" not in inspect.getsource(TrainingStateAverager):
+        missing.append("hivemind TrainingStateAverager.main_parameters")
+    public = getattr(DecentralizedAverager, "load_state_from_peers", None)
+    if not callable(public) or tuple(inspect.signature(public).parameters) != ("self", "wait", "timeout"):
+        missing.append("hivemind DecentralizedAverager.load_state_from_peers(self, wait, timeout)")
+    if "getattr(self, method)" not in inspect.getsource(DecentralizedAverager._run_internal):
+        missing.append("hivemind DecentralizedAverager._run_internal calling pipe messages by method name")
     return missing
 
 

@@ -26,18 +26,24 @@ import math
 import multiprocessing as mp
 import time
 from functools import partial
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import hivemind
 import torch
 from hivemind.optim.progress_tracker import GlobalTrainingProgress, ProgressTracker
+from hivemind.averaging.averager import DecentralizedAverager
 from hivemind.optim.state_averager import TrainingStateAverager
+from hivemind.utils import MPFuture
 
 from cairn.network.hivemind_contract import hivemind_wire_name
 
 logger = logging.getLogger(__name__)
 
 EpochLimit = Callable[[], "int | None"]
+# (downloaded parameters, the parameters this node holds) -> why the download must not be loaded, or None
+StateCheck = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], "str | None"]
+MAX_DONORS_PER_LOAD = 3  # donors asked in one load before giving up until the next: each costs a whole download
+DONOR_KEY = "cairn_donor"  # added to a download's metadata in the averager's process: hivemind ignores other keys
 
 
 def _no_bound() -> int | None:
@@ -59,9 +65,12 @@ def believable_progress(metadata: Any, limit: int | None) -> Any:
     return kept
 
 
-def donors_to_try(priorities: Mapping[Any, float], own_id: Any, limit: float) -> tuple[list[Any], list[Any]]:
-    """(donors to ask in order, highest declared epoch first; donors skipped for declaring more than `limit`)."""
-    others = {peer: priority for peer, priority in priorities.items() if peer != own_id}
+def donors_to_try(
+    priorities: Mapping[Any, float], own_id: Any, limit: float, excluded: Collection[Any] = ()
+) -> tuple[list[Any], list[Any]]:
+    """(donors to ask in order, highest declared epoch first; donors skipped for declaring more than `limit`).
+    `excluded`: donors whose state this load already refused."""
+    others = {peer: priority for peer, priority in priorities.items() if peer != own_id and peer not in excluded}
     skipped = [peer for peer, priority in others.items() if not priority <= limit]  # NaN is skipped too
     usable = sorted((peer for peer in others if peer not in skipped), key=lambda peer: others[peer], reverse=True)
     return usable, skipped
@@ -90,24 +99,67 @@ class BoundedProgressTracker(ProgressTracker):
         return super()._parse_swarm_progress_data(believable_progress(metadata, self.epoch_limit()))
 
 
-class BoundedStateAverager(TrainingStateAverager):
-    """hivemind's TrainingStateAverager whose downloads skip and refuse states beyond the epoch bound.
+class _CheckedDownload(DecentralizedAverager):
+    """The layer between TrainingStateAverager and hivemind's averager (in `BoundedStateAverager`'s MRO): every
+    download TrainingStateAverager asks for passes the node's `state_check` before TrainingStateAverager applies it;
+    a refused donor is left out and the next one asked, up to MAX_DONORS_PER_LOAD."""
+
+    state_check: StateCheck | None = None
+    refused_downloads: Any
+    main_parameters: Sequence[torch.Tensor]  # TrainingStateAverager's
+
+    def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
+        excluded: list[str] = []
+        for _ in range(MAX_DONORS_PER_LOAD):
+            self._exclude_donors(excluded)
+            loaded = super().load_state_from_peers(wait=wait, timeout=timeout)
+            if loaded is None or self.state_check is None:
+                return loaded
+            metadata, tensors = loaded
+            donor = metadata.get(DONOR_KEY) if isinstance(metadata, Mapping) else None
+            why = self.state_check(tensors[: len(self.main_parameters)], self.main_parameters)
+            if why is None:
+                return loaded
+            logger.warning(f"Refused the state {donor} sent: {why}")
+            with self.refused_downloads.get_lock():
+                self.refused_downloads.value += 1
+            if donor is None:
+                return None
+            excluded.append(donor)
+        return None
+
+    def _exclude_donors(self, donors: list[str]) -> None:
+        future = MPFuture()
+        self._outer_pipe.send(("_set_excluded_donors", [], dict(donors=list(donors), future=future)))
+        future.result()
+
+    async def _set_excluded_donors(self, donors: list[str], future: Any) -> None:  # in the averager's process
+        self._excluded_donors = set(donors)
+        future.set_result(None)
+
+
+class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
+    """hivemind's TrainingStateAverager whose downloads skip and refuse states beyond the epoch bound, and load only
+    a state that passes `state_check` (cairn/network/state_gate.py: its held-out loss against the state this node holds).
 
     The download runs in the averager's own process (hivemind sends it the request through a pipe), so the bound
-    goes there through a shared value written just before each download."""
+    goes there through a shared value written just before each download, and the donors already refused through
+    the pipe."""
 
     _get_handle_name = hivemind_wire_name(TrainingStateAverager)  # on the wire, hivemind's: other nodes load from it
 
-    def __init__(self, *args: Any, epoch_limit: EpochLimit = _no_bound, **kwargs: Any):
+    def __init__(self, *args: Any, epoch_limit: EpochLimit = _no_bound, state_check: StateCheck | None = None, **kwargs: Any):
         self.epoch_limit = epoch_limit
+        self.state_check = state_check
+        self._excluded_donors: set[str] = set()
         self._download_limit = mp.Value(ctypes.c_double, math.inf)  # created before hivemind forks the averager
         self.refused_downloads = mp.Value(ctypes.c_int64, 0)  # donors skipped or states refused, for the summary
         super().__init__(*args, **kwargs)
 
-    def load_state_from_peers(self, **kwargs: Any):
+    def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
         limit = self.epoch_limit()
         self._download_limit.value = math.inf if limit is None else float(limit)
-        return super().load_state_from_peers(**kwargs)
+        return super().load_state_from_peers(wait=wait, timeout=timeout)
 
     async def _load_state_from_peers(self, future: Any, timeout: float | None = None) -> None:
         """hivemind's donor loop (DecentralizedAverager._load_state_from_peers), with the bound applied to each donor."""
@@ -129,7 +181,7 @@ class BoundedStateAverager(TrainingStateAverager):
                 for peer_id, info in declared.items()
                 if isinstance(info, ValueWithExpiration) and isinstance(info.value, (float, int))
             }
-            donors, skipped = donors_to_try(priorities, self.peer_id, limit)
+            donors, skipped = donors_to_try(priorities, self.peer_id, limit, {PeerID.from_base58(d) for d in self._excluded_donors})
             for peer in skipped:
                 logger.warning(f"Not downloading state from {peer}: it declares epoch {priorities[peer]:.0f}, beyond {limit:.0f}")
             with self.refused_downloads.get_lock():
@@ -161,7 +213,7 @@ class BoundedStateAverager(TrainingStateAverager):
                             self.refused_downloads.value += 1
                         continue
                     logger.info(f"Finished downloading state in {time.monotonic() - started:.3f}s from {peer}")
-                    future.set_result((metadata, tensors))
+                    future.set_result(({**metadata, DONOR_KEY: peer.to_base58()}, tensors))  # who, for state_check
                     return
                 except Exception as error:  # a donor that left or broke off: the next one
                     logger.warning(f"Failed to download state from {peer} - {error!r}")
@@ -179,11 +231,12 @@ class BoundedOptimizer(hivemind.Optimizer):
 
     state_averager_class: type[BoundedStateAverager] = BoundedStateAverager
 
-    def __init__(self, *args: Any, epoch_limit: EpochLimit = _no_bound, **kwargs: Any):
+    def __init__(self, *args: Any, epoch_limit: EpochLimit = _no_bound, state_check: StateCheck | None = None, **kwargs: Any):
         from cairn.network.hivemind_contract import check_hivemind
 
         check_hivemind()
         self.epoch_limit = epoch_limit  # before hivemind's __init__: it builds the tracker and the averager
+        self.state_check = state_check
         super().__init__(*args, **kwargs)
 
     def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
@@ -201,6 +254,7 @@ class BoundedOptimizer(hivemind.Optimizer):
             auxiliary=self.auxiliary,
             start=True,
             epoch_limit=self.epoch_limit,
+            state_check=self.state_check,
             **kwargs,
         )
 

@@ -43,7 +43,8 @@ from cairn.peer.compression import install_exact_zero_blockwise, make_state_comp
 from cairn.peer.diloco import OverlappedOuterOptimizer, overlap_options
 from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.start_barrier import wait_for_peers
-from cairn.network.trusted_state import BoundedOptimizer, CoordinatorEpochBound, EpochLimit
+from cairn.network.state_gate import HeldOutStateGate, gate_pairs
+from cairn.network.trusted_state import BoundedOptimizer, CoordinatorEpochBound, EpochLimit, StateCheck
 from cairn.peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
 
 if TYPE_CHECKING:
@@ -117,10 +118,12 @@ def make_optimizer(
     received,
     key,
     epoch_limit: EpochLimit | None = None,
+    state_check: StateCheck | None = None,
 ) -> hivemind.Optimizer:
     """hivemind.Optimizer over the shared parameters with the measured settings (docs/benchmarks.md); must run in
     the main thread. `params` are the model's own (per-step gradients) or a separate outer copy (DiLoCo).
-    `epoch_limit`: the highest global step to believe, from the coordinator (cairn/network/trusted_state.py)."""
+    `epoch_limit`: the highest global step to believe, from the coordinator; `state_check`: what a downloaded state
+    must pass before it is loaded (cairn/network/trusted_state.py, state_gate.py)."""
     swarm, training = config.swarm, config.training
     install_exact_zero_blockwise()  # the reducers' replies too, not only what this peer sends
     install_aggregation(swarm.aggregation)  # before the averagers fork: they keep the reducer installed now
@@ -135,6 +138,7 @@ def make_optimizer(
     )
     return optimizer_class(
         epoch_limit=epoch_limit or (lambda: None),
+        state_check=state_check,
         dht=dht,
         run_id=config.run_id,
         target_batch_size=swarm.samples_per_epoch,
@@ -261,6 +265,8 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         traffic.received,
         key,
         epoch_limit=epoch_bound.limit,
+        # and a downloaded state must retrieve held-out pairs about as well as the one this peer holds
+        state_check=HeldOutStateGate(model, tokenizer, gate_pairs(corpus, config.swarm.num_shards)),
     )
     steps = make_steps(model, optimizer, params, config)
     stop.reinstall()
