@@ -243,3 +243,45 @@ def test_poll_once_survives_a_forged_record_and_bounds_a_forged_global_step(tmp_
         assert coordinator._seen_epoch < 100  # the forged global step did not reach the ledger's cap
     finally:
         coordinator.ledger.close()
+
+
+def test_the_coordinator_does_not_download_a_step_it_holds_and_still_checks_its_late_probes(tmp_path):
+    """Every check downloaded the whole state again (~50 MB from a peer's uplink), new step or not."""
+    from types import SimpleNamespace
+
+    from cairn.coordinator.ledger import Ledger
+    from cairn.coordinator.metrics import CoordinatorMetrics
+    from cairn.coordinator.service import Coordinator
+    from cairn.protocol.run_config import SwarmConfig
+    from cairn.corpora.base import Pair
+
+    downloads = []
+
+    def download(**kwargs):
+        downloads.append(kwargs)
+        raise RuntimeError("no donor in this test")  # the coordinator logs it and tries at the next check
+
+    coordinator = Coordinator.__new__(Coordinator)
+    coordinator.ledger = Ledger(tmp_path / "ledger.sqlite")
+    coordinator.config = SimpleNamespace(run_id="run", swarm=SwarmConfig(target_batch_size=512))
+    tracker = SimpleNamespace(global_epoch=5)
+    coordinator.state_loader = SimpleNamespace(
+        tracker=tracker, state_averager=SimpleNamespace(load_state_from_peers=download, local_epoch=5)
+    )
+    coordinator.workdir = SimpleNamespace(release_requested=lambda: False)
+    coordinator.loaded_epoch = 5
+    coordinator.model = torch.nn.Linear(2, 2)
+    coordinator.corpus = SimpleNamespace(shard=lambda index, count: [Pair(f"a{i}", f"b{i}") for i in range(8)])
+    coordinator.task = SimpleNamespace(eval_loss=lambda batch, batch_size: 1.0)
+    coordinator.metrics = CoordinatorMetrics()
+    late = record(300, probe_epoch=5, probe_loss=1.0).copy(update=dict(probe_shard=0, probe_count=4))
+    coordinator._last_records = {"0123456789abcdef": late}
+    try:
+        coordinator.check_and_maybe_release()
+        assert downloads == []  # step 5 is held: nothing downloaded
+        assert coordinator.ledger.spot_checked("0123456789abcdef", 5)  # its probe, published after the load, checked
+        tracker.global_epoch = 6
+        coordinator.check_and_maybe_release()
+        assert len(downloads) == 1  # a new step: downloaded
+    finally:
+        coordinator.ledger.close()
