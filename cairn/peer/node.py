@@ -127,10 +127,13 @@ def make_optimizer(
     swarm, training = config.swarm, config.training
     install_exact_zero_blockwise()  # the reducers' replies too, not only what this peer sends
     install_aggregation(swarm.aggregation)  # before the averagers fork: they keep the reducer installed now
-    # parameters in fp16, optimizer statistics in fp32 (make_state_compression says why)
-    state_compression = CountingCompression(make_state_compression("fp16" if compression != "none" else "none"), sent, received)
-    optimizer, scheduler = shared_optimizer_factories(training, swarm)
     diloco = swarm.averaging == "diloco"
+    # parameters in fp16, Adam's statistics in fp32, DiLoCo's outer momentum in fp16 (make_state_compression says why)
+    statistics = "fp16" if diloco else "none"
+    state_compression = CountingCompression(
+        make_state_compression("fp16" if compression != "none" else "none", statistics if compression != "none" else "none"), sent, received
+    )
+    optimizer, scheduler = shared_optimizer_factories(training, swarm)
     overlap = diloco and swarm.outer_overlap
     # an overlapped outer round: hivemind's delayed all-reduce and outer step, made safe for DiLoCo (cairn/peer/diloco.py)
     optimizer_class, overlap_kwargs = (
@@ -160,7 +163,7 @@ def make_optimizer(
         average_state_every=swarm.average_state_every,
         **(overlap_kwargs or dict(grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout))),
         state_averaging_compression=state_compression,
-        load_state_compression=make_state_compression("fp16"),
+        load_state_compression=make_state_compression("fp16", statistics),
         # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is. The
         # optimizer stays offloaded (hivemind's default): only then does a lone peer's outer step see the pseudo-gradient
         # divided by hivemind's accumulation count (without offloading, that path steps on the raw .grad buffers)
