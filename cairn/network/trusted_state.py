@@ -131,7 +131,7 @@ class _CheckedDownload(DecentralizedAverager):
     def _exclude_donors(self, donors: list[str]) -> None:
         future = MPFuture()
         self._outer_pipe.send(("_set_excluded_donors", [], dict(donors=list(donors), future=future)))
-        future.result()
+        future.result(timeout=60.0)  # an averager process that died: an error hivemind's load loop retries, not a hang
 
     async def _set_excluded_donors(self, donors: list[str], future: Any) -> None:  # in the averager's process
         self._excluded_donors = set(donors)
@@ -140,7 +140,8 @@ class _CheckedDownload(DecentralizedAverager):
 
 class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
     """hivemind's TrainingStateAverager whose downloads skip and refuse states beyond the epoch bound, and load only
-    a state that passes `state_check` (cairn/network/state_gate.py: its held-out loss against the state this node holds).
+    a state that passes `state_check` (cairn/network/state_gate.py: its held-out retrieval against the state this node
+    holds).
 
     The download runs in the averager's own process (hivemind sends it the request through a pipe), so the bound
     goes there through a shared value written just before each download, and the donors already refused through
