@@ -125,9 +125,10 @@ def _a_lone_peer_starts_from_the_latest_release(swarm) -> None:
         np.linalg.norm(kept - released),
         np.linalg.norm(released - start),
     )
-    # and it trained from there: its first loss is a trained model's, below chance at batch 32 (measured 2.98 against
-    # ln 32 = 3.47 from this release, one step of 512 pairs past the start; one batch of 32 varies by ~0.3)
-    assert resumed["first_loss"] < math.log(32) - 0.25, resumed
+    # and it trained from there: all 96 samples, on those weights (the check above). Its first single-batch loss is not
+    # asserted any more: from a release 1-3 steps past the start one batch of 32 gave 2.98 and, in a CI run, 3.52, above
+    # ln 32 = 3.47 (a barely trained start is confidently wrong on some batches); the weights are the deterministic check
+    assert resumed["samples"] == 96 and math.isfinite(resumed["first_loss"]), resumed
 
 
 def _check_dashboard(coordinator_dir: Path, screenshots: Path) -> None:
