@@ -58,6 +58,13 @@ from cairn.training.trainer import train  # noqa: E402
 EXTRA_ANCHORS = 64
 
 
+def landmarks_v2():
+    """N's landmark set v1 with EXTRA_ANCHORS appended (append-only): the set every successor of N here carries."""
+    _, v1 = prepared(DEFAULT)
+    _, wider = prepared(replace(DEFAULT, landmarks=DEFAULT.landmarks + 2 * EXTRA_ANCHORS))
+    return v1.extend([a for a in wider.anchors if a not in set(v1.anchors)][:EXTRA_ANCHORS])
+
+
 def releases(samples_n: int, samples_more: int) -> tuple[Path, Path]:
     """Bundles N and N+1 (N+1 continues N with an append-only landmark set), trained once and cached."""
     n_dir, next_dir = RUNS / f"index-n-{samples_n}", RUNS / f"index-n1-{samples_n}-{samples_more}"
@@ -65,10 +72,7 @@ def releases(samples_n: int, samples_more: int) -> tuple[Path, Path]:
         log(f"training release N ({samples_n} samples)")
         train("wordnet", n_dir, DEFAULT, max_samples=samples_n, device="cpu", evaluate=False, show_progress=False)
     if not (next_dir / "landmarks.json").exists():
-        _, v1 = prepared(DEFAULT)
-        _, wider = prepared(replace(DEFAULT, landmarks=DEFAULT.landmarks + 2 * EXTRA_ANCHORS))
-        extra = [a for a in wider.anchors if a not in set(v1.anchors)][:EXTRA_ANCHORS]
-        v2 = v1.extend(extra)
+        v2 = landmarks_v2()
         log(f"training release N+1 ({samples_more} more samples from N, landmark set v2: {v2.size} anchors)")
         train(
             "wordnet",

@@ -27,42 +27,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DEFAULT, RUNS, log, markdown_table, prepared, setup, wordnet  # noqa: E402
-from index import EXTRA_ANCHORS, gloss_lemma_recall, releases  # noqa: E402
+from common import DEFAULT, log, markdown_table, setup, train_encoder, wordnet  # noqa: E402
+from index import gloss_lemma_recall, landmarks_v2, releases  # noqa: E402
 
 from cairn.corpora.wordnet import heldout_gloss_lemma  # noqa: E402
 from cairn.protocol.embedder import encode_texts  # noqa: E402
 from cairn.tasks.api import open_release  # noqa: E402
-from cairn.training.trainer import train  # noqa: E402
 
 OTHER_SEED = DEFAULT.seed + 1
 
 
-def landmarks_v2():
-    """N's landmark set v1 with EXTRA_ANCHORS appended, exactly as bench/index.py builds N+1's."""
-    _, v1 = prepared(DEFAULT)
-    _, wider = prepared(replace(DEFAULT, landmarks=DEFAULT.landmarks + 2 * EXTRA_ANCHORS))
-    return v1.extend([a for a in wider.anchors if a not in set(v1.anchors)][:EXTRA_ANCHORS])
-
-
 def independent_run(name: str, samples: int, initialisation: str) -> Path:
-    """A run that shares nothing with N but the corpus and the landmark set: another init seed and data order."""
-    out = RUNS / f"index-{name}-{samples}"
-    if not (out / "landmarks.json").exists():
-        log(f"training {name} ({samples} samples, {initialisation} start, init seed {OTHER_SEED})")
-        train(
-            "wordnet",
-            out,
-            replace(DEFAULT, initialisation=initialisation),
-            max_samples=samples,
-            device="cpu",
-            evaluate=False,
-            show_progress=False,
-            init_seed=OTHER_SEED,
-            data_seed=OTHER_SEED,
-            landmarks=landmarks_v2(),
-        )
-    return out
+    """A run that shares nothing with N but the corpus and the landmark set: another init seed and data order
+    (common.train_encoder: `cairn train --init-seed --data-seed`, cached in bench/out/runs)."""
+    config = replace(DEFAULT, initialisation=initialisation)
+    return train_encoder(f"index-{name}-{samples}", config, samples, OTHER_SEED, OTHER_SEED, landmarks=landmarks_v2())
 
 
 def main() -> None:
