@@ -231,25 +231,16 @@ class Coordinator:
             # the last check are checked against the state held
             self._spot_check(self._last_records)
             return
-        # the state averager directly: the Optimizer's wrapper retries forever and may relabel the epoch
+        # the state averager directly: the Optimizer's wrapper retries forever and may relabel the epoch. It is a
+        # bounded one (cairn/network/trusted_state.py): a state beyond the epoch bound, not finite, or retrieving worse
+        # than the one held is never applied, so what it holds after a load is safe to spot-check and release from
         averager = self.state_loader.state_averager
-        before = ([tensor.detach().clone() for tensor in self.model.parameters()], averager.local_epoch)
         try:
             averager.load_state_from_peers(timeout=30)  # returns nothing; success shows in local_epoch
         except Exception as error:  # no peer could serve its state right now: try at the next check
             logger.warning("could not load state from peers: %r", error)
             return
         if averager.local_epoch <= 0:
-            return
-        if averager.local_epoch > self._epoch_limit() or not state_is_finite(self.model):
-            # a donor's lie: keep serving the state we had, not the one it sent, and never spot-check or release from it
-            logger.warning(
-                "refused the state a peer served at epoch %s (trusted up to %s, or not finite)", averager.local_epoch, self._epoch_limit()
-            )
-            with torch.no_grad():
-                for tensor, saved in zip(self.model.parameters(), before[0]):
-                    tensor.copy_(saved)
-            averager.local_epoch = before[1]
             return
         self.loaded_epoch = averager.local_epoch
         self._trust_epoch(self.loaded_epoch)

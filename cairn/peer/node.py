@@ -375,7 +375,7 @@ class TrainingSession:
         config: RunConfig,
         corpus,
         task: TrainingTask,
-        optimizer: hivemind.Optimizer,
+        optimizer: BoundedOptimizer,
         steps,
         lease,
         dht: hivemind.DHT,
@@ -575,7 +575,7 @@ class TrainingSession:
                 "compat_parent": self.parent.version if self.parent is not None else None,
                 "collapsed": self.collapse.collapsed,
                 # donors skipped and states refused for an epoch beyond the coordinator's bound, or not finite
-                "refused_state_downloads": getattr(self.optimizer, "refused_downloads", 0),
+                "refused_state_downloads": self.optimizer.refused_downloads,
             },
         )
 
