@@ -118,6 +118,10 @@ class Coordinator:
             # it shares the last averaged state it loaded: a peer joining a swarm whose peers all left
             # would otherwise retry forever inside hivemind for a donor that no longer exists
             averager_opts=dict(request_timeout=swarm.request_timeout),
+            # the wait for each chunk of a state download: without it hivemind waits request_timeout (0.5 s), and on a
+            # loaded machine the coordinator's downloads timed out from every donor (a CI run of the kill-9 test); peers
+            # use the same setting
+            next_chunk_timeout=swarm.next_chunk_timeout,
             tracker_opts=dict(private_key=self.key),
             verbose=False,
         )
