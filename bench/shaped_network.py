@@ -134,10 +134,14 @@ def run_swarm_shaped(
     peer_args: list[str],
     cpus: list[int],
     coordinator_rate: float | None = None,
+    churn: bool = False,
 ) -> dict:
     """A coordinator and `peers` peers, each in its own namespace behind a `rate_mbit` link, for `seconds` of training.
-    Returns the peers' summaries, their link counters and the coordinator's join address."""
-    names = [f"p{i + 1}" for i in range(peers)]
+    Returns the peers' summaries, their link counters and the coordinator's join address.
+
+    With `churn`, the last peer leaves (its own `--minutes` ends, as a volunteer stopping it) a third of the way in,
+    and a newcomer, p{peers + 1}, joins half way and trains to the end: from the swarm's shared state, not the start."""
+    names = [f"p{i + 1}" for i in range(peers + (1 if churn else 0))]
     rates = {name: rate_mbit for name in names}
     if coordinator_rate:
         rates["c"] = coordinator_rate
@@ -177,7 +181,15 @@ def run_swarm_shaped(
                 raise RuntimeError(f"the coordinator announces {announced}, none at its namespace address {host}")
             sampler = LinkSampler(net)
             sampler.start()
-            for index, name in enumerate(names):
+            # (name, seconds after the first start, seconds of training, peers to wait for at the start line)
+            schedule = [(name, 0.0, seconds, peers) for name in names[:peers]]
+            if churn:
+                schedule[-1] = (names[peers - 1], 0.0, seconds / 3, peers)
+                schedule.append((names[peers], seconds / 2, seconds / 2, 1))
+            first_start = time.monotonic()
+            for index, (name, delay, train_seconds, wait_for) in enumerate(schedule):
+                if delay:  # a timetable, not a condition: the newcomer joins at a fixed point of the run
+                    time.sleep(max(0.0, first_start + delay - time.monotonic()))
                 peer_dir = workdir / "peers" / name
                 shutil.rmtree(peer_dir, ignore_errors=True)
                 pin = ["taskset", "-c", str(cpus[index % len(cpus)])] if cpus else []
@@ -200,9 +212,9 @@ def run_swarm_shaped(
                         "1",
                         "--no-progress",
                         "--wait-for-peers",
-                        str(peers),
+                        str(wait_for),
                         "--minutes",
-                        f"{seconds / 60:.4f}",
+                        f"{train_seconds / 60:.4f}",
                         *peer_args,
                     ),
                     logs / f"{name}.log",
@@ -252,7 +264,9 @@ def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int,
     from cairn.training.task import TrainingTask, reference_texts
     from cairn.training.trainer import train
 
-    torch.set_num_threads(1)
+    # the swarm has stopped by now: the one process may use every core (a thread count changes its speed, not its result
+    # beyond float rounding), which halves the wait for the longest baselines (~1M samples)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     run = Workdir(coordinator_dir).load_run_config()
     config = run.training
     start = coordinator_dir / "releases" / "0.1.0"
@@ -290,6 +304,21 @@ def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int,
     }
 
 
+def global_step_gaps(summaries: dict) -> dict:
+    """When the swarm reached each global step (the first peer to hold it) and the gaps between consecutive steps: the
+    median gap is one round's length, the longest is the worst stall (issue 13: none longer than one outer round, also
+    across a leave and a join). The first step is left out: it includes start-up and the start line."""
+    reached: dict[int, float] = {}
+    for summary in summaries.values():
+        for at, epoch in summary.get("epoch_arrivals", []):
+            reached[epoch] = min(at, reached.get(epoch, at))
+    times = [reached[e] for e in sorted(reached)]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    if not gaps:
+        return {"step_gaps_s": [], "median_step_gap_s": None, "longest_step_gap_s": None}
+    return {"step_gaps_s": gaps, "median_step_gap_s": statistics.median(gaps), "longest_step_gap_s": max(gaps)}
+
+
 def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
     summaries = {n: s for n, s in result["summaries"].items() if s}
     if not summaries:
@@ -321,23 +350,42 @@ def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
         "peak_link_mbit": max(max(v["up"], v["down"]) for n, v in result["peak_mbit"].items() if n != "c"),
         "effective_batches": samples / max(epochs, 1) / 1024,
         "rounds": {n: s["rounds"] for n, s in summaries.items()},
+        **global_step_gaps(summaries),
+        "rate_mbit": rate_mbit,
         "wall_seconds": max(s["wall_seconds"] for s in summaries.values()),
         "join": result["join"],
     }
 
 
 def parse_modes(text: str, with_diloco: bool) -> list[str]:
-    modes = (
+    """Configurations: MODE, optionally `+churn` (one peer leaves, one joins) and `@RATE` (this configuration's link rate in
+    Mbit/s instead of --rate-mbit: `diloco-overlap@10000` is the unshaped twin whose throughput the shaped one is held to)."""
+    specs = (
         [m.strip() for m in text.split(",") if m.strip()]
         if text != "auto"
         else ["none", "blockwise8"] + (["diloco"] if with_diloco else [])
     )
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise SystemExit(f"shaped_network: --modes takes a comma list of {', '.join(MODES)} (or auto), got {text!r}")
-    if any(m.startswith("diloco") for m in modes) and not with_diloco:
+    try:
+        parsed = [parse_spec(m, 50.0) for m in specs]
+    except ValueError:
+        parsed = []
+    if not parsed or any(mode not in MODES for mode, _, _ in parsed):
+        raise SystemExit(
+            f"shaped_network: --modes takes a comma list of {', '.join(MODES)} (or auto), each optionally followed by "
+            f"+churn and @RATE_MBIT, got {text!r}"
+        )
+    if any(mode.startswith("diloco") for mode, _, _ in parsed) and not with_diloco:
         raise SystemExit("shaped_network: this checkout's `cairn coordinator init` has no --averaging; diloco is not available yet")
-    return modes
+    return specs
+
+
+def parse_spec(spec: str, default_rate: float) -> tuple[str, bool, float]:
+    """`diloco-overlap+churn@50` -> ("diloco-overlap", True, 50.0); no `@` -> default_rate. ValueError if the rate is no number."""
+    name, _, rate = spec.partition("@")
+    mode, _, flag = name.partition("+")
+    if flag not in ("", "churn"):
+        return (name, False, default_rate)  # reported as an unknown mode
+    return (mode, flag == "churn", float(rate) if rate else default_rate)
 
 
 def set_outer_overlap(coordinator_dir: Path, overlap: bool) -> None:
@@ -393,25 +441,27 @@ def main() -> None:
     init_args = shlex.split(args.init_args)
     cpus = sorted(os.sched_getaffinity(0))
     results = []
-    for mode in modes:
+    for spec in modes:
+        mode, churn, rate_mbit = parse_spec(spec, args.rate_mbit)
         if mode.startswith("diloco"):
             template = init_template(args.root, "diloco", [*init_args, "--averaging", "diloco", *shlex.split(args.diloco_args)])
             peer_args: list[str] = []
         else:
             template = init_template(args.root, "gradients", init_args)
             peer_args = ["--compression", mode]
-        workdir = args.root / "runs" / mode
+        workdir = args.root / "runs" / spec.replace("@", "-at-").replace("+", "-")
         shutil.rmtree(workdir, ignore_errors=True)
         coordinator_dir = workdir / "coordinator"
         shutil.copytree(template, coordinator_dir)
         if mode in ("diloco-sync", "diloco-overlap"):
             set_outer_overlap(coordinator_dir, mode == "diloco-overlap")
-        print(f"== {mode}: {args.peers} peers at {args.rate_mbit:g} Mbit/s up and down, {args.seconds:g} s", flush=True)
+        print(f"== {spec}: {args.peers} peers at {rate_mbit:g} Mbit/s up and down, {args.seconds:g} s", flush=True)
         raw = run_swarm_shaped(
-            coordinator_dir, workdir, args.peers, args.rate_mbit, args.seconds, peer_args, cpus, args.coordinator_rate_mbit
+            coordinator_dir, workdir, args.peers, rate_mbit, args.seconds, peer_args, cpus, args.coordinator_rate_mbit, churn=churn
         )
-        row = summarise(mode, raw, args.rate_mbit)
-        if not args.no_baseline and "error" not in row:
+        row = summarise(spec, raw, rate_mbit)
+        # an @RATE twin is there for its throughput: its held-out loss would cost a single-process run and say nothing new
+        if not args.no_baseline and "error" not in row and "@" not in spec:
             summaries = {n: s for n, s in raw["summaries"].items() if s}
             last = max(summaries, key=lambda n: summaries[n]["final_epoch"])
             # DiLoCo's peers update once per batch of 1,024 (the inner step): its single process does too; the per-step
@@ -440,24 +490,47 @@ def main() -> None:
 
 
 def print_table(document: dict) -> None:
-    print(f"\n{document['peers']} peers, {document['rate_mbit']:g} Mbit/s up and down each, {document['seconds']:g} s, no delay emulation")
+    print(f"\n{document['peers']} peers, {document['seconds']:g} s each, no delay emulation")
     print(
-        "| mode | utilisation (mean, min) | samples | global steps | payload B/sample | wire B sent/sample: training (whole run) | "
-        "peak Mbit/s | samples/s | "
+        "| configuration | link Mbit/s | utilisation (mean, min) | samples | global steps | payload B/sample | "
+        "wire B sent/sample: training (whole run) | peak Mbit/s | samples/s | step gap s: median, longest | "
         "held-out loss: swarm / single process (start) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in document["results"]:
         if "error" in r:
             print(f"| {r['mode']} | error: {r['error']} |")
             continue
         held = r.get("heldout")
         loss = f"{held['swarm']:.3f} / {held['single_process']:.3f} ({held['start']:.3f}), ratio {held['ratio']:.3f}" if held else "—"
+        gaps = f"{r['median_step_gap_s']:.0f}, {r['longest_step_gap_s']:.0f}" if r.get("median_step_gap_s") else "—"
         print(
-            f"| {r['mode']} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | {r['samples']:,} | {r['global_steps']} | "
-            f"{r['payload_bytes_sent_per_sample']:,.0f} | {r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
-            f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_total']:,.0f} | {loss} |"
+            f"| {r['mode']} | {r.get('rate_mbit', document['rate_mbit']):g} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | "
+            f"{r['samples']:,} | {r['global_steps']} | {r['payload_bytes_sent_per_sample']:,.0f} | "
+            f"{r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
+            f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_total']:,.0f} | {gaps} | {loss} |"
         )
+    for line in kept_throughput(document["results"]):
+        print(line)
+
+
+def kept_throughput(results: list[dict]) -> list[str]:
+    """Each shaped configuration's samples/s over its @RATE twin's in the same run: the share of its unshaped throughput it
+    keeps behind the link (issue 13's utilisation), and wire bytes against per-step fp32's in the same run."""
+    rows = {r["mode"]: r for r in results if "error" not in r}
+    lines = []
+    for spec, row in rows.items():
+        base = spec.partition("@")[0]
+        for other, twin in rows.items():
+            if other != spec and other.partition("@")[0] == base and "@" in other and "@" not in spec:
+                share = row["samples_per_second_total"] / twin["samples_per_second_total"]
+                lines.append(f"- {spec} keeps {share:.0%} of the throughput of {other} ({twin['rate_mbit']:g} Mbit/s)")
+    fp32 = rows.get("none")
+    for spec, row in rows.items():
+        if fp32 is not None and spec != "none" and "@" not in spec:
+            ratio = fp32["wire_bytes_sent_per_sample_training"] / row["wire_bytes_sent_per_sample_training"]
+            lines.append(f"- {spec}: {ratio:.0f}x fewer wire bytes per trained sample than per-step fp32 (none) in this run")
+    return lines
 
 
 if __name__ == "__main__":

@@ -408,6 +408,9 @@ class TrainingSession:
         self.collapse = CollapseDetector()
         self.epochs_at_start = optimizer.local_epoch
         self.started = time.monotonic()
+        # (wall-clock time, global step) each time this peer's shared state moved on: how long rounds took, and the
+        # longest stall around a peer leaving or joining, read across peers by bench/shaped_network.py
+        self.epoch_arrivals: list[tuple[float, int]] = []
 
     def run(self) -> None:
         """The algorithm: take the next batch of the leased shard, compute the loss, let hivemind step."""
@@ -440,6 +443,7 @@ class TrainingSession:
                 if epoch_changed:
                     self.metrics.allreduce_duration.observe(time.monotonic() - stepping)
                     epoch_seen = self.optimizer.local_epoch
+                    self.epoch_arrivals.append((time.time(), epoch_seen))
                     self.steps.after_new_epoch()
                 probing = self.steps.probe_point(epoch_changed, self.rounds.total() != rounds_ended)  # the epoch's shared state
                 if probing is not None and self.rounds.last_outcome == "success":  # after a failed round: our own, no claim
@@ -569,6 +573,7 @@ class TrainingSession:
                 "bytes_received": self.traffic.received.value,
                 "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
                 "rounds": self.rounds.snapshot(),
+                "epoch_arrivals": self.epoch_arrivals,
                 "shards_completed": self.stats.shards_completed,
                 "compression": self.options.compression or self.config.swarm.compression,
                 "averaging": self.config.swarm.averaging,
