@@ -111,104 +111,176 @@ class FakeDHT:
         return ValueWithExpiration(live, max((v.expiration_time for v in live.values()), default=0.0)) if live else None
 
 
-def squatted_dht(num_shards: int) -> FakeDHT:
+def owner(letter: str) -> bytes:
+    """A stand-in owner tag (the FakeDHT checks no signatures; tests/test_peer_dht.py checks them on real nodes)."""
+    return b"[owner:ssh-rsa AAAAB3NzaC1yc2E" + letter.encode() * 24 + b"]"
+
+
+def holder_id(letter: str) -> str:
+    from cairn.protocol.dht_keys import owner_public_id
+
+    holder = owner_public_id(owner(letter))
+    assert holder is not None
+    return holder
+
+
+SQUATTER = "f"
+
+
+def lease(dht, letter: str, num_shards: int, **options):
+    from cairn.peer.leases import ShardLease
+
+    return ShardLease(dht, "run", owner(letter), num_shards, **{"lease_seconds": 30.0, "settle_seconds": 0.0, **options})
+
+
+def write_entry(dht, letter: str, shard: int, *, claimed_at=None, expires_in=40.0, released=False, offset=None, updated_in=0.0, ttl=60.0):
+    """What a peer that skips cairn's code can write: any value, under its own owner tag only (the DHT checks that)."""
     from hivemind.utils import get_dht_time
 
+    from cairn.peer.leases import lease_subkey
     from cairn.protocol.dht_keys import LeaseRecord, RunKeys
 
-    dht, far = FakeDHT(), get_dht_time() + 10**6
-    for shard in range(num_shards):
-        dht.store(RunKeys("run").shard_leases, str(shard), LeaseRecord(holder="f" * 16, expires_at=far).dict(), far)
-        dht.store(RunKeys("run").shard_progress, str(shard), 0, far)
-    return dht
+    now = get_dht_time()
+    record = LeaseRecord(
+        claimed_at=now if claimed_at is None else claimed_at,
+        expires_at=now + expires_in,
+        released=released,
+        offset=offset,
+        updated_at=now + updated_in,
+    )
+    existing = dht.data.get(RunKeys("run").shard_leases, {}).get(lease_subkey(shard, owner(letter)))
+    expiration = max(now + expires_in + ttl, existing.expiration_time + 1e-3 if existing else 0.0)
+    assert dht.store(RunKeys("run").shard_leases, lease_subkey(shard, owner(letter)), record.dict(), expiration)
 
 
 def test_far_future_leases_on_every_shard_do_not_stop_an_honest_peer():
-    from cairn.peer.leases import ShardLease
-
-    dht = squatted_dht(4)
-    lease = ShardLease(dht, "run", "a" * 16, 4, lease_seconds=30.0, settle_seconds=0.0)
-    shard = lease.acquire()
-    assert shard is not None  # the old code: None forever, every shard "held" for 11 days
-    assert lease.renew() and not lease.lost
+    dht = FakeDHT()
+    for shard in range(4):
+        write_entry(dht, SQUATTER, shard, expires_in=10**6, offset=0)  # the old code: every shard "held" for 11 days
+    honest = lease(dht, "a", 4)
+    shard = honest.acquire()
+    assert shard is not None
+    assert honest.renew() and not honest.lost
 
 
 def test_a_live_honest_lease_is_still_respected():
-    from cairn.peer.leases import ShardLease
-
     dht = FakeDHT()
-    first = ShardLease(dht, "run", "a" * 16, 1, lease_seconds=30.0, settle_seconds=0.0)
-    assert first.acquire() == 0
-    assert ShardLease(dht, "run", "b" * 16, 1, lease_seconds=30.0, settle_seconds=0.0).acquire() is None
+    assert lease(dht, "a", 1).acquire() == 0
+    assert lease(dht, "b", 1).acquire() is None
 
 
-def ordinary_squats(dht: FakeDHT, num_shards: int, holder: str = "f" * 16) -> None:
-    """Leases on every shard that look like an honest holder's (now + lease + margin), renewed as often as a squatter likes."""
-    from hivemind.utils import get_dht_time
+def test_a_confirmed_holder_is_never_displaced_by_a_later_claim_whatever_start_it_declares():
+    """Owner-keyed leases (issue 12): with plain subkeys a squatter's store expiring later replaced the holder's lease and
+    the holder lost its shard; now nobody can write the holder's entry, and a backdated claim that appears later is ignored."""
+    dht = FakeDHT()
+    holder = lease(dht, "a", 1)
+    assert holder.acquire() == 0
+    write_entry(dht, SQUATTER, 0, claimed_at=0.0)  # claims the shard "since 1970"
+    for _ in range(3):
+        write_entry(dht, SQUATTER, 0, claimed_at=0.0, expires_in=40.0 + _)  # and renews it
+        assert holder.renew() and not holder.lost and holder.shard == 0
+    assert lease(dht, "c", 1).acquire() is None  # two live claims: nobody else piles on
 
-    from cairn.protocol.dht_keys import LeaseRecord, RunKeys
 
+class RacingDHT(FakeDHT):
+    """A rival's claim lands during our settle, declaring that it began `rival_lead` seconds before ours."""
+
+    def __init__(self, rival: str, rival_lead: float):
+        super().__init__()
+        self.rival, self.rival_lead, self.raced = rival, rival_lead, False
+
+    def store(self, key, subkey, value, expiration_time):
+        stored = super().store(key, subkey, value, expiration_time)
+        if not self.raced and subkey.endswith(owner("a")):
+            self.raced = True
+            write_entry(self, self.rival, 0, claimed_at=value["claimed_at"] - self.rival_lead)
+        return stored
+
+
+@pytest.mark.parametrize("rival_lead, wins", [(0.5, False), (-0.5, True)])
+def test_a_race_for_one_shard_goes_to_the_earlier_claim_and_the_loser_gives_its_claim_back(rival_lead, wins):
+    from cairn.peer.leases import parse_lease_subkey
+
+    dht = RacingDHT("b", rival_lead)
+    racer = lease(dht, "a", 1)
+    assert (racer.acquire() == 0) is wins
+    ours = next(v for k, v in dht.data[next(iter(dht.data))].items() if parse_lease_subkey(k)[1] == holder_id("a"))
+    assert ours.value["released"] is not wins  # the loser marked its claim released at once: the shard is the winner's
+
+
+def ordinary_squats(dht: FakeDHT, num_shards: int, letter: str = SQUATTER) -> None:
+    """Claims on every shard that look like an honest holder's (now + lease + margin), renewed as often as a squatter likes."""
     for shard in range(num_shards):
-        expiration = get_dht_time() + 40.0
-        dht.store(RunKeys("run").shard_leases, str(shard), LeaseRecord(holder=holder, expires_at=expiration).dict(), expiration)
+        write_entry(dht, letter, shard)
 
 
 def test_ordinary_looking_leases_of_a_holder_that_trains_on_nothing_stop_an_honest_peer_for_the_grace_only():
     """Attack 4 with leases no expiration betrays: the squatter renews them like an honest peer, and publishes no record."""
-    from cairn.peer.leases import ShardLease
-
     dht = FakeDHT()
     ordinary_squats(dht, 3)
-    lease = ShardLease(dht, "run", "a" * 16, 3, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=dict, idle_grace_seconds=0.3)
-    assert lease.acquire() is None  # the first look starts the watch: an honest holder may not have reported yet
+    honest = lease(dht, "a", 3, shards_in_use=dict, idle_grace_seconds=0.3)
+    assert honest.acquire() is None  # the first look starts the watch: an honest holder may not have reported yet
     time.sleep(0.35)
-    ordinary_squats(dht, 3)  # it renews meanwhile, later than anything we store
-    shard = lease.acquire()
+    ordinary_squats(dht, 3)  # it renews meanwhile
+    shard = honest.acquire()
     assert shard is not None  # the old code: None for as long as the squatter renews
     ordinary_squats(dht, 3)
-    assert lease.renew() and not lease.lost and lease.shard == shard  # its renewals do not take the shard back
+    assert honest.renew() and not honest.lost and honest.shard == shard  # its renewals do not take the shard back
 
 
 def test_a_holder_whose_record_names_its_shard_is_never_taken_for_idle():
-    from cairn.peer.leases import ShardLease
-
     dht = FakeDHT()
-    ordinary_squats(dht, 2, holder="b" * 16)
-    busy = {"b" * 16: 0}  # trains on shard 0 (its record says so); holds shard 1 as well without training on it
-    lease = ShardLease(dht, "run", "a" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=lambda: busy, idle_grace_seconds=0.0)
-    assert lease.acquire(preferred=0) == 1
-    busy["a" * 16] = 1  # our records name shard 1 from now on; b's squat is still the lease the DHT keeps
-    assert lease.renew() and lease.shard == 1  # our own record does not make b look busy to us
-    assert (
-        ShardLease(
-            dht, "run", "c" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=lambda: busy, idle_grace_seconds=0.0
-        ).acquire(preferred=0)
-        is None
-    )  # 0: b trains there; 1: we do (no pile-up)
-    unreadable = ShardLease(dht, "run", "d" * 16, 2, lease_seconds=30.0, settle_seconds=0.0, shards_in_use=_raises, idle_grace_seconds=0.0)
-    assert unreadable.acquire() is None  # no evidence, nobody is idle
+    ordinary_squats(dht, 2, letter="b")
+    busy = {holder_id("b"): 0}  # trains on shard 0 (its record says so); holds shard 1 as well without training on it
+    ours = lease(dht, "a", 2, shards_in_use=lambda: busy, idle_grace_seconds=0.0)
+    assert ours.acquire(preferred=0) == 1
+    busy[holder_id("a")] = 1  # our records name shard 1 from now on
+    assert ours.renew() and ours.shard == 1
+    assert lease(dht, "c", 2, shards_in_use=lambda: busy, idle_grace_seconds=0.0).acquire(preferred=0) is None  # 0: b trains; 1: we do
+    assert lease(dht, "d", 2, shards_in_use=_raises, idle_grace_seconds=0.0).acquire() is None  # no evidence, nobody is idle
 
 
 def _raises() -> dict[str, int]:
     raise TimeoutError("the DHT is busy")
 
 
-def test_progress_that_goes_backwards_or_squats_is_ignored():
-    from hivemind.utils import get_dht_time
-
-    from cairn.peer.leases import ShardLease
-    from cairn.protocol.dht_keys import RunKeys
-
+def test_progress_is_the_latest_holders_offset_and_lies_about_it_are_bounded():
     dht = FakeDHT()
-    lease = ShardLease(dht, "run", "a" * 16, 2, lease_seconds=30.0, settle_seconds=0.0)
-    lease.save_progress(0, 640)
-    assert lease.progress(0) == 640
-    dht.store(RunKeys("run").shard_progress, "0", 0, get_dht_time() + 10 * 24 * 3600)  # rewind, and squat it
-    assert lease.progress(0) == 640
-    dht.store(RunKeys("run").shard_progress, "1", 0, get_dht_time() + 10**6)
-    assert lease.progress(1) == 0  # a squatted entry reads as no progress
-    lease.save_progress(0, 32)  # our own wrap-around at the end of the shard is kept
-    assert lease.progress(0) == 32
+    first = lease(dht, "a", 2)
+    assert first.acquire(preferred=0) == 0
+    first.save_progress(0, 640)
+    first.release()
+    successor = lease(dht, "b", 2)
+    assert successor.acquire(preferred=0) == 0
+    assert successor.progress(0) == 640  # where the last holder stopped, from its own signed entry
+    successor.save_progress(0, 960)
+    assert lease(dht, "c", 2).progress(0) == 960  # the newest offset, not the first holder's
+    write_entry(dht, SQUATTER, 0, offset=0, updated_in=10 * 24 * 3600)  # an update "from the future" to pin the offset
+    assert lease(dht, "c", 2).progress(0) == 960
+    write_entry(dht, SQUATTER, 1, offset=7, expires_in=10**6)  # a far-future claim carries no offset either
+    assert lease(dht, "c", 2).progress(1) == 0
+    write_entry(dht, SQUATTER, 0, offset=0, released=True)  # a rewind written now: a reader that saw 960 keeps it
+    assert successor.progress(0) == 960
+    successor.save_progress(0, 32)  # our own wrap-around at the end of the shard is kept
+    assert successor.progress(0) == 32
+
+
+def test_a_restarted_holder_takes_its_shard_and_its_offset_back():
+    dht = FakeDHT()
+    before = lease(dht, "a", 3)
+    shard = before.acquire()
+    before.save_progress(shard, 4096)
+    after = lease(dht, "a", 3)  # the same identity, a new process: nothing in memory
+    assert after.acquire() == shard
+    assert after.progress(shard) == 4096
+    assert after.renew() and not after.lost
+
+
+def test_a_lease_owner_must_be_an_owner_tag():
+    from cairn.peer.leases import ShardLease
+
+    with pytest.raises(ValueError, match="owner"):
+        ShardLease(FakeDHT(), "run", b"a" * 16, 2)
 
 
 # ---- attack 2 at the coordinator: poll_once with a forged record -------------------------------------

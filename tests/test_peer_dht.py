@@ -25,11 +25,11 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from cairn.peer.dht_util import _behind_nat, check_reachable, make_dht
 from cairn.protocol.identity import load_or_create_identity, peer_public_id
-from cairn.peer.leases import ShardLease
+from cairn.peer.leases import ShardLease, lease_subkey
 from cairn.peer.metrics import create_peer_metrics, start_metrics_server
 from cairn.peer.records import publish_record, read_records, shards_in_use
 from cairn.peer.start_barrier import ready_peers, wait_for_peers
-from cairn.protocol.dht_keys import ContributionRecord, RunKeys, make_validators, owner_subkey
+from cairn.protocol.dht_keys import ContributionRecord, LeaseRecord, RunKeys, make_validators, owner_subkey
 from cairn.protocol.errors import CairnError
 
 pytestmark = pytest.mark.timeout(120)
@@ -258,9 +258,14 @@ def test_schema_covers_cairn_keys_and_leaves_hivemind_keys_alone(swarm):
     expiration = get_dht_time() + 60
     assert not alice.store(keys.contributions, {"samples": 1}, expiration)  # needs an owner subkey
     assert not alice.store(keys.contributions, _record(alice).dict(), expiration, subkey="plain")  # only under the owner's tag
-    assert not alice.store(keys.shard_leases, {"holder": "x", "expires_at": 1.0}, expiration, subkey="0")
-    assert not alice.store(keys.shard_progress, 5, expiration, subkey="01")  # one spelling per shard
-    assert alice.store(keys.shard_progress, 5, expiration, subkey="1")
+    alice_tag, bob_tag = owner_subkey(swarm.keys[0]), owner_subkey(swarm.keys[1])
+    lease = LeaseRecord(claimed_at=expiration - 60, expires_at=expiration - 30, offset=5, updated_at=expiration - 60).dict()
+    assert not alice.store(keys.shard_leases, lease, expiration, subkey="0")  # a plain shard number: anyone could overwrite it
+    assert not alice.store(keys.shard_leases, lease, expiration, subkey=lease_subkey(0, bob_tag))  # bob's lease: only bob
+    assert not alice.store(keys.shard_leases, lease, expiration, subkey=b"01" + alice_tag)  # one spelling per shard
+    assert not alice.store(keys.shard_leases, {**lease, "offset": -1}, expiration, subkey=lease_subkey(1, alice_tag))
+    assert not alice.store(keys.shard_leases, {"holder": "x", "expires_at": 1.0}, expiration, subkey=lease_subkey(1, alice_tag))  # v2
+    assert alice.store(keys.shard_leases, lease, expiration, subkey=lease_subkey(1, alice_tag))
     # hivemind.Optimizer's own records share the prefix and must pass
     assert alice.store("t-schema_grad_averager.0b01", b"anything", expiration)
 
@@ -271,7 +276,7 @@ def test_schema_covers_cairn_keys_and_leaves_hivemind_keys_alone(swarm):
 @slow
 def test_three_peers_racing_for_two_shards(swarm):
     leases = [
-        ShardLease(dht, "t-race", peer_public_id(key), num_shards=2, lease_seconds=20, settle_seconds=0.5)
+        ShardLease(dht, "t-race", owner_subkey(key), num_shards=2, lease_seconds=20, settle_seconds=0.5)
         for dht, key in zip(swarm.peers, swarm.keys)
     ]
     results: dict[int, int | None] = {}
@@ -304,18 +309,19 @@ def test_three_peers_racing_for_two_shards(swarm):
 
 @slow
 def test_departed_holders_shard_returns_to_the_pool_and_keeps_its_progress(swarm):
-    departing = make_dht(swarm.initial_peers, validators=_validators(RSAPrivateKey()), host_maddrs=LOCAL)
+    departing_key = RSAPrivateKey()
+    departing = make_dht(swarm.initial_peers, validators=_validators(departing_key), host_maddrs=LOCAL)
     try:
         own_p2pd = [pid for pid, parent in _p2pd_processes().items() if parent == departing.pid]
         assert len(own_p2pd) == 1
-        holder = ShardLease(departing, "t-expiry", "a" * 16, num_shards=1, lease_seconds=3, settle_seconds=0.3)
+        holder = ShardLease(departing, "t-expiry", owner_subkey(departing_key), num_shards=1, lease_seconds=3, settle_seconds=0.3)
         assert holder.acquire() == 0
         holder.save_progress(0, 1234)
     finally:
         departing.shutdown()  # gone without releasing, like a crashed peer
     _assert_gone(own_p2pd)
 
-    successor = ShardLease(swarm.peers[0], "t-expiry", "b" * 16, num_shards=1, lease_seconds=3, settle_seconds=0.3)
+    successor = ShardLease(swarm.peers[0], "t-expiry", owner_subkey(swarm.keys[0]), num_shards=1, lease_seconds=3, settle_seconds=0.3)
     assert successor.acquire() is None  # still leased
     deadline = time.monotonic() + 10
     while successor.acquire() is None:
@@ -323,14 +329,14 @@ def test_departed_holders_shard_returns_to_the_pool_and_keeps_its_progress(swarm
         time.sleep(0.5)
     assert successor.progress(0) == 1234
     successor.save_progress(0, 2000)
-    assert ShardLease(swarm.peers[1], "t-expiry", "c" * 16, num_shards=1).progress(0) == 2000
+    assert ShardLease(swarm.peers[1], "t-expiry", owner_subkey(swarm.keys[1]), num_shards=1).progress(0) == 2000
     successor.release()
 
 
 @slow
 def test_release_frees_the_shard_at_once_and_renewal_keeps_it(swarm):
-    first = ShardLease(swarm.peers[0], "t-release", "a" * 16, num_shards=1, lease_seconds=1.5, settle_seconds=0.2)
-    second = ShardLease(swarm.peers[1], "t-release", "b" * 16, num_shards=1, lease_seconds=1.5, settle_seconds=0.2)
+    first = ShardLease(swarm.peers[0], "t-release", owner_subkey(swarm.keys[0]), num_shards=1, lease_seconds=1.5, settle_seconds=0.2)
+    second = ShardLease(swarm.peers[1], "t-release", owner_subkey(swarm.keys[1]), num_shards=1, lease_seconds=1.5, settle_seconds=0.2)
     assert first.acquire() == 0
     with first.renewing():
         time.sleep(3)  # twice the lease: only the background renewals keep it
@@ -434,14 +440,14 @@ def test_a_squatter_renewing_ordinary_leases_on_every_shard_does_not_stop_an_hon
     shard 0 trains there (its signed record says so) and keeps it; the holder of shard 1 trains on nothing, so after
     the grace an honest newcomer trains on shard 1, through the squatter's renewals."""
     busy_key = swarm.keys[1]
-    busy = ShardLease(swarm.peers[1], "t-squat", peer_public_id(busy_key), num_shards=2, lease_seconds=3, settle_seconds=0.3)
-    squatter = ShardLease(swarm.peers[2], "t-squat", "f" * 16, num_shards=2, lease_seconds=3, settle_seconds=0.3)
+    busy = ShardLease(swarm.peers[1], "t-squat", owner_subkey(busy_key), num_shards=2, lease_seconds=3, settle_seconds=0.3)
+    squatter = ShardLease(swarm.peers[2], "t-squat", owner_subkey(swarm.keys[2]), num_shards=2, lease_seconds=3, settle_seconds=0.3)
     assert busy.acquire(preferred=0) == 0 and squatter.acquire(preferred=1) == 1
     assert publish_record(swarm.peers[1], "t-squat", _record(swarm.peers[1], shard=0), 60, identity=busy_key)
     newcomer = ShardLease(
         swarm.peers[0],
         "t-squat",
-        peer_public_id(swarm.keys[0]),
+        owner_subkey(swarm.keys[0]),
         num_shards=2,
         lease_seconds=3,
         settle_seconds=0.3,

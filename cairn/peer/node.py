@@ -193,8 +193,8 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     from cairn.peer.records import shards_in_use
     from cairn.peer.sizing import micro_batch
     from cairn.peer.run_setup import coordinator_peer_id, fetch_config, latest_release_weights, prepare_local_run
-    from cairn.protocol.dht_keys import make_validators
-    from cairn.protocol.identity import load_or_create_identity, peer_public_id
+    from cairn.protocol.dht_keys import make_validators, owner_subkey
+    from cairn.protocol.identity import load_or_create_identity
     from cairn.network.logs import quiet_hivemind_logs
 
     stop = stop if stop is not None else StopFlag()
@@ -276,7 +276,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     lease = ShardLease(
         dht,
         config.run_id,
-        peer_public_id(key),
+        owner_subkey(key),  # the DHT's own signing key: only this peer can write its leases
         config.swarm.num_shards,
         lease_seconds=config.swarm.lease_seconds,
         shards_in_use=partial(shards_in_use, dht, config.run_id),

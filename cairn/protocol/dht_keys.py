@@ -14,8 +14,8 @@ Keys, all `f"{run_id}_{name}"`, name being a field of `RunSchema`:
 - contributions: subkey = the writer's `[owner:<public key>]` tag, so hivemind's RSASignatureValidator
   lets only the key's owner write it; value = ContributionRecord. Signatures prove who wrote a record,
   not that it is true: the ledger still has to treat the numbers as claims.
-- shard_leases, shard_progress: plain subkeys (the shard index), writable by any peer; see cairn/peer/leases.py
-  for why that is acceptable.
+- shard_leases: subkey = the shard number followed by the writer's owner tag, so each peer writes only its own lease
+  on a shard, and its progress there (LeaseRecord.offset); see cairn/peer/leases.py for the protocol on top.
 - ready: subkey = the writer's owner tag, value = the DHT time it started waiting for the others (the start
   barrier, cairn/peer/start_barrier.py); a forged entry can only end someone's bounded wait early.
 """
@@ -24,11 +24,11 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, Literal, Mapping
+from typing import Any, Dict, Literal, Mapping, Optional
 
 import pydantic.v1 as pydantic
 from hivemind.dht.crypto import RSASignatureValidator
-from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator
+from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator, conbytes
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils.crypto import RSAPrivateKey
 
@@ -59,8 +59,8 @@ def _count(ge: int = 0, le: int = MAX_COUNT) -> type:
     return pydantic.conint(strict=True, ge=ge, le=le)
 
 
-ShardIndex = pydantic.constr(strict=True, regex=r"^(0|[1-9][0-9]{0,8})$")
-"""A shard number as a DHT subkey: a decimal string without leading zeros, so each shard has one spelling."""
+ShardWithOwner = conbytes(regex=rb"(0|[1-9][0-9]{0,8})" + RSASignatureValidator.PUBLIC_KEY_REGEX + rb"\Z")
+"""A lease's subkey: the shard number (decimal, no leading zeros, so one spelling per shard), then the writer's owner tag."""
 
 
 class ContributionRecord(pydantic.BaseModel):
@@ -105,10 +105,14 @@ def max_samples_for(seconds: float) -> int:
 
 
 class LeaseRecord(pydantic.BaseModel):
-    """Who holds a shard. An empty holder is a release: the shard is free even before the entry expires."""
+    """One holder's lease on one shard, under that holder's own owner-tagged subkey (cairn/peer/leases.py). Times are DHT
+    times on the writer's clock."""
 
-    holder: pydantic.constr(strict=True, regex=r"^([0-9a-f]{16})?$")  # a public id, see public_id()
-    expires_at: _finite()  # the DHT expiration of this entry, for readers that show only the value
+    claimed_at: _finite(ge=0.0, le=MAX_TIMESTAMP)  # when this holder's tenure began: of two racing claims, the earlier wins
+    expires_at: _finite(ge=0.0, le=MAX_TIMESTAMP)  # the lease ends then unless renewed; the DHT keeps the entry longer
+    released: pydantic.StrictBool = False  # given back: it holds nothing, and still carries its offset
+    offset: Optional[_count()] = None  # the next sample of the shard in this holder's reading; None: it read none yet
+    updated_at: _finite(ge=0.0, le=MAX_TIMESTAMP)  # when this was written: a shard resumes from its latest offset
 
     class Config:
         extra = pydantic.Extra.forbid
@@ -118,8 +122,7 @@ class RunSchema(pydantic.BaseModel):
     """One field per DHT key of a run; SchemaValidator maps field `name` to key `f"{run_id}_{name}"`."""
 
     contributions: Dict[BytesWithPublicKey, ContributionRecord]
-    shard_leases: Dict[ShardIndex, LeaseRecord]
-    shard_progress: Dict[ShardIndex, _count()]  # the next sample offset within the shard
+    shard_leases: Dict[ShardWithOwner, LeaseRecord]  # one entry per (shard, holder), written by that holder only
     ready: Dict[BytesWithPublicKey, _finite()]  # peers waiting at the start barrier: owner tag -> DHT time
 
 
@@ -145,10 +148,6 @@ class RunKeys:
     @property
     def shard_leases(self) -> str:
         return self._key("shard_leases")
-
-    @property
-    def shard_progress(self) -> str:
-        return self._key("shard_progress")
 
     @property
     def ready(self) -> str:
