@@ -268,12 +268,37 @@ def test_progress_is_the_latest_holders_offset_and_lies_about_it_are_bounded():
 def test_a_restarted_holder_takes_its_shard_and_its_offset_back():
     dht = FakeDHT()
     before = lease(dht, "a", 3)
-    shard = before.acquire()
+    shard = before._candidates(None)[1]  # not the shard its own order would try first
+    assert before.acquire(preferred=shard) == shard
     before.save_progress(shard, 4096)
+    claimed = dht.data[next(iter(dht.data))][lease_subkey_of("a", shard)].value
     after = lease(dht, "a", 3)  # the same identity, a new process: nothing in memory
-    assert after.acquire() == shard
+    assert after.acquire() == shard  # its live entry still holds that shard: back to it, not to the first free one
+    rewritten = dht.data[next(iter(dht.data))][lease_subkey_of("a", shard)].value
+    assert rewritten["updated_at"] > claimed["updated_at"]  # its stores beat the old process's entry (not refused as older)
+    assert rewritten["claimed_at"] == claimed["claimed_at"]  # the same tenure: it keeps winning races it won before
     assert after.progress(shard) == 4096
     assert after.renew() and not after.lost
+
+
+def lease_subkey_of(letter: str, shard: int) -> bytes:
+    from cairn.peer.leases import lease_subkey
+
+    return lease_subkey(shard, owner(letter))
+
+
+def test_a_holder_whose_lease_lapsed_while_another_took_the_shard_learns_it_has_lost_it():
+    """A peer stalled past its lease (a long state download, say) must stop reading the shard its successor holds now;
+    writing its progress must not revive the lease behind the successor's back."""
+    dht = FakeDHT()
+    stalled = lease(dht, "a", 1, lease_seconds=0.3)
+    assert stalled.acquire() == 0
+    time.sleep(0.45)  # past lease + margin: nobody renewed
+    successor = lease(dht, "b", 1)
+    assert successor.acquire() == 0
+    stalled.save_progress(0, 64)  # what the peer's report does first
+    assert not stalled.renew() and stalled.lost and stalled.shard is None
+    assert successor.renew() and not successor.lost
 
 
 def test_a_lease_owner_must_be_an_owner_tag():

@@ -7,7 +7,10 @@ else's write there. Value = LeaseRecord: when this holder's tenure began (`claim
 unless it renews (`expires_at`), whether it gave the shard back (`released`), where its reading of the shard stands
 (`offset`, None until it read any) and when it wrote this (`updated_at`). The DHT keeps an entry `progress_ttl` past its
 `expires_at`, so a holder's offset outlives its lease: progress is part of the holder's own signed entry, and nobody
-can erase or overwrite another peer's lease or offset.
+can erase or overwrite another peer's lease or offset. An entry without an offset (a claim that lost its race) is gone a
+margin after its lease. Size: every peer reads the whole key every few seconds, one entry per holder and shard it read in
+the last `progress_ttl` (~0.8 KB each with its owner tag and signature); libp2p's 4 MiB message limit puts the ceiling
+near 5,000 such entries, far above a run of hundreds of peers on 64 shards, and a key per shard is the step after that.
 
 The protocol (times are DHT times, i.e. each node's clock):
 1. Read the shard's entries. A shard is free if no other holder has a live claim on it (not released, `expires_at`
@@ -70,7 +73,7 @@ _TICK = 1e-3
 """How much later than an existing entry a store must expire to replace it; clocks are far coarser."""
 MAX_CLOCK_SKEW = 60.0
 """How far another peer's clock may run ahead of ours before its expirations count as a squat."""
-_LEASE_SUBKEY = re.compile(rb"(0|[1-9][0-9]{0,8})(\[owner:.+?\])", re.DOTALL)
+_LEASE_SUBKEY = re.compile(rb"(0|[1-9][0-9]{0,8})(\[owner:ssh-rsa [A-Za-z0-9+/]+=*\])")
 
 
 class ShardLease:
@@ -105,6 +108,7 @@ class ShardLease:
         self._lock = threading.RLock()
         self._shard: int | None = None
         self._claimed_at = 0.0
+        self._expires_at = 0.0  # when the held lease ends unless renewed, on our clock: only acquire and renew extend it
         self._lost = False
         self._stored: dict[int, float] = {}  # shard -> the DHT expiration of our entry there: a store must beat it
         self._offsets: dict[int, int] = {}  # shard -> the offset our entry there carries
@@ -136,7 +140,10 @@ class ShardLease:
             while True:
                 table = self._read()  # afresh each time: a stale view could take a live lease
                 idle = self._idle_holders(table)
-                shard = next((s for s in self._candidates(preferred) if s not in tried and not self._rivals(table.get(s, []), idle)), None)
+                # a restarted peer goes back to the shard its live entry still holds (and its offset) before any other
+                own_live = [s for s, entries in table.items() if any(e.holder == self.holder and e.live() for e in entries)]
+                order = self._candidates(preferred if preferred is not None else min(own_live, default=None))
+                shard = next((s for s in order if s not in tried and not self._rivals(table.get(s, []), idle)), None)
                 if shard is None:
                     return None
                 tried.add(shard)
@@ -145,7 +152,7 @@ class ShardLease:
                 # our entry keeps an offset of ours only while it is the shard's newest (a restart resumes from it); an older
                 # one, written again now, would become the newest: a rewind. Otherwise this tenure carries an offset only
                 # from its first save_progress, after progress() read where the last holder stopped
-                written = [e for e in table.get(shard, []) if e.record.offset is not None]
+                written = [e for e in table.get(shard, []) if e.record.offset is not None and (shard, e.holder) not in idle]
                 newest = max(written, key=_recency, default=None)
                 if newest is not None and newest.holder == self.holder and newest.record.offset is not None:
                     self._offsets[shard] = newest.record.offset
@@ -161,8 +168,8 @@ class ShardLease:
                 for entry in entries:
                     if entry.holder != self.holder and entry.live() and (shard, entry.holder) in idle:
                         logger.warning("shard %d is held by %s, which trains on nothing: training on it anyway", shard, entry.holder)
-                self._claimed_at = claimed_at
-                self._store(shard, claimed_at, self._confirmed_expiration())
+                self._claimed_at, self._expires_at = claimed_at, self._confirmed_expiration()
+                self._store(shard, claimed_at, self._expires_at)
                 self._shard, self._lost = shard, False
                 return shard
 
@@ -174,13 +181,15 @@ class ShardLease:
             now = get_dht_time()
             entries = self._read().get(self._shard, [])
             ours = next((e for e in entries if e.holder == self.holder), None)
-            if ours is None or not ours.live(now):
+            # lapsed: on our own clock (a read would show the entry save_progress just wrote), or gone from the DHT
+            if now >= self._expires_at or ours is None or not ours.live(now):
                 rivals = self._rivals(entries, self._idle_holders({self._shard: entries}))
                 if rivals:
                     logger.warning("the lease on shard %d lapsed and %s holds it now", self._shard, rivals[0].holder)
                     self._shard, self._lost = None, True
                     return False
-            self._store(self._shard, self._claimed_at, self._confirmed_expiration())
+            self._expires_at = self._confirmed_expiration()
+            self._store(self._shard, self._claimed_at, self._expires_at)
             return True
 
     def release(self) -> None:
@@ -232,7 +241,8 @@ class ShardLease:
             self._offsets[shard] = offset
             self._progress_high[shard] = offset
             if shard == self._shard:
-                self._store(shard, self._claimed_at, self._confirmed_expiration())
+                # the same expiry, not a later one: only renew() extends a lease, after checking it has not lapsed
+                self._store(shard, self._claimed_at, self._expires_at)
             else:  # a shard we do not hold (any more): the offset travels in a released entry
                 self._store(shard, self._claimed_at, get_dht_time(), released=True)
 
@@ -289,7 +299,9 @@ class ShardLease:
             claimed_at=claimed_at, expires_at=expires_at, released=released, offset=self._offsets.get(shard), updated_at=now
         )
         # the DHT keeps the entry with the latest expiration per subkey: each write of ours must expire after the last one
-        expiration = max(expires_at + self.progress_ttl_seconds, self._stored.get(shard, 0.0) + _TICK)
+        # an entry keeps its offset for progress_ttl past the lease; one without (a claim, a lost race) is gone soon after
+        keep = self.progress_ttl_seconds if record.offset is not None else self._margin
+        expiration = max(expires_at + keep, self._stored.get(shard, 0.0) + _TICK)
         self._stored[shard] = expiration
         self._dht.store(self._keys.shard_leases, subkey=lease_subkey(shard, self._owner), value=record.dict(), expiration_time=expiration)
 

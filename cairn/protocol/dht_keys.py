@@ -59,8 +59,10 @@ def _count(ge: int = 0, le: int = MAX_COUNT) -> type:
     return pydantic.conint(strict=True, ge=ge, le=le)
 
 
-ShardWithOwner = conbytes(regex=rb"(0|[1-9][0-9]{0,8})" + RSASignatureValidator.PUBLIC_KEY_REGEX + rb"\Z")
-"""A lease's subkey: the shard number (decimal, no leading zeros, so one spelling per shard), then the writer's owner tag."""
+ShardWithOwner = conbytes(regex=rb"(0|[1-9][0-9]{0,8})\[owner:ssh-rsa [A-Za-z0-9+/]+=*\]\Z")
+"""A lease's subkey: the shard number (decimal, no leading zeros, so one spelling per shard), then the writer's owner tag
+exactly as hivemind writes it (OpenSSH `ssh-rsa` and base64, nothing after): RSA key parsing ignores trailing bytes, so a
+looser pattern would let one key write under many tags, i.e. pose as many holders."""
 
 
 class ContributionRecord(pydantic.BaseModel):
