@@ -339,6 +339,8 @@ def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
         "utilisation_mean": statistics.mean(s["utilisation"] for s in summaries.values()),
         "utilisation_min": min(s["utilisation"] for s in summaries.values()),
         "samples_per_second_total": sum(s["samples_per_second"] for s in summaries.values()),
+        # the swarm's rate over the run: with +churn the per-peer rates above add up peers that ran a third or half of it
+        "samples_per_second_swarm": samples / max(s["wall_seconds"] for s in summaries.values()),
         "payload_bytes_sent_per_sample": payload / max(samples, 1),
         "wire_bytes_sent_per_sample": sum(peers_up.values()) / max(samples, 1),
         "wire_bytes_sent_per_sample_training": sum(t["up"] for t in result["training_traffic"].values()) / max(samples, 1),
@@ -508,7 +510,7 @@ def print_table(document: dict) -> None:
             f"| {r['mode']} | {r.get('rate_mbit', document['rate_mbit']):g} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | "
             f"{r['samples']:,} | {r['global_steps']} | {r['payload_bytes_sent_per_sample']:,.0f} | "
             f"{r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
-            f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_total']:,.0f} | {gaps} | {loss} |"
+            f"{r['peak_link_mbit']:.1f} | {r.get('samples_per_second_swarm', r['samples_per_second_total']):,.0f} | {gaps} | {loss} |"
         )
     for line in kept_throughput(document["results"]):
         print(line)
@@ -523,7 +525,7 @@ def kept_throughput(results: list[dict]) -> list[str]:
         base = spec.partition("@")[0]
         for other, twin in rows.items():
             if other != spec and other.partition("@")[0] == base and "@" in other and "@" not in spec:
-                share = row["samples_per_second_total"] / twin["samples_per_second_total"]
+                share = row["samples_per_second_swarm"] / twin["samples_per_second_swarm"]
                 lines.append(f"- {spec} keeps {share:.0%} of the throughput of {other} ({twin['rate_mbit']:g} Mbit/s)")
     fp32 = rows.get("none")
     for spec, row in rows.items():
