@@ -176,7 +176,9 @@ def test_a_reducer_sending_garbage_is_named_and_our_own_values_are_kept(caplog):
 # ---- four real averagers, one malicious ---------------------------------------------------------------
 
 
-def start_group(rule: str, inputs: list[list[torch.Tensor]], evil_reducer: type | None = None, prefix: str = "agg"):
+def start_group(
+    rule: str, inputs: list[list[torch.Tensor]], evil_reducer: type | None = None, prefix: str = "agg", min_group_size: int | None = None
+):
     """One DHT and one DecentralizedAverager per input, reducing by `rule`; the last averager forks with
     `evil_reducer` as its reducer class when given (the honest ones have already forked with the installed rule)."""
     install_aggregation(rule)
@@ -197,7 +199,7 @@ def start_group(rule: str, inputs: list[list[torch.Tensor]], evil_reducer: type 
                     start=True,
                     prefix=prefix,
                     target_group_size=len(inputs),
-                    min_group_size=len(inputs),
+                    min_group_size=min_group_size or len(inputs),
                     min_matchmaking_time=3.0,
                     request_timeout=1.0,
                     next_chunk_timeout=5.0,
@@ -322,3 +324,78 @@ def test_honest_peers_name_a_reducer_that_sends_garbage_and_keep_their_own_value
     lines = [line for line in capfd.readouterr().err.splitlines() if "averaging: reducer" in line]
     # one line per peer: the three honest ones, and the malicious peer's own (unpatched) check of its own reducer
     assert len(lines) == 4 and all(evil_id in line for line in lines), lines
+
+
+# ---- bans -----------------------------------------------------------------------------------------
+
+
+def outcome(control):
+    """A round's group (peer id -> gathered data), or None when it found none or failed."""
+    try:
+        return control.result(timeout=90)
+    except Exception:
+        return None
+
+
+def test_a_peer_is_banned_after_two_offending_rounds_and_for_an_hour_after_its_last():
+    offences = aggregation.Offences()
+    offences.record("QmEvil", now=0.0)
+    assert not offences.banned("QmEvil", now=1.0)  # one round: a glitch is possible
+    offences.record("QmEvil", now=10.0)
+    assert offences.banned("QmEvil", now=11.0) and not offences.banned("QmHonest", now=11.0)
+    assert offences.banned("QmEvil", now=10.0 + aggregation.BAN_SECONDS - 1)
+    assert not offences.banned("QmEvil", now=10.0 + aggregation.BAN_SECONDS + 1)  # it may come back, and offend again
+
+
+def test_the_matchmaking_refuses_a_banned_peer_as_follower_and_as_leader(monkeypatch):
+    from types import SimpleNamespace
+
+    from hivemind.proto import averaging_pb2
+
+    offences = aggregation.Offences()
+    offences.record("QmEvil", now=time.monotonic())
+    offences.record("QmEvil", now=time.monotonic())
+    monkeypatch.setattr(aggregation, "OFFENCES", offences)
+    matchmaking = aggregation.BanningMatchmaking.__new__(aggregation.BanningMatchmaking)
+    refusal = matchmaking._check_reasons_to_reject(averaging_pb2.JoinRequest(), SimpleNamespace(remote_id="QmEvil"))
+    assert refusal is not None and refusal.code == averaging_pb2.PROTOCOL_VIOLATION
+    assert asyncio.run(matchmaking._request_join_group("QmEvil")) is None  # not asked to lead us; hivemind's code never ran
+
+
+@pytest.mark.slow
+def test_a_peer_that_keeps_sending_nan_is_left_out_of_the_honest_peers_groups(capfd):
+    """Peer 4 sends NaN every round: every honest peer drops its parts and, after two such rounds, bans it; from then
+    on the three honest peers average among themselves (groups of 3 without it), and it finds no group."""
+    handler = logging.StreamHandler()  # the averagers log in their forked processes: to stderr, read through capfd
+    aggregation.logger.addHandler(handler)
+    inputs, _ = group_inputs("nan")
+    dhts, averagers = [], []
+    try:
+        dhts, averagers = start_group("centered_clip", inputs, prefix="agg-ban", min_group_size=3)
+        evil = str(dhts[3].peer_id)
+        with_evil, bans = 0, []
+        for _ in range(6):  # rounds until every honest peer has banned it (two rounds with it in the group)
+            with averagers[3].get_tensors() as mine:  # its NaN again: a round leaves it the group's (finite) average
+                for target, value in zip(mine, inputs[3]):
+                    target.copy_(value)
+            controls = [averager.step(wait=False, timeout=30) for averager in averagers]
+            groups = [outcome(control) for control in controls]
+            with_evil += sum(1 for group in groups[:3] if group is not None and evil in map(str, group))
+            # the honest peers' bans of it (its own process, whose own NaN values make every answer look like garbage to
+            # it, bans them in turn: those lines name the honest peers)
+            bans += [line for line in capfd.readouterr().err.splitlines() if f"averaging: {evil} is left out" in line]
+            if len(bans) >= 3:
+                break
+        assert len(bans) == 3, bans  # each honest peer, once
+        assert with_evil >= 6  # it was in their groups twice each before that
+        controls = [averager.step(wait=False, timeout=30) for averager in averagers[:3]]
+        evil_control = averagers[3].step(wait=False, timeout=15)
+        groups = [outcome(control) for control in controls]
+        assert all(group is not None and len(group) == 3 and evil not in map(str, group) for group in groups), groups
+        assert outcome(evil_control) is None  # alone: no honest peer takes it, none joins it
+        for averager in averagers[:3]:
+            with averager.get_tensors() as tensors:
+                assert all(bool(torch.isfinite(t).all()) for t in tensors)
+    finally:
+        shutdown(dhts, averagers)
+        aggregation.logger.removeHandler(handler)

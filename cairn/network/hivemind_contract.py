@@ -145,6 +145,16 @@ def missing_allreduce_internals() -> list[str]:
         missing += [f"{class_name}.{method} using {name!r}" for name in names if name not in source]
     if not isinstance(getattr(averager, "AllReduceRunner", None), type) or "AllReduceRunner(" not in inspect.getsource(averager):
         missing.append("hivemind.averaging.averager building its AllReduceRunner")
+    # the bans (aggregation.BanningMatchmaking): the averager builds its Matchmaking by that module-level name, which
+    # decides whom to accept in _check_reasons_to_reject(request, context) and asks a leader in _request_join_group(leader)
+    from hivemind.averaging import matchmaking
+
+    if not isinstance(getattr(averager, "Matchmaking", None), type) or "Matchmaking(" not in inspect.getsource(averager):
+        missing.append("hivemind.averaging.averager building its Matchmaking")
+    for method, parameters in (("_check_reasons_to_reject", ("self", "request", "context")), ("_request_join_group", ("self", "leader"))):
+        function = getattr(getattr(matchmaking, "Matchmaking", None), method, None)
+        if not callable(function) or tuple(inspect.signature(function).parameters) != parameters:
+            missing.append(f"hivemind.averaging.matchmaking.Matchmaking.{method}{parameters}")
     return missing
 
 

@@ -25,6 +25,13 @@ not time) and then:
 3. Each peer checks what every reducer sends back (finite, and not absurdly larger than its own values) and,
    for a reducer that sent garbage, keeps its own values for that reducer's parts of the round (what hivemind
    does for a reducer that timed out), naming the reducer in one log line.
+4. Bans: a peer named in `BAN_AFTER` rounds (a sender of non-finite parts, or a reducer of garbage) within
+   `BAN_SECONDS` is left out of this peer's groups for `BAN_SECONDS` after its last offence: as leader this peer
+   refuses its join requests, as follower it does not ask it to lead (`BanningMatchmaking`). Steps 1-3 already keep
+   its values out of every round; the ban also gives back what it costs while it stays in: its contribution slot
+   and, as a reducer, the averaging of its share of every tensor. Once every honest peer has seen it in a group,
+   no honest peer averages with it. Only provable offences count: a finite part that is merely far from the others
+   is clipped, never banned (sparse embedding gradients make honest peers look far from each other).
 
 Installed by `install_aggregation` in the main process before the averagers fork (they inherit the patched
 classes), after `check_hivemind` has confirmed the internals replaced here are as expected.
@@ -35,11 +42,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Sequence
 
 import torch
 from hivemind.averaging import allreduce, averager
+from hivemind.averaging.matchmaking import Matchmaking
 from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartContainer, TensorPartReducer
+from hivemind.proto import averaging_pb2
 
 logger = logging.getLogger("cairn.peer.aggregation")
 
@@ -47,7 +57,48 @@ ROBUST_RULES = ("centered_clip", "trimmed_mean")
 CLIP_ITERATIONS = 20  # BTARD converges in a handful; the loop stops earlier once v moves by < 1e-6 tau
 IMPLAUSIBLE_RATIO = 100.0  # a result whose RMS exceeds 100x our own values' is garbage, not an average
 
-STOCK = {"reducer": allreduce.TensorPartReducer, "container": allreduce.TensorPartContainer, "runner": averager.AllReduceRunner}
+BAN_AFTER = 2  # rounds with an offence: one could be a glitch we have not thought of, two are a pattern
+BAN_SECONDS = 3600.0
+
+STOCK = {
+    "reducer": allreduce.TensorPartReducer,
+    "container": allreduce.TensorPartContainer,
+    "runner": averager.AllReduceRunner,
+    "matchmaking": averager.Matchmaking,
+}
+
+
+class Offences:
+    """Rounds in which each peer (by PeerID string) provably misbehaved, as seen by this averager process."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+        self.banned_until: dict[str, float] = {}
+
+    def record(self, peer: str, now: float | None = None) -> None:
+        """One offending round of `peer` (call once per round and peer); logs the ban when this one starts it."""
+        now = time.monotonic() if now is None else now
+        recent = [t for t in self.times.get(peer, []) if now - t < BAN_SECONDS] + [now]
+        self.times[peer] = recent
+        if len(recent) >= BAN_AFTER:
+            was = self.banned(peer, now)
+            self.banned_until[peer] = now + BAN_SECONDS
+            if not was:
+                logger.warning(
+                    "averaging: %s is left out of this peer's groups for %.0f s: %d rounds of non-finite parts or "
+                    "garbage results within %.0f s",
+                    peer,
+                    BAN_SECONDS,
+                    len(recent),
+                    BAN_SECONDS,
+                )
+
+    def banned(self, peer: str, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) < self.banned_until.get(peer, -math.inf)
+
+
+OFFENCES = Offences()
+"""This process's record: every averager runs in its own forked process, so each keeps its own."""
 
 
 def coordinate_median(parts: torch.Tensor) -> torch.Tensor:
@@ -110,6 +161,7 @@ class RobustTensorPartReducer(TensorPartReducer):
 
     rule: str = "centered_clip"  # set by install_aggregation before the averagers fork
     sender_names: Sequence[str] = ()  # set by RobustAllReduceRunner: peer ids for the log
+    own_name: str = ""  # this peer's id (set by RobustAllReduceRunner): never an offender in its own eyes
 
     def reset_accumulators(self) -> None:
         super().reset_accumulators()
@@ -175,6 +227,8 @@ class RobustTensorPartReducer(TensorPartReducer):
         if sender not in self.reported:
             self.reported.add(sender)
             logger.warning("averaging: sender %s %s", self._name(sender), what)
+            if self._name(sender) != self.own_name:
+                OFFENCES.record(self._name(sender))
 
     def _name(self, sender: int) -> str:
         return self.sender_names[sender] if sender < len(self.sender_names) else f"#{sender}"
@@ -200,6 +254,7 @@ class CheckedTensorPartContainer(TensorPartContainer):
     """hivemind's part container, checking each reducer's answer before it reaches this peer's tensors."""
 
     peer_names: Sequence[str] = ()  # set by RobustAllReduceRunner: peer ids for the log
+    own_name: str = ""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -223,6 +278,8 @@ class CheckedTensorPartContainer(TensorPartContainer):
                     reason,
                     part_index,
                 )
+                if name != self.own_name:
+                    OFFENCES.record(name)
         if own is not None and self.return_deltas and peer_index in self.untrusted:
             part = torch.zeros_like(own)  # delta 0: our own values, as hivemind does for a reducer that failed
             self.failed_size += part.numel()
@@ -236,6 +293,21 @@ class RobustAllReduceRunner(allreduce.AllReduceRunner):
         super().__init__(**kwargs)
         self.tensor_part_reducer.sender_names = [str(peer) for peer in self.sender_peer_ids]
         self.tensor_part_container.peer_names = [str(peer) for peer in self.ordered_peer_ids]
+        self.tensor_part_reducer.own_name = self.tensor_part_container.own_name = str(self.peer_id)
+
+
+class BanningMatchmaking(Matchmaking):
+    """hivemind's matchmaking, leaving out the peers this process has banned (module doc, step 4)."""
+
+    def _check_reasons_to_reject(self, request: averaging_pb2.JoinRequest, context) -> averaging_pb2.MessageFromLeader | None:
+        if OFFENCES.banned(str(context.remote_id)):
+            return averaging_pb2.MessageFromLeader(code=averaging_pb2.PROTOCOL_VIOLATION)
+        return super()._check_reasons_to_reject(request, context)
+
+    async def _request_join_group(self, leader):
+        if OFFENCES.banned(str(leader)):
+            return None  # as if it had refused us: the search goes on with the next leader
+        return await super()._request_join_group(leader)
 
 
 def install_aggregation(rule: str) -> None:
@@ -250,8 +322,8 @@ def install_aggregation(rule: str) -> None:
     check_hivemind()  # the classes replaced here are hivemind internals: refuse, in one line, a hivemind without them
     if rule == "mean":
         allreduce.TensorPartReducer, allreduce.TensorPartContainer = STOCK["reducer"], STOCK["container"]
-        averager.AllReduceRunner = STOCK["runner"]
+        averager.AllReduceRunner, averager.Matchmaking = STOCK["runner"], STOCK["matchmaking"]
         return
     RobustTensorPartReducer.rule = rule
     allreduce.TensorPartReducer, allreduce.TensorPartContainer = RobustTensorPartReducer, CheckedTensorPartContainer
-    averager.AllReduceRunner = RobustAllReduceRunner
+    averager.AllReduceRunner, averager.Matchmaking = RobustAllReduceRunner, BanningMatchmaking
