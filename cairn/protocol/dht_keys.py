@@ -28,7 +28,7 @@ from typing import Any, Dict, Literal, Mapping, Optional
 
 import pydantic.v1 as pydantic
 from hivemind.dht.crypto import RSASignatureValidator
-from hivemind.dht.schema import BytesWithPublicKey, SchemaValidator, conbytes
+from hivemind.dht.schema import SchemaValidator, conbytes
 from hivemind.dht.validation import RecordValidatorBase
 from hivemind.utils.crypto import RSAPrivateKey
 
@@ -59,10 +59,13 @@ def _count(ge: int = 0, le: int = MAX_COUNT) -> type:
     return pydantic.conint(strict=True, ge=ge, le=le)
 
 
-ShardWithOwner = conbytes(regex=rb"(0|[1-9][0-9]{0,8})\[owner:ssh-rsa [A-Za-z0-9+/]+=*\]\Z")
-"""A lease's subkey: the shard number (decimal, no leading zeros, so one spelling per shard), then the writer's owner tag
-exactly as hivemind writes it (OpenSSH `ssh-rsa` and base64, nothing after): RSA key parsing ignores trailing bytes, so a
-looser pattern would let one key write under many tags, i.e. pose as many holders."""
+_OWNER_TAG = rb"\[owner:ssh-rsa [A-Za-z0-9+/]+=*\]"
+OwnerTag = conbytes(regex=_OWNER_TAG + rb"\Z")
+"""A subkey that is exactly a writer's owner tag as hivemind writes it (OpenSSH `ssh-rsa` and base64, nothing after).
+hivemind's own BytesWithPublicKey accepts anything around the tag, and RSA key parsing ignores trailing bytes, so one key
+could write under many subkeys: many ledger identities, many lease holders, from one key."""
+ShardWithOwner = conbytes(regex=rb"(0|[1-9][0-9]{0,8})" + _OWNER_TAG + rb"\Z")
+"""A lease's subkey: the shard number (decimal, no leading zeros, so one spelling per shard), then the writer's owner tag."""
 
 
 class ContributionRecord(pydantic.BaseModel):
@@ -123,9 +126,9 @@ class LeaseRecord(pydantic.BaseModel):
 class RunSchema(pydantic.BaseModel):
     """One field per DHT key of a run; SchemaValidator maps field `name` to key `f"{run_id}_{name}"`."""
 
-    contributions: Dict[BytesWithPublicKey, ContributionRecord]
+    contributions: Dict[OwnerTag, ContributionRecord]
     shard_leases: Dict[ShardWithOwner, LeaseRecord]  # one entry per (shard, holder), written by that holder only
-    ready: Dict[BytesWithPublicKey, _finite()]  # peers waiting at the start barrier: owner tag -> DHT time
+    ready: Dict[OwnerTag, _finite()]  # peers waiting at the start barrier: owner tag -> DHT time
 
 
 @dataclass(frozen=True)
