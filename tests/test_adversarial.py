@@ -94,8 +94,10 @@ class FakeDHT:
 
     def __init__(self):
         self.data: dict[str, dict] = {}
+        self.stores: list[bytes] = []  # the subkey of every store, in order
 
     def store(self, key, subkey, value, expiration_time):
+        self.stores.append(subkey)
         from hivemind.utils import ValueWithExpiration
 
         entries = self.data.setdefault(key, {})
@@ -137,7 +139,7 @@ def write_entry(dht, letter: str, shard: int, *, claimed_at=None, expires_in=40.
     """What a peer that skips cairn's code can write: any value, under its own owner tag only (the DHT checks that)."""
     from hivemind.utils import get_dht_time
 
-    from cairn.peer.leases import lease_subkey
+    from cairn.protocol.dht_keys import lease_subkey
     from cairn.protocol.dht_keys import LeaseRecord, RunKeys
 
     now = get_dht_time()
@@ -199,7 +201,7 @@ class RacingDHT(FakeDHT):
 
 @pytest.mark.parametrize("rival_lead, wins", [(0.5, False), (-0.5, True)])
 def test_a_race_for_one_shard_goes_to_the_earlier_claim_and_the_loser_gives_its_claim_back(rival_lead, wins):
-    from cairn.peer.leases import parse_lease_subkey
+    from cairn.protocol.dht_keys import parse_lease_subkey
 
     dht = RacingDHT("b", rival_lead)
     racer = lease(dht, "a", 1)
@@ -253,7 +255,9 @@ def test_progress_is_the_latest_holders_offset_and_lies_about_it_are_bounded():
     successor = lease(dht, "b", 2)
     assert successor.acquire(preferred=0) == 0
     assert successor.progress(0) == 640  # where the last holder stopped, from its own signed entry
-    successor.save_progress(0, 960)
+    stores = len(dht.stores)
+    assert successor.renew(offset=960)  # the training loop's report: renewal and progress in one signed store
+    assert len(dht.stores) == stores + 1
     assert lease(dht, "c", 2).progress(0) == 960  # the newest offset, not the first holder's
     write_entry(dht, SQUATTER, 0, offset=0, updated_in=10 * 24 * 3600)  # an update "from the future" to pin the offset
     assert lease(dht, "c", 2).progress(0) == 960
@@ -282,7 +286,7 @@ def test_a_restarted_holder_takes_its_shard_and_its_offset_back():
 
 
 def lease_subkey_of(letter: str, shard: int) -> bytes:
-    from cairn.peer.leases import lease_subkey
+    from cairn.protocol.dht_keys import lease_subkey
 
     return lease_subkey(shard, owner(letter))
 
@@ -296,9 +300,10 @@ def test_a_holder_whose_lease_lapsed_while_another_took_the_shard_learns_it_has_
     time.sleep(0.45)  # past lease + margin: nobody renewed
     successor = lease(dht, "b", 1)
     assert successor.acquire() == 0
-    stalled.save_progress(0, 64)  # what the peer's report does first
-    assert not stalled.renew() and stalled.lost and stalled.shard is None
+    successor.save_progress(0, 512)
+    assert not stalled.renew(offset=64) and stalled.lost and stalled.shard is None  # the peer's report
     assert successor.renew() and not successor.lost
+    assert lease(dht, "c", 1).progress(0) == 512  # the stalled peer's stale offset was not written over the holder's
 
 
 def test_a_lease_owner_must_be_an_owner_tag():

@@ -25,11 +25,11 @@ from hivemind.utils.crypto import RSAPrivateKey
 
 from cairn.peer.dht_util import _behind_nat, check_reachable, make_dht
 from cairn.protocol.identity import load_or_create_identity, peer_public_id
-from cairn.peer.leases import ShardLease, lease_subkey
+from cairn.peer.leases import ShardLease
 from cairn.peer.metrics import create_peer_metrics, start_metrics_server
 from cairn.peer.records import publish_record, read_records, shards_in_use
 from cairn.peer.start_barrier import ready_peers, wait_for_peers
-from cairn.protocol.dht_keys import ContributionRecord, LeaseRecord, RunKeys, make_validators, owner_subkey
+from cairn.protocol.dht_keys import ContributionRecord, LeaseRecord, RunKeys, lease_subkey, make_validators, owner_subkey
 from cairn.protocol.errors import CairnError
 
 pytestmark = pytest.mark.timeout(120)

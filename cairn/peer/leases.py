@@ -54,18 +54,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import hivemind
 import pydantic.v1 as pydantic
 from hivemind.utils import get_dht_time
 
-from cairn.protocol.dht_keys import LeaseRecord, RunKeys, owner_public_id
+from cairn.protocol.dht_keys import LeaseRecord, RunKeys, lease_subkey, owner_public_id, parse_lease_subkey
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,6 @@ _TICK = 1e-3
 """How much later than an existing entry a store must expire to replace it; clocks are far coarser."""
 MAX_CLOCK_SKEW = 60.0
 """How far another peer's clock may run ahead of ours before its expirations count as a squat."""
-_LEASE_SUBKEY = re.compile(rb"(0|[1-9][0-9]{0,8})(\[owner:ssh-rsa [A-Za-z0-9+/]+=*\])")
 
 
 class ShardLease:
@@ -152,8 +150,7 @@ class ShardLease:
                 # our entry keeps an offset of ours only while it is the shard's newest (a restart resumes from it); an older
                 # one, written again now, would become the newest: a rewind. Otherwise this tenure carries an offset only
                 # from its first save_progress, after progress() read where the last holder stopped
-                written = [e for e in table.get(shard, []) if e.record.offset is not None and (shard, e.holder) not in idle]
-                newest = max(written, key=_recency, default=None)
+                newest = _newest_offset(table.get(shard, []), idle)
                 if newest is not None and newest.holder == self.holder and newest.record.offset is not None:
                     self._offsets[shard] = newest.record.offset
                 else:
@@ -173,8 +170,12 @@ class ShardLease:
                 self._shard, self._lost = shard, False
                 return shard
 
-    def renew(self) -> bool:
-        """Extend the lease; False (and `lost` set) if it lapsed and another peer holds the shard now. Two DHT calls."""
+    def renew(self, offset: int | None = None) -> bool:
+        """Extend the lease; False (and `lost` set) if it lapsed and another peer holds the shard now. Two DHT calls.
+
+        With `offset`, the same store records our progress on the shard too (save_progress without a store of its own:
+        the training loop's report does both every few seconds, and each store is a signed DHT write)."""
+        _check_offset(offset)
         with self._lock:
             if self._shard is None:
                 return False
@@ -188,6 +189,8 @@ class ShardLease:
                     logger.warning("the lease on shard %d lapsed and %s holds it now", self._shard, rivals[0].holder)
                     self._shard, self._lost = None, True
                     return False
+            if offset is not None:
+                self._offsets[self._shard] = self._progress_high[self._shard] = offset
             self._expires_at = self._confirmed_expiration()
             self._store(self._shard, self._claimed_at, self._expires_at)
             return True
@@ -218,16 +221,12 @@ class ShardLease:
 
     def progress(self, shard: int) -> int:
         """The next sample offset of `shard`: where its last holder stopped, 0 if nobody started it."""
-        table = self._read()
-        entries = table.get(shard, [])
-        idle = self._idle_holders({shard: entries})
+        entries = self._read().get(shard, [])
+        latest = _newest_offset(entries, self._idle_holders({shard: entries}))
         with self._lock:
             high = self._progress_high.get(shard, 0)
-            written = [e for e in entries if e.record.offset is not None and (shard, e.holder) not in idle]
-            if not written:
+            if latest is None or latest.record.offset is None:
                 return high
-            latest = max(written, key=_recency)
-            assert latest.record.offset is not None
             if latest.record.offset < high:  # a write that goes backwards: a rewind of the data order, ignored
                 return high
             self._progress_high[shard] = latest.record.offset
@@ -235,8 +234,7 @@ class ShardLease:
 
     def save_progress(self, shard: int, offset: int) -> None:
         """Record that `shard` should resume at `offset` (a plain int: the schema refuses numpy ints), in our own entry."""
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise ValueError(f"a shard offset is a non-negative int, got {offset!r}")
+        _check_offset(offset)
         with self._lock:
             self._offsets[shard] = offset
             self._progress_high[shard] = offset
@@ -357,23 +355,17 @@ class LeaseEntry:
         return not self.record.released and self.record.expires_at > (get_dht_time() if now is None else now)
 
 
-def _recency(entry: LeaseEntry) -> tuple[float, str]:
-    """Which entry's offset is a shard's progress: the latest written."""
-    return (entry.record.updated_at, entry.holder)
+def _newest_offset(entries: list[LeaseEntry], idle: set[tuple[int, str]]) -> LeaseEntry | None:
+    """The entry whose offset is a shard's progress: the latest written of those carrying one, idle holders' left out."""
+    written = [e for e in entries if e.record.offset is not None and (e.shard, e.holder) not in idle]
+    return max(written, key=lambda e: (e.record.updated_at, e.holder), default=None)
+
+
+def _check_offset(offset: int | None) -> None:
+    if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool) or offset < 0):
+        raise ValueError(f"a shard offset is a non-negative int, got {offset!r}")
 
 
 def _order(entry: LeaseEntry) -> tuple[float, str]:
     """Who wins a race for one shard: the earlier claim, then the smaller public id."""
     return (entry.record.claimed_at, entry.holder)
-
-
-def lease_subkey(shard: int, owner: bytes) -> bytes:
-    """The subkey of `owner`'s entry for `shard`: the shard number, then the owner tag (only its key may write it)."""
-    return str(shard).encode() + owner
-
-
-def parse_lease_subkey(subkey: Any) -> tuple[int, str] | None:
-    """(shard, holder public id) of a lease subkey, None for anything else."""
-    match = _LEASE_SUBKEY.fullmatch(subkey) if isinstance(subkey, bytes) else None
-    holder = owner_public_id(match.group(2)) if match else None
-    return (int(match.group(1)), holder) if match and holder else None

@@ -510,8 +510,7 @@ class TrainingSession:
         self.traffic_seen = (sent, received)
         self.metrics.visible_peers.set(self.optimizer.tracker.global_progress.num_peers)
         self.metrics.global_step.set(self.optimizer.tracker.global_epoch)
-        self.lease.save_progress(self.shard, self.offset)
-        if not self.lease.renew():  # someone else holds it now: stop reading this shard
+        if not self.lease.renew(offset=self.offset):  # someone else holds it now: stop reading this shard
             self.shard = None
         self._publish()
 

@@ -64,7 +64,8 @@ OwnerTag = conbytes(regex=_OWNER_TAG + rb"\Z")
 """A subkey that is exactly a writer's owner tag as hivemind writes it (OpenSSH `ssh-rsa` and base64, nothing after).
 hivemind's own BytesWithPublicKey accepts anything around the tag, and RSA key parsing ignores trailing bytes, so one key
 could write under many subkeys: many ledger identities, many lease holders, from one key."""
-ShardWithOwner = conbytes(regex=rb"(0|[1-9][0-9]{0,8})" + _OWNER_TAG + rb"\Z")
+_LEASE_SUBKEY = rb"(0|[1-9][0-9]{0,8})(" + _OWNER_TAG + rb")"
+ShardWithOwner = conbytes(regex=_LEASE_SUBKEY + rb"\Z")
 """A lease's subkey: the shard number (decimal, no leading zeros, so one spelling per shard), then the writer's owner tag."""
 
 
@@ -199,6 +200,18 @@ def owner_public_id(subkey: bytes) -> str | None:
     """The public id of the key in an `[owner:...]` subkey, or None when the subkey carries no owner tag."""
     match = re.search(RSASignatureValidator.PUBLIC_KEY_REGEX, subkey) if isinstance(subkey, bytes) else None
     return public_id(match.group(1)) if match else None
+
+
+def lease_subkey(shard: int, owner: bytes) -> bytes:
+    """The subkey of `owner`'s lease entry for `shard` (ShardWithOwner): the shard number, then the owner tag."""
+    return str(shard).encode() + owner
+
+
+def parse_lease_subkey(subkey: Any) -> tuple[int, str] | None:
+    """(shard, holder public id) of a lease subkey, None for anything ShardWithOwner would refuse."""
+    match = re.fullmatch(_LEASE_SUBKEY, subkey) if isinstance(subkey, bytes) else None
+    holder = owner_public_id(match.group(2)) if match else None
+    return (int(match.group(1)), holder) if match and holder else None
 
 
 def decode_contributions(entries: Mapping[Any, Any] | None) -> dict[str, ContributionRecord]:
