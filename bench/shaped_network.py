@@ -251,10 +251,10 @@ def run_swarm_shaped(
     }
 
 
-def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int, effective_batches: float, out: Path) -> dict:
+def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int, effective_batches: float, out: Path | None) -> dict:
     """Held-out loss (absolute InfoNCE on 1,024 held-out pairs, batch 128, as tests/test_swarm.py) of the swarm's final
-    averaged state, of the start release, and of one process trained from the same start on the same number of samples
-    with the swarm's effective batch (accumulate = round(effective batches))."""
+    averaged state, of the start release, and (unless `out` is None) of one process trained from the same start on the
+    same number of samples with the swarm's effective batch (accumulate = round(effective batches))."""
     import torch
 
     from cairn.corpora import load_corpus
@@ -280,6 +280,8 @@ def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int,
         )
         return task.eval_loss(heldout, batch_size=batch)
 
+    if out is None:
+        return {"start": loss(start), "swarm": loss(swarm_state), "chance": math.log(batch)}
     accumulate = max(1, round(effective_batches))
     shutil.rmtree(out, ignore_errors=True)
     train(
@@ -317,6 +319,24 @@ def global_step_gaps(summaries: dict) -> dict:
     if not gaps:
         return {"step_gaps_s": [], "median_step_gap_s": None, "longest_step_gap_s": None}
     return {"step_gaps_s": gaps, "median_step_gap_s": statistics.median(gaps), "longest_step_gap_s": max(gaps)}
+
+
+def final_state(workdir: Path, summaries: dict) -> Path:
+    """The saved state of the peer that reached the highest global step: the swarm's final shared state."""
+    last = max(summaries, key=lambda n: summaries[n]["final_epoch"])
+    return workdir / "peers" / last / "state"
+
+
+def reevaluate(workdir: Path, effective_batches: float, baseline: bool = True) -> dict:
+    """`heldout_losses` for a configuration that already ran (`--heldout-of`): another single-process twin (say the
+    global batch, accumulate 4), or the swarm's loss alone for a run made with --no-baseline."""
+    paths = sorted((workdir / "peers").glob("*/peer-summary.json"))
+    if not paths or not (workdir / "coordinator" / "run.json").exists():
+        raise SystemExit(f"shaped_network: {workdir} holds no finished configuration (ROOT/runs/NAME with peers/*/peer-summary.json)")
+    summaries = {path.parent.name: json.loads(path.read_text()) for path in paths}
+    samples = sum(s["samples"] for s in summaries.values())
+    out = workdir / f"single-process-x{effective_batches:g}" if baseline else None
+    return {"samples": samples, **heldout_losses(workdir / "coordinator", final_state(workdir, summaries), samples, effective_batches, out)}
 
 
 def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
@@ -417,11 +437,27 @@ def main() -> None:
     parser.add_argument("--diloco-args", default="", help="extra init options for diloco (e.g. its inner-step count)")
     parser.add_argument("--coordinator-rate-mbit", type=float, default=None, help="shape the coordinator's link too")
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-process held-out loss comparison")
+    parser.add_argument(
+        "--heldout-of",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="only the held-out comparison of a finished configuration (ROOT/runs/NAME), then exit",
+    )
+    parser.add_argument(
+        "--effective-batches",
+        type=float,
+        default=1.0,
+        help="with --heldout-of: batches of 1,024 per update of its single process (1: DiLoCo's inner step; 4: 4 peers' global batch)",
+    )
     parser.add_argument("--root", type=Path, default=Path("bench/out/shaped"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/shaped.json"))
     parser.add_argument("--cleanup", action="store_true", help="remove namespaces left by benchmark runs whose process is gone, then exit")
     args = parser.parse_args()
 
+    if args.heldout_of is not None:
+        print(json.dumps(reevaluate(args.heldout_of, args.effective_batches, baseline=not args.no_baseline)))
+        return
     if args.cleanup:
         removed = cleanup_leftovers()
         print(f"removed {len(removed)} namespace(s){': ' + ', '.join(removed) if removed else ''}")
@@ -465,12 +501,11 @@ def main() -> None:
         # an @RATE twin is there for its throughput: its held-out loss would cost a single-process run and say nothing new
         if not args.no_baseline and "error" not in row and "@" not in spec:
             summaries = {n: s for n, s in raw["summaries"].items() if s}
-            last = max(summaries, key=lambda n: summaries[n]["final_epoch"])
             # DiLoCo's peers update once per batch of 1,024 (the inner step): its single process does too; the per-step
             # modes update once per global step, so theirs accumulates the swarm's effective batch
             row["heldout"] = heldout_losses(
                 coordinator_dir,
-                workdir / "peers" / last / "state",
+                final_state(workdir, summaries),
                 row["samples"],
                 1.0 if mode.startswith("diloco") else row["effective_batches"],
                 workdir / "single-process",
@@ -510,7 +545,7 @@ def print_table(document: dict) -> None:
             f"| {r['mode']} | {r.get('rate_mbit', document['rate_mbit']):g} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | "
             f"{r['samples']:,} | {r['global_steps']} | {r['payload_bytes_sent_per_sample']:,.0f} | "
             f"{r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
-            f"{r['peak_link_mbit']:.1f} | {r.get('samples_per_second_swarm', r['samples_per_second_total']):,.0f} | {gaps} | {loss} |"
+            f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_swarm']:,.0f} | {gaps} | {loss} |"
         )
     for line in kept_throughput(document["results"]):
         print(line)
