@@ -265,14 +265,14 @@ def test_progress_is_the_latest_holders_offset_and_lies_about_it_are_bounded():
     assert lease(dht, "c", 2).progress(1) == 0
     write_entry(dht, SQUATTER, 0, offset=0, released=True)  # a rewind written now: a reader that saw 960 keeps it
     assert successor.progress(0) == 960
-    successor.save_progress(0, 32)  # our own wrap-around at the end of the shard is kept
+    successor.save_progress(0, 32)  # our own write stands: it is what this peer read (a restart that read less)
     assert successor.progress(0) == 32
 
 
 def test_a_restarted_holder_takes_its_shard_and_its_offset_back():
     dht = FakeDHT()
     before = lease(dht, "a", 3)
-    shard = before._candidates(None)[1]  # not the shard its own order would try first
+    shard = before._candidates()[1]  # not the shard its own order would try first
     assert before.acquire(preferred=shard) == shard
     before.save_progress(shard, 4096)
     claimed = dht.data[next(iter(dht.data))][lease_subkey_of("a", shard)].value
@@ -304,6 +304,68 @@ def test_a_holder_whose_lease_lapsed_while_another_took_the_shard_learns_it_has_
     assert not stalled.renew(offset=64) and stalled.lost and stalled.shard is None  # the peer's report
     assert successor.renew() and not successor.lost
     assert lease(dht, "c", 1).progress(0) == 512  # the stalled peer's stale offset was not written over the holder's
+
+
+def wait_for_move(holder, offset: int, timeout: float = 10.0) -> int | None:
+    """What the training loop does: take_move() at every batch until the background move has leased a shard."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        moved = holder.take_move(offset)
+        if moved is not None:
+            return moved
+        if holder._move is None:  # the move ended without a shard
+            return None
+        time.sleep(0.01)
+    raise AssertionError("the move neither leased a shard nor gave up")
+
+
+def test_a_new_peer_takes_the_least_read_free_shard():
+    dht = FakeDHT()
+    for shard, offset in {0: 9_000, 1: 100, 2: 5_000, 3: 300}.items():
+        write_entry(dht, "b", shard, offset=offset, released=True)
+    assert lease(dht, "a", 4).acquire() == 1
+
+
+def test_a_peer_that_finished_a_pass_moves_on_to_the_least_read_free_shard_and_hands_its_own_on():
+    """Four peers on 16 shards read a quarter of the corpus, each its shard over and over (docs/benchmarks.md
+    section 10): after a pass a peer moves to the least-read free shard, and the next reader of its old one resumes
+    where it stopped."""
+    dht = FakeDHT()
+    mover = lease(dht, "a", 4)
+    assert mover.acquire(preferred=0) == 0
+    write_entry(dht, "b", 1, offset=40_000, released=True)
+    write_entry(dht, "b", 2, offset=20_000, released=True)
+    assert lease(dht, "c", 4).acquire(preferred=3) == 3  # held by another peer: never a move's target
+    mover.start_moving()
+    assert mover.shard == 0  # the loop keeps reading its shard while the move claims the next one
+    assert wait_for_move(mover, offset=19_456) == 2
+    assert mover.shard == 2 and mover.renew() and not mover.lost
+    newcomer = lease(dht, "d", 4)
+    assert newcomer.acquire() == 0  # the old shard is free again and the least read (19,456 samples)
+    assert newcomer.progress(0) == 19_456
+
+
+def test_a_move_with_no_free_shard_keeps_the_shard_and_a_move_not_taken_is_given_back():
+    dht = FakeDHT()
+    mover = lease(dht, "a", 2)
+    assert mover.acquire(preferred=0) == 0
+    assert lease(dht, "b", 2).acquire() == 1
+    mover.start_moving()
+    assert wait_for_move(mover, offset=512) is None  # shard 1 is held: keep reading shard 0
+    assert mover.shard == 0 and mover.renew()
+    other = lease(dht, "c", 3)
+    assert other.acquire(preferred=2) == 2
+    other.start_moving()  # shard 0 and 1 are held, so nothing; then one frees while the peer leaves
+    assert wait_for_move(other, offset=0) is None
+    mover.release()
+    other.start_moving()
+    deadline = time.monotonic() + 10
+    while other._move is not None and other._move.claim is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert other._move is not None and other._move.claim is not None  # leased shard 0, not yet taken by the loop
+    other.release()  # the peer leaves before its loop took it: both shards go back
+    assert lease(dht, "d", 3).acquire(preferred=0) == 0
+    assert lease(dht, "e", 3).acquire(preferred=2) == 2
 
 
 def test_a_lease_owner_must_be_an_owner_tag():

@@ -362,6 +362,10 @@ def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tm
         start = swarm.coordinator_dir / "releases" / "0.1.0"
         summaries = {name: swarm.summary(name) for name in ("p", "q")}
         assert all(s["compat_parent"] == "0.1.0" for s in summaries.values()), summaries
+        # the swarm reads the whole corpus, as the single process does: a peer that finished a pass over its shard moves
+        # on to the least-read free one (two peers on four shards once read half the corpus, each its own half of it)
+        assert all(s["shards_completed"] >= 1 and len(s["shards_read"]) >= 2 for s in summaries.values()), summaries
+        assert set().union(*(s["shards_read"] for s in summaries.values())) == {0, 1, 2, 3}, summaries
         last = max(summaries, key=lambda name: summaries[name]["final_epoch"])  # one may step once more as the other leaves
         swarm_state = swarm.peer_dir(last) / "state"
 

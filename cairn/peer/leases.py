@@ -28,9 +28,16 @@ it from a background thread. `lost` turns True only when our own lease lapsed (r
 another holder claimed the shard meanwhile. A peer that dies stops renewing and its shard is free after at most
 lease + margin. `release()` gives the shard back at once.
 
-Progress: `progress(shard)` is the offset in the most recently updated entry of the shard that carries one, skipping
-entries of idle holders; `save_progress()` writes ours. An offset lower than the highest this peer has seen for the
-shard is ignored too (this peer's own writes reset that, since an offset wraps around at the end of the shard).
+Progress: an offset counts the samples read from a shard so far, all its holders together; it never wraps (the
+reading position is offset modulo the shard's size), so it also says how many passes the shard has had.
+`progress(shard)` is the offset in the most recently updated entry of the shard that carries one, skipping entries of
+idle holders; `save_progress()` writes ours. An offset lower than the highest this peer has seen for the shard is
+ignored too (a rewind).
+
+Moving on: a peer that finished a pass over its shard calls `start_moving()`; a background thread leases the
+least-read free shard (steps 1-4), and the training loop switches at its next `take_move()`, giving the old shard back
+with its offset. So a swarm of a few peers reads every shard in turn, as one process reads the whole corpus, instead of
+each peer reading its first shard over and over. `acquire()` prefers the least-read free shards too.
 
 Bounds (issue 12, attack 4): an entry whose expiry lies beyond what an honest writer ever stores (now + lease + margin,
 plus MAX_CLOCK_SKEW), whose update time lies in the future beyond MAX_CLOCK_SKEW, or whose DHT expiration lies beyond
@@ -45,7 +52,7 @@ second condition spreads honest peers over the squatted shards instead of piling
 What this does not stop, and why it is acceptable: an identity that publishes made-up records to look busy keeps the
 free shards it claimed first (the coordinator's spot checks forfeit its credit, not its leases); one that claims a free
 shard and releases it within the idle grace can leave an offset there, which moves where the next holder starts
-reading. One person can run many identities. Leases decide who reads which data; nothing of value (credit, weights)
+reading, and a high one makes the shard look read, so that honest peers take it last. One person can run many identities. Leases decide who reads which data; nothing of value (credit, weights)
 depends on them, so the worst a liar does here is waste data order, never corrupt the model. Shards handed out by the
 coordinator under its own key would close the rest; not built.
 """
@@ -114,6 +121,7 @@ class ShardLease:
         # holder public id -> the shard its live contribution record names (records.shards_in_use); None: no idle check
         self._shards_in_use, self.idle_grace_seconds = shards_in_use, idle_grace_seconds
         self._idle_since: dict[tuple[int, str], float] = {}  # (shard, holder) -> when we first saw it hold the shard idle
+        self._move: _Move | None = None  # a move to the next shard, under way or ready (start_moving)
 
     @property
     def shard(self) -> int | None:
@@ -126,7 +134,8 @@ class ShardLease:
         return self._lost
 
     def acquire(self, preferred: int | None = None) -> int | None:
-        """Lease a free shard, trying `preferred` first; None when every shard is held by someone else.
+        """Lease a free shard, trying `preferred` first, then the least-read ones; None when every shard is held by
+        someone else.
 
         Takes about `settle_seconds` per shard tried. Returns the held shard if there already is one.
         Another peer's live, non-idle claim is never taken.
@@ -134,41 +143,127 @@ class ShardLease:
         with self._lock:
             if self._shard is not None:
                 return self._shard
-            tried: set[int] = set()
-            while True:
-                table = self._read()  # afresh each time: a stale view could take a live lease
-                idle = self._idle_holders(table)
-                # a restarted peer goes back to the shard its live entry still holds (and its offset) before any other
-                own_live = [s for s, entries in table.items() if any(e.holder == self.holder and e.live() for e in entries)]
-                order = self._candidates(preferred if preferred is not None else min(own_live, default=None))
-                shard = next((s for s in order if s not in tried and not self._rivals(table.get(s, []), idle)), None)
-                if shard is None:
-                    return None
-                tried.add(shard)
-                own = next((e for e in table.get(shard, []) if e.holder == self.holder and e.live()), None)
-                claimed_at = own.record.claimed_at if own is not None else get_dht_time()  # a restart continues its tenure
-                # our entry keeps an offset of ours only while it is the shard's newest (a restart resumes from it); an older
-                # one, written again now, would become the newest: a rewind. Otherwise this tenure carries an offset only
-                # from its first save_progress, after progress() read where the last holder stopped
-                newest = _newest_offset(table.get(shard, []), idle)
+            claim = self._claim_free(preferred, exclude=set(), resume_own=True)
+            if claim is None:
+                return None
+            self._shard, (self._claimed_at, self._expires_at), self._lost = claim[0], claim[1:], False
+            return self._shard
+
+    def start_moving(self) -> None:
+        """A whole pass over the held shard is done: lease the least-read free shard in a background thread, so that
+        the swarm reads the whole corpus, not only the shards its first peers happened to take (four peers on 16
+        shards read a quarter of it, each its own quarter-shard ten times over in docs/benchmarks.md section 10).
+
+        The training loop keeps reading its shard meanwhile (a claim takes `settle_seconds`) and switches at its next
+        `take_move()`. Nothing happens if a move is under way or ready; no free shard: the peer keeps its shard."""
+        with self._lock:
+            if self._shard is None or self._move is not None:
+                return
+            self._move = _Move(self._shard)
+            thread = threading.Thread(target=self._move_on, args=(self._move,), name="cairn-lease-move", daemon=True)
+            self._move.thread = thread
+        thread.start()
+
+    def take_move(self, offset: int) -> int | None:
+        """The new shard, if a move started by `start_moving()` has leased one: the held shard is given back with
+        `offset` (where this peer's reading of it stands) and the new one is held from now on. None otherwise."""
+        _check_offset(offset)
+        with self._lock:
+            move = self._move
+            if move is None or move.claim is None:
+                return None
+            self._move = None
+            old = self._shard
+            shard, claimed_at, expires_at = move.claim
+            if old != move.old or self._lost:  # the old lease was lost meanwhile: the training loop acquires afresh
+                self._store(shard, claimed_at, get_dht_time(), released=True)
+                return None
+            self._offsets[old] = self._progress_high[old] = offset
+            self._store(old, self._claimed_at, get_dht_time(), released=True)
+            self._shard, self._claimed_at, self._expires_at = shard, claimed_at, expires_at
+            return shard
+
+    def finish_moving(self, timeout: float | None = None) -> None:
+        """Wait for a move under way and give back a shard it leased but the training loop never took (on leaving)."""
+        with self._lock:
+            move, self._move = self._move, None
+        if move is None:
+            return
+        if move.thread is not None:
+            move.thread.join(timeout)
+        with self._lock:
+            if move.claim is not None:
+                self._store(move.claim[0], move.claim[1], get_dht_time(), released=True)
+
+    def _move_on(self, move: "_Move") -> None:
+        try:
+            claim = self._claim_free(None, exclude={move.old}, resume_own=False)
+        except Exception as error:  # the DHT may be busy: keep reading the shard held, and try after the next pass
+            logger.warning("could not move on from shard %d: %r", move.old, error)
+            claim = None
+        with self._lock:
+            if self._move is move and claim is not None:
+                move.claim = claim
+                return
+            if self._move is move:
+                self._move = None  # nothing free (or an error): the next pass tries again
+        if claim is not None:  # given up meanwhile (finish_moving): give the claim back
+            with self._lock:
+                self._store(claim[0], claim[1], get_dht_time(), released=True)
+
+    def _claim_free(self, preferred: int | None, exclude: set[int], resume_own: bool) -> tuple[int, float, float] | None:
+        """Claim a free shard, not one in `exclude`: (shard, claimed_at, confirmed expiry), or None if none is free.
+
+        Order: `preferred`; with `resume_own`, a shard our own live entry still holds (a restarted peer takes its shard
+        back); then the least-read shards first (their progress, i.e. how many samples all their holders have read),
+        ties in an order that starts at this holder's own place. The lock is held only around our own state, never
+        across a DHT call's wait or the settle sleep: renewals of a held shard go on meanwhile."""
+        tried: set[int] = set(exclude)
+        while True:
+            table = self._read()  # afresh each time: a stale view could take a live lease
+            idle = self._idle_holders(table)
+            own_live = [s for s, entries in table.items() if any(e.holder == self.holder and e.live() for e in entries)]
+            if preferred is None and resume_own:
+                preferred = min((s for s in own_live if s not in exclude), default=None)
+            read = {s: self._read_so_far(entries, idle) for s, entries in table.items()}
+            order = sorted(self._candidates(), key=lambda s: read.get(s, 0))  # stable: ties keep our own order
+            if preferred is not None and 0 <= preferred < self.num_shards:
+                order.remove(preferred)
+                order.insert(0, preferred)
+            shard = next((s for s in order if s not in tried and not self._rivals(table.get(s, []), idle)), None)
+            if shard is None:
+                return None
+            tried.add(shard)
+            own = next((e for e in table.get(shard, []) if e.holder == self.holder and e.live()), None)
+            claimed_at = own.record.claimed_at if own is not None else get_dht_time()  # a restart continues its tenure
+            # our entry keeps an offset of ours only while it is the shard's newest (a restart resumes from it); an older
+            # one, written again now, would become the newest: a rewind. Otherwise this tenure carries an offset only
+            # from its first save_progress, after progress() read where the last holder stopped
+            newest = _newest_offset(table.get(shard, []), idle)
+            with self._lock:
                 if newest is not None and newest.holder == self.holder and newest.record.offset is not None:
                     self._offsets[shard] = newest.record.offset
                 else:
                     self._offsets.pop(shard, None)
                 self._store(shard, claimed_at, get_dht_time() + self.lease_seconds)
-                time.sleep(self.settle_seconds)
-                entries = self._read().get(shard, [])
-                earlier = [e for e in self._rivals(entries, self._idle_holders({shard: entries})) if _order(e) < (claimed_at, self.holder)]
+            time.sleep(self.settle_seconds)
+            entries = self._read().get(shard, [])
+            earlier = [e for e in self._rivals(entries, self._idle_holders({shard: entries})) if _order(e) < (claimed_at, self.holder)]
+            with self._lock:
                 if earlier:  # a claim that began first won the race: give ours back at once
                     self._store(shard, claimed_at, get_dht_time(), released=True)
                     continue
                 for entry in entries:
                     if entry.holder != self.holder and entry.live() and (shard, entry.holder) in idle:
                         logger.warning("shard %d is held by %s, which trains on nothing: training on it anyway", shard, entry.holder)
-                self._claimed_at, self._expires_at = claimed_at, self._confirmed_expiration()
-                self._store(shard, claimed_at, self._expires_at)
-                self._shard, self._lost = shard, False
-                return shard
+                expires_at = self._confirmed_expiration()
+                self._store(shard, claimed_at, expires_at)
+                return shard, claimed_at, expires_at
+
+    def _read_so_far(self, entries: list["LeaseEntry"], idle: set[tuple[int, str]]) -> int:
+        """How many samples of a shard its holders have read: the offset of its progress entry (0: none yet)."""
+        newest = _newest_offset(entries, idle)
+        return (newest.record.offset or 0) if newest is not None else 0
 
     def renew(self, offset: int | None = None) -> bool:
         """Extend the lease; False (and `lost` set) if it lapsed and another peer holds the shard now. Two DHT calls.
@@ -196,7 +291,8 @@ class ShardLease:
             return True
 
     def release(self) -> None:
-        """Give the shard back now rather than when the lease expires."""
+        """Give the shard back now rather than when the lease expires (and any shard a move under way leased)."""
+        self.finish_moving(timeout=self.settle_seconds + 10.0)
         with self._lock:
             if self._shard is None:
                 return
@@ -244,14 +340,10 @@ class ShardLease:
             else:  # a shard we do not hold (any more): the offset travels in a released entry
                 self._store(shard, self._claimed_at, get_dht_time(), released=True)
 
-    def _candidates(self, preferred: int | None) -> list[int]:
+    def _candidates(self) -> list[int]:
         # start each holder at its own place so that peers starting together do not all race for shard 0
         start = int(hashlib.sha256(self.holder.encode()).hexdigest(), 16) % self.num_shards
-        order = [(start + i) % self.num_shards for i in range(self.num_shards)]
-        if preferred is not None and 0 <= preferred < self.num_shards:
-            order.remove(preferred)
-            order.insert(0, preferred)
-        return order
+        return [(start + i) % self.num_shards for i in range(self.num_shards)]
 
     def _rivals(self, entries: list["LeaseEntry"], idle: set[tuple[int, str]]) -> list["LeaseEntry"]:
         """Others' live claims among one shard's entries that are not idle (those keep the shard from us)."""
@@ -341,6 +433,15 @@ class ShardLease:
                     return  # lost or released
             except Exception:  # the DHT process may be busy or restarting; the next tick retries
                 logger.warning("could not renew the lease on shard %s", self._shard, exc_info=True)
+
+
+@dataclass
+class _Move:
+    """A move from shard `old` to the next one (ShardLease.start_moving): `claim` once the background thread leased it."""
+
+    old: int
+    claim: tuple[int, float, float] | None = None  # (shard, claimed_at, expires_at)
+    thread: threading.Thread | None = None
 
 
 @dataclass(frozen=True)

@@ -411,6 +411,7 @@ class TrainingSession:
         # (wall-clock time, global step) each time this peer's shared state moved on: how long rounds took, and the
         # longest stall around a peer leaving or joining, read across peers by bench/shaped_network.py
         self.epoch_arrivals: list[tuple[float, int]] = []
+        self.shards_read: list[int] = []  # every shard this peer read, in the order it first did
 
     def run(self) -> None:
         """The algorithm: take the next batch of the leased shard, compute the loss, let hivemind step."""
@@ -476,20 +477,33 @@ class TrainingSession:
         return self.options.max_minutes is not None and time.monotonic() - self.started >= self.options.max_minutes * 60
 
     def _ensure_shard(self) -> bool:
+        moved = self.lease.take_move(self.offset) if self.shard is not None else None
+        if moved is not None:
+            self._read_shard(moved)
         if self.shard is None or self.lease.lost:
-            self.shard = self.lease.acquire()
-            if self.shard is None:
+            shard = self.lease.acquire()
+            if shard is None:
+                self.shard = None
                 return False
-            self.pairs = self.corpus.shard(self.shard, self.config.swarm.num_shards)
-            self.offset = self.lease.progress(self.shard) % len(self.pairs)
-            self.stats.shard = self.shard
+            self._read_shard(shard)
         return True
 
+    def _read_shard(self, shard: int) -> None:
+        """Read `shard` from where its holders stopped (the offset counts samples read; it never wraps)."""
+        self.shard = self.stats.shard = shard
+        if shard not in self.shards_read:
+            self.shards_read.append(shard)
+        self.pairs = self.corpus.shard(shard, self.config.swarm.num_shards)
+        self.offset = self.lease.progress(shard)
+
     def _next_batch(self) -> list:
-        batch = [self.pairs[(self.offset + i) % len(self.pairs)] for i in range(self.batch_size)]
-        if self.offset + self.batch_size >= len(self.pairs):
+        size, start = len(self.pairs), self.offset % len(self.pairs)
+        batch = [self.pairs[(start + i) % size] for i in range(self.batch_size)]
+        passes = self.offset // size
+        self.offset += self.batch_size
+        if self.offset // size > passes:  # a whole pass over the shard: read the least-read free one next
             self.stats.shards_completed += 1
-        self.offset = (self.offset + self.batch_size) % len(self.pairs)
+            self.lease.start_moving()
         return batch
 
     def _count(self, batch: list, loss: float) -> None:
@@ -574,6 +588,7 @@ class TrainingSession:
                 "rounds": self.rounds.snapshot(),
                 "epoch_arrivals": self.epoch_arrivals,
                 "shards_completed": self.stats.shards_completed,
+                "shards_read": self.shards_read,
                 "compression": self.options.compression or self.config.swarm.compression,
                 "averaging": self.config.swarm.averaging,
                 "compat_parent": self.parent.version if self.parent is not None else None,
