@@ -251,10 +251,18 @@ def run_swarm_shaped(
     }
 
 
-def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int, effective_batches: float, out: Path | None) -> dict:
+def heldout_losses(
+    coordinator_dir: Path,
+    swarm_state: Path,
+    total_samples: int,
+    effective_batches: float,
+    out: Path | None,
+    shard: tuple[int, int] | None = None,
+) -> dict:
     """Held-out loss (absolute InfoNCE on 1,024 held-out pairs, batch 128, as tests/test_swarm.py) of the swarm's final
     averaged state, of the start release, and (unless `out` is None) of one process trained from the same start on the
-    same number of samples with the swarm's effective batch (accumulate = round(effective batches))."""
+    same number of samples with the swarm's effective batch (accumulate = round(effective batches)); with `shard` (I, N)
+    that process reads only every N-th training pair (what a swarm that never leaves its first shards reads)."""
     import torch
 
     from cairn.corpora import load_corpus
@@ -294,6 +302,7 @@ def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int,
         show_progress=False,
         compat_with=start,
         compat_weight=config.objective.compat_weight,
+        shard=shard,
     )
     swarm, single = loss(swarm_state), loss(out)
     return {
@@ -301,6 +310,7 @@ def heldout_losses(coordinator_dir: Path, swarm_state: Path, total_samples: int,
         "swarm": swarm,
         "single_process": single,
         "accumulate": accumulate,
+        "shard": list(shard) if shard else None,
         "ratio": swarm / single,
         "chance": math.log(batch),
     }
@@ -327,7 +337,7 @@ def final_state(workdir: Path, summaries: dict) -> Path:
     return workdir / "peers" / last / "state"
 
 
-def reevaluate(workdir: Path, effective_batches: float, baseline: bool = True) -> dict:
+def reevaluate(workdir: Path, effective_batches: float, baseline: bool = True, shard: tuple[int, int] | None = None) -> dict:
     """`heldout_losses` for a configuration that already ran (`--heldout-of`): another single-process twin (say the
     global batch, accumulate 4), or the swarm's loss alone for a run made with --no-baseline."""
     paths = sorted((workdir / "peers").glob("*/peer-summary.json"))
@@ -335,8 +345,10 @@ def reevaluate(workdir: Path, effective_batches: float, baseline: bool = True) -
         raise SystemExit(f"shaped_network: {workdir} holds no finished configuration (ROOT/runs/NAME with peers/*/peer-summary.json)")
     summaries = {path.parent.name: json.loads(path.read_text()) for path in paths}
     samples = sum(s["samples"] for s in summaries.values())
-    out = workdir / f"single-process-x{effective_batches:g}" if baseline else None
-    return {"samples": samples, **heldout_losses(workdir / "coordinator", final_state(workdir, summaries), samples, effective_batches, out)}
+    name = f"single-process-x{effective_batches:g}" + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
+    out = workdir / name if baseline else None
+    state = final_state(workdir, summaries)
+    return {"samples": samples, **heldout_losses(workdir / "coordinator", state, samples, effective_batches, out, shard)}
 
 
 def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
@@ -423,6 +435,13 @@ def set_outer_overlap(coordinator_dir: Path, overlap: bool) -> None:
     path.write_bytes(dataclasses.replace(config, swarm=dataclasses.replace(config.swarm, outer_overlap=overlap)).to_json_bytes())
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N (e.g. 0/4)")
+    return int(index), int(count)
+
+
 def _raise_exit(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
@@ -450,13 +469,20 @@ def main() -> None:
         default=1.0,
         help="with --heldout-of: batches of 1,024 per update of its single process (1: DiLoCo's inner step; 4: 4 peers' global batch)",
     )
+    parser.add_argument(
+        "--baseline-shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="with --heldout-of: its single process reads only shard I of N (every N-th training pair)",
+    )
     parser.add_argument("--root", type=Path, default=Path("bench/out/shaped"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/shaped.json"))
     parser.add_argument("--cleanup", action="store_true", help="remove namespaces left by benchmark runs whose process is gone, then exit")
     args = parser.parse_args()
 
     if args.heldout_of is not None:
-        print(json.dumps(reevaluate(args.heldout_of, args.effective_batches, baseline=not args.no_baseline)))
+        print(json.dumps(reevaluate(args.heldout_of, args.effective_batches, not args.no_baseline, args.baseline_shard)))
         return
     if args.cleanup:
         removed = cleanup_leftovers()
