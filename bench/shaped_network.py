@@ -592,7 +592,9 @@ def kept_throughput(results: list[dict]) -> list[str]:
     for spec, row in rows.items():
         if fp32 is not None and spec != "none" and "@" not in spec:
             ratio = fp32["wire_bytes_sent_per_sample_training"] / row["wire_bytes_sent_per_sample_training"]
-            lines.append(f"- {spec}: {ratio:.0f}x fewer wire bytes per trained sample than per-step fp32 (none) in this run")
+            lines.append(
+                f"- {spec}: {ratio:.{0 if ratio >= 10 else 1}f}x fewer wire bytes per trained sample than per-step fp32 (none) in this run"
+            )
     return lines
 
 
