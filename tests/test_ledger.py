@@ -284,3 +284,17 @@ def test_releases_continue_when_the_swarm_is_restarted_on_the_same_workdir():
     # the swarm started again from step 0 after a release at step 50: due again after 10 steps of the new run
     assert not release_is_due(5, 50, 10) and release_is_due(10, 50, 10)
     assert not release_is_due(49, 50, 10)  # one step back is a donor behind, not a new run
+
+
+def test_release_cadence_counts_samples_so_a_diloco_round_is_many_global_steps():
+    from cairn.coordinator.service import release_is_due
+    from cairn.protocol.run_config import SwarmConfig
+
+    diloco = SwarmConfig(averaging="diloco", outer_every=128)
+    assert diloco.steps_per_epoch == 128 and SwarmConfig(averaging="gradients", outer_every=128).steps_per_epoch == 1
+    # --release-every 10 under DiLoCo at H = 128: every outer round passes it (counting rounds, the first release
+    # would come after 10 rounds, ~15 minutes of a 2-peer CPU swarm)
+    assert release_is_due(1, 0, 10, diloco.steps_per_epoch) and not release_is_due(1, 1, 10, diloco.steps_per_epoch)
+    # R larger than one round: released at the first round past R global steps' worth of samples
+    assert not release_is_due(2, 0, 300, 128) and release_is_due(3, 0, 300, 128)
+    assert not release_is_due(3, 0, 0, 128)  # 0: on request only

@@ -91,7 +91,11 @@ def init(
 @click.option("--http-port", type=click.IntRange(0, 65535), default=8700, show_default=True, help="release repository over HTTP")
 @click.option("--announce-host", help="public address to put in the join address and repository URL")
 @click.option(
-    "--release-every", type=click.IntRange(min=0), default=0, show_default=True, help="cut a release every R global steps (0: on request)"
+    "--release-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="cut a release every R global steps' worth of samples (R x --target-batch-size; under diloco at the first outer round past it; 0: on request)",
 )
 @click.option("--spot-check-seconds", type=click.FloatRange(min=1.0, max=86_400.0), default=20.0, show_default=True)
 @click.option(

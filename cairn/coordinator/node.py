@@ -35,7 +35,7 @@ class CoordinatorOptions:
     port: int = 31337  # the DHT's fixed TCP port
     http_host: str = "127.0.0.1"
     http_port: int = 8700  # release repository
-    release_every: int = 0  # cut a release every R global steps (0: only on request)
+    release_every: int = 0  # every R global steps' worth of samples (0: only on request)
     poll_seconds: float = 3.0
     spot_check_seconds: float = 20.0
     metrics_port: int | None = None  # a separate /metrics listener (health checks), besides the release port

@@ -249,7 +249,9 @@ class Coordinator:
         self.loaded_epoch = averager.local_epoch
         self._trust_epoch(self.loaded_epoch)
         self._spot_check(self._last_records)
-        release_due = release_is_due(self.loaded_epoch, self.last_release_step, self.options.release_every)
+        release_due = release_is_due(
+            self.loaded_epoch, self.last_release_step, self.options.release_every, self.config.swarm.steps_per_epoch
+        )
         requested = self.workdir.release_requested()
         if release_due or requested:
             try:
@@ -313,14 +315,17 @@ class Coordinator:
             self.ledger.close()
 
 
-def release_is_due(loaded_epoch: int, last_release_step: int, release_every: int) -> bool:
-    """R global steps since the last release. A swarm started again on the same workdir counts from step 0: measured
-    from the old run's release step, no release would come until the new run passed it (issue 18)."""
+def release_is_due(loaded_epoch: int, last_release_step: int, release_every: int, steps_per_epoch: int = 1) -> bool:
+    """R global steps' worth of samples since the last release. Epochs count averaging rounds; under DiLoCo one is
+    `steps_per_epoch` (--outer-every) global steps' worth, so R counts samples, not rounds: a DiLoCo run releases at
+    the first outer round that passes R (at the defaults, every round), where counting rounds would make the README's
+    5-minute swarm cut none. A swarm started again on the same workdir counts from step 0: measured from the old
+    run's release step, no release would come until the new run passed it (issue 18)."""
     if not release_every:
         return False
     if loaded_epoch <= last_release_step // 2:  # a new run of the swarm (one step back is only a donor behind)
         last_release_step = 0
-    return loaded_epoch - last_release_step >= release_every
+    return (loaded_epoch - last_release_step) * steps_per_epoch >= release_every
 
 
 def run_coordinator(options: CoordinatorOptions) -> None:

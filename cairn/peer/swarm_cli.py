@@ -17,7 +17,11 @@ from cairn.cli_options import swarm_options, training_options
 @training_options
 @swarm_options
 @click.option(
-    "--release-every", type=click.IntRange(min=1), default=10, show_default=True, help="cut a signed release every R global steps"
+    "--release-every",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="cut a signed release every R global steps' worth of samples (R x --target-batch-size; under diloco at the first outer round past it)",
 )
 @click.option("--no-dashboard", is_flag=True)
 def swarm(peers: int, minutes: float | None, workdir: Path, corpus: str, release_every: int, no_dashboard: bool, **settings) -> None:

@@ -175,7 +175,13 @@ class SwarmConfig:
     def samples_per_epoch(self) -> int:
         """Samples (all peers together) between two averaging rounds: hivemind's target batch size, and what the
         ledger caps credit by per global step. A DiLoCo epoch is one outer round."""
-        return self.target_batch_size * (self.outer_every if self.averaging == "diloco" else 1)
+        return self.target_batch_size * self.steps_per_epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global steps' worth of samples (x target_batch_size) in one epoch: what release cadences count in, so that
+        `--release-every R` means the same samples under either averaging (a DiLoCo epoch is --outer-every of them)."""
+        return self.outer_every if self.averaging == "diloco" else 1
 
     @classmethod
     def from_json(cls, document: dict) -> "SwarmConfig":
