@@ -64,6 +64,8 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
                     rule,
                     "--averaging-timeout",
                     "30",
+                    "--averaging",
+                    "gradients",  # the rows of docs/benchmarks.md section 13 were measured on per-step rounds
                 ),
                 check=True,
                 capture_output=True,

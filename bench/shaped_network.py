@@ -511,7 +511,7 @@ def main() -> None:
             template = init_template(args.root, "diloco", [*init_args, "--averaging", "diloco", *shlex.split(args.diloco_args)])
             peer_args: list[str] = []
         else:
-            template = init_template(args.root, "gradients", init_args)
+            template = init_template(args.root, "gradients", [*init_args, "--averaging", "gradients"])
             peer_args = ["--compression", mode]
         workdir = args.root / "runs" / spec.replace("@", "-at-").replace("+", "-")
         shutil.rmtree(workdir, ignore_errors=True)

@@ -102,7 +102,7 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
     gradients = args.root / "run-gradients"
     local = args.root / "run-diloco"
-    init_run(gradients)
+    init_run(gradients, "--averaging", "gradients")
     init_run(local, "--averaging", "diloco")
     cores = [str(c) for c in sorted(os.sched_getaffinity(0))]
     two = [("peer-a", [cores[0]]), ("peer-b", [cores[-1]])]

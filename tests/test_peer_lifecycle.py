@@ -25,7 +25,17 @@ def running_swarm(tmp_path_factory):
     corpus = write_corpus(root / "pairs.jsonl")
     with swarm_in(root, corpus) as swarm:
         swarm.init(
-            "--target-batch-size", "4096", "--batch-size", "32", "--landmarks", "64", "--compat-weight", "0", "--no-outside-reference"
+            "--averaging",
+            "gradients",
+            "--target-batch-size",
+            "4096",
+            "--batch-size",
+            "32",
+            "--landmarks",
+            "64",
+            "--compat-weight",
+            "0",
+            "--no-outside-reference",
         )
         swarm.start_coordinator("--no-outside-reference")
         swarm.start_peer("host", "--wait-for-peers", "1")

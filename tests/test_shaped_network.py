@@ -86,8 +86,10 @@ def test_two_peers_train_together_over_shaped_links(tmp_path: Path, no_leftovers
             "512",
             "--initialisation",
             "random",
+            "--averaging",
+            "gradients",
             "--no-outside-reference",
-        ),  # the links are under test, not the start
+        ),  # the links under per-step rounds are under test, not the start or DiLoCo (bench/shaped_network.py measures it)
         capture_output=True,
         text=True,
         env=child_env(),

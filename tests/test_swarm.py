@@ -48,7 +48,9 @@ def test_two_peers_train_together_release_and_serve(tmp_path: Path, corpus_spec:
         # no compatibility term here: its extra forward pass of the parent release per batch, on this shared 2-core
         # box, makes single averaging rounds miss their group and the parameter bound below is about averaging;
         # test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults runs the term end to end
-        swarm.init("--target-batch-size", "512", "--batch-size", "32", "--landmarks", "128", "--compat-weight", "0")
+        swarm.init(
+            "--averaging", "gradients", "--target-batch-size", "512", "--batch-size", "32", "--landmarks", "128", "--compat-weight", "0"
+        )
         swarm.start_coordinator("--release-every", "3")
         metrics_port = free_port()
         alice = swarm.start_peer("alice", "--wait-for-peers", "2", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1")
@@ -228,8 +230,12 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
     with its ledger and releases intact and continues the version sequence while peers kept training."""
     with swarm_in(tmp_path, corpus_spec) as swarm:
         # three shards for three peers: with a newcomer in the dead peer's place, every shard is held again
-        # failure handling, not compatibility: without the term's parent pulls and extra forward passes on this 2-core box
+        # failure handling, not compatibility: without the term's parent pulls and extra forward passes on this 2-core box.
+        # Per-step rounds: the stall bound below is one averaging timeout per global step (DiLoCo's leave and join are
+        # test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join)
         swarm.init(
+            "--averaging",
+            "gradients",
             "--target-batch-size",
             "384",
             "--batch-size",
@@ -344,23 +350,30 @@ def _next_minor(version: str) -> str:
 
 
 @pytest.mark.timeout(1500)
-def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tmp_path: Path, corpus_spec: str):
-    """The swarm that trained nothing (docs/benchmarks.md): at the defaults of the README's main job, a swarm and
-    the single-process trainer, at equal samples, effective batch and learning rate, both learn well below chance,
-    and the swarm's held-out loss is within 5 % of the trainer's. Both start from the run's start release and stay
+def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tmp_path: Path):
+    """The swarm that trained nothing (docs/benchmarks.md section 7), at the defaults of the README's main job: DiLoCo,
+    an outer round every 128 global steps' worth of samples, on the embedded WordNet. A 2-peer swarm and the
+    single-process trainer at equal samples and the inner step's batch both learn well below chance, and the swarm's
+    shared state is within 5 % of the trainer's held-out loss. Both start from the run's start release and stay
     compatible with it (the swarm's parent while no other release exists; the trainer's --compat-with).
 
-    On the code before the fix the swarm's loss sat at ln(batch) from global step 3: this fails there."""
+    On the code before the fix the swarm's loss sat at ln(batch) from global step 3: this fails there, and it fails on
+    a swarm whose outer rounds do not reach the shared state (what peers keep, and what joiners and releases get)."""
 
     from cairn.coordinator.cli import COMPAT_WEIGHT
     from cairn.corpora import load_corpus
     from cairn.protocol.embedder import load_bundle
     from cairn.training.trainer import train
-    from cairn.protocol.run_config import TrainingConfig
+    from cairn.protocol.run_config import SwarmConfig, TrainingConfig
     from cairn.training.task import TrainingTask, reference_texts
 
-    config, target = TrainingConfig(), 2048  # the README's defaults: `cairn swarm` = coordinator init with no options
-    samples_per_peer = 40 * target // 2  # 40 global steps
+    config, defaults = TrainingConfig(), SwarmConfig()  # the README's defaults: `cairn swarm` = coordinator init with no options
+    assert defaults.averaging == "diloco", "the README's defaults changed: this test compares their swarm with one process"
+    round_samples = defaults.samples_per_epoch  # 128 x 2,048 = 262,144 samples, all peers together
+    # two and a half rounds between the two peers: the shared state they keep is that of the second outer round (a peer
+    # that leaves waits for the round in flight and keeps the shared state, never its own inner progress)
+    samples_per_peer = round_samples * 5 // 4
+    corpus_spec = "wordnet"
     with swarm_in(tmp_path, corpus_spec) as swarm:
         # only the test's shard count, lease and timeout differ (swarm_util.Swarm.init); the outside reference only adds
         # to what releases report, and this run cuts none after the start
@@ -371,20 +384,21 @@ def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tm
             assert peer.popen.wait(timeout=1200) == 0, peer.tail()
         start = swarm.coordinator_dir / "releases" / "0.1.0"
         summaries = {name: swarm.summary(name) for name in ("p", "q")}
-        assert all(s["compat_parent"] == "0.1.0" for s in summaries.values()), summaries
+        assert all(s["averaging"] == "diloco" and s["compat_parent"] == "0.1.0" for s in summaries.values()), summaries
         # the swarm reads the whole corpus, as the single process does: a peer that finished a pass over its shard moves
         # on to the least-read free one (two peers on four shards once read half the corpus, each its own half of it)
         assert all(s["shards_completed"] >= 1 and len(s["shards_read"]) >= 2 for s in summaries.values()), summaries
         assert set().union(*(s["shards_read"] for s in summaries.values())) == {0, 1, 2, 3}, summaries
-        last = max(summaries, key=lambda name: summaries[name]["final_epoch"])  # one may step once more as the other leaves
+        # both took part in outer rounds that went through, and the shared state is the second round's
+        assert all(s["rounds"].get("success", 0) >= 1 for s in summaries.values()), summaries
+        last = max(summaries, key=lambda name: summaries[name]["final_epoch"])
+        rounds = summaries[last]["final_epoch"]
+        assert rounds == 2, summaries
         swarm_state = swarm.peer_dir(last) / "state"
 
-    # hivemind reaches a global step only after every peer has seen the target in the DHT: peers stepping 1,024 samples
-    # at a time overshoot the 2,048 target (measured 1.6-1.9x). Equal effective batch means the swarm's real one, which
-    # lies between two whole numbers of batches: the baseline trains at both (equal samples, equal learning rate).
-    total, updates = sum(s["samples"] for s in summaries.values()), summaries[last]["final_epoch"]
-    effective = total / updates / config.batch_size
-    assert 2 <= effective <= 4, (total, updates)
+    # equal samples: what the shared state was trained on, two rounds' worth (the samples peers trained after the second
+    # round closed never reached it); equal batch: DiLoCo's inner step is one update per batch, so is the trainer's
+    samples = rounds * round_samples
     corpus = load_corpus(corpus_spec)
     heldout, batch = corpus.heldout[:1024], 128
     release = load_bundle(start, device="cpu")
@@ -394,29 +408,27 @@ def test_swarm_learns_like_the_single_process_baseline_at_the_readme_defaults(tm
         task = TrainingTask(model, release.tokenizer, release.landmarks, reference_texts(corpus, config.reference_size), config)
         return task.eval_loss(heldout, batch_size=batch)
 
-    baselines = []
-    for accumulate in sorted({math.floor(effective), math.ceil(effective)}):
-        baseline_dir = tmp_path / f"baseline-{accumulate}"
-        train(
-            corpus_spec,
-            baseline_dir,
-            config,
-            max_samples=total,
-            accumulate=accumulate,
-            evaluate=False,
-            show_progress=False,
-            compat_with=start,
-            compat_weight=COMPAT_WEIGHT,
-        )
-        baselines.append(heldout_loss(baseline_dir))
-
-    chance = math.log(batch)
-    start_loss, swarm_loss = heldout_loss(start), heldout_loss(swarm_state)
-    assert max(baselines) < 0.8 * chance and swarm_loss < 0.8 * chance, (swarm_loss, baselines, chance)
-    # both learned from the start release, by a margin a collapsed or frozen encoder cannot fake
-    assert max(baselines) < start_loss - 0.2 and swarm_loss < start_loss - 0.2, (start_loss, swarm_loss, baselines)
-    # within 5 % of the single process at the swarm's effective batch (bracketed by the two whole-batch baselines)
-    assert 0.95 * min(baselines) <= swarm_loss <= 1.05 * max(baselines), (swarm_loss, baselines, effective)
+    baseline_dir = tmp_path / "baseline"
+    train(
+        corpus_spec,
+        baseline_dir,
+        config,
+        max_samples=samples,
+        accumulate=1,
+        evaluate=False,
+        show_progress=False,
+        compat_with=start,
+        compat_weight=COMPAT_WEIGHT,
+    )
+    start_loss, swarm_loss, baseline = heldout_loss(start), heldout_loss(swarm_state), heldout_loss(baseline_dir)
+    # both learned from the start release. WordNet's held-out batches hold a lemma's senses side by side, so the
+    # start's loss sits above chance (measured 9.59 against ln 128 = 4.85) and a collapsed encoder would score chance,
+    # "better" than the start: the training loss says it did not collapse (chance there: ln of the batch of 1,024)
+    assert baseline < start_loss - 0.5 and swarm_loss < start_loss - 0.5, (start_loss, swarm_loss, baseline)
+    assert all(not s["collapsed"] and s["last_loss"] < 0.5 * math.log(config.batch_size) for s in summaries.values()), summaries
+    # within 5 % of the single process (DiLoCo's claim; measured below it on shaped links, docs/benchmarks.md section
+    # 10); far below it would mean the swarm's state saw more samples than counted here, or collapsed to chance
+    assert 0.9 * baseline <= swarm_loss <= 1.05 * baseline, (swarm_loss, baseline, start_loss)
 
 
 @pytest.mark.timeout(1200)
