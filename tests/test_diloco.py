@@ -119,8 +119,9 @@ def test_a_round_in_progress_never_touches_the_shared_parameters(dht):
 
 
 def test_the_epoch_is_one_outer_round_and_old_run_configs_still_load():
-    assert SwarmConfig(target_batch_size=2048).samples_per_epoch == 2048
+    assert SwarmConfig(target_batch_size=2048, averaging="gradients").samples_per_epoch == 2048
     assert SwarmConfig(target_batch_size=2048, averaging="diloco", outer_every=16).samples_per_epoch == 32768
+    assert SwarmConfig().averaging == "diloco" and SwarmConfig().samples_per_epoch == 128 * 2048  # the default since 2026-12-03
     with pytest.raises(ValueError, match="averaging must be one of"):
         SwarmConfig(averaging="gossip")
     config = RunConfig(run_id="r", corpus="c", corpus_digest="d", tokenizer_digest="t", landmarks_digest="l", landmarks_version=1)
@@ -130,6 +131,16 @@ def test_the_epoch_is_one_outer_round_and_old_run_configs_still_load():
     assert RunConfig.from_json_bytes(json.dumps(document).encode()).swarm.averaging == "diloco"
     document["swarm"]["local_updates"] = False
     assert RunConfig.from_json_bytes(json.dumps(document).encode()).swarm.averaging == "gradients"
+    # a run initialised before DiLoCo became the default keeps what it was created with: per-step gradients when it
+    # names no averaging, and the round length and outer learning rate of then when it names none
+    del document["swarm"]["local_updates"]
+    assert RunConfig.from_json_bytes(json.dumps(document).encode()).swarm.averaging == "gradients"
+    document["swarm"].update(averaging="diloco")
+    del document["swarm"]["outer_every"], document["swarm"]["outer_lr"]
+    old_diloco = RunConfig.from_json_bytes(json.dumps(document).encode()).swarm
+    assert (old_diloco.averaging, old_diloco.outer_every, old_diloco.outer_lr) == ("diloco", 16, 0.7)
+    # and a run initialised today reads back exactly as created
+    assert RunConfig.from_json_bytes(config.to_json_bytes()).swarm == SwarmConfig()
 
 
 def _overlapped(dht, swarm: SwarmConfig, run_id: str):

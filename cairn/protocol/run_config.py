@@ -192,8 +192,13 @@ class SwarmConfig:
     @classmethod
     def from_json(cls, document: dict) -> "SwarmConfig":
         document = dict(document)
-        if document.pop("local_updates", False):  # runs initialised before issue 13: parameter averaging became DiLoCo
-            document.setdefault("averaging", "diloco")
+        # a run keeps the settings it was initialised with, whatever today's defaults: runs from before issue 13 averaged
+        # gradients every step (or, with --local-updates, parameters: that became DiLoCo), and DiLoCo's round length and
+        # outer learning rate were 16 and 0.7 until they became the defaults at 128 and 0.35 (2026-12-03)
+        local_updates = document.pop("local_updates", False)
+        document.setdefault("averaging", "diloco" if local_updates else "gradients")
+        document.setdefault("outer_every", 16)
+        document.setdefault("outer_lr", 0.7)
         return cls(**document)
 
 
