@@ -147,7 +147,8 @@ class SwarmConfig:
         choices=AVERAGING,
     )
     # H = 128: the shortest measured round that sends 100x fewer bytes than per-step fp32 (H = 64: 79x); outer lr 0.35,
-    # DiLoCo's 0.7 halved, was 2.5-2.8 % below one process at H = 128 where 0.7 was above it (docs/benchmarks.md §10)
+    # DiLoCo's 0.7 halved: 2.5-2.8 % below one process at H = 128 (at 0.7 the same H was 17 % above it where 0.35 was
+    # 8 %, both in runs that read a quarter of the corpus; docs/benchmarks.md §10)
     outer_every: int = setting(
         128, "diloco: global steps' worth of samples (x --target-batch-size) between two outer rounds", min=1, max=100_000
     )
