@@ -15,7 +15,6 @@ overhead, as is the in-process timing of one reducer's work per round printed fi
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import heldout_loss  # noqa: E402
 from cairn.peer.swarm import Service, cairn, start_loopback_coordinator, stop_services  # noqa: E402
 
 CORPUS = "wordnet"
@@ -128,13 +128,6 @@ def run_row(row: str, root: Path, samples_per_peer: int, cores: list[str]) -> di
     }
 
 
-@functools.lru_cache(maxsize=1)
-def _corpus():
-    from cairn.corpora import load_corpus
-
-    return load_corpus(CORPUS)
-
-
 def finite_state(state: Path) -> bool:
     """Whether every parameter of the encoder saved in `state` is finite."""
     import torch
@@ -142,19 +135,6 @@ def finite_state(state: Path) -> bool:
     from cairn.protocol.encoder import load_encoder
 
     return all(bool(torch.isfinite(p).all()) for p in load_encoder(state).parameters())
-
-
-def heldout_loss(state: Path, start: Path) -> float:
-    """Held-out InfoNCE of the encoder saved in `state` (the run's tokenizer and landmarks from release `start`)."""
-    from cairn.protocol.embedder import load_bundle
-    from cairn.protocol.encoder import load_encoder
-    from cairn.protocol.run_config import TrainingConfig
-    from cairn.training.task import TrainingTask, reference_texts
-
-    config, corpus = TrainingConfig(), _corpus()
-    release = load_bundle(start, device="cpu")
-    task = TrainingTask(load_encoder(state), release.tokenizer, release.landmarks, reference_texts(corpus, config.reference_size), config)
-    return task.eval_loss(corpus.heldout[:1024], batch_size=128)
 
 
 def reducer_seconds(values: int = 30522 * 256 // PEERS, part: int = 2**19) -> dict[str, float]:

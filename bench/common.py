@@ -74,6 +74,27 @@ def wordnet():
     return load_wordnet()
 
 
+@lru_cache(maxsize=2)
+def _corpus(spec: str):
+    from cairn.corpora import load_corpus
+
+    return load_corpus(spec)
+
+
+def heldout_loss(state: Path, start: Path, corpus: str = "wordnet", training: TrainingConfig = DEFAULT) -> float:
+    """The held-out loss every swarm benchmark reports: absolute InfoNCE of the encoder saved in `state` on the first
+    1,024 held-out pairs of `corpus`, batch 128, with the run's tokenizer and landmarks from its release `start`."""
+    from cairn.protocol.encoder import load_encoder
+    from cairn.training.task import TrainingTask, reference_texts
+
+    pairs = _corpus(corpus)
+    release = load_bundle(start, device="cpu")
+    task = TrainingTask(
+        load_encoder(state), release.tokenizer, release.landmarks, reference_texts(pairs, training.reference_size), training
+    )
+    return task.eval_loss(pairs.heldout[:1024], batch_size=128)
+
+
 @lru_cache(maxsize=4)
 def prepared(config: TrainingConfig = DEFAULT) -> tuple[TextTokenizer, LandmarkSet]:
     """The run's tokenizer and landmark set for `config` on WordNet (deterministic; cached in bench/out/runs/_prepared)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import heldout_loss  # noqa: E402
 from cairn.peer.swarm import Service, cairn, start_loopback_coordinator, stop_services  # noqa: E402
 
 CORPUS = "wordnet"
@@ -78,21 +79,6 @@ def run_swarm(name: str, root: Path, init_args: list[str], samples_per_peer: int
     summaries = [json.loads((run / "peers" / f"peer-{i}" / "peer-summary.json").read_text()) for i in range(len(cores))]
     last = max(range(len(cores)), key=lambda i: summaries[i]["final_epoch"])
     return {"summaries": summaries, "state": run / "peers" / f"peer-{last}" / "state", "start": coordinator_dir / "releases" / "0.1.0"}
-
-
-def heldout_loss(directory: Path, start: Path) -> float:
-    from cairn.corpora import load_corpus
-    from cairn.protocol.embedder import load_bundle
-    from cairn.protocol.encoder import load_encoder
-    from cairn.protocol.run_config import TrainingConfig
-    from cairn.training.task import TrainingTask, reference_texts
-
-    config, corpus = TrainingConfig(), load_corpus(CORPUS)
-    release = load_bundle(start, device="cpu")
-    task = TrainingTask(
-        load_encoder(directory), release.tokenizer, release.landmarks, reference_texts(corpus, config.reference_size), config
-    )
-    return task.eval_loss(corpus.heldout[:1024], batch_size=128)
 
 
 def baseline(root: Path, total: int, start: Path) -> float:

@@ -48,26 +48,14 @@ def run_job(workdir: Path, minutes: float, args: list[str], release_every: int |
     return time.monotonic() - started
 
 
-def heldout_loss(coordinator_dir: Path, release: Path) -> float:
-    from cairn.corpora import load_corpus
-    from cairn.protocol.embedder import load_bundle
-    from cairn.protocol.encoder import load_encoder
-    from cairn.protocol.workdir import Workdir
-    from cairn.training.task import TrainingTask, reference_texts
-
-    run = Workdir(coordinator_dir).load_run_config()
-    corpus = load_corpus(run.corpus)
-    bundle = load_bundle(release, device="cpu")
-    task = TrainingTask(
-        load_encoder(release), bundle.tokenizer, bundle.landmarks, reference_texts(corpus, run.training.reference_size), run.training
-    )
-    return task.eval_loss(corpus.heldout[:1024], batch_size=128)
-
-
 def summarise(label: str, args: list[str], workdir: Path, wall: float) -> dict:
     from cairn.releases.manifest import read_manifest
 
+    from bench.common import heldout_loss
+    from cairn.protocol.workdir import Workdir
+
     coordinator = workdir / "coordinator"
+    run = Workdir(coordinator).load_run_config()
     releases = sorted((coordinator / "releases").glob("*.*.*"), key=lambda p: tuple(int(x) for x in p.name.split(".")))
     manifests = [(path, read_manifest(path)) for path in releases]
     trained = [(path, m) for path, m in manifests if m.global_step > 0]
@@ -85,7 +73,7 @@ def summarise(label: str, args: list[str], workdir: Path, wall: float) -> dict:
         "loss_first_last": [min(p["first_loss"] for p in peers.values()), min(p["last_loss"] for p in peers.values())],
         "releases": [{"version": str(m.version), "global_step": m.global_step} for _, m in manifests],
         "trained_releases": len(trained),
-        "start_heldout": heldout_loss(coordinator, releases[0]),
+        "start_heldout": heldout_loss(releases[0], releases[0], run.corpus, run.training),
     }
     if trained:
         path, last = trained[-1]
@@ -95,7 +83,7 @@ def summarise(label: str, args: list[str], workdir: Path, wall: float) -> dict:
             "global_step": last.global_step,
             "quick_suite": {task: metrics.get(task) for task in TASKS},
             "beats_yardstick": last.metrics.get("yardstick", {}).get("beats"),
-            "heldout": heldout_loss(coordinator, path),
+            "heldout": heldout_loss(path, releases[0], run.corpus, run.training),
         }
     return row
 
