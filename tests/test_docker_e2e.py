@@ -155,7 +155,7 @@ def test_no_secret_in_any_layer(built):
 # ---- the compose network ------------------------------------------------------------------------------
 
 INIT_ARGS = (
-    "--run-id compose-e2e --corpus wordnet --averaging gradients --shards 4 --lease-seconds 8 --averaging-timeout 10 "
+    "--run-id compose-e2e --corpus wordnet --averaging diloco --outer-every 4 --shards 4 --lease-seconds 8 --averaging-timeout 10 "
     "--target-batch-size 128 --batch-size 32 --compat-weight 0 --initialisation random --landmarks 64 "
     "--no-outside-reference"
 )  # as `run` below: no reference encoder or yardstick (~66 s of CPU at init)
