@@ -173,6 +173,42 @@ def test_a_reducer_sending_garbage_is_named_and_our_own_values_are_kept(caplog):
     assert implausible(torch.zeros(8), torch.full((8,), 3.0), scale=1.0) is None  # an untouched slice: judged by our scale
 
 
+def test_a_floor_judges_answers_by_the_swarm_s_scale_when_this_peer_s_own_values_are_small(caplog, monkeypatch):
+    """A DiLoCo newcomer's pseudo-gradient is small (a few inner steps, still warming up): judged by its own values,
+    an honest average 500x larger is 'garbage' and the newcomer leaves the swarm's state (the CI failure of
+    2026-12-03). With the floor its averager is given, the same answer is used, and garbage is still refused."""
+    monkeypatch.setattr(aggregation, "OFFENCES", aggregation.Offences())  # this test's offences stay in this test
+    own = torch.randn(4 * 64) * 1e-3  # RMS ~1e-3, the honest average's ~0.5
+
+    def answers(floor: float, reply: float) -> tuple[torch.Tensor, list[str]]:
+        CheckedTensorPartContainer.floor = floor
+        try:
+            container = CheckedTensorPartContainer([own.clone()], peer_fractions=(0.5, 0.5), part_size_bytes=64 * 4)
+        finally:
+            CheckedTensorPartContainer.floor = 0.0
+        container.peer_names, container.own_name = ["us", "them"], "us"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cairn.peer.aggregation"):
+            for peer in (0, 1):
+                for part in range(2):
+                    mine = container._input_parts_by_peer[peer][part][0]
+                    container.register_processed_part(peer, part, torch.full_like(mine, reply) - mine)
+
+        async def outputs() -> list[torch.Tensor]:
+            return [t async for t in container.iterate_output_tensors()]
+
+        delta = asyncio.run(outputs())[0]
+        container.finalize()
+        return own + delta, [r.getMessage() for r in caplog.records if "larger than ours" in r.getMessage()]
+
+    without, lines = answers(floor=0.0, reply=0.5)  # the bug: an honest answer refused, our own values kept
+    assert torch.allclose(without, own) and len(lines) == 2, lines
+    floored, lines = answers(floor=0.1, reply=0.5)  # the swarm's round scale as the yardstick: accepted
+    assert torch.allclose(floored, torch.full_like(own, 0.5)) and not lines, lines
+    refused, lines = answers(floor=0.1, reply=0.5e6)  # garbage stays garbage
+    assert torch.allclose(refused, own) and len(lines) == 2, lines
+
+
 # ---- four real averagers, one malicious ---------------------------------------------------------------
 
 

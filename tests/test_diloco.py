@@ -9,8 +9,10 @@ import hivemind
 import pytest
 import torch
 
+from cairn.peer.aggregation import install_aggregation
 from cairn.peer.diloco import (
     DiLoCoSteps,
+    FlooredGradientAverager,
     GradientSteps,
     OuterGradientAverager,
     OuterStateAverager,
@@ -221,6 +223,13 @@ def test_an_overlapped_round_lands_under_the_inner_steps_taken_meanwhile(dht):
             with probing:
                 assert torch.equal(model.weight.detach(), outer[0].detach())
             assert torch.equal(model.weight.detach(), before)
+            # from the next step on, the averager judges the reducers' answers against the swarm's round scale (the
+            # newcomer's yardstick, cairn/peer/aggregation.py): (1 - momentum) x the RMS of the outer momentum, after
+            # one round that round's pseudo-gradient
+            model.loss().backward()
+            steps.step()
+            round_scale = (1 - OUTER_MOMENTUM) * float((start - taken_at).pow(2).mean().sqrt())
+            assert optimizer.grad_averager.plausibility_floor.value == pytest.approx(round_scale, rel=1e-4)
         else:
             assert optimizer.local_epoch == 2
             assert torch.equal(steps.reference[0], model.weight.detach())
@@ -311,3 +320,61 @@ def test_a_probe_follows_only_an_update_this_step_s_round_produced():
     assert steps.probe_point(epoch_changed=True, round_ended_here=True) is not None
     assert steps.probe_point(epoch_changed=True, round_ended_here=False) is None  # a state download
     assert steps.probe_point(epoch_changed=False, round_ended_here=True) is None  # no new epoch: nothing to claim
+
+
+@pytest.mark.slow  # two real hivemind averagers (p2pd) and an all-reduce over loopback
+def test_a_newcomer_with_a_small_pseudo_gradient_takes_the_honest_average_given_the_floor():
+    """The CI failure of 2026-12-03, reproduced with two real averagers: a newcomer's pseudo-gradient 1e-4 of the
+    veteran's (a few inner steps, still warming up). Judged by its own values (floor 0), the newcomer refuses the
+    veteran's honest reducer ('5000x larger than ours'), keeps its own values for that half and ends apart from the
+    veteran. Given the floor its DiLoCo steps set (the outer state's round scale), both end on the same average."""
+    install_aggregation("centered_clip")  # the run's default; with two peers, the mean of the finite parts
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3000, generator=generator), 1e-4 * torch.randn(3000, generator=generator)]
+    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    dhts = [first, hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())]
+    averagers = []
+    try:
+        for dht, grad in zip(dhts, grads):
+            parameter = torch.nn.Parameter(torch.zeros(3000))
+            parameter.grad = grad.clone()
+            averagers.append(
+                FlooredGradientAverager(
+                    [parameter],
+                    dht=dht,
+                    prefix="newcomer-floor",
+                    start=True,
+                    target_group_size=2,
+                    min_group_size=2,
+                    min_matchmaking_time=2.0,
+                    request_timeout=1.0,
+                    next_chunk_timeout=5.0,
+                    part_size_bytes=4096,
+                )
+            )
+
+        def average(newcomer_floor: float) -> list[torch.Tensor]:
+            averagers[1].plausibility_floor.value = newcomer_floor
+            for averager in averagers:
+                averager.accumulate_grads_(batch_size=1)
+            controls = [averager.step(wait=False, timeout=60) for averager in averagers]
+            for control in controls:
+                control.result(timeout=90)
+            results = []
+            for averager in averagers:
+                with averager.get_tensors() as (averaged,):
+                    results.append(averaged.clone())
+            return results
+
+        mean = (grads[0] + grads[1]) / 2
+        veteran, newcomer = average(newcomer_floor=0.0)
+        assert torch.allclose(veteran, mean, atol=1e-5)
+        assert not torch.allclose(newcomer, mean, atol=1e-3)  # the bug: part of it is the newcomer's own tiny values
+        veteran, newcomer = average(newcomer_floor=(1 - OUTER_MOMENTUM) * float(grads[0].pow(2).mean().sqrt()))
+        assert torch.allclose(veteran, mean, atol=1e-5) and torch.allclose(newcomer, mean, atol=1e-5)
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for dht in dhts:
+            dht.shutdown()
+        install_aggregation("mean")

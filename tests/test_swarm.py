@@ -562,18 +562,21 @@ def test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join(tmp_path:
         assert summaries["cat"]["start_epoch"] >= max(step_at_join - 1, 1), (step_at_join, summaries["cat"])
         # outer rounds were all-reduces of pseudo-gradients with the others (one may fail as a peer leaves mid-round)
         assert summaries["ann"]["rounds"]["success"] >= 2 and summaries["cat"]["rounds"]["success"] >= 1, summaries
+        # no honest peer took another's honest answer for garbage: before the floor (cairn/peer/diloco.py
+        # outer_round_scale), the newcomer's small first pseudo-gradient made it judge an honest reducer's average
+        # "104x larger than ours", keep its own values for that slice and fail its spot check (CI, 2026-12-03)
+        for process in (peers["ann"], peers["ben"], late):
+            assert "larger than ours" not in process.log.read_text(errors="replace"), process.tail()
         # what the two last peers keep shares most of the training: far from where they started, and closer to each
-        # other than to their start. Measured disagreement (mean |ann - cat| / mean distance moved), bimodal: 0.05, 0.11
-        # and 0.006 in three runs, 0.42 and 0.49 in two others (2026-12-02), where the two differ in about a third of
-        # the coordinates by up to 0.16: one peer's saved state is one outer step away from the other's, though both
-        # end at the same epoch with a successful last round. Likely cause, seen in CI on 2026-12-03 (docs/operating.md,
-        # "Known bug, open"): the newcomer's small first pseudo-gradient made it judge an honest reducer implausible and keep
-        # its own values for that reducer's slice (one of three). Open (issue 13); the bound stays tight
-        # enough to fail on peers that do not share a state at all (apart from one start they would differ by about the
-        # distance moved or more)
+        # other than to their start. Measured disagreement (mean |ann - cat| / mean distance moved), bimodal before the
+        # floor: 0.05, 0.11 and 0.006 in three runs, 0.42 and 0.49 in two others (2026-12-02), where the two differed in
+        # about a third of the coordinates (one reducer's slice of three: the newcomer had kept its own values there).
+        # The bound fails on peers that do not share a state at all (apart from one start they would differ by about
+        # the distance moved or more)
         if summaries["ann"]["final_epoch"] == summaries["cat"]["final_epoch"]:
             ann, cat = (_parameters(swarm.peer_dir(name) / "state") for name in ("ann", "cat"))
             moved = np.abs(ann - _initial_parameters(swarm)).mean()
+            print(f"disagreement {np.abs(ann - cat).mean() / moved:.4f}")  # TEMP
             assert moved > 0 and np.abs(ann - cat).mean() < 0.75 * moved, (np.abs(ann - cat).mean(), moved)
         # and it learned: the peers' losses fell from their start
         assert summaries["ann"]["last_loss"] < summaries["ann"]["first_loss"] - 0.3, summaries["ann"]

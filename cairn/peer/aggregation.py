@@ -22,7 +22,8 @@ not time) and then:
    - With n = 2 no rule can tell the honest sender from the other: both rules give the plain mean (of the finite
      parts), so two peers are protected only against non-finite values.
    - `mean`: hivemind's own reducer, unpatched (weighted by the declared sample counts).
-3. Each peer checks what every reducer sends back (finite, and not absurdly larger than its own values) and,
+3. Each peer checks what every reducer sends back (finite, and not absurdly larger than its own values, or than
+   the floor its averager was given: `CheckedTensorPartContainer.floor`) and,
    for a reducer that sent garbage, keeps its own values for that reducer's parts of the round (what hivemind
    does for a reducer that timed out), naming the reducer in one log line.
 4. Bans: a peer named in `BAN_AFTER` rounds (a sender of non-finite parts, or a reducer of garbage) within
@@ -237,8 +238,9 @@ class RobustTensorPartReducer(TensorPartReducer):
 def implausible(own: torch.Tensor, result: torch.Tensor, scale: float) -> str | None:
     """Why `result` (a reducer's answer for the slice whose local values are `own`) is garbage; None when plausible.
 
-    `scale` is the RMS of all this peer's local values: a slice where this peer's own values happen to be ~0 (an
-    embedding row no local batch touched) is judged against it, not against its own near-zero RMS.
+    `scale` is the RMS of all this peer's local values, or the container's floor when larger: a slice where this
+    peer's own values happen to be ~0 (an embedding row no local batch touched) is judged against it, not against its
+    own near-zero RMS.
     """
     if not bool(torch.isfinite(result).all()):
         return "a result that is not finite"
@@ -255,12 +257,19 @@ class CheckedTensorPartContainer(TensorPartContainer):
 
     peer_names: Sequence[str] = ()  # set by RobustAllReduceRunner: peer ids for the log
     own_name: str = ""
+    # The least RMS a plausible answer is judged against, whatever this peer's own values: set in the averager's own
+    # process before each all-reduce (cairn/peer/diloco.py FlooredGradientAverager). A DiLoCo pseudo-gradient's size
+    # depends on how far this peer got in the round, so a newcomer that joined mid-round (a few inner steps, still
+    # warming up) judged an honest reducer's average "104x larger than ours", kept its own values for that slice,
+    # recorded an offence against an honest peer, and left the swarm's outer state (CI, 2026-12-03). 0: own values only.
+    floor: float = 0.0
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.untrusted: set[int] = set()
         squares = sum(float(t.detach().float().pow(2).sum()) for t in self.local_tensors)
-        self.scale = math.sqrt(squares / self.total_size) if self.total_size else 0.0
+        own = math.sqrt(squares / self.total_size) if self.total_size else 0.0
+        self.scale = max(own, self.floor)
 
     def register_processed_part(self, peer_index: int, part_index: int, part: torch.Tensor) -> None:
         own = self._input_parts_by_peer[peer_index][part_index][0] if part_index < len(self._input_parts_by_peer[peer_index]) else None

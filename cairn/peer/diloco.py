@@ -40,6 +40,9 @@ that round's result, not the previous round's parameters under the new epoch num
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import math
+import multiprocessing as mp
 import time
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -50,6 +53,7 @@ import torch
 from hivemind.optim.grad_averager import GradientAverager
 
 from cairn.network.hivemind_contract import hivemind_wire_name
+from cairn.peer.aggregation import CheckedTensorPartContainer
 from cairn.network.trusted_state import BoundedOptimizer, BoundedStateAverager
 from cairn.protocol.encoder import TextEncoder
 
@@ -86,6 +90,45 @@ def outer_parameters(model: TextEncoder) -> list[torch.nn.Parameter]:
     return [torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad) for p in model.parameters()]
 
 
+def outer_round_scale(optimizer: hivemind.Optimizer) -> float:
+    """The typical RMS of one outer round's averaged pseudo-gradient, read off the outer SGD's Nesterov momentum
+    buffer m (m <- mu m + g each round): RMS(m) x (1 - mu) is one round's g when rounds agree in direction and about a
+    quarter of it (mu = 0.9) when they do not. 0 before the first round (or with no momentum).
+
+    It comes with the outer state, so a newcomer has it as soon as it has downloaded that state (which passed the
+    state check, cairn/network/state_gate.py): a yardstick that does not depend on how far this peer got in the round.
+    """
+    outer_optimizer = optimizer.state_averager.optimizer
+    squares, count = 0.0, 0
+    for group in outer_optimizer.param_groups:
+        keep = 1.0 - float(group.get("momentum", 0.0))
+        for parameter in group["params"]:
+            buffer = outer_optimizer.state.get(parameter, {}).get("momentum_buffer")
+            if isinstance(buffer, torch.Tensor) and buffer.numel():
+                squares += float(buffer.detach().float().pow(2).sum()) * keep * keep
+                count += buffer.numel()
+    scale = math.sqrt(squares / count) if count else 0.0
+    return scale if math.isfinite(scale) else 0.0
+
+
+class FlooredGradientAverager(GradientAverager):
+    """hivemind's GradientAverager whose all-reduce judges the reducers' answers against at least a floor set by
+    the main process (`CheckedTensorPartContainer.floor`, cairn/peer/aggregation.py: why a DiLoCo newcomer needs one).
+
+    The all-reduce runs in the averager's own (forked) process: the floor goes there through a shared value written
+    before each round and is installed in that process just before its all-reduce builds the part container."""
+
+    _get_handle_name = hivemind_wire_name(GradientAverager)  # on the wire, hivemind's GradientAverager
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.plausibility_floor = mp.Value(ctypes.c_double, 0.0)  # before hivemind forks the averager's process
+        super().__init__(*args, **kwargs)
+
+    async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):  # in the averager's process
+        CheckedTensorPartContainer.floor = float(self.plausibility_floor.value)
+        return await super()._run_allreduce_inplace_(tensors, group_info, group_id, **kwargs)
+
+
 class DiLoCoSteps:
     """DiLoCo: a local AdamW step on this peer's copy every batch; an outer round every `outer_every` global steps."""
 
@@ -102,13 +145,29 @@ class DiLoCoSteps:
         self.local = [p for p in model.parameters()]
         if len(self.local) != len(self.outer) or any(a.shape != b.shape for a, b in zip(self.local, self.outer)):
             raise ValueError("the outer parameters do not match the model's")
+        self._floor_version: int | None = None  # the outer state's version the plausibility floor was read from
 
     def step(self) -> None:
         self.inner_optimizer.step()
         self.inner_scheduler.step()
         self.inner_optimizer.zero_grad(set_to_none=True)
         self._write_pseudo_gradient()
+        self._refresh_plausibility_floor()
         self.optimizer.step()  # counts the samples; at the end of an outer round, averages and steps the outer SGD
+
+    def _version(self) -> int:
+        """torch's in-place counter of the outer tensors: it moves exactly when hivemind writes new outer parameters
+        (a round's result, a state averaging round, a state download); Cairn itself writes only their .grad."""
+        return sum(shared._version for shared in self.outer)
+
+    def _refresh_plausibility_floor(self) -> None:
+        """Give the averager the outer state's round scale (`outer_round_scale`) whenever that state changed: the
+        reducers' answers are then judged against the swarm's rounds, not against this peer's progress in this one."""
+        floor = getattr(self.optimizer.grad_averager, "plausibility_floor", None)
+        version = self._version()
+        if floor is not None and version != self._floor_version:
+            floor.value = outer_round_scale(self.optimizer)
+            self._floor_version = version
 
     @torch.no_grad()
     def _write_pseudo_gradient(self) -> None:
@@ -137,7 +196,7 @@ class DiLoCoSteps:
         self.shared_state_into_model()
 
 
-class OuterGradientAverager(GradientAverager):
+class OuterGradientAverager(FlooredGradientAverager):
     """hivemind's GradientAverager for overlapped outer rounds: a failed round falls back to what this peer sent.
 
     hivemind's fallback after a failed all-reduce reloads the accumulators; with a delayed round it does so in its
@@ -244,11 +303,6 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
         self._outer_version = self._version()
         self._rounds_taken = optimizer.grad_averager.rounds_taken
         self._landed_alone = False  # this step applied a round's result and began no round: the outer is the epoch's
-
-    def _version(self) -> int:
-        """torch's in-place counter of the outer tensors: it moves exactly when hivemind writes new outer parameters
-        (a round's result, a state averaging round, a state download); Cairn itself writes only their .grad."""
-        return sum(shared._version for shared in self.outer)
 
     def step(self) -> None:
         epoch = self.optimizer.local_epoch

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import bitsandbytes.functional  # noqa: F401  (pitfall: lazy import inside averager threads crashes)
 import hivemind
 import torch
-from hivemind.optim.grad_averager import GradientAverager
 
 from cairn.protocol import PROTOCOL_VERSION
 from cairn.protocol.encoder import TextEncoder, build_encoder, load_encoder, pick_device
@@ -40,7 +39,7 @@ from cairn.training.task import (
 
 from cairn.peer.aggregation import install_aggregation
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
-from cairn.peer.diloco import OverlappedOuterOptimizer, overlap_options
+from cairn.peer.diloco import FlooredGradientAverager, OverlappedOuterOptimizer, overlap_options
 from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.start_barrier import wait_for_peers
 from cairn.network.state_gate import HeldOutStateGate, gate_pairs
@@ -161,7 +160,7 @@ def make_optimizer(
         # what goes on the wire every epoch: the gradient, or DiLoCo's pseudo-gradient
         grad_compression=make_compression(compression, sent, received),
         average_state_every=swarm.average_state_every,
-        **(overlap_kwargs or dict(grad_averager_factory=partial(GradientAverager, request_timeout=swarm.request_timeout))),
+        **(overlap_kwargs or dict(grad_averager_factory=partial(FlooredGradientAverager, request_timeout=swarm.request_timeout))),
         state_averaging_compression=state_compression,
         load_state_compression=make_state_compression("fp16", statistics),
         # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is. The
