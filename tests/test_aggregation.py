@@ -283,23 +283,31 @@ def honest_spread(inputs, means) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rule", ["centered_clip", "trimmed_mean"])
-def test_one_malicious_sender_of_four_cannot_poison_the_honest_result(rule: str):
+def test_one_malicious_sender_of_four_cannot_poison_the_honest_result(rule: str, capfd):
     """Each attack in turn from peer 4, through a real all-reduce; the honest peers end finite and in agreement.
     CenteredClip lands within half the honest spread of the honest mean; the trimmed mean (the coordinate-wise median
     at n = 4) guarantees less: every coordinate within the honest peers' range, and measured ~0.6 of the spread
-    away (a plain mean would be 1e6 away or NaN)."""
+    away (a plain mean would be 1e6 away or NaN).
+
+    A round in which some peer received only part of the results (hivemind: "Averaging: received 70.7% results",
+    its own values kept for the rest) is run again, up to three times: what is under test is the rule, not loopback's
+    punctuality (CI, 2026-12-03: one peer received nothing in the noise round, with no offence on record). A rule or
+    check that makes honest peers refuse each other's answers does that every time, and still fails."""
     dhts, averagers = [], []
     try:
         for attack in ["nan", "scaled_sign_flip", "noise"]:
             inputs, means = group_inputs(attack)
             if not averagers:
                 dhts, averagers = start_group(rule, inputs)
-            else:
+            for attempt in range(3):
                 for averager, tensors in zip(averagers, inputs):
                     with averager.get_tensors() as mine:
                         for target, value in zip(mine, tensors):
                             target.copy_(value)
-            results = average_once(averagers)
+                capfd.readouterr()
+                results = average_once(averagers)
+                if "Averaging: received" not in capfd.readouterr().err:
+                    break
             spread = honest_spread(inputs, means)
             for peer in results[:3]:
                 assert all(bool(torch.isfinite(t).all()) for t in peer), attack
