@@ -6,8 +6,9 @@ and stops, then kills by process group, everything it started.
 
 from __future__ import annotations
 
-import math
+import itertools
 import json
+import math
 import os
 import subprocess
 import time
@@ -323,18 +324,19 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         for peer in leaving:
             assert peer.popen.wait(timeout=90) == 0, peer.tail()
         summaries = {name: swarm.summary(name) for name in ("ann", "ben", "dan")}
-        # the peers that left at one global step; a peer whose last step found no group (the others had already
-        # left) applies its own gradients alone and ends one epoch ahead with its own weights (seen once in CI)
-        epochs = [s["final_epoch"] for s in summaries.values()]
-        shared_epoch = max(set(epochs), key=lambda epoch: (epochs.count(epoch), epoch))
-        together = [name for name, s in summaries.items() if s["final_epoch"] == shared_epoch]
-        assert len(together) >= 2, {name: (s["final_epoch"], s["rounds"]) for name, s in summaries.items()}
-        params = {name: _parameters(swarm.peer_dir(name) / "state") for name in together}
-        reference = params[together[0]]
-        moved = np.abs(reference - _initial_parameters(swarm)).mean()
-        for name in together[1:]:
+        # the peers that left at most one global step apart share the state up to that one update: a peer whose last
+        # step found no group (the others had already left) applies its own gradients alone and ends one epoch ahead.
+        # Three SIGTERMs at once ended at 41, 40 and 39 in one CI run (2026-12-03), so two at one epoch is not a given.
+        # Measured: one epoch apart 0.019 x the distance moved (54 epochs: one AdamW step is about moved / epochs), the
+        # same epoch 0.0; peers that do not share a state differ by about the distance moved
+        epochs = {name: s["final_epoch"] for name, s in summaries.items()}
+        close = [(a, b) for a, b in itertools.combinations(sorted(epochs), 2) if abs(epochs[a] - epochs[b]) <= 1]
+        assert close, {name: (s["final_epoch"], s["rounds"]) for name, s in summaries.items()}
+        params = {name: _parameters(swarm.peer_dir(name) / "state") for pair in close for name in pair}
+        moved = np.abs(params[close[0][0]] - _initial_parameters(swarm)).mean()
+        for a, b in close:
             # the bound and why: test_two_peers_train_together_release_and_serve
-            assert np.abs(params[name] - reference).mean() < moved / 20, f"{name} disagrees with {together[0]}"
+            assert np.abs(params[a] - params[b]).mean() < moved / 20, f"{a} (epoch {epochs[a]}) disagrees with {b} ({epochs[b]})"
         late_summary = summaries["dan"]
         # the newcomer loaded the swarm's state (at least the global step it joined at; the donor may be one behind)
         assert late_summary["start_epoch"] >= max(step_at_join - 1, 1), (step_at_join, late_summary)
@@ -571,12 +573,11 @@ def test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join(tmp_path:
         # other than to their start. Measured disagreement (mean |ann - cat| / mean distance moved), bimodal before the
         # floor: 0.05, 0.11 and 0.006 in three runs, 0.42 and 0.49 in two others (2026-12-02), where the two differed in
         # about a third of the coordinates (one reducer's slice of three: the newcomer had kept its own values there).
-        # The bound fails on peers that do not share a state at all (apart from one start they would differ by about
-        # the distance moved or more)
+        # With the floor: 0.0051, 0.0049 and 0.0048 in three runs (2026-12-03). The bound, 10x that, fails on the old
+        # bug's larger cases and on peers that do not share a state at all (they differ by about the distance moved)
         if summaries["ann"]["final_epoch"] == summaries["cat"]["final_epoch"]:
             ann, cat = (_parameters(swarm.peer_dir(name) / "state") for name in ("ann", "cat"))
             moved = np.abs(ann - _initial_parameters(swarm)).mean()
-            print(f"disagreement {np.abs(ann - cat).mean() / moved:.4f}")  # TEMP
-            assert moved > 0 and np.abs(ann - cat).mean() < 0.75 * moved, (np.abs(ann - cat).mean(), moved)
+            assert moved > 0 and np.abs(ann - cat).mean() < 0.05 * moved, (np.abs(ann - cat).mean(), moved)
         # and it learned: the peers' losses fell from their start
         assert summaries["ann"]["last_loss"] < summaries["ann"]["first_loss"] - 0.3, summaries["ann"]
