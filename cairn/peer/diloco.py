@@ -53,8 +53,8 @@ import torch
 from hivemind.optim.grad_averager import GradientAverager
 
 from cairn.network.hivemind_contract import hivemind_wire_name
-from cairn.peer.aggregation import CheckedTensorPartContainer
 from cairn.network.trusted_state import BoundedOptimizer, BoundedStateAverager
+from cairn.peer.aggregation import CheckedTensorPartContainer
 from cairn.protocol.encoder import TextEncoder
 
 
