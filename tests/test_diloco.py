@@ -12,7 +12,7 @@ import torch
 from cairn.peer.aggregation import install_aggregation
 from cairn.peer.diloco import (
     DiLoCoSteps,
-    FlooredGradientAverager,
+    PeerGradientAverager,
     GradientSteps,
     OuterGradientAverager,
     OuterStateAverager,
@@ -339,7 +339,7 @@ def test_a_newcomer_with_a_small_pseudo_gradient_takes_the_honest_average_given_
             parameter = torch.nn.Parameter(torch.zeros(3000))
             parameter.grad = grad.clone()
             averagers.append(
-                FlooredGradientAverager(
+                PeerGradientAverager(
                     [parameter],
                     dht=dht,
                     prefix="newcomer-floor",

@@ -146,10 +146,14 @@ def missing_allreduce_internals() -> list[str]:
         missing += [f"{class_name}.{method} using {name!r}" for name in names if name not in source]
     if not isinstance(getattr(averager, "AllReduceRunner", None), type) or "AllReduceRunner(" not in inspect.getsource(averager):
         missing.append("hivemind.averaging.averager building its AllReduceRunner")
-    # diloco.FlooredGradientAverager installs the container's floor in _run_allreduce_inplace_, which builds the runner
+    # diloco.PeerGradientAverager installs the container's floor in _run_allreduce_inplace_, which builds the runner
     run = getattr(averager.DecentralizedAverager, "_run_allreduce_inplace_", None)
     if not callable(run) or "AllReduceRunner(" not in inspect.getsource(run):
         missing.append("hivemind DecentralizedAverager._run_allreduce_inplace_ building the AllReduceRunner")
+    # deadlines.AdaptiveDeadlines bounds _aggregate_with_group, which _step runs under the (ceiling) allreduce_timeout
+    aggregate = getattr(averager.DecentralizedAverager, "_aggregate_with_group", None)
+    if not callable(aggregate) or "_aggregate_with_group(" not in inspect.getsource(averager.DecentralizedAverager._step):
+        missing.append("hivemind DecentralizedAverager._step running _aggregate_with_group")
     # the bans (aggregation.BanningMatchmaking): the averager builds its Matchmaking by that module-level name, which
     # decides whom to accept in _check_reasons_to_reject(request, context) and asks a leader in _request_join_group(leader)
     from hivemind.averaging import matchmaking

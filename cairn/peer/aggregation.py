@@ -258,7 +258,7 @@ class CheckedTensorPartContainer(TensorPartContainer):
     peer_names: Sequence[str] = ()  # set by RobustAllReduceRunner: peer ids for the log
     own_name: str = ""
     # The least RMS a plausible answer is judged against, whatever this peer's own values: set in the averager's own
-    # process before each all-reduce (cairn/peer/diloco.py FlooredGradientAverager). A DiLoCo pseudo-gradient's size
+    # process before each all-reduce (cairn/peer/diloco.py PeerGradientAverager). A DiLoCo pseudo-gradient's size
     # depends on how far this peer got in the round, so a newcomer that joined mid-round (a few inner steps, still
     # warming up) judged an honest reducer's average "104x larger than ours", kept its own values for that slice,
     # recorded an offence against an honest peer, and left the swarm's outer state (CI, 2026-12-03). 0: own values only.

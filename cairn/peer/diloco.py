@@ -55,6 +55,7 @@ from hivemind.optim.grad_averager import GradientAverager
 from cairn.network.hivemind_contract import hivemind_wire_name
 from cairn.network.trusted_state import BoundedOptimizer, BoundedStateAverager
 from cairn.peer.aggregation import CheckedTensorPartContainer
+from cairn.peer.deadlines import AdaptiveDeadlines
 from cairn.protocol.encoder import TextEncoder
 
 
@@ -111,12 +112,15 @@ def outer_round_scale(optimizer: hivemind.Optimizer) -> float:
     return scale if math.isfinite(scale) else 0.0
 
 
-class FlooredGradientAverager(GradientAverager):
-    """hivemind's GradientAverager whose all-reduce judges the reducers' answers against at least a floor set by
-    the main process (`CheckedTensorPartContainer.floor`, cairn/peer/aggregation.py: why a DiLoCo newcomer needs one).
+class PeerGradientAverager(AdaptiveDeadlines, GradientAverager):
+    """hivemind's GradientAverager as a Cairn peer runs it, in both averaging modes:
 
-    The all-reduce runs in the averager's own (forked) process: the floor goes there through a shared value written
-    before each round and is installed in that process just before its all-reduce builds the part container."""
+    - its all-reduces run under deadlines that follow the rounds its groups take (`AdaptiveDeadlines`,
+      cairn/peer/deadlines.py);
+    - it judges the reducers' answers against at least a floor set by the training process
+      (`CheckedTensorPartContainer.floor`, cairn/peer/aggregation.py: why a DiLoCo newcomer needs one). The all-reduce
+      runs in the averager's own (forked) process: the floor goes there through a shared value written before each
+      round and is installed in that process just before its all-reduce builds the part container."""
 
     _get_handle_name = hivemind_wire_name(GradientAverager)  # on the wire, hivemind's GradientAverager
 
@@ -196,7 +200,7 @@ class DiLoCoSteps:
         self.shared_state_into_model()
 
 
-class OuterGradientAverager(FlooredGradientAverager):
+class OuterGradientAverager(PeerGradientAverager):
     """hivemind's GradientAverager for overlapped outer rounds: a failed round falls back to what this peer sent.
 
     hivemind's fallback after a failed all-reduce reloads the accumulators; with a delayed round it does so in its

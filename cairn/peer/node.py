@@ -39,7 +39,8 @@ from cairn.training.task import (
 
 from cairn.peer.aggregation import install_aggregation
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
-from cairn.peer.diloco import FlooredGradientAverager, OverlappedOuterOptimizer, overlap_options
+from cairn.peer.deadlines import follow_round_deadline
+from cairn.peer.diloco import OverlappedOuterOptimizer, PeerGradientAverager, overlap_options
 from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.start_barrier import wait_for_peers
 from cairn.network.state_gate import HeldOutStateGate, gate_pairs
@@ -160,7 +161,7 @@ def make_optimizer(
         # what goes on the wire every epoch: the gradient, or DiLoCo's pseudo-gradient
         grad_compression=make_compression(compression, sent, received),
         average_state_every=swarm.average_state_every,
-        **(overlap_kwargs or dict(grad_averager_factory=partial(FlooredGradientAverager, request_timeout=swarm.request_timeout))),
+        **(overlap_kwargs or dict(grad_averager_factory=partial(PeerGradientAverager, request_timeout=swarm.request_timeout))),
         state_averaging_compression=state_compression,
         load_state_compression=make_state_compression("fp16", statistics),
         # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is. The
@@ -436,6 +437,8 @@ class TrainingSession:
                     continue
                 self._watch_collapse(len(batch), parts)
                 stepping, rounds_ended = time.monotonic(), self.rounds.total()
+                # wait for a round as long as the averager's adaptive deadline lets it run (cairn/peer/deadlines.py)
+                follow_round_deadline(self.optimizer, self.config.swarm.averaging_timeout, self.config.swarm.matchmaking_time)
                 self.steps.step()
                 # the absolute InfoNCE: comparable with the baseline and the spot checks, chance level ln(batch)
                 self._count(batch, parts["abs"])

@@ -128,7 +128,11 @@ class SwarmConfig:
     target_batch_size: int = setting(2048, "samples per global step (all peers together)", min=2, max=2**24)
     matchmaking_time: float = setting(1.0, "seconds a peer waits to gather a group for an averaging round", min=0.1, max=600.0)
     averaging_timeout: float = setting(
-        15.0, "the longest an averaging round may take (a departed peer can stall a round this long)", min=1.0, max=3600.0
+        15.0,
+        "how long a peer's first averaging rounds may take; later deadlines follow the rounds (3x the median of "
+        "recent ones after successes, doubled after a timeout; at least 2x --next-chunk-timeout, at most 8x this)",
+        min=1.0,
+        max=3600.0,
     )
     # >= 5 s: hivemind's default silently half-averages some rounds
     next_chunk_timeout: float = setting(5.0, "seconds to wait for the next chunk of a peer's part in a round", min=5.0, max=600.0)

@@ -1,0 +1,132 @@
+"""Averaging deadlines that follow the rounds a peer's groups take (cairn/peer/deadlines.py, issue 13).
+
+The rule on known sequences, then two real hivemind averagers whose all-reduce is slower than the run's setting:
+the deadline doubles until a round fits, and then follows the rounds that succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from types import SimpleNamespace
+
+import hivemind
+import pytest
+import torch
+from hivemind.averaging import allreduce
+from hivemind.averaging.partition import TensorPartReducer
+
+from cairn.peer.deadlines import FACTOR, AdaptiveDeadlines, RoundDeadlines, follow_round_deadline
+
+
+def test_the_deadline_starts_at_the_setting_doubles_on_a_timeout_and_follows_the_median_of_successes():
+    deadlines = RoundDeadlines(initial=15.0, minimum=10.0, ceiling=120.0)
+    assert deadlines.current == 15.0  # nothing measured yet: the run's setting
+    deadlines.timed_out()
+    deadlines.timed_out()
+    assert deadlines.current == 60.0  # a slow link: 15, 30, 60
+    deadlines.succeeded(25.0)
+    assert deadlines.current == pytest.approx(FACTOR * 25.0)  # the rounds that form now take ~25 s
+    for seconds in (24.0, 26.0, 25.0, 300.0):  # one stalled-but-successful round does not move the median much
+        deadlines.succeeded(seconds)
+    assert deadlines.current == pytest.approx(FACTOR * 25.0)
+    for _ in range(8):  # a fast network: down to the minimum, never under it
+        deadlines.succeeded(0.5)
+    assert deadlines.current == 10.0
+    for _ in range(10):  # and never over the ceiling
+        deadlines.timed_out()
+    assert deadlines.current == 120.0
+    with pytest.raises(ValueError):
+        RoundDeadlines(initial=15.0, minimum=0.0, ceiling=1.0)
+
+
+def test_the_training_process_waits_at_least_the_setting_and_as_long_as_the_averager_may_run():
+    shared = SimpleNamespace(value=math.nan)
+    optimizer = SimpleNamespace(grad_averager=SimpleNamespace(round_deadline=shared), averaging_timeout=15.0)
+    follow_round_deadline(optimizer, configured=15.0, matchmaking_time=1.0)
+    assert optimizer.averaging_timeout == 15.0  # the averager has not published one yet
+    shared.value = 40.0
+    follow_round_deadline(optimizer, configured=15.0, matchmaking_time=1.0)
+    assert optimizer.averaging_timeout == 42.0  # the all-reduce's deadline, matchmaking and a second of slack
+    shared.value = 10.0
+    follow_round_deadline(optimizer, configured=15.0, matchmaking_time=1.0)
+    assert optimizer.averaging_timeout == 15.0  # never less than the run's setting
+
+
+class DeadlineAverager(AdaptiveDeadlines, hivemind.averaging.DecentralizedAverager):
+    """A plain hivemind averager with the peer's deadline rule (the peer mixes it into its gradient averager)."""
+
+
+class SlowReducer(TensorPartReducer):
+    """An honest reducer on a slow link: every part's answer comes 0.25 s late (each within next_chunk_timeout, so
+    no sender is dropped; only the round as a whole is slow)."""
+
+    async def accumulate_part(self, *args, **kwargs):
+        await asyncio.sleep(0.25)
+        return await super().accumulate_part(*args, **kwargs)
+
+
+@pytest.mark.slow  # two real hivemind averagers (p2pd) and an all-reduce over loopback
+def test_a_round_slower_than_the_setting_finds_its_deadline_and_then_succeeds():
+    """The setting is 2 s and a round takes ~5 s (20 slow parts): the first attempts run past 2 s and 4 s and fail,
+    the third gets 8 s and succeeds; the next deadline is then FACTOR x that round's duration (within the ceiling,
+    8 x the setting), and both peers agree on the average."""
+    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    dhts = [first, hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())]
+    inputs = [torch.full((40 * 1024,), 1.0), torch.full((40 * 1024,), 3.0)]
+    averagers = []
+    try:
+        for index, (dht, tensor) in enumerate(zip(dhts, inputs)):
+            slow = index == 1
+            if slow:
+                allreduce.TensorPartReducer = SlowReducer  # this averager's process forks with it
+            try:
+                averagers.append(
+                    DeadlineAverager(
+                        [tensor.clone()],
+                        dht=dht,
+                        start=True,
+                        prefix="deadlines",
+                        target_group_size=2,
+                        min_group_size=2,
+                        min_matchmaking_time=1.0,
+                        request_timeout=0.5,
+                        allreduce_timeout=2.0,
+                        next_chunk_timeout=1.0,
+                        part_size_bytes=4096,
+                    )
+                )
+            finally:
+                allreduce.TensorPartReducer = TensorPartReducer
+        assert [a.round_deadline.value for a in averagers] == [2.0, 2.0]
+
+        seen, outcomes = [], []
+        for _ in range(3):
+            started = time.monotonic()
+            controls = [averager.step(wait=False, timeout=30, allow_retries=False) for averager in averagers]
+            results = []
+            for control in controls:
+                try:
+                    control.result(timeout=60)
+                    results.append("ok")
+                except Exception:
+                    results.append("failed")
+            outcomes.append((results, round(time.monotonic() - started, 1)))
+            seen.append([round(a.round_deadline.value, 1) for a in averagers])
+            if results == ["ok", "ok"]:
+                break
+        # two attempts ran out of time (2 s, then 4 s) and doubled the deadline; the third fit in 8 s
+        assert seen[:2] == [[4.0, 4.0], [8.0, 8.0]], (seen, outcomes)
+        assert outcomes[-1][0] == ["ok", "ok"] and len(outcomes) == 3, (seen, outcomes)
+        # then: FACTOR x the measured duration of that round (~5 s), within the ceiling of 16 s
+        for deadline in seen[-1]:
+            assert 2.0 <= deadline <= 16.0 and deadline != 8.0, (seen, outcomes)
+        for averager in averagers:
+            with averager.get_tensors() as (tensor,):
+                assert torch.allclose(tensor, torch.full_like(tensor, 2.0))
+    finally:
+        for averager in averagers:
+            averager.shutdown()
+        for dht in dhts:
+            dht.shutdown()
