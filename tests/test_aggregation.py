@@ -18,6 +18,7 @@ import pytest
 import torch
 from hivemind.averaging import allreduce
 
+from averaging_util import linked_dhts, shut_down
 from cairn.peer import aggregation
 from cairn.peer.aggregation import (
     CheckedTensorPartContainer,
@@ -218,10 +219,7 @@ def start_group(
     """One DHT and one DecentralizedAverager per input, reducing by `rule`; the last averager forks with
     `evil_reducer` as its reducer class when given (the honest ones have already forked with the installed rule)."""
     install_aggregation(rule)
-    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-    dhts = [first] + [
-        hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs()) for _ in inputs[1:]
-    ]
+    dhts = linked_dhts(len(inputs))
     averagers = []
     for index, (dht, tensors) in enumerate(zip(dhts, inputs)):
         evil = evil_reducer is not None and index == len(inputs) - 1
@@ -260,10 +258,7 @@ def average_once(averagers) -> list[list[torch.Tensor]]:
 
 
 def shutdown(dhts, averagers) -> None:
-    for averager in averagers:
-        averager.shutdown()
-    for dht in dhts:
-        dht.shutdown()
+    shut_down(averagers, dhts)
     install_aggregation("mean")
 
 

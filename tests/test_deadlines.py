@@ -17,6 +17,7 @@ import torch
 from hivemind.averaging import allreduce
 from hivemind.averaging.partition import TensorPartReducer
 
+from averaging_util import linked_dhts, shut_down
 from cairn.peer.deadlines import FACTOR, AdaptiveDeadlines, RoundDeadlines, follow_round_deadline
 
 
@@ -72,8 +73,7 @@ def test_a_round_slower_than_the_setting_finds_its_deadline_and_then_succeeds():
     """The setting is 2 s and a round takes ~5 s (20 slow parts): the first attempts run past 2 s and 4 s and fail,
     the third gets 8 s and succeeds; the next deadline is then FACTOR x that round's duration (within the ceiling,
     8 x the setting), and both peers agree on the average."""
-    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-    dhts = [first, hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())]
+    dhts = linked_dhts(2)
     inputs = [torch.full((40 * 1024,), 1.0), torch.full((40 * 1024,), 3.0)]
     averagers = []
     try:
@@ -126,7 +126,4 @@ def test_a_round_slower_than_the_setting_finds_its_deadline_and_then_succeeds():
             with averager.get_tensors() as (tensor,):
                 assert torch.allclose(tensor, torch.full_like(tensor, 2.0))
     finally:
-        for averager in averagers:
-            averager.shutdown()
-        for dht in dhts:
-            dht.shutdown()
+        shut_down(averagers, dhts)

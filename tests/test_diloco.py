@@ -9,6 +9,7 @@ import hivemind
 import pytest
 import torch
 
+from averaging_util import linked_dhts, shut_down
 from cairn.peer.aggregation import install_aggregation
 from cairn.peer.diloco import (
     DiLoCoSteps,
@@ -331,8 +332,7 @@ def test_a_newcomer_with_a_small_pseudo_gradient_takes_the_honest_average_given_
     install_aggregation("centered_clip")  # the run's default; with two peers, the mean of the finite parts
     generator = torch.Generator().manual_seed(0)
     grads = [torch.randn(3000, generator=generator), 1e-4 * torch.randn(3000, generator=generator)]
-    first = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-    dhts = [first, hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=first.get_visible_maddrs())]
+    dhts = linked_dhts(2)
     averagers = []
     try:
         for dht, grad in zip(dhts, grads):
@@ -373,8 +373,5 @@ def test_a_newcomer_with_a_small_pseudo_gradient_takes_the_honest_average_given_
         veteran, newcomer = average(newcomer_floor=(1 - OUTER_MOMENTUM) * float(grads[0].pow(2).mean().sqrt()))
         assert torch.allclose(veteran, mean, atol=1e-5) and torch.allclose(newcomer, mean, atol=1e-5)
     finally:
-        for averager in averagers:
-            averager.shutdown()
-        for dht in dhts:
-            dht.shutdown()
+        shut_down(averagers, dhts)
         install_aggregation("mean")

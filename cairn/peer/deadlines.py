@@ -69,7 +69,7 @@ class AdaptiveDeadlines:
 
     hivemind's own bound on an all-reduce (`allreduce_timeout`) becomes the ceiling; the adaptive deadline is applied
     inside it, in the averager's process, where the all-reduce runs. `round_deadline` is the current deadline, shared
-    with the training process (NaN until the averager's process has started)."""
+    with the training process (the run's setting until a round has taught it otherwise)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         configured = kwargs.get("allreduce_timeout") or 60.0  # hivemind.Optimizer passes the run's averaging timeout
