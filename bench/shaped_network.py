@@ -392,7 +392,8 @@ def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
 
 
 def parse_modes(text: str, with_diloco: bool) -> list[str]:
-    """Configurations: MODE, optionally `+churn` (one peer leaves, one joins) and `@RATE` (this configuration's link rate in
+    """Configurations: MODE, optionally `+churn` (one peer leaves, one joins), `+noquorum` (the run's
+    `matchmaking_quorum` off: every round waits out the matchmaking time) and `@RATE` (this configuration's link rate in
     Mbit/s instead of --rate-mbit: `diloco-overlap@10000` is the unshaped twin whose throughput the shaped one is held to)."""
     specs = (
         [m.strip() for m in text.split(",") if m.strip()]
@@ -403,36 +404,39 @@ def parse_modes(text: str, with_diloco: bool) -> list[str]:
         parsed = [parse_spec(m, 50.0) for m in specs]
     except ValueError:
         parsed = []
-    if not parsed or any(mode not in MODES for mode, _, _ in parsed):
+    if not parsed or any(mode not in MODES for mode, _, _, _ in parsed):
         raise SystemExit(
             f"shaped_network: --modes takes a comma list of {', '.join(MODES)} (or auto), each optionally followed by "
-            f"+churn and @RATE_MBIT, got {text!r}"
+            f"+churn, +noquorum and @RATE_MBIT, got {text!r}"
         )
-    if any(mode.startswith("diloco") for mode, _, _ in parsed) and not with_diloco:
+    if any(mode.startswith("diloco") for mode, _, _, _ in parsed) and not with_diloco:
         raise SystemExit("shaped_network: this checkout's `cairn coordinator init` has no --averaging; diloco is not available yet")
     return specs
 
 
-def parse_spec(spec: str, default_rate: float) -> tuple[str, bool, float]:
-    """`diloco-overlap+churn@50` -> ("diloco-overlap", True, 50.0); no `@` -> default_rate. ValueError if the rate is no number."""
+def parse_spec(spec: str, default_rate: float) -> tuple[str, bool, float, bool]:
+    """`blockwise8+churn+noquorum@50` -> ("blockwise8", True, 50.0, False): mode, churn, rate, quorum; no `@` ->
+    default_rate. ValueError if the rate is no number."""
     name, _, rate = spec.partition("@")
-    mode, _, flag = name.partition("+")
-    if flag not in ("", "churn"):
-        return (name, False, default_rate)  # reported as an unknown mode
-    return (mode, flag == "churn", float(rate) if rate else default_rate)
+    mode, *flags = name.split("+")
+    if any(flag not in ("churn", "noquorum") for flag in flags):
+        return (name, False, default_rate, True)  # reported as an unknown mode
+    return (mode, "churn" in flags, float(rate) if rate else default_rate, "noquorum" not in flags)
 
 
-def set_outer_overlap(coordinator_dir: Path, overlap: bool) -> None:
-    """Write `outer_overlap` into a copied DiLoCo init's run configuration (the one field the two modes differ in)."""
+def set_swarm_settings(coordinator_dir: Path, **settings: object) -> None:
+    """Write swarm settings into a copied init's run configuration (the fields two configurations differ in: an init
+    takes 1-2 minutes, so one init serves both)."""
     import dataclasses
 
     from cairn.protocol.run_config import RunConfig
 
     path = coordinator_dir / "run.json"
     config = RunConfig.from_json_bytes(path.read_bytes())
-    if not hasattr(config.swarm, "outer_overlap"):
-        raise SystemExit("shaped_network: this checkout has no outer_overlap setting; use --modes diloco")
-    path.write_bytes(dataclasses.replace(config, swarm=dataclasses.replace(config.swarm, outer_overlap=overlap)).to_json_bytes())
+    lacking = [name for name in settings if not hasattr(config.swarm, name)]
+    if lacking:
+        raise SystemExit(f"shaped_network: this checkout has no {', '.join(lacking)} setting")
+    path.write_bytes(dataclasses.replace(config, swarm=dataclasses.replace(config.swarm, **settings)).to_json_bytes())
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -506,7 +510,7 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     results = []
     for spec in modes:
-        mode, churn, rate_mbit = parse_spec(spec, args.rate_mbit)
+        mode, churn, rate_mbit, quorum = parse_spec(spec, args.rate_mbit)
         if mode.startswith("diloco"):
             template = init_template(args.root, "diloco", [*init_args, "--averaging", "diloco", *shlex.split(args.diloco_args)])
             peer_args: list[str] = []
@@ -518,7 +522,9 @@ def main() -> None:
         coordinator_dir = workdir / "coordinator"
         shutil.copytree(template, coordinator_dir)
         if mode in ("diloco-sync", "diloco-overlap"):
-            set_outer_overlap(coordinator_dir, mode == "diloco-overlap")
+            set_swarm_settings(coordinator_dir, outer_overlap=mode == "diloco-overlap")
+        if not quorum:
+            set_swarm_settings(coordinator_dir, matchmaking_quorum=False)
         print(f"== {spec}: {args.peers} peers at {rate_mbit:g} Mbit/s up and down, {args.seconds:g} s", flush=True)
         raw = run_swarm_shaped(
             coordinator_dir, workdir, args.peers, rate_mbit, args.seconds, peer_args, cpus, args.coordinator_rate_mbit, churn=churn

@@ -38,6 +38,7 @@ SWARM_FIELDS = (
     "num_shards",
     "lease_seconds",
     "averaging_timeout",
+    "matchmaking_quorum",
     "averaging",
     "outer_every",
     "outer_lr",
@@ -63,7 +64,7 @@ def training_options(function: Callable) -> Callable:
 
 
 def swarm_options(function: Callable) -> Callable:
-    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --averaging, --outer-every, --outer-lr,
+    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --matchmaking-quorum, --averaging, --outer-every, --outer-lr,
     --outer-overlap, --aggregation."""
     return _apply(
         [config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ())) for name in SWARM_FIELDS], function

@@ -1,7 +1,9 @@
 """Averaging deadlines that follow the rounds a peer's groups take (cairn/peer/deadlines.py, issue 13).
 
 The rule on known sequences, then two real hivemind averagers whose all-reduce is slower than the run's setting:
-the deadline doubles until a round fits, and then follows the rounds that succeed.
+the deadline doubles until a round fits, and then follows the rounds that succeed. Then matchmaking's quorum: three
+real averagers start their group as soon as all three have joined, and wait out the matchmaking time when one more
+is expected than comes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from hivemind.averaging import allreduce
 from hivemind.averaging.partition import TensorPartReducer
 
 from averaging_util import linked_dhts, shut_down
-from cairn.peer.deadlines import FACTOR, AdaptiveDeadlines, RoundDeadlines, follow_round_deadline
+from cairn.peer.deadlines import FACTOR, AdaptiveDeadlines, GroupQuorum, RoundDeadlines, expect_group, follow_round_deadline
 
 
 def test_the_deadline_starts_at_the_setting_doubles_on_a_timeout_and_follows_the_median_of_successes():
@@ -125,5 +127,66 @@ def test_a_round_slower_than_the_setting_finds_its_deadline_and_then_succeeds():
         for averager in averagers:
             with averager.get_tensors() as (tensor,):
                 assert torch.allclose(tensor, torch.full_like(tensor, 2.0))
+    finally:
+        shut_down(averagers, dhts)
+
+
+def test_the_expected_group_is_the_trackers_live_peers_or_none_without_a_quorum():
+    shared = SimpleNamespace(value=0)
+    optimizer = SimpleNamespace(
+        grad_averager=SimpleNamespace(expected_group=shared), tracker=SimpleNamespace(global_progress=SimpleNamespace(num_peers=4))
+    )
+    expect_group(optimizer, quorum=True)
+    assert shared.value == 4
+    expect_group(optimizer, quorum=False)
+    assert shared.value == 0  # hivemind's own rule: wait out the matchmaking time
+    expect_group(SimpleNamespace(grad_averager=SimpleNamespace()), quorum=True)  # an averager without the mixin: nothing to set
+
+
+class QuorumAverager(GroupQuorum, hivemind.averaging.DecentralizedAverager):
+    """A plain hivemind averager with the peer's quorum rule (the peer mixes it into its gradient averager)."""
+
+
+@pytest.mark.slow  # three real hivemind averagers (p2pd) and their matchmaking over loopback
+def test_a_group_starts_once_every_expected_peer_has_joined_and_waits_the_matchmaking_time_for_a_missing_one():
+    """Matchmaking time 8 s. No quorum (hivemind's rule): the round takes the whole 8 s although all three joined at
+    once. Quorum 3: the group starts as soon as all three are in, well before the 8 s. Quorum 4 with three peers (a
+    peer that left still has a live report): the group waits out the 8 s and averages the three that came."""
+    matchmaking_time = 8.0
+    dhts = linked_dhts(3)
+    averagers = []
+    try:
+        for index, dht in enumerate(dhts):
+            averagers.append(
+                QuorumAverager(
+                    [torch.full((1024,), float(index))],
+                    dht=dht,
+                    start=True,
+                    prefix="quorum",
+                    min_group_size=2,
+                    min_matchmaking_time=matchmaking_time,
+                    request_timeout=0.5,
+                    allreduce_timeout=30.0,
+                    next_chunk_timeout=5.0,
+                )
+            )
+
+        def one_round(expected: int) -> tuple[float, list[int]]:
+            for averager in averagers:
+                averager.expected_group.value = expected
+            started = time.monotonic()
+            controls = [averager.step(wait=False, timeout=30, allow_retries=False) for averager in averagers]
+            sizes = [len(control.result(timeout=60)) for control in controls]  # each peer's gathered: its group
+            return time.monotonic() - started, sizes
+
+        waited, sizes = one_round(expected=0)
+        assert sizes == [3, 3, 3] and waited >= matchmaking_time - 0.5, (waited, sizes)
+        waited, sizes = one_round(expected=3)
+        assert sizes == [3, 3, 3] and waited < matchmaking_time / 2, (waited, sizes)
+        waited, sizes = one_round(expected=4)
+        assert sizes == [3, 3, 3] and waited >= matchmaking_time - 0.5, (waited, sizes)
+        for averager in averagers:  # three rounds of the mean of 0, 1 and 2
+            with averager.get_tensors() as (tensor,):
+                assert torch.allclose(tensor, torch.full_like(tensor, 1.0))
     finally:
         shut_down(averagers, dhts)

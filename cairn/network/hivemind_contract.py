@@ -164,6 +164,14 @@ def missing_allreduce_internals() -> list[str]:
         function = getattr(getattr(matchmaking, "Matchmaking", None), method, None)
         if not callable(function) or tuple(inspect.signature(function).parameters) != parameters:
             missing.append(f"hivemind.averaging.matchmaking.Matchmaking.{method}{parameters}")
+    # deadlines.GroupQuorum sets the matchmaking's target_group_size at the start of each _step(*, step,
+    # future_for_init), and the leader assembles its group the moment it reaches that size (rpc_join_group)
+    step = getattr(averager.DecentralizedAverager, "_step", None)
+    if not callable(step) or tuple(inspect.signature(step).parameters) != ("self", "step", "future_for_init"):
+        missing.append("hivemind DecentralizedAverager._step(self, *, step, future_for_init)")
+    join = getattr(getattr(matchmaking, "Matchmaking", None), "rpc_join_group", None)
+    if not callable(join) or "self.target_group_size" not in inspect.getsource(join):
+        missing.append("hivemind Matchmaking.rpc_join_group starting a group at target_group_size")
     return missing
 
 

@@ -20,6 +20,16 @@ all-reduces (the group that formed is in them: its size, its slowest link):
 The averager's process (`AdaptiveDeadlines`, mixed into the peer's gradient averager) applies the deadline to each
 all-reduce and publishes it; the training process then waits for a round at least that long plus the matchmaking
 time (`follow_round_deadline`, before each step), never less than the run's setting.
+
+Matchmaking follows the group too (#676's quorum): a round's group starts as soon as it holds every peer the
+training process expects (`GroupQuorum`), instead of always waiting out `--matchmaking-time`. hivemind starts a
+group early once it reaches `target_group_size`; Cairn set none, so every leader waited the whole matchmaking time
+even when everyone had joined in the first tenth of it. The expected size is the number of training peers whose
+progress reports are live in hivemind's tracker (`expect_group`, before each step). The matchmaking time stays the
+deadline for the peers that do not come: a peer that left still has a live report for a while (hivemind's
+`metadata_expiration`), so the group waits out the time and starts without it, exactly as before. A quorum that
+counts too few (a newcomer whose first report has not reached the leader) starts the group without the newcomer,
+which joins the next round.
 """
 
 from __future__ import annotations
@@ -102,6 +112,30 @@ class AdaptiveDeadlines:
         deadlines.succeeded(time.monotonic() - started)
         self.round_deadline.value = deadlines.current
         return result
+
+
+class GroupQuorum:
+    """Mixin for a hivemind DecentralizedAverager (before it in the MRO): a leader starts its group as soon as it holds
+    `expected_group` peers (itself included), set by the training process through a shared value; with fewer than
+    two expected, hivemind's own rule (wait out the matchmaking time)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.expected_group = mp.Value(ctypes.c_int, 0)  # before hivemind forks the averager's process
+        super().__init__(*args, **kwargs)
+
+    async def _step(self, *, step: Any, future_for_init: Any) -> Any:  # in the averager's process, one per round
+        expected = int(self.expected_group.value)
+        # hivemind's leader assembles the group the moment it reaches target_group_size (Matchmaking.rpc_join_group)
+        self._matchmaking.target_group_size = expected if expected >= 2 else None  # type: ignore[attr-defined]
+        return await super()._step(step=step, future_for_init=future_for_init)  # type: ignore[misc]
+
+
+def expect_group(optimizer: Any, quorum: bool) -> None:
+    """Tell the averager how many peers a round's group should hold: the training peers with a live progress report in
+    hivemind's tracker (auxiliary peers such as the coordinator never report, and never average gradients)."""
+    shared = getattr(optimizer.grad_averager, "expected_group", None)
+    if shared is not None:
+        shared.value = int(optimizer.tracker.global_progress.num_peers) if quorum else 0
 
 
 def follow_round_deadline(optimizer: Any, configured: float, matchmaking_time: float) -> None:

@@ -55,7 +55,7 @@ from hivemind.optim.grad_averager import GradientAverager
 from cairn.network.hivemind_contract import hivemind_wire_name
 from cairn.network.trusted_state import BoundedOptimizer, BoundedStateAverager
 from cairn.peer.aggregation import CheckedTensorPartContainer
-from cairn.peer.deadlines import AdaptiveDeadlines
+from cairn.peer.deadlines import AdaptiveDeadlines, GroupQuorum
 from cairn.protocol.encoder import TextEncoder
 
 
@@ -112,11 +112,12 @@ def outer_round_scale(optimizer: hivemind.Optimizer) -> float:
     return scale if math.isfinite(scale) else 0.0
 
 
-class PeerGradientAverager(AdaptiveDeadlines, GradientAverager):
+class PeerGradientAverager(AdaptiveDeadlines, GroupQuorum, GradientAverager):
     """hivemind's GradientAverager as a Cairn peer runs it, in both averaging modes:
 
     - its all-reduces run under deadlines that follow the rounds its groups take (`AdaptiveDeadlines`,
       cairn/peer/deadlines.py);
+    - as a leader it starts a group as soon as every expected peer has joined (`GroupQuorum`, same module);
     - it judges the reducers' answers against at least a floor set by the training process
       (`CheckedTensorPartContainer.floor`, cairn/peer/aggregation.py: why a DiLoCo newcomer needs one). The all-reduce
       runs in the averager's own (forked) process: the floor goes there through a shared value written before each

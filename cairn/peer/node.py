@@ -39,7 +39,7 @@ from cairn.training.task import (
 
 from cairn.peer.aggregation import install_aggregation
 from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
-from cairn.peer.deadlines import follow_round_deadline
+from cairn.peer.deadlines import expect_group, follow_round_deadline
 from cairn.peer.diloco import OverlappedOuterOptimizer, PeerGradientAverager, overlap_options
 from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.start_barrier import wait_for_peers
@@ -439,6 +439,7 @@ class TrainingSession:
                 stepping, rounds_ended = time.monotonic(), self.rounds.total()
                 # wait for a round as long as the averager's adaptive deadline lets it run (cairn/peer/deadlines.py)
                 follow_round_deadline(self.optimizer, self.config.swarm.averaging_timeout, self.config.swarm.matchmaking_time)
+                expect_group(self.optimizer, self.config.swarm.matchmaking_quorum)  # and start a group once it is whole
                 self.steps.step()
                 # the absolute InfoNCE: comparable with the baseline and the spot checks, chance level ln(batch)
                 self._count(batch, parts["abs"])

@@ -127,6 +127,12 @@ class SwarmConfig:
 
     target_batch_size: int = setting(2048, "samples per global step (all peers together)", min=2, max=2**24)
     matchmaking_time: float = setting(1.0, "seconds a peer waits to gather a group for an averaging round", min=0.1, max=600.0)
+    # measured in docs/benchmarks.md section 10 ("matchmaking that follows the group")
+    matchmaking_quorum: bool = setting(
+        True,
+        "start an averaging round as soon as every training peer with a live progress report has joined its group "
+        "(false: always wait out the matchmaking time)",
+    )
     averaging_timeout: float = setting(
         15.0,
         "how long a peer's first averaging rounds may take; later deadlines follow the rounds (3x the median of "
