@@ -21,15 +21,16 @@ The averager's process (`AdaptiveDeadlines`, mixed into the peer's gradient aver
 all-reduce and publishes it; the training process then waits for a round at least that long plus the matchmaking
 time (`follow_round_deadline`, before each step), never less than the run's setting.
 
-Matchmaking follows the group too (#676's quorum): a round's group starts as soon as it holds every peer the
-training process expects (`GroupQuorum`), instead of always waiting out `--matchmaking-time`. hivemind starts a
-group early once it reaches `target_group_size`; Cairn set none, so every leader waited the whole matchmaking time
-even when everyone had joined in the first tenth of it. The expected size is the number of training peers whose
-progress reports are live in hivemind's tracker (`expect_group`, before each step). The matchmaking time stays the
-deadline for the peers that do not come: a peer that left still has a live report for a while (hivemind's
-`metadata_expiration`), so the group waits out the time and starts without it, exactly as before. A quorum that
-counts too few (a newcomer whose first report has not reached the leader) starts the group without the newcomer,
-which joins the next round.
+Matchmaking follows the group too (#676's quorum): a round's group starts as soon as it holds every peer it
+expects (`GroupQuorum`), instead of always waiting out `--matchmaking-time`. hivemind starts a group early once it
+reaches `target_group_size`; Cairn set none, so every leader waited the whole matchmaking time even when everyone
+had joined in the first tenth of it. The expected size is the larger of two counts: the training peers whose
+progress reports are live in hivemind's tracker (`expect_group`, before each step), and the size of this averager's
+last successful group (a tracker that has not yet seen everyone's first report must not start a group without
+them). The matchmaking time stays the deadline for the peers that do not come: a peer that left keeps a live report
+until it expires (hivemind's `metadata_expiration`, 60 s) and is in the last group, so the group waits out the time
+and starts without it, exactly as before; the round after that expects the smaller group. A newcomer whose report
+has not reached the leader yet can find the group started without it, and joins the next round.
 """
 
 from __future__ import annotations
@@ -116,18 +117,30 @@ class AdaptiveDeadlines:
 
 class GroupQuorum:
     """Mixin for a hivemind DecentralizedAverager (before it in the MRO): a leader starts its group as soon as it holds
-    `expected_group` peers (itself included), set by the training process through a shared value; with fewer than
-    two expected, hivemind's own rule (wait out the matchmaking time)."""
+    the expected number of peers (itself included): `expected_group`, set by the training process through a shared
+    value, or the size of this averager's last successful group if larger. `expected_group` 0: hivemind's own rule
+    (wait out the matchmaking time), as with fewer than two expected."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.expected_group = mp.Value(ctypes.c_int, 0)  # before hivemind forks the averager's process
+        self._last_group = 0  # the averager's process keeps its own
         super().__init__(*args, **kwargs)
 
+    def _quorum(self) -> int | None:
+        reported = int(self.expected_group.value)
+        expected = max(reported, self._last_group) if reported > 0 else 0
+        return expected if expected >= 2 else None
+
     async def _step(self, *, step: Any, future_for_init: Any) -> Any:  # in the averager's process, one per round
-        expected = int(self.expected_group.value)
         # hivemind's leader assembles the group the moment it reaches target_group_size (Matchmaking.rpc_join_group)
-        self._matchmaking.target_group_size = expected if expected >= 2 else None  # type: ignore[attr-defined]
+        self._matchmaking.target_group_size = self._quorum()  # type: ignore[attr-defined]
         return await super()._step(step=step, future_for_init=future_for_init)  # type: ignore[misc]
+
+    async def _aggregate_with_group(self, group_info: Any, *args: Any, **kwargs: Any) -> Any:  # in the averager's process
+        self._last_group = 0  # a round that fails says nothing about who is there
+        result = await super()._aggregate_with_group(group_info, *args, **kwargs)  # type: ignore[misc]
+        self._last_group = len(group_info.peer_ids)
+        return result
 
 
 def expect_group(optimizer: Any, quorum: bool) -> None:
