@@ -5,7 +5,9 @@ Optimizer's log messages and wraps the all-reduce's module-level (de)serialisers
 `compression.py` replaces an entry of the serialiser registry, `diloco.py` (overlapped outer rounds) overrides
 the Optimizer's state-averager constructor and three GradientAverager methods (one of them the averager's
 `_run_allreduce_inplace_`), and `aggregation.py` (issue 12) replaces the
-all-reduce's part reducer, part container and runner with subclasses that re-implement `accumulate_part`. A hivemind upgrade that renamed any of these
+all-reduce's part reducer, part container and runner with subclasses that re-implement `accumulate_part`;
+`deadlines.py` wraps the averager's `_aggregate_with_group` and sets the matchmaking's `target_group_size` in
+`_step`. A hivemind upgrade that renamed any of these
 would not fail: the counts would silently read zero and the exact-zero fix would silently stop applying. So every
 patch first calls `check_hivemind()`, which refuses, in one line, a hivemind whose internals no longer have what
 the patches touch. `HIVEMIND_TESTED` is the version the patches were last verified against (pinned in
