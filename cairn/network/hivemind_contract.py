@@ -1,6 +1,6 @@
 """What Cairn relies on inside hivemind, checked before it is relied on (issue 16).
 
-Three modules reach past hivemind's public API: `instrumentation.py` counts averaging rounds by matching the
+Five modules reach past hivemind's public API: `instrumentation.py` counts averaging rounds by matching the
 Optimizer's log messages and wraps the all-reduce's module-level (de)serialisers to count bytes,
 `compression.py` replaces an entry of the serialiser registry, `diloco.py` (overlapped outer rounds) overrides
 the Optimizer's state-averager constructor and three GradientAverager methods (one of them the averager's
