@@ -521,10 +521,11 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         coordinator_dir = workdir / "coordinator"
         shutil.copytree(template, coordinator_dir)
+        settings: dict[str, object] = {} if quorum else {"matchmaking_quorum": False}
         if mode in ("diloco-sync", "diloco-overlap"):
-            set_swarm_settings(coordinator_dir, outer_overlap=mode == "diloco-overlap")
-        if not quorum:
-            set_swarm_settings(coordinator_dir, matchmaking_quorum=False)
+            settings["outer_overlap"] = mode == "diloco-overlap"
+        if settings:
+            set_swarm_settings(coordinator_dir, **settings)
         print(f"== {spec}: {args.peers} peers at {rate_mbit:g} Mbit/s up and down, {args.seconds:g} s", flush=True)
         raw = run_swarm_shaped(
             coordinator_dir, workdir, args.peers, rate_mbit, args.seconds, peer_args, cpus, args.coordinator_rate_mbit, churn=churn

@@ -12,7 +12,6 @@ import torch
 from averaging_util import linked_dhts, shut_down
 from cairn.peer.aggregation import install_aggregation
 from cairn.peer.diloco import (
-    consistent_state,
     DiLoCoSteps,
     PeerGradientAverager,
     GradientSteps,
@@ -376,28 +375,3 @@ def test_a_newcomer_with_a_small_pseudo_gradient_takes_the_honest_average_given_
     finally:
         shut_down(averagers, dhts)
         install_aggregation("mean")
-
-
-def test_a_served_state_is_the_round_its_epoch_names_even_when_rounds_land_while_it_is_read_and_sent():
-    """A donor whose outer rounds land while a joiner (or the coordinator) downloads its state. hivemind reads the
-    epoch, hands out its live tensors and serialises them later: here the first read races a round (it starts and
-    lands between the epoch read and the tensors' use), and another round lands after the state was handed out,
-    while it would be on the wire. Every parameter equals the number of rounds applied, so a state is consistent
-    when its tensors equal its epoch."""
-    donor = {"epoch": 5, "tensor": torch.full((4,), 5.0), "raced": False}
-
-    def land_a_round() -> None:
-        donor["epoch"] += 1  # hivemind: the epoch moves when the round starts
-        donor["tensor"].add_(1.0)  # and the parameters when it lands, in place
-
-    def read() -> tuple:
-        metadata = {"epoch": donor["epoch"]}
-        if not donor["raced"]:
-            donor["raced"] = True
-            land_a_round()
-        return metadata, [donor["tensor"].detach().cpu()], ["info"]
-
-    metadata, tensors, infos = consistent_state(read, lambda: donor["epoch"], lambda: None)
-    land_a_round()  # while the state is serialised and sent
-    assert infos == ["info"]
-    assert metadata["epoch"] == 6 and torch.equal(tensors[0], torch.full((4,), 6.0)), (metadata, tensors)

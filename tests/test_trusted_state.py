@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cairn.network.trusted_state import believable_progress, donors_to_try, refusal
+from cairn.network.trusted_state import believable_progress, consistent_state, donors_to_try, refusal
 from cairn.protocol.epoch_bound import EpochBound
 
 
@@ -191,3 +191,28 @@ def test_a_joiner_loads_the_honest_state_while_a_donor_serves_a_tampered_one_at_
             optimizer.shutdown()
         for dht in nodes:
             dht.shutdown()
+
+
+def test_a_served_state_is_the_round_its_epoch_names_even_when_rounds_land_while_it_is_read_and_sent():
+    """A donor (an overlapped DiLoCo peer, say) whose outer rounds land while a joiner (or the coordinator) downloads its state. hivemind reads the
+    epoch, hands out its live tensors and serialises them later: here the first read races a round (it starts and
+    lands between the epoch read and the tensors' use), and another round lands after the state was handed out,
+    while it would be on the wire. Every parameter equals the number of rounds applied, so a state is consistent
+    when its tensors equal its epoch."""
+    donor = {"epoch": 5, "tensor": torch.full((4,), 5.0), "raced": False}
+
+    def land_a_round() -> None:
+        donor["epoch"] += 1  # hivemind: the epoch moves when the round starts
+        donor["tensor"].add_(1.0)  # and the parameters when it lands, in place
+
+    def read() -> tuple:
+        metadata = {"epoch": donor["epoch"]}
+        if not donor["raced"]:
+            donor["raced"] = True
+            land_a_round()
+        return metadata, [donor["tensor"].detach().cpu()], ["info"]
+
+    metadata, tensors, infos = consistent_state(read, lambda: donor["epoch"], lambda: None)
+    land_a_round()  # while the state is serialised and sent
+    assert infos == ["info"]
+    assert metadata["epoch"] == 6 and torch.equal(tensors[0], torch.full((4,), 6.0)), (metadata, tensors)

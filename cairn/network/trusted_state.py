@@ -138,6 +138,28 @@ class _CheckedDownload(DecentralizedAverager):
         future.set_result(None)
 
 
+SNAPSHOT_ATTEMPTS = 5  # a round starts every few seconds at the fastest: a second read always finds a quiet moment
+
+
+def consistent_state(read: Callable[[], tuple], epoch: Callable[[], int], settle: Callable[[], None]) -> tuple:
+    """A (metadata, tensors, infos) state whose tensors are the ones its metadata's epoch names.
+
+    hivemind's `get_current_state` returns the live parameter and optimizer tensors (`.cpu()` of a CPU tensor is no
+    copy), and its averager serialises them later, in another thread, while a donor's outer round can land. Seen in
+    CI (2026-12-03, an overlapped DiLoCo run): the coordinator loaded a state labelled epoch 5 whose parameters were partly round 6's, and
+    recomputed an honest newcomer's epoch-5 probe loss as 0.377 against its 0.912. So: let rounds in flight land
+    (`settle`), read, copy the tensors, and keep the copy only if no round started meanwhile (the epoch, which
+    hivemind increments when a round starts, did not move); else read again."""
+    for _ in range(SNAPSHOT_ATTEMPTS):
+        settle()
+        before = epoch()
+        metadata, tensors, infos = read()
+        snapshot = [tensor.detach().clone() for tensor in tensors]
+        if epoch() == before:
+            return metadata, snapshot, infos
+    return metadata, snapshot, infos  # rounds back to back: as consistent as hivemind's own
+
+
 class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
     """hivemind's TrainingStateAverager whose downloads skip and refuse states beyond the epoch bound, and load only
     a state that passes `state_check` (cairn/network/state_gate.py: its held-out retrieval against the state this node
@@ -156,6 +178,12 @@ class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
         self._download_limit = mp.Value(ctypes.c_double, math.inf)  # created before hivemind forks the averager
         self.refused_downloads = mp.Value(ctypes.c_int64, 0)  # donors skipped or states refused, for the summary
         super().__init__(*args, **kwargs)
+
+    def get_current_state(self) -> Any:  # hivemind's: (metadata, tensors, their compression infos), for a download
+        return consistent_state(super().get_current_state, lambda: self.local_epoch, self._settle)
+
+    def _settle(self) -> None:
+        """What to wait for before reading the state: nothing here (overlapped DiLoCo waits for its round in flight)."""
 
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
         limit = self.epoch_limit()

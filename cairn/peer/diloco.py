@@ -44,7 +44,7 @@ import ctypes
 import math
 import multiprocessing as mp
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -244,43 +244,20 @@ class OuterGradientAverager(PeerGradientAverager):
         self._sent = None
 
 
-SNAPSHOT_ATTEMPTS = 5  # a round starts every few seconds at the fastest: a second read always finds a quiet moment
-
-
-def consistent_state(read: Callable[[], tuple], epoch: Callable[[], int], settle: Callable[[], None]) -> tuple:
-    """A (metadata, tensors, infos) state whose tensors are the ones its metadata's epoch names.
-
-    hivemind's `get_current_state` returns the live parameter and optimizer tensors (`.cpu()` of a CPU tensor is no
-    copy), and its averager serialises them later, in another thread, while a donor's outer round can land. Seen in
-    CI (2026-12-03): the coordinator loaded a state labelled epoch 5 whose parameters were partly round 6's, and
-    recomputed an honest newcomer's epoch-5 probe loss as 0.377 against its 0.912. So: let rounds in flight land
-    (`settle`), read, copy the tensors, and keep the copy only if no round started meanwhile (the epoch, which
-    hivemind increments when a round starts, did not move); else read again."""
-    for _ in range(SNAPSHOT_ATTEMPTS):
-        settle()
-        before = epoch()
-        metadata, tensors, infos = read()
-        snapshot = [tensor.detach().clone() for tensor in tensors]
-        if epoch() == before:
-            return metadata, snapshot, infos
-    return metadata, snapshot, infos  # rounds back to back: as consistent as hivemind's own
-
-
 class OuterStateAverager(BoundedStateAverager):
-    """hivemind's TrainingStateAverager whose state downloads are one consistent round (`consistent_state`).
+    """hivemind's TrainingStateAverager whose state downloads wait for a delayed outer step in flight.
 
     With a delayed step hivemind increments the epoch when the round starts, while the (offloaded) parameters it
     serves change only when the round ends: a joiner in between would get the previous round's parameters under
     the new epoch, one outer step behind every other peer for good. Waiting (bounded by the all-reduce timeout) for
-    the round in flight, and copying the tensors before a next round can land on them, serves a consistent pair. On
-    the wire it is hivemind's TrainingStateAverager (as its base), so the coordinator loads it."""
+    the round in flight serves a consistent pair; the base class copies it before a next round can land on it
+    (cairn/network/trusted_state.py, `consistent_state`). On the wire it is hivemind's TrainingStateAverager (as its
+    base), so the coordinator loads it."""
 
-    def get_current_state(self) -> Any:  # hivemind's: (metadata, tensors, their compression infos)
+    def _settle(self) -> None:
+        """Wait (bounded by the all-reduce timeout) for the outer rounds in flight to land, before each read of the
+        state (`BoundedStateAverager.get_current_state`)."""
         deadline = time.monotonic() + (self._allreduce_timeout or 60.0) + 5.0
-        return consistent_state(super().get_current_state, lambda: self.local_epoch, lambda: self._settle(deadline))
-
-    def _settle(self, deadline: float) -> None:
-        """Wait (until `deadline`) for the outer rounds in flight to land."""
         in_flight: list = []
         for _ in range(100):
             try:
