@@ -375,3 +375,32 @@ def test_a_newcomer_with_a_small_pseudo_gradient_takes_the_honest_average_given_
     finally:
         shut_down(averagers, dhts)
         install_aggregation("mean")
+
+
+@pytest.mark.slow  # a real hivemind DHT (p2pd)
+def test_a_state_caught_up_between_steps_keeps_the_unsent_inner_progress_once(dht):
+    """After a failed round an overlapped peer downloads the swarm's state between two steps (cairn/peer/state_sync.py
+    catch_up; hivemind copies it into the outer tensors). The model must continue from that state plus the inner
+    progress this peer has not sent yet, and the next step must not carry that progress a second time."""
+    swarm = SwarmConfig(averaging="diloco", target_batch_size=10**6, outer_every=2, outer_lr=0.5)  # no round closes
+    model, outer, optimizer, steps = _overlapped(dht, swarm, "diloco-catch-up")
+    try:
+        start = model.weight.detach().clone()
+        for _ in range(2):
+            model.loss().backward()
+            steps.step()
+        progress = model.weight.detach() - start  # unsent: no round took it
+        swarm_state = torch.tensor([0.25, 0.75, -1.0])
+        with torch.no_grad():
+            outer[0].copy_(swarm_state)  # what TrainingStateAverager.load_state_from_peers does to the outer tensors
+        steps.state_loaded()
+        assert torch.allclose(model.weight.detach(), swarm_state + progress, atol=1e-6)
+        before = model.weight.detach().clone()
+        model.loss().backward()
+        steps.step()
+        assert torch.allclose(model.weight.detach(), _inner_step(before), atol=1e-6)  # an inner step, nothing carried again
+        assert torch.allclose(
+            outer[0].grad / optimizer.grad_averager.local_times_accumulated, swarm_state - model.weight.detach(), atol=1e-5
+        )
+    finally:
+        optimizer.shutdown()

@@ -162,6 +162,7 @@ def test_a_joiner_loads_the_honest_state_while_a_donor_serves_a_tampered_one_at_
         assert bounded.local_epoch == 5
         assert torch.equal(bounded.state_averager.main_parameters[0].detach(), torch.ones(4))
         assert bounded.refused_downloads >= 1
+        assert bounded.state_averager.applied_downloads == 1  # what cairn/peer/state_sync.py counts as synchronised
 
         # a liar that declares a believable priority but sends epoch 10^9: downloaded, refused, the next donor asked
         attacker.state_averager.state_sharing_priority = 5.5  # above the honest donor's 5: asked first
@@ -186,6 +187,13 @@ def test_a_joiner_loads_the_honest_state_while_a_donor_serves_a_tampered_one_at_
         assert bounded.refused_downloads > refused_before  # (the plain joiner, now declaring 10^9, is skipped each time too)
         assert bounded.local_epoch == 5
         assert torch.equal(bounded.state_averager.main_parameters[0].detach(), torch.ones(4))
+
+        # a node ahead of every donor: hivemind downloads a state and refuses to apply it, which is not a download applied
+        applied = bounded.state_averager.applied_downloads
+        bounded.state_averager.local_epoch = 6
+        bounded.load_state_from_peers()
+        assert bounded.local_epoch == 6
+        assert bounded.state_averager.applied_downloads == applied
     finally:
         for optimizer in optimizers:
             optimizer.shutdown()

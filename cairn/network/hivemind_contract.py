@@ -58,8 +58,12 @@ def missing_internals() -> list[str]:
     for name in ("load_accumulators_into_averager_", "notify_used_averaged_gradients"):
         if not callable(getattr(GradientAverager, name, None)):
             missing.append(f"hivemind GradientAverager.{name}")
-    if "self.pending_updates" not in inspect.getsource(TrainingStateAverager):
+    state_source = inspect.getsource(TrainingStateAverager)
+    if "self.pending_updates" not in state_source:
         missing.append("hivemind TrainingStateAverager.pending_updates")
+    # cairn/peer/state_sync.py reads a state averaging round's group size from this message
+    if 'f"Averaged parameters with {len(gathered)} peers"' not in state_source:
+        missing.append("the TrainingStateAverager log message 'Averaged parameters with N peers'")
     from hivemind.p2p.servicer import ServicerBase
 
     if "__name__" not in inspect.getsource(getattr(ServicerBase, "_get_handle_name", lambda: None)):

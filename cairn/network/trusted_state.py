@@ -106,6 +106,7 @@ class _CheckedDownload(DecentralizedAverager):
 
     state_check: StateCheck | None = None
     refused_downloads: Any
+    _accepted_epoch: Any = None  # the epoch of the state last handed on to TrainingStateAverager to apply
     main_parameters: Sequence[torch.Tensor]  # TrainingStateAverager's
 
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
@@ -114,11 +115,14 @@ class _CheckedDownload(DecentralizedAverager):
             self._exclude_donors(excluded)
             loaded = super().load_state_from_peers(wait=wait, timeout=timeout)
             if loaded is None or self.state_check is None:
+                if loaded is not None and isinstance(loaded[0], Mapping):
+                    self._accepted_epoch = loaded[0].get("epoch")
                 return loaded
             metadata, tensors = loaded
             donor = metadata.get(DONOR_KEY) if isinstance(metadata, Mapping) else None
             why = self.state_check(tensors[: len(self.main_parameters)], self.main_parameters)
             if why is None:
+                self._accepted_epoch = metadata.get("epoch") if isinstance(metadata, Mapping) else None
                 return loaded
             logger.warning(f"Refused the state {donor} sent: {why}")
             with self.refused_downloads.get_lock():
@@ -177,6 +181,7 @@ class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
         self._excluded_donors: set[str] = set()
         self._download_limit = mp.Value(ctypes.c_double, math.inf)  # created before hivemind forks the averager
         self.refused_downloads = mp.Value(ctypes.c_int64, 0)  # donors skipped or states refused, for the summary
+        self.applied_downloads = 0  # states downloaded and applied (in this process: hivemind applies them here)
         super().__init__(*args, **kwargs)
 
     def get_current_state(self) -> Any:  # hivemind's: (metadata, tensors, their compression infos), for a download
@@ -188,7 +193,11 @@ class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None):
         limit = self.epoch_limit()
         self._download_limit.value = math.inf if limit is None else float(limit)
-        return super().load_state_from_peers(wait=wait, timeout=timeout)
+        self._accepted_epoch = None
+        result = super().load_state_from_peers(wait=wait, timeout=timeout)
+        if self._accepted_epoch is not None and self.local_epoch == self._accepted_epoch:
+            self.applied_downloads += 1  # hivemind applied it (it returns nothing either way): cairn/peer/state_sync.py
+        return result
 
     async def _load_state_from_peers(self, future: Any, timeout: float | None = None) -> None:
         """hivemind's donor loop (DecentralizedAverager._load_state_from_peers), with the bound applied to each donor."""

@@ -62,6 +62,10 @@ from cairn.protocol.encoder import TextEncoder
 class GradientSteps:
     """Per-step gradient averaging: hivemind accumulates this batch's gradient and steps the shared AdamW."""
 
+    # after a failed round the peer's state is its own until the state averaging round a few steps on
+    # (cairn/peer/state_sync.py): not worth a download
+    catches_up_after_failed_rounds = False
+
     def __init__(self, model: TextEncoder, optimizer: hivemind.Optimizer):
         self.model, self.optimizer = model, optimizer
 
@@ -152,6 +156,10 @@ class DiLoCoSteps:
             raise ValueError("the outer parameters do not match the model's")
         self._floor_version: int | None = None  # the outer state's version the plausibility floor was read from
 
+    # state averaging comes only every `average_state_every` outer rounds: after a failed round, download the swarm's
+    # state instead (cairn/peer/state_sync.py)
+    catches_up_after_failed_rounds = True
+
     def step(self) -> None:
         self.inner_optimizer.step()
         self.inner_scheduler.step()
@@ -195,6 +203,11 @@ class DiLoCoSteps:
     def shared_state_into_model(self) -> None:
         for shared, local in zip(self.outer, self.local):
             local.copy_(shared.to(local.device))
+
+    def state_loaded(self) -> None:
+        """The swarm's state was downloaded between steps (`state_sync.catch_up`, right after a failed synchronous
+        round, with no inner step since): continue from it."""
+        self.shared_state_into_model()
 
     def leave(self) -> None:
         """What the peer keeps when it stops is the swarm's shared state, not a half-finished inner round."""
@@ -354,6 +367,12 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
 
     def after_new_epoch(self) -> None:
         """Nothing to do: `step` already saw whether a round began (keep training) or the state was loaded."""
+
+    def state_loaded(self) -> None:
+        """The swarm's state was downloaded between steps (`state_sync.catch_up`, after a failed round): the inner
+        progress made since this peer's last round took its pseudo-gradient goes on top of it, unsent yet."""
+        self._carry_progress_onto_outer()
+        self._outer_version = self._version()
 
     def probe_point(self, epoch_changed: bool, round_ended_here: bool) -> contextlib.AbstractContextManager | None:
         """When a round's result has just landed (its outcome was reported in the background, not in this step): the outer parameters are then the state this epoch serves

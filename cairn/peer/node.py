@@ -43,6 +43,7 @@ from cairn.peer.deadlines import expect_group, follow_round_deadline
 from cairn.peer.diloco import OverlappedOuterOptimizer, PeerGradientAverager, overlap_options
 from cairn.peer.gradients import sanitize_gradients
 from cairn.peer.start_barrier import wait_for_peers
+from cairn.peer.state_sync import StateSync, catch_up, watch_state_sync
 from cairn.network.state_gate import HeldOutStateGate, gate_pairs
 from cairn.network.trusted_state import BoundedOptimizer, CoordinatorEpochBound, EpochLimit, StateCheck
 from cairn.peer.instrumentation import CountingCompression, RoundCounters, install_traffic_taps, make_compression, watch_rounds
@@ -189,7 +190,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     """Join, train until stopped (signal, max_samples or max_minutes), leave cleanly."""
     from cairn.peer.dht_util import check_reachable, make_dht
     from cairn.peer.leases import ShardLease
-    from cairn.peer.metrics import create_peer_metrics, start_metrics_server
+    from cairn.peer.metrics import RoundOutcome, create_peer_metrics, start_metrics_server
     from cairn.peer.records import shards_in_use
     from cairn.peer.sizing import micro_batch
     from cairn.peer.run_setup import coordinator_peer_id, fetch_config, latest_release_weights, prepare_local_run
@@ -244,7 +245,14 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     install_traffic_taps(traffic.sent, traffic.received)
     rounds = RoundCounters()
     metrics = create_peer_metrics()
-    watch_rounds(rounds, on_outcome=metrics.observe_round)
+    sync = StateSync()  # whether this peer's shared state is the swarm's (cairn/peer/state_sync.py)
+
+    def observe_round(outcome: RoundOutcome, seconds: float) -> None:
+        metrics.observe_round(outcome, seconds)
+        sync.round_ended(outcome)
+
+    watch_rounds(rounds, on_outcome=observe_round)
+    watch_state_sync(sync)
     metrics_server = start_metrics_server(options.metrics_port, metrics.registry, options.metrics_host) if options.metrics_port else None
 
     torch.manual_seed(config.training.seed)  # identical initial weights on every peer (pitfall 5)
@@ -272,6 +280,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         state_check=HeldOutStateGate(model, tokenizer, gate_pairs(corpus, config.swarm.num_shards)),
     )
     steps = make_steps(model, optimizer, params, config)
+    sync.expected_peers = lambda: optimizer.tracker.global_progress.num_peers
     stop.reinstall()
     lease = ShardLease(
         dht,
@@ -332,6 +341,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
             parent,
             micro_batch=chunk,
             epoch_bound=epoch_bound,
+            sync=sync,
         )
         session.run()
     finally:
@@ -389,6 +399,7 @@ class TrainingSession:
         parent=None,
         micro_batch: int | None = None,
         epoch_bound: CoordinatorEpochBound | None = None,
+        sync: StateSync | None = None,
     ):
         self.options, self.config, self.corpus, self.task = options, config, corpus, task
         self.steps = steps  # cairn.peer.diloco: GradientSteps or DiLoCoSteps
@@ -397,6 +408,7 @@ class TrainingSession:
         self.parent = parent  # cairn.peer.compat_parent.ParentTracker when the run has a compat weight, else None
         self.micro_batch = micro_batch or batch_size  # texts per forward pass (cairn/peer/sizing.py)
         self.epoch_bound = epoch_bound  # asked again in the background (cairn/network/trusted_state.py)
+        self.sync = sync or StateSync()  # whether the shared state is the swarm's: probes and DiLoCo's catch-up
         self.stats = PeerStats()
         self.shard: int | None = None
         self.pairs: list = []
@@ -450,7 +462,10 @@ class TrainingSession:
                     self.epoch_arrivals.append((time.time(), epoch_seen))
                     self.steps.after_new_epoch()
                 probing = self.steps.probe_point(epoch_changed, self.rounds.total() != rounds_ended)  # the epoch's shared state
-                if probing is not None and self.rounds.last_outcome == "success":  # after a failed round: our own, no claim
+                if catch_up(self.optimizer, self.steps, self.sync):  # DiLoCo, after a failed round: the swarm's state
+                    probing = None  # the probe was taken for the state this peer had before
+                # no claim on a state nobody else holds: right after a round alone or failed, and until synchronised
+                if probing is not None and self.rounds.last_outcome == "success" and not self.sync.diverged:
                     assert self.shard is not None  # _ensure_shard() leased the shard this batch came from
                     with probing:
                         self.stats.last_probe = _probe(self.task, batch, self.shard, batch_start, self.optimizer.local_epoch)
