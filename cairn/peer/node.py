@@ -453,6 +453,7 @@ class TrainingSession:
                 follow_round_deadline(self.optimizer, self.config.swarm.averaging_timeout, self.config.swarm.matchmaking_time)
                 expect_group(self.optimizer, self.config.swarm.matchmaking_quorum)  # and start a group once it is whole
                 self.steps.step()
+                self.sync.follow_downloads(self.optimizer.state_averager.applied_downloads)  # fell behind, downloaded
                 # the absolute InfoNCE: comparable with the baseline and the spot checks, chance level ln(batch)
                 self._count(batch, parts["abs"])
                 epoch_changed = self.optimizer.local_epoch != epoch_seen
@@ -613,6 +614,10 @@ class TrainingSession:
                 "collapsed": self.collapse.collapsed,
                 # donors skipped and states refused for an epoch beyond the coordinator's bound, or not finite
                 "refused_state_downloads": self.optimizer.refused_downloads,
+                # downloads of the swarm's state right after a failed round, and whether the run ended on a state of
+                # its own (no probe since: cairn/peer/state_sync.py)
+                "state_catch_ups": self.sync.catch_ups,
+                "state_diverged": self.sync.diverged,
             },
         )
 

@@ -39,6 +39,8 @@ class StateSync:
         self.expected_peers = expected_peers  # training peers the tracker knows, this one included
         self.diverged = False
         self.download_tried = False  # catch_up asks once per divergence: a swarm with no donor is not asked forever
+        self.catch_ups = 0  # downloads catch_up applied, for the peer's summary
+        self._downloads_seen = 0
         self._lock = threading.Lock()
 
     def round_ended(self, outcome: str) -> None:
@@ -53,9 +55,12 @@ class StateSync:
             with self._lock:
                 self.diverged = False
 
-    def downloaded(self) -> None:
-        with self._lock:
-            self.diverged = False
+    def follow_downloads(self, applied: int) -> None:
+        """`applied`: the downloads the state averager has applied so far (`BoundedStateAverager.applied_downloads`).
+        Any download synchronises: catch_up's, and hivemind's own when the peer fell behind."""
+        if applied != self._downloads_seen:
+            with self._lock:
+                self._downloads_seen, self.diverged = applied, False
 
     @property
     def wants_download(self) -> bool:
@@ -96,6 +101,7 @@ def catch_up(optimizer: Any, steps: Any, sync: StateSync) -> bool:
         logger.info("after a failed round no peer served the swarm's state: this peer's own state goes on, unprobed")
         return False
     steps.state_loaded()
-    sync.downloaded()
+    sync.catch_ups += 1
+    sync.follow_downloads(optimizer.state_averager.applied_downloads)
     logger.info("after a failed round, took the swarm's state at epoch %s", optimizer.local_epoch)
     return True
