@@ -404,3 +404,29 @@ def test_a_state_caught_up_between_steps_keeps_the_unsent_inner_progress_once(dh
         )
     finally:
         optimizer.shutdown()
+
+
+@pytest.mark.slow  # two real hivemind averagers (p2pd)
+@pytest.mark.parametrize("shares", [False, True])
+def test_a_peer_s_gradient_buffers_are_not_served_to_a_joiner(shares):
+    """hivemind.Optimizer.load_state_from_peers also downloads the gradient averager's buffers (fp32, the parameters'
+    size) and then discards them. A Cairn peer's gradient averager serves none; hivemind's default (shares=True, the
+    control) hands them over."""
+    dhts = linked_dhts(2)
+    averagers = []
+    try:
+        for dht in dhts:
+            parameter = torch.nn.Parameter(torch.zeros(1000))
+            parameter.grad = torch.ones(1000)
+            options = dict(allow_state_sharing=True) if shares else {}
+            averagers.append(PeerGradientAverager([parameter], dht=dht, prefix="grad-state", start=True, request_timeout=1.0, **options))
+        averagers[0].state_sharing_priority = 1.0  # declared for download within hivemind's declare period, if sharing
+        deadline = time.monotonic() + 10  # the control's donor is found at the first try
+        loaded = None
+        while loaded is None and time.monotonic() < deadline:
+            loaded = averagers[1].load_state_from_peers(timeout=5)
+            if loaded is None:
+                time.sleep(1.0)
+        assert (loaded is not None) is shares, loaded
+    finally:
+        shut_down(averagers, dhts)

@@ -131,6 +131,10 @@ class PeerGradientAverager(AdaptiveDeadlines, GroupQuorum, GradientAverager):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.plausibility_floor = mp.Value(ctypes.c_double, 0.0)  # before hivemind forks the averager's process
+        # hivemind.Optimizer.load_state_from_peers downloads the gradient averager's buffers too (fp32, the size of the
+        # parameters: 31 MB for the default encoder, as much again as the state itself) and throws them away, since it
+        # resets the accumulators right after. A peer that serves none makes every join and catch-up that much shorter.
+        kwargs.setdefault("allow_state_sharing", False)
         super().__init__(*args, **kwargs)
 
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):  # in the averager's process

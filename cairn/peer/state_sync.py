@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -95,7 +96,7 @@ def catch_up(optimizer: Any, steps: Any, sync: StateSync) -> bool:
     if not (sync.wants_download and getattr(steps, "catches_up_after_failed_rounds", False)):
         return False
     sync.download_tried = True
-    before = optimizer.state_averager.applied_downloads
+    before, started = optimizer.state_averager.applied_downloads, time.monotonic()
     optimizer.load_state_from_peers()
     if optimizer.state_averager.applied_downloads == before:
         logger.info("after a failed round no peer served the swarm's state: this peer's own state goes on, unprobed")
@@ -103,5 +104,5 @@ def catch_up(optimizer: Any, steps: Any, sync: StateSync) -> bool:
     steps.state_loaded()
     sync.catch_ups += 1
     sync.follow_downloads(optimizer.state_averager.applied_downloads)
-    logger.info("after a failed round, took the swarm's state at epoch %s", optimizer.local_epoch)
+    logger.info("after a failed round, took the swarm's state at epoch %s (%.1f s)", optimizer.local_epoch, time.monotonic() - started)
     return True
