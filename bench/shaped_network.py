@@ -531,6 +531,7 @@ def main() -> None:
             coordinator_dir, workdir, args.peers, rate_mbit, args.seconds, peer_args, cpus, args.coordinator_rate_mbit, churn=churn
         )
         row = summarise(spec, raw, rate_mbit)
+        row["spot_checks"] = spot_check_outcomes(coordinator_dir / "ledger.sqlite")
         # an @RATE twin is there for its throughput: its held-out loss would cost a single-process run and say nothing new
         if not args.no_baseline and "error" not in row and "@" not in spec:
             summaries = {n: s for n, s in raw["summaries"].items() if s}
@@ -559,14 +560,30 @@ def main() -> None:
     print_table(document)
 
 
+def spot_check_outcomes(ledger: Path) -> dict:
+    """The coordinator's spot checks of the run, from its ledger: every peer here is honest, so a failed check is a
+    peer judged on a state other than the one it trained on (a failed round, a split swarm: docs/benchmarks.md §10)."""
+    import sqlite3
+
+    if not ledger.exists():
+        return {"passed": 0, "failed": 0, "forfeited_samples": 0}
+    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        passed, failed = db.execute("SELECT COALESCE(SUM(passed = 1), 0), COALESCE(SUM(passed = 0), 0) FROM spot_checks").fetchone()
+        (forfeited,) = db.execute("SELECT COALESCE(SUM(forfeited_samples), 0) FROM peers").fetchone()
+    finally:
+        db.close()
+    return {"passed": int(passed), "failed": int(failed), "forfeited_samples": int(forfeited)}
+
+
 def print_table(document: dict) -> None:
     print(f"\n{document['peers']} peers, {document['seconds']:g} s each, no delay emulation")
     print(
         "| configuration | link Mbit/s | utilisation (mean, min) | samples | global steps | payload B/sample | "
         "wire B sent/sample: training (whole run) | peak Mbit/s | samples/s | step gap s: median, longest | "
-        "held-out loss: swarm / single process (start) |"
+        "held-out loss: swarm / single process (start) | spot checks passed / all (credit taken back) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in document["results"]:
         if "error" in r:
             print(f"| {r['mode']} | error: {r['error']} |")
@@ -574,11 +591,13 @@ def print_table(document: dict) -> None:
         held = r.get("heldout")
         loss = f"{held['swarm']:.3f} / {held['single_process']:.3f} ({held['start']:.3f}), ratio {held['ratio']:.3f}" if held else "—"
         gaps = f"{r['median_step_gap_s']:.0f}, {r['longest_step_gap_s']:.0f}" if r.get("median_step_gap_s") else "—"
+        spot = r.get("spot_checks")
+        checks = f"{spot['passed']} / {spot['passed'] + spot['failed']} ({spot['forfeited_samples']:,})" if spot else "—"
         print(
             f"| {r['mode']} | {r.get('rate_mbit', document['rate_mbit']):g} | {r['utilisation_mean']:.2f}, {r['utilisation_min']:.2f} | "
             f"{r['samples']:,} | {r['global_steps']} | {r['payload_bytes_sent_per_sample']:,.0f} | "
             f"{r['wire_bytes_sent_per_sample_training']:,.0f} ({r['wire_bytes_sent_per_sample']:,.0f}) | "
-            f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_swarm']:,.0f} | {gaps} | {loss} |"
+            f"{r['peak_link_mbit']:.1f} | {r['samples_per_second_swarm']:,.0f} | {gaps} | {loss} | {checks} |"
         )
     for line in kept_throughput(document["results"]):
         print(line)

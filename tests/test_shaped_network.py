@@ -14,7 +14,7 @@ from swarm_util import ROOT, write_corpus
 
 sys.path.insert(0, str(ROOT))
 from bench.netns import PREFIX, ShapedNetwork, list_namespaces, unavailable_reason  # noqa: E402
-from bench.shaped_network import child_env, run_swarm_shaped  # noqa: E402
+from bench.shaped_network import child_env, run_swarm_shaped, spot_check_outcomes  # noqa: E402
 from cairn.peer.swarm import cairn  # noqa: E402
 
 REASON = unavailable_reason()
@@ -138,3 +138,7 @@ def test_two_peers_train_together_over_shaped_links(tmp_path: Path, no_leftovers
         peak = result["peak_mbit"][name]
         assert max(peak["up"], peak["down"]) <= 1.1 * SWARM_RATE_MBIT, (name, peak)
         assert max(peak["up"], peak["down"]) > 0.3 * SWARM_RATE_MBIT, (name, peak)  # it did use the link
+    # honest peers keep their credit: no spot check failed (a peer judged on a state only it held failed them before,
+    # cairn/peer/state_sync.py), none taken back
+    checks = spot_check_outcomes(coordinator_dir / "ledger.sqlite")
+    assert checks["failed"] == 0 and checks["forfeited_samples"] == 0, checks
