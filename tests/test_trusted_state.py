@@ -194,6 +194,16 @@ def test_a_joiner_loads_the_honest_state_while_a_donor_serves_a_tampered_one_at_
         bounded.load_state_from_peers()
         assert bounded.local_epoch == 6
         assert bounded.state_averager.applied_downloads == applied
+
+        # the coordinator's second opinion on a failed spot check (cairn/coordinator/spot_checks.py): the state one
+        # named peer serves, whatever the others declare, applied nowhere
+        bounded.state_averager.local_epoch = 5
+        for donor, value in ((attacker, 666.0), (honest, 1.0)):
+            served = bounded.state_averager.state_of(donor.dht.peer_id.to_base58(), timeout=30)
+            assert served is not None and served[0]["epoch"] == 5
+            assert torch.equal(served[1][0], torch.full((4,), value))
+        assert torch.equal(bounded.state_averager.main_parameters[0].detach(), torch.ones(4))  # nothing applied
+        assert bounded.state_averager.state_of("not-a-peer-id", timeout=5) is None  # a record's id is untrusted input
     finally:
         for optimizer in optimizers:
             optimizer.shutdown()

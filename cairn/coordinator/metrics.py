@@ -18,7 +18,7 @@ class CoordinatorMetrics:
         self.claimed_samples = Gauge("claimed_samples", "Samples claimed by peers, all peers", **common)
         self.releases = Counter("releases", "Releases cut by this process", **common)
         self.spot_checks = Counter("spot_checks", "Spot checks of peers' probe losses by result", ["result"], **common)
-        for result in ("passed", "failed"):
+        for result in ("passed", "own_state", "failed"):  # own_state: passed on the state the peer serves
             self.spot_checks.labels(result=result)
 
     async def handle(self, request: web.Request) -> web.Response:

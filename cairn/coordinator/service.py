@@ -38,10 +38,10 @@ from cairn.coordinator.ledger import Ledger
 from cairn.coordinator.metrics import CoordinatorMetrics
 from cairn.coordinator.node import Backend, CoordinatorOptions, _connected_peers, join_addresses, save_known_peers, start_dht
 from cairn.coordinator.releaser import ReleaseInputs, ReleaseRefused, cut_release, release_gate, state_is_finite
+from cairn.coordinator.spot_checks import judge_probe, parameters_of, parameters_swapped
 from cairn.protocol.workdir import CoordinatorState, Workdir
 
 logger = logging.getLogger("cairn.coordinator")
-SPOT_CHECK_TOLERANCE = 0.05  # absolute loss difference: fp16 state transfer + 8-bit averaging drift
 
 
 class Coordinator:
@@ -302,10 +302,28 @@ class Coordinator:
                 continue
             pairs = self.corpus.shard(record.probe_shard, self.config.swarm.num_shards)
             batch = [pairs[(record.probe_offset + i) % len(pairs)] for i in range(record.probe_count)]
-            recomputed = self.task.eval_loss(batch, batch_size=len(batch))
-            passed = abs(recomputed - record.probe_loss) <= SPOT_CHECK_TOLERANCE
-            self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, recomputed, passed)
-            self.metrics.spot_checks.labels(result="passed" if passed else "failed").inc()
+            loaded = self.task.eval_loss(batch, batch_size=len(batch))
+            verdict = judge_probe(record.probe_loss, loaded, partial(self._loss_on_own_state, record.peer_id, record.probe_epoch, batch))
+            if verdict.on_own_state:
+                logger.warning(
+                    "spot check of %s at epoch %s: its probe (%.4f) matches the state it serves (%.4f), not the one loaded "
+                    "(%.4f): an honest peer on a state of its own (a failed round, or a swarm split into groups), no credit taken back",
+                    public_id,
+                    record.probe_epoch,
+                    record.probe_loss,
+                    verdict.recomputed,
+                    loaded,
+                )
+            self.ledger.record_spot_check(public_id, record.probe_epoch, record.probe_loss, verdict.recomputed, verdict.passed)
+            self.metrics.spot_checks.labels(result="own_state" if verdict.on_own_state else "passed" if verdict.passed else "failed").inc()
+
+    def _loss_on_own_state(self, peer_id: str, epoch: int, batch: list) -> float | None:
+        """The probe recomputed on the state the peer serves now (cairn/coordinator/spot_checks.py), or None."""
+        values = parameters_of(self.state_loader.state_averager.state_of(peer_id), epoch, self.model)
+        if values is None:
+            return None
+        with parameters_swapped(self.model, values):
+            return self.task.eval_loss(batch, batch_size=len(batch))
 
     def shutdown(self) -> None:
         try:

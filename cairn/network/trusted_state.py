@@ -201,11 +201,7 @@ class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
 
     async def _load_state_from_peers(self, future: Any, timeout: float | None = None) -> None:
         """hivemind's donor loop (DecentralizedAverager._load_state_from_peers), with the bound applied to each donor."""
-        from hivemind.compression import deserialize_torch_tensor
         from hivemind.p2p import PeerID
-        from hivemind.proto import averaging_pb2
-        from hivemind.utils.asyncio import aiter_with_timeout
-        from hivemind.utils.streaming import combine_from_streaming
         from hivemind.utils.timed_storage import ValueWithExpiration
 
         if timeout is not None:  # as hivemind: the per-chunk wait, not the whole download's
@@ -225,39 +221,69 @@ class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
             with self.refused_downloads.get_lock():
                 self.refused_downloads.value += len(skipped)
             for peer in donors:
-                started = time.monotonic()
-                try:
-                    stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
-                    stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
-                    metadata: Any = None
-                    parts: list = []
-                    tensors: list[torch.Tensor] = []
-                    async for message in aiter_with_timeout(stream, timeout=timeout):
-                        if message.metadata:
-                            metadata = self.serializer.loads(message.metadata)
-                        if message.tensor_part.dtype and parts:  # a dtype marks the first part of the next tensor
-                            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
-                            parts = []
-                        parts.append(message.tensor_part)
-                    if parts:
-                        tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
-                    if not metadata:
-                        logger.debug(f"Peer {peer} did not send its state")
-                        continue
-                    why = refusal(metadata, tensors, limit)
-                    if why is not None:
-                        logger.warning(f"Refused the state {peer} sent: {why}")
-                        with self.refused_downloads.get_lock():
-                            self.refused_downloads.value += 1
-                        continue
-                    logger.info(f"Finished downloading state in {time.monotonic() - started:.3f}s from {peer}")
-                    future.set_result(({**metadata, DONOR_KEY: peer.to_base58()}, tensors))  # who, for state_check
+                loaded = await self._download_state(peer, timeout, limit)
+                if loaded is not None:
+                    future.set_result(loaded)
                     return
-                except Exception as error:  # a donor that left or broke off: the next one
-                    logger.warning(f"Failed to download state from {peer} - {error!r}")
         finally:
             if not future.done():
                 future.set_result(None)
+
+    async def _download_state(self, peer: Any, timeout: float | None, limit: float) -> tuple | None:
+        """One donor's state (in the averager's process): (metadata naming the donor, tensors), or None when it sent
+        none, broke off, or sent a state beyond the bound or not finite."""
+        from hivemind.compression import deserialize_torch_tensor
+        from hivemind.proto import averaging_pb2
+        from hivemind.utils.asyncio import aiter_with_timeout
+        from hivemind.utils.streaming import combine_from_streaming
+
+        started = time.monotonic()
+        try:
+            stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
+            stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+            metadata: Any = None
+            parts: list = []
+            tensors: list[torch.Tensor] = []
+            async for message in aiter_with_timeout(stream, timeout=timeout):
+                if message.metadata:
+                    metadata = self.serializer.loads(message.metadata)
+                if message.tensor_part.dtype and parts:  # a dtype marks the first part of the next tensor
+                    tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                    parts = []
+                parts.append(message.tensor_part)
+            if parts:
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+            if not metadata:
+                logger.debug(f"Peer {peer} did not send its state")
+                return None
+            why = refusal(metadata, tensors, limit)
+            if why is not None:
+                logger.warning(f"Refused the state {peer} sent: {why}")
+                with self.refused_downloads.get_lock():
+                    self.refused_downloads.value += 1
+                return None
+            logger.info(f"Finished downloading state in {time.monotonic() - started:.3f}s from {peer}")
+            return {**metadata, DONOR_KEY: peer.to_base58()}, tensors  # who, for state_check
+        except Exception as error:  # a donor that left or broke off: the next one
+            logger.warning(f"Failed to download state from {peer} - {error!r}")
+            return None
+
+    def state_of(self, peer_id: str, timeout: float = 30.0) -> tuple | None:
+        """The state one named peer serves now, (metadata, tensors), applied nowhere: the coordinator's second opinion
+        on a failed spot check (cairn/coordinator/service.py). None when that peer serves none, or one beyond the bound."""
+        future = MPFuture()
+        self._outer_pipe.send(("_state_of", [], dict(peer_id=peer_id, future=future)))
+        return future.result(timeout=timeout + 30.0)
+
+    async def _state_of(self, peer_id: str, future: Any) -> None:  # in the averager's process
+        from hivemind.p2p import PeerID
+
+        try:
+            timeout = self.next_chunk_timeout if self.next_chunk_timeout is not None else self.request_timeout
+            future.set_result(await self._download_state(PeerID.from_base58(peer_id), timeout, self._download_limit.value))
+        except Exception as error:  # a malformed peer id (it comes from a peer's record): no state
+            logger.warning(f"Could not ask {peer_id!r} for its state - {error!r}")
+            future.set_result(None)
 
 
 class BoundedOptimizer(hivemind.Optimizer):
