@@ -204,6 +204,8 @@ def test_a_joiner_loads_the_honest_state_while_a_donor_serves_a_tampered_one_at_
             assert torch.equal(served[1][0], torch.full((4,), value))
         assert torch.equal(bounded.state_averager.main_parameters[0].detach(), torch.ones(4))  # nothing applied
         assert bounded.state_averager.state_of("not-a-peer-id", timeout=5) is None  # a record's id is untrusted input
+        # a whole download within the deadline or nothing: a donor that trickles its stream holds the coordinator no longer
+        assert bounded.state_averager.state_of(honest.dht.peer_id.to_base58(), timeout=1e-6) is None
     finally:
         for optimizer in optimizers:
             optimizer.shutdown()

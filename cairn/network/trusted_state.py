@@ -20,6 +20,7 @@ stand between it and a release (docs/operating.md).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import math
@@ -268,21 +269,27 @@ class BoundedStateAverager(TrainingStateAverager, _CheckedDownload):
             logger.warning(f"Failed to download state from {peer} - {error!r}")
             return None
 
-    def state_of(self, peer_id: str, timeout: float = 30.0) -> tuple | None:
+    def state_of(self, peer_id: str, timeout: float = 60.0) -> tuple | None:
         """The state one named peer serves now, (metadata, tensors), applied nowhere: the coordinator's second opinion
-        on a failed spot check (cairn/coordinator/service.py). None when that peer serves none, or one beyond the bound."""
+        on a failed spot check (cairn/coordinator/spot_checks.py). None when that peer serves none, one beyond the
+        bound, or not all of it within `timeout` seconds (a peer that trickles its stream holds nobody up longer)."""
         future = MPFuture()
-        self._outer_pipe.send(("_state_of", [], dict(peer_id=peer_id, future=future)))
-        return future.result(timeout=timeout + 30.0)
+        self._outer_pipe.send(("_state_of", [], dict(peer_id=peer_id, deadline=timeout, future=future)))
+        try:
+            return future.result(timeout=timeout + 10.0)
+        except Exception as error:  # an averager process that died or hung: no second opinion, the check stands
+            logger.warning(f"No state from {peer_id!r} - {error!r}")
+            return None
 
-    async def _state_of(self, peer_id: str, future: Any) -> None:  # in the averager's process
+    async def _state_of(self, peer_id: str, deadline: float, future: Any) -> None:  # in the averager's process
         from hivemind.p2p import PeerID
 
         try:
-            timeout = self.next_chunk_timeout if self.next_chunk_timeout is not None else self.request_timeout
-            future.set_result(await self._download_state(PeerID.from_base58(peer_id), timeout, self._download_limit.value))
-        except Exception as error:  # a malformed peer id (it comes from a peer's record): no state
-            logger.warning(f"Could not ask {peer_id!r} for its state - {error!r}")
+            chunk = self.next_chunk_timeout if self.next_chunk_timeout is not None else self.request_timeout
+            download = self._download_state(PeerID.from_base58(peer_id), chunk, self._download_limit.value)
+            future.set_result(await asyncio.wait_for(download, timeout=deadline))
+        except Exception as error:  # a malformed peer id (it comes from a peer's record), or past the deadline
+            logger.warning(f"Could not get the state of {peer_id!r} - {error!r}")
             future.set_result(None)
 
 
