@@ -115,13 +115,11 @@ class _CheckedDownload(DecentralizedAverager):
         for _ in range(MAX_DONORS_PER_LOAD):
             self._exclude_donors(excluded)
             loaded = super().load_state_from_peers(wait=wait, timeout=timeout)
-            if loaded is None or self.state_check is None:
-                if loaded is not None and isinstance(loaded[0], Mapping):
-                    self._accepted_epoch = loaded[0].get("epoch")
-                return loaded
+            if loaded is None:
+                return None
             metadata, tensors = loaded
             donor = metadata.get(DONOR_KEY) if isinstance(metadata, Mapping) else None
-            why = self.state_check(tensors[: len(self.main_parameters)], self.main_parameters)
+            why = None if self.state_check is None else self.state_check(tensors[: len(self.main_parameters)], self.main_parameters)
             if why is None:
                 self._accepted_epoch = metadata.get("epoch") if isinstance(metadata, Mapping) else None
                 return loaded
