@@ -444,8 +444,12 @@ def test_the_coordinator_does_not_download_a_step_it_holds_and_still_checks_its_
         coordinator.check_and_maybe_release()
         assert downloads == []  # step 5 is held: nothing downloaded
         assert coordinator.ledger.spot_checked("0123456789abcdef", 5)  # its probe, published after the load, checked
+        # a probe of step 5 published after that check and before the swarm's next round: checked against the state
+        # still held, before the coordinator moves on to step 6 (before, it was never checked)
+        coordinator._last_records["fedcba9876543210"] = late
         tracker.global_epoch = 6
         coordinator.check_and_maybe_release()
         assert len(downloads) == 1  # a new step: downloaded
+        assert coordinator.ledger.spot_checked("fedcba9876543210", 5)
     finally:
         coordinator.ledger.close()

@@ -551,9 +551,11 @@ def test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join(tmp_path:
         # hivemind's handler names differed, tests/test_diloco.py::test_the_overlapped_averagers_speak_hivemind_s_protocol)
         wait_for(lambda: len(swarm.ledger("SELECT version FROM releases")) > releases_at_start, 240, 3, "a release from the outer state")
         # the coordinator spot-checked the peers' probes against that state, and honest peers pass: the overlapped
-        # peers' probes are taken on the outer parameters (before: on their inner ones, and both failed at epoch 3)
-        checks = swarm.ledger("SELECT public_id, epoch, claimed_loss, recomputed_loss, passed FROM spot_checks")
-        assert checks and all(passed for *_, passed in checks), checks
+        # peers' probes are taken on the outer parameters (before: on their inner ones, and both failed at epoch 3).
+        # Waited for, not read once: a check needs a probe and the coordinator's load of the same step
+        checks_sql = "SELECT public_id, epoch, claimed_loss, recomputed_loss, passed FROM spot_checks"
+        checks = wait_for(lambda: swarm.ledger(checks_sql), 120, 3, "a spot check of a peer's probe")
+        assert all(passed for *_, passed in checks), checks
         for peer in (peers["ann"], late):  # together, so neither steps on alone
             peer.popen.send_signal(15)
         for peer in (peers["ann"], late):
