@@ -38,6 +38,8 @@ SWARM_FIELDS = (
     "num_shards",
     "lease_seconds",
     "averaging_timeout",
+    "matchmaking_time",
+    "outer_matchmaking_time",
     "matchmaking_quorum",
     "averaging",
     "outer_every",
@@ -64,8 +66,8 @@ def training_options(function: Callable) -> Callable:
 
 
 def swarm_options(function: Callable) -> Callable:
-    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --matchmaking-quorum, --averaging, --outer-every, --outer-lr,
-    --outer-overlap, --aggregation."""
+    """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --matchmaking-time,
+    --outer-matchmaking-time, --matchmaking-quorum, --averaging, --outer-every, --outer-lr, --outer-overlap, --aggregation."""
     return _apply(
         [config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ())) for name in SWARM_FIELDS], function
     )

@@ -20,6 +20,7 @@ from hivemind.averaging import allreduce
 from hivemind.averaging.partition import TensorPartReducer
 
 from averaging_util import linked_dhts, shut_down
+from cairn.protocol.run_config import SwarmConfig
 from cairn.peer.deadlines import FACTOR, AdaptiveDeadlines, GroupQuorum, RoundDeadlines, expect_group, follow_round_deadline
 
 
@@ -191,5 +192,47 @@ def test_a_group_starts_once_every_expected_peer_has_joined_and_waits_the_matchm
         for averager in averagers:  # four rounds of the mean of 0, 1 and 2
             with averager.get_tensors() as (tensor,):
                 assert torch.allclose(tensor, torch.full_like(tensor, 1.0))
+    finally:
+        shut_down(averagers, dhts)
+
+
+@pytest.mark.slow  # four real hivemind averagers (p2pd) and their matchmaking over loopback
+def test_peers_whose_rounds_are_scheduled_a_window_apart_average_in_two_groups_and_a_longer_window_joins_them():
+    """Why DiLoCo's outer rounds gather groups for longer (`SwarmConfig.outer_matchmaking_time`): hivemind declares a
+    group to end a matchmaking time after its round was scheduled, and a peer joins only a group declared to end
+    before its own. Two peers schedule their round 1.5 s after the other two, as overlapped DiLoCo peers drift by
+    inner steps: with a 1 s window the swarm averages in two groups of two (each by its own count a success, as in a
+    churn run of docs/benchmarks.md section 10); with the 5 s default the four form one group, which (with the
+    quorum of four) starts as soon as the late two are in."""
+    from hivemind.utils import get_dht_time
+
+    offset = 1.5
+    dhts = linked_dhts(4)
+    averagers = []
+    try:
+        for window in (1.0, SwarmConfig().outer_matchmaking_time):
+            group = [
+                QuorumAverager(
+                    [torch.full((1024,), float(index))],
+                    dht=dht,
+                    start=True,
+                    prefix=f"split{int(window * 10)}",
+                    min_group_size=2,
+                    min_matchmaking_time=window,
+                    request_timeout=0.5,
+                    allreduce_timeout=30.0,
+                    next_chunk_timeout=5.0,
+                )
+                for index, dht in enumerate(dhts)
+            ]
+            averagers += group
+            controls = []
+            for index, averager in enumerate(group):
+                if index == 2:
+                    time.sleep(offset)
+                averager.expected_group.value = 4  # the tracker counts all four
+                controls.append(averager.step(wait=False, scheduled_time=get_dht_time() + window, timeout=30, allow_retries=False))
+            sizes = [len(control.result(timeout=60)) for control in controls]
+            assert sizes == ([2, 2, 2, 2] if window < offset else [4, 4, 4, 4]), (window, sizes)
     finally:
         shut_down(averagers, dhts)

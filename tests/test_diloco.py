@@ -125,6 +125,9 @@ def test_the_epoch_is_one_outer_round_and_old_run_configs_still_load():
     assert SwarmConfig(target_batch_size=2048, averaging="gradients").samples_per_epoch == 2048
     assert SwarmConfig(target_batch_size=2048, averaging="diloco", outer_every=16).samples_per_epoch == 32768
     assert SwarmConfig().averaging == "diloco" and SwarmConfig().samples_per_epoch == 128 * 2048  # the default since 2026-12-03
+    # each mode's rounds gather their groups for their own window (docs/benchmarks.md section 10, "a split swarm")
+    assert SwarmConfig().round_matchmaking_time == SwarmConfig().outer_matchmaking_time == 5.0
+    assert SwarmConfig(averaging="gradients").round_matchmaking_time == SwarmConfig().matchmaking_time == 1.0
     with pytest.raises(ValueError, match="averaging must be one of"):
         SwarmConfig(averaging="gossip")
     config = RunConfig(run_id="r", corpus="c", corpus_digest="d", tokenizer_digest="t", landmarks_digest="l", landmarks_version=1)
@@ -139,9 +142,11 @@ def test_the_epoch_is_one_outer_round_and_old_run_configs_still_load():
     del document["swarm"]["local_updates"]
     assert RunConfig.from_json_bytes(json.dumps(document).encode()).swarm.averaging == "gradients"
     document["swarm"].update(averaging="diloco")
-    del document["swarm"]["outer_every"], document["swarm"]["outer_lr"]
+    del document["swarm"]["outer_every"], document["swarm"]["outer_lr"], document["swarm"]["outer_matchmaking_time"]
+    document["swarm"]["matchmaking_time"] = 2.0
     old_diloco = RunConfig.from_json_bytes(json.dumps(document).encode()).swarm
     assert (old_diloco.averaging, old_diloco.outer_every, old_diloco.outer_lr) == ("diloco", 16, 0.7)
+    assert old_diloco.round_matchmaking_time == 2.0  # its outer rounds gathered groups for --matchmaking-time then
     # and a run initialised today reads back exactly as created
     assert RunConfig.from_json_bytes(config.to_json_bytes()).swarm == SwarmConfig()
 

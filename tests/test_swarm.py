@@ -577,7 +577,10 @@ def test_diloco_peers_share_the_outer_state_through_a_leave_and_a_join(tmp_path:
         # about a third of the coordinates (one reducer's slice of three: the newcomer had kept its own values there).
         # With the floor: 0.0051, 0.0049 and 0.0048 in three runs (2026-12-03). The bound, 10x that, fails on the old
         # bug's larger cases and on peers that do not share a state at all (they differ by about the distance moved)
-        if summaries["ann"]["final_epoch"] == summaries["cat"]["final_epoch"]:
+        # A peer whose last round failed as the other left applied its own update and says so (`state_diverged`,
+        # cairn/peer/state_sync.py): seen once with DiLoCo's 5 s matchmaking window (0.25 apart, the others' 0.005)
+        ended_shared = not (summaries["ann"]["state_diverged"] or summaries["cat"]["state_diverged"])
+        if ended_shared and summaries["ann"]["final_epoch"] == summaries["cat"]["final_epoch"]:
             ann, cat = (_parameters(swarm.peer_dir(name) / "state") for name in ("ann", "cat"))
             moved = np.abs(ann - _initial_parameters(swarm)).mean()
             assert moved > 0 and np.abs(ann - cat).mean() < 0.05 * moved, (np.abs(ann - cat).mean(), moved)

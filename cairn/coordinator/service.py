@@ -113,7 +113,7 @@ class Coordinator:
             params=self.model.parameters(),
             optimizer=optimizer,
             scheduler=scheduler,
-            matchmaking_time=swarm.matchmaking_time,
+            matchmaking_time=swarm.round_matchmaking_time,  # it joins the peers' state averaging rounds
             averaging_timeout=swarm.averaging_timeout,
             # it shares the last averaged state it loaded: a peer joining a swarm whose peers all left
             # would otherwise retry forever inside hivemind for a donor that no longer exists

@@ -155,7 +155,7 @@ def make_optimizer(
         # per-step gradients: hivemind steps the scheduler once per global epoch, lr_factor(epoch), the trainer's curve
         # update by update. DiLoCo: none here, the peer steps its inner schedule itself (cairn/peer/diloco.py)
         scheduler=scheduler,
-        matchmaking_time=swarm.matchmaking_time,
+        matchmaking_time=swarm.round_matchmaking_time,
         averaging_timeout=swarm.averaging_timeout,
         next_chunk_timeout=swarm.next_chunk_timeout,
         averager_opts=dict(request_timeout=swarm.request_timeout),
@@ -450,7 +450,7 @@ class TrainingSession:
                 self._watch_collapse(len(batch), parts)
                 stepping, rounds_ended = time.monotonic(), self.rounds.total()
                 # wait for a round as long as the averager's adaptive deadline lets it run (cairn/peer/deadlines.py)
-                follow_round_deadline(self.optimizer, self.config.swarm.averaging_timeout, self.config.swarm.matchmaking_time)
+                follow_round_deadline(self.optimizer, self.config.swarm.averaging_timeout, self.config.swarm.round_matchmaking_time)
                 expect_group(self.optimizer, self.config.swarm.matchmaking_quorum)  # and start a group once it is whole
                 self.steps.step()
                 self.sync.follow_downloads(self.optimizer.state_averager.applied_downloads)  # fell behind, downloaded

@@ -126,7 +126,7 @@ class SwarmConfig:
     a small target batch spends most wall time averaging."""
 
     target_batch_size: int = setting(2048, "samples per global step (all peers together)", min=2, max=2**24)
-    matchmaking_time: float = setting(1.0, "seconds a peer waits to gather a group for an averaging round", min=0.1, max=600.0)
+    matchmaking_time: float = setting(1.0, "seconds a peer waits to gather a group for a per-step averaging round", min=0.1, max=600.0)
     # measured in docs/benchmarks.md section 10 ("matchmaking that follows the group")
     matchmaking_quorum: bool = setting(
         True,
@@ -161,6 +161,18 @@ class SwarmConfig:
     # 8 %, both in runs that read a quarter of the corpus; docs/benchmarks.md §10)
     outer_every: int = setting(
         128, "diloco: global steps' worth of samples (x --target-batch-size) between two outer rounds", min=1, max=100_000
+    )
+    # measured in docs/benchmarks.md section 10 ("a split swarm, reproduced"): hivemind declares a round's group to end
+    # a matchmaking time after the peer pre-schedules it, and a peer joins only a group declared to end before its own;
+    # peers whose estimates of the round's end differ by the window or more average in separate groups. Overlapped outer
+    # rounds let peers drift apart by whole inner steps (1-2 s each behind home links); with the quorum a longer window
+    # costs nothing while every peer is there, and the round runs in the background when one is missing
+    outer_matchmaking_time: float = setting(
+        5.0,
+        "diloco: seconds a peer waits to gather a group for an outer round or a state averaging round "
+        "(--matchmaking-time is for per-step rounds)",
+        min=0.1,
+        max=600.0,
     )
     outer_lr: float = setting(
         0.35, "diloco: learning rate of the outer Nesterov step (1 with no momentum = plain averaging)", min=0.0, max=10.0, min_open=True
@@ -200,6 +212,11 @@ class SwarmConfig:
         `--release-every R` means the same samples under either averaging (a DiLoCo epoch is --outer-every of them)."""
         return self.outer_every if self.averaging == "diloco" else 1
 
+    @property
+    def round_matchmaking_time(self) -> float:
+        """The matchmaking window of this run's averaging rounds: DiLoCo's outer one, or the per-step one."""
+        return self.outer_matchmaking_time if self.averaging == "diloco" else self.matchmaking_time
+
     @classmethod
     def from_json(cls, document: dict) -> "SwarmConfig":
         document = dict(document)
@@ -210,6 +227,8 @@ class SwarmConfig:
         document.setdefault("averaging", "diloco" if local_updates else "gradients")
         document.setdefault("outer_every", 16)
         document.setdefault("outer_lr", 0.7)
+        # and every round, outer ones included, gathered its group for --matchmaking-time until 2026-12-03
+        document.setdefault("outer_matchmaking_time", document.get("matchmaking_time", 1.0))
         return cls(**document)
 
 
