@@ -335,8 +335,11 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         params = {name: _parameters(swarm.peer_dir(name) / "state") for pair in close for name in pair}
         moved = np.abs(params[close[0][0]] - _initial_parameters(swarm)).mean()
         for a, b in close:
-            # the bound and why: test_two_peers_train_together_release_and_serve
-            assert np.abs(params[a] - params[b]).mean() < moved / 20, f"{a} (epoch {epochs[a]}) disagrees with {b} ({epochs[b]})"
+            # the bound at one epoch and why: test_two_peers_train_together_release_and_serve. One epoch apart, one lone
+            # AdamW step: 0.019 and 0.058 x moved in two CI runs (2026-12-03; Adam's step does not shrink with the
+            # batch, while the distance moved grows slower than the epochs), so a fifth of it there
+            bound = moved / 20 if epochs[a] == epochs[b] else moved / 5
+            assert np.abs(params[a] - params[b]).mean() < bound, f"{a} (epoch {epochs[a]}) disagrees with {b} ({epochs[b]})"
         late_summary = summaries["dan"]
         # the newcomer loaded the swarm's state (at least the global step it joined at; the donor may be one behind)
         assert late_summary["start_epoch"] >= max(step_at_join - 1, 1), (step_at_join, late_summary)
