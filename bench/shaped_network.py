@@ -393,7 +393,8 @@ def summarise(mode: str, result: dict, rate_mbit: float) -> dict:
 
 def parse_modes(text: str, with_diloco: bool) -> list[str]:
     """Configurations: MODE, optionally `+churn` (one peer leaves, one joins), `+noquorum` (the run's
-    `matchmaking_quorum` off: every round waits out the matchmaking time) and `@RATE` (this configuration's link rate in
+    `matchmaking_quorum` off: every round waits out the matchmaking time), `+topk` (a DiLoCo run's `outer_topk` set to
+    --topk: top-k pseudo-gradients with error feedback) and `@RATE` (this configuration's link rate in
     Mbit/s instead of --rate-mbit: `diloco-overlap@10000` is the unshaped twin whose throughput the shaped one is held to)."""
     specs = (
         [m.strip() for m in text.split(",") if m.strip()]
@@ -407,7 +408,7 @@ def parse_modes(text: str, with_diloco: bool) -> list[str]:
     if not parsed or any(mode not in MODES for mode, _, _, _ in parsed):
         raise SystemExit(
             f"shaped_network: --modes takes a comma list of {', '.join(MODES)} (or auto), each optionally followed by "
-            f"+churn, +noquorum and @RATE_MBIT, got {text!r}"
+            f"+churn, +noquorum, +topk and @RATE_MBIT, got {text!r}"
         )
     if any(mode.startswith("diloco") for mode, _, _, _ in parsed) and not with_diloco:
         raise SystemExit("shaped_network: this checkout's `cairn coordinator init` has no --averaging; diloco is not available yet")
@@ -419,7 +420,7 @@ def parse_spec(spec: str, default_rate: float) -> tuple[str, bool, float, bool]:
     default_rate. ValueError if the rate is no number."""
     name, _, rate = spec.partition("@")
     mode, *flags = name.split("+")
-    if any(flag not in ("churn", "noquorum") for flag in flags):
+    if any(flag not in ("churn", "noquorum", "topk") for flag in flags) or ("topk" in flags and not mode.startswith("diloco")):
         return (name, False, default_rate, True)  # reported as an unknown mode
     return (mode, "churn" in flags, float(rate) if rate else default_rate, "noquorum" not in flags)
 
@@ -458,6 +459,7 @@ def main() -> None:
     parser.add_argument("--modes", default="auto", help="comma list of none, blockwise8, diloco; auto = all this checkout has")
     parser.add_argument("--init-args", default="", help="extra `cairn coordinator init` options for every configuration")
     parser.add_argument("--diloco-args", default="", help="extra init options for diloco (e.g. its inner-step count)")
+    parser.add_argument("--topk", type=float, default=0.016, help="the outer_topk of +topk configurations (Covenant-72B's 1.6 %%)")
     parser.add_argument("--coordinator-rate-mbit", type=float, default=None, help="shape the coordinator's link too")
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-process held-out loss comparison")
     parser.add_argument(
@@ -524,6 +526,8 @@ def main() -> None:
         settings: dict[str, object] = {} if quorum else {"matchmaking_quorum": False}
         if mode in ("diloco-sync", "diloco-overlap"):
             settings["outer_overlap"] = mode == "diloco-overlap"
+        if "topk" in spec.partition("@")[0].split("+")[1:]:
+            settings["outer_topk"] = args.topk
         if settings:
             set_swarm_settings(coordinator_dir, **settings)
         print(f"== {spec}: {args.peers} peers at {rate_mbit:g} Mbit/s up and down, {args.seconds:g} s", flush=True)

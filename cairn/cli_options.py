@@ -44,6 +44,7 @@ SWARM_FIELDS = (
     "averaging",
     "outer_every",
     "outer_lr",
+    "outer_topk",
     "outer_overlap",
     "aggregation",
 )
@@ -67,7 +68,7 @@ def training_options(function: Callable) -> Callable:
 
 def swarm_options(function: Callable) -> Callable:
     """--target-batch-size, --compression, --shards, --lease-seconds, --averaging-timeout, --matchmaking-time,
-    --outer-matchmaking-time, --matchmaking-quorum, --averaging, --outer-every, --outer-lr, --outer-overlap, --aggregation."""
+    --outer-matchmaking-time, --matchmaking-quorum, --averaging, --outer-every, --outer-lr, --outer-topk, --outer-overlap, --aggregation."""
     return _apply(
         [config_option(SwarmConfig, name, *((OPTION_NAMES[name],) if name in OPTION_NAMES else ())) for name in SWARM_FIELDS], function
     )
@@ -80,9 +81,13 @@ def training_config(settings: dict) -> TrainingConfig:
 
 
 def run_settings(settings: dict) -> tuple[TrainingConfig, SwarmConfig]:
-    """(TrainingConfig, SwarmConfig) from the options of `training_options` and `swarm_options`."""
+    """(TrainingConfig, SwarmConfig) from the options of `training_options` and `swarm_options`; options that are each
+    in range but do not go together (`--outer-topk` with `--aggregation trimmed_mean`) are a usage error."""
     training, objective, swarm = split_settings(settings, TrainingConfig, ObjectiveConfig, SwarmConfig)
-    return TrainingConfig(**training, objective=ObjectiveConfig(**objective)), SwarmConfig(**swarm)
+    try:
+        return TrainingConfig(**training, objective=ObjectiveConfig(**objective)), SwarmConfig(**swarm)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def init_arguments(settings: dict) -> list[str]:

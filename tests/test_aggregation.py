@@ -9,8 +9,10 @@ test's check can fail: that case is asserted too).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import math
+import multiprocessing as mp
 import time
 
 import hivemind
@@ -22,6 +24,7 @@ from averaging_util import linked_dhts, shut_down
 from cairn.peer import aggregation
 from cairn.peer.aggregation import (
     CheckedTensorPartContainer,
+    PartialRoundCountingContainer,
     clip_radius,
     RobustTensorPartReducer,
     centered_clip,
@@ -172,6 +175,30 @@ def test_a_reducer_sending_garbage_is_named_and_our_own_values_are_kept(caplog):
     assert len(lines) == 1 and "reducer them" in lines[0] and "larger than ours" in lines[0], lines
     assert implausible(ours[0], ours[0] + math.nan, 1.0) == "a result that is not finite"
     assert implausible(torch.zeros(8), torch.full((8,), 3.0), scale=1.0) is None  # an untouched slice: judged by our scale
+
+
+@pytest.mark.parametrize("container_class", [PartialRoundCountingContainer, CheckedTensorPartContainer])
+def test_a_round_with_a_failed_reducer_is_counted_as_partial_and_a_whole_round_is_not(container_class, monkeypatch):
+    """hivemind keeps this peer's own values on a failed reducer's slices and calls the round a success; the count
+    is what tells the training process that its state is now partly its own (cairn/peer/state_sync.py)."""
+    counter = mp.Value(ctypes.c_long, 0)
+    monkeypatch.setattr(PartialRoundCountingContainer, "partial_rounds", counter)
+
+    def one_round(fail_reducer: bool) -> None:
+        container = container_class([torch.randn(4 * 64)], peer_fractions=(0.5, 0.5), part_size_bytes=64 * 4)
+        for peer in (0, 1):
+            if peer == 1 and fail_reducer:
+                container.register_failed_reducer(1)
+                continue
+            for part in range(2):
+                container.register_processed_part(peer, part, torch.zeros_like(container._input_parts_by_peer[peer][part][0]))
+        container.finalize()
+        container.finalize()  # hivemind calls it again from __del__: one round, one count
+
+    one_round(fail_reducer=False)
+    assert counter.value == 0
+    one_round(fail_reducer=True)
+    assert counter.value == 1
 
 
 def test_a_floor_judges_answers_by_the_swarm_s_scale_when_this_peer_s_own_values_are_small(caplog, monkeypatch):

@@ -13,12 +13,16 @@ from cairn.peer.compression import COMPRESSION_BY_NAME, make_state_compression
 from cairn.peer.instrumentation import CountingCompression, make_compression
 
 # relative L2 error each mode may introduce on a gradient-like tensor, and bytes per value at most
-BOUNDS = {"none": (0.0, 4.1), "fp16": (1e-3, 2.1), "uniform8": (0.15, 1.2), "blockwise8": (0.03, 1.2)}
+BOUNDS = {"none": (0.0, 4.1), "fp16": (1e-3, 2.1), "uniform8": (0.15, 1.2), "blockwise8": (0.03, 1.2), "sparse8": (0.03, 1.2)}
 
 
 @pytest.mark.parametrize("mode", sorted(COMPRESSION_BY_NAME))
 def test_compression_round_trips_within_its_error_and_size(mode: str):
     import bitsandbytes.functional  # noqa: F401  (the peer imports it before averaging; so do we)
+
+    from cairn.peer.compression import install_wire_formats
+
+    install_wire_formats()  # as the peer does: sparse8 travels in a slot of hivemind's registry
 
     torch.manual_seed(0)
     tensor = torch.randn(1 << 16) * 1e-3
@@ -185,7 +189,7 @@ def test_blockwise_keeps_exact_zeros_so_parameters_no_batch_touched_stay_put(mon
     import bitsandbytes.functional  # noqa: F401
     from hivemind.compression import BlockwiseQuantization, serialization
 
-    from cairn.peer.compression import install_exact_zero_blockwise
+    from cairn.peer.compression import install_wire_formats
 
     tensor = torch.randn(1 << 14) * 1e-3
     tensor[::3] = 0.0
@@ -199,8 +203,72 @@ def test_blockwise_keeps_exact_zeros_so_parameters_no_batch_touched_stay_put(mon
     moved = a[~untouched].abs().mean()
     assert (a - b)[untouched].abs().mean() > moved / 10  # the random walk: zeros must be exact on the way back too
 
-    install_exact_zero_blockwise()  # what the peer does before its averagers start
+    install_wire_formats()  # what the peer does before its averagers start
     a, b, untouched = _two_peer_adam(COMPRESSION_BY_NAME["blockwise8"]())
     moved = a[~untouched].abs().mean()
     assert torch.all(a[untouched] == 0) and torch.all(b[untouched] == 0)
     assert (a - b).abs().mean() < moved / 50  # the 8-bit floor on touched parameters: ~1 % after 20 rounds
+
+
+def _top_k_like(size: int, density: float, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    kept = torch.rand(size, generator=generator) < density
+    return torch.randn(size, generator=generator).mul_(1e-3).masked_fill_(~kept, 0.0)
+
+
+@pytest.mark.parametrize(("density", "at_least_smaller"), [(0.016, 8.0), (0.06, 4.0), (0.3, 2.0), (0.0, 100.0)])
+def test_sparse8_sends_mostly_zero_tensors_as_their_nonzeros_and_keeps_every_zero_exact(density, at_least_smaller):
+    """DiLoCo's top-k pseudo-gradients (1.6 % nonzero) and the reducers' replies (nonzero where any peer of the group
+    sent a value): measured 9.9x, 5.1x and 2.3x fewer bytes than blockwise 8-bit at 1.6, 6 and 30 %."""
+    import bitsandbytes.functional  # noqa: F401
+
+    from cairn.peer.compression import install_wire_formats
+
+    install_wire_formats()  # the registry decodes by type, as a reducer's reply is decoded
+    tensor = _top_k_like(1 << 16, density)
+    sparse = COMPRESSION_BY_NAME["sparse8"]().compress(tensor, CompressionInfo.from_tensor(tensor))
+    dense = COMPRESSION_BY_NAME["blockwise8"]().compress(tensor, CompressionInfo.from_tensor(tensor))
+    restored = deserialize_torch_tensor(sparse)
+    assert dense.ByteSize() >= at_least_smaller * sparse.ByteSize(), (dense.ByteSize(), sparse.ByteSize())
+    assert torch.equal(restored == 0, tensor == 0)
+    if density:
+        assert float((restored - tensor).norm() / tensor.norm()) < 0.03  # blockwise 8-bit's error on the values sent
+
+
+def test_sparse8_refuses_a_malformed_message_in_one_line_and_never_reads_outside_it():
+    """A peer's message is untrusted: a header that lies about the shape, a position past the end, a cut buffer."""
+    import numpy as np
+    from hivemind.proto import runtime_pb2
+
+    from cairn.peer.compression import SparseBlockwiseQuantization
+
+    codec = SparseBlockwiseQuantization()
+    tensor = _top_k_like(1 << 12, 0.01)
+    good = codec.compress(tensor, CompressionInfo.from_tensor(tensor))
+    layout, total, count, index_bytes = np.frombuffer(good.buffer, dtype="<i8", count=4)
+    assert layout == SparseBlockwiseQuantization.POSITIONS and total == tensor.numel()
+
+    def tampered(buffer: bytes, size=None, dtype="float32") -> runtime_pb2.Tensor:
+        message = runtime_pb2.Tensor()
+        message.CopyFrom(good)
+        message.buffer, message.dtype = buffer, dtype
+        if size is not None:
+            del message.size[:]
+            message.size.extend(size)
+        return message
+
+    header = good.buffer[:32]
+    past_end = np.frombuffer(good.buffer[32 : 32 + int(index_bytes)], dtype="<u4").copy()
+    past_end[-1] = 1 << 20
+    cases = [
+        tampered(good.buffer, size=[1 << 13]),  # the header's size is not the message's shape
+        tampered(good.buffer[:20]),  # no whole header
+        tampered(good.buffer[: 32 + int(index_bytes) // 2]),  # cut inside the positions
+        tampered(header + past_end.tobytes() + good.buffer[32 + int(index_bytes) :]),  # a position outside the tensor
+        tampered(good.buffer, dtype="int64"),  # not a float dtype
+        tampered(np.array([layout, total, total + 1, index_bytes], dtype="<i8").tobytes() + good.buffer[32:]),
+    ]
+    for message in cases:
+        with pytest.raises(ValueError):
+            codec.extract(message)
+    assert torch.equal(codec.extract(good) == 0, tensor == 0)

@@ -21,7 +21,15 @@ from hivemind.averaging.partition import TensorPartReducer
 
 from averaging_util import linked_dhts, shut_down
 from cairn.protocol.run_config import SwarmConfig
-from cairn.peer.deadlines import FACTOR, AdaptiveDeadlines, GroupQuorum, RoundDeadlines, expect_group, follow_round_deadline
+from cairn.peer.deadlines import (
+    FACTOR,
+    AdaptiveDeadlines,
+    GroupQuorum,
+    LateGroupRegistration,
+    RoundDeadlines,
+    expect_group,
+    follow_round_deadline,
+)
 
 
 def test_the_deadline_starts_at_the_setting_doubles_on_a_timeout_and_follows_the_median_of_successes():
@@ -236,3 +244,41 @@ def test_peers_whose_rounds_are_scheduled_a_window_apart_average_in_two_groups_a
             assert sizes == ([2, 2, 2, 2] if window < offset else [4, 4, 4, 4]), (window, sizes)
     finally:
         shut_down(averagers, dhts)
+
+
+class _Stock:
+    """hivemind's handler, as far as this test needs it: a part for an unregistered group is answered BAD_GROUP_ID."""
+
+    def __init__(self) -> None:
+        self._running_groups: dict[bytes, object] = {}
+
+    async def rpc_aggregate_part(self, stream, context):
+        request = await stream.__anext__()
+        yield "averaged" if request.group_id in self._running_groups else "BAD_GROUP_ID"
+
+
+class _Averager(LateGroupRegistration, _Stock):
+    GROUP_WAIT_SECONDS = 1.0
+
+
+def test_a_part_that_arrives_before_its_group_is_registered_waits_for_it_and_an_unknown_group_is_refused():
+    """The race of overlapped rounds (LateGroupRegistration's docstring): a groupmate triggered 0.1 s earlier sent its
+    part before this averager registered the group, got BAD_GROUP_ID and left this averager's slice out."""
+    from hivemind.utils.asyncio import as_aiter
+
+    async def answer(averager: _Averager, group_id: bytes, register_after: float | None) -> tuple[list[str], float]:
+        async def register() -> None:
+            await asyncio.sleep(register_after)
+            averager._running_groups[group_id] = object()
+
+        task = asyncio.create_task(register()) if register_after is not None else None
+        started = time.monotonic()
+        replies = [reply async for reply in averager.rpc_aggregate_part(as_aiter(SimpleNamespace(group_id=group_id)), None)]
+        if task is not None:
+            await task
+        return replies, time.monotonic() - started
+
+    replies, waited = asyncio.run(answer(_Averager(), b"late", register_after=0.1))
+    assert replies == ["averaged"] and waited < 0.9
+    replies, waited = asyncio.run(answer(_Averager(), b"never", register_after=None))
+    assert replies == ["BAD_GROUP_ID"] and 1.0 <= waited < 2.0  # bounded: a stale or forged group id costs one wait

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import hivemind
@@ -435,3 +436,84 @@ def test_a_peer_s_gradient_buffers_are_not_served_to_a_joiner(shares):
         assert (loaded is not None) is shares, loaded
     finally:
         shut_down(averagers, dhts)
+
+
+@pytest.mark.slow  # two real hivemind averagers (p2pd) and an all-reduce over loopback
+def test_top_k_rounds_average_each_peer_s_largest_values_and_carry_the_rest_on_the_sparse_wire():
+    """`--outer-topk`: each round a peer sends the largest 2 % of (its pseudo-gradient + what it held back), in the
+    sparse 8-bit format, and the reducers' replies come back in it too. Both peers end each round on the average of
+    what was sent; what each held back is the rest of its own, and the next round sends the largest of that."""
+    import multiprocessing as mp
+
+    import bitsandbytes.functional  # noqa: F401  (in the main process before the averagers fork, as the peer does)
+
+    from cairn.peer.compression import SparseBlockwiseQuantization, install_wire_formats
+    from cairn.peer.instrumentation import CountingCompression, install_traffic_taps
+
+    install_wire_formats()
+    install_aggregation("centered_clip")  # the run's default: with two peers, the mean of the finite parts
+    size, fraction = 20_000, 0.02
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(size, generator=generator) * 1e-3 for _ in range(2)]
+    sent_bytes, received_bytes = mp.Value("q", 0), mp.Value("q", 0)
+    install_traffic_taps(sent_bytes, received_bytes)  # before the averagers fork: the replies are counted there
+    dhts = linked_dhts(2)
+    averagers, parameters = [], []
+    try:
+        for dht, grad in zip(dhts, grads):
+            parameters.append(torch.nn.Parameter(torch.zeros(size)))
+            parameters[-1].grad = grad.clone()
+            averagers.append(
+                PeerGradientAverager(
+                    [parameters[-1]],
+                    dht=dht,
+                    prefix="top-k",
+                    start=True,
+                    topk=fraction,
+                    compression=CountingCompression(SparseBlockwiseQuantization(), sent_bytes, received_bytes),
+                    target_group_size=2,
+                    min_group_size=2,
+                    min_matchmaking_time=2.0,
+                    request_timeout=1.0,
+                    next_chunk_timeout=5.0,
+                    part_size_bytes=1 << 14,
+                )
+            )
+
+        def one_round() -> list[torch.Tensor]:
+            for averager in averagers:
+                averager.accumulate_grads_(batch_size=1)  # reuse_grad_buffers is off: the .grad is added once
+            controls = [averager.step(wait=False, timeout=60) for averager in averagers]
+            for control in controls:
+                control.result(timeout=90)
+            results = []
+            for averager in averagers:
+                with averager.get_tensors() as (averaged,):
+                    results.append(averaged.clone())
+            return results
+
+        def top_k(values: torch.Tensor) -> torch.Tensor:
+            kept = torch.zeros_like(values)
+            chosen = values.abs().topk(math.ceil(fraction * size)).indices  # as ErrorFeedbackTopK counts k
+            kept[chosen] = values[chosen]
+            return kept
+
+        first = [top_k(grad) for grad in grads]
+        results = one_round()
+        expected = (first[0] + first[1]) / 2
+        for result, averager, grad, sent in zip(results, averagers, grads, first):
+            assert torch.equal(result == 0, expected == 0)  # nonzero only where a peer sent a value
+            assert float((result - expected).norm() / expected.norm()) < 0.03  # 8-bit values
+            assert torch.allclose(averager.error_feedback.held[0] + sent, grad)  # the rest is held, nothing lost
+        assert sent_bytes.value < 0.25 * 2 * size  # blockwise 8-bit would send a byte per value, each way
+        # the next round (no new pseudo-gradient) sends the largest of what was held back
+        second = [top_k(grad - sent) for grad, sent in zip(grads, first)]
+        for parameter in parameters:
+            parameter.grad.zero_()
+        results = one_round()
+        expected = (second[0] + second[1]) / 2
+        for result in results:
+            assert float((result - expected).norm() / expected.norm()) < 0.03
+    finally:
+        shut_down(averagers, dhts)
+        install_aggregation("mean")

@@ -106,3 +106,18 @@ def test_per_step_peers_wait_for_their_state_averaging_round_instead_of_download
     sync.round_ended("failure")
     assert not catch_up(optimizer, steps, sync)
     assert optimizer.downloads_asked == 0 and sync.diverged
+
+
+def test_a_round_reported_as_a_success_that_kept_this_peer_s_own_values_on_some_slices_diverges():
+    """hivemind reports a round whose reducer failed as a success ("received 53.0% results" in the averager's log):
+    the averager's count of such rounds (cairn/peer/aggregation.py) turns that success into a divergence."""
+    partial = [0]
+    sync = StateSync(partial_rounds=lambda: partial[0])
+    sync.round_ended("success")
+    assert not sync.diverged
+    partial[0] = 1
+    sync.round_ended("success")
+    assert sync.diverged and sync.wants_download
+    sync.follow_downloads(1)
+    sync.round_ended("success")  # the same partial round is not counted twice
+    assert not sync.diverged

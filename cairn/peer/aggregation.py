@@ -21,7 +21,8 @@ not time) and then:
      range for that coordinate. For n = 3 and n = 4 this is the coordinate-wise median.
    - With n = 2 no rule can tell the honest sender from the other: both rules give the plain mean (of the finite
      parts), so two peers are protected only against non-finite values.
-   - `mean`: hivemind's own reducer, unpatched (weighted by the declared sample counts).
+   - `mean`: hivemind's own reducer, unpatched (weighted by the declared sample counts); the container only counts
+     partial rounds (`PartialRoundCountingContainer`).
 3. Each peer checks what every reducer sends back (finite, and not absurdly larger than its own values, or than
    the floor its averager was given: `CheckedTensorPartContainer.floor`) and,
    for a reducer that sent garbage, keeps its own values for that reducer's parts of the round (what hivemind
@@ -45,6 +46,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from hivemind.averaging import allreduce, averager
@@ -252,7 +254,29 @@ def implausible(own: torch.Tensor, result: torch.Tensor, scale: float) -> str | 
     return f"a result {result_rms / max(own_rms, scale):.3g}x larger than ours (RMS)" if result_rms > bound else None
 
 
-class CheckedTensorPartContainer(TensorPartContainer):
+class PartialRoundCountingContainer(TensorPartContainer):
+    """hivemind's part container, counting the rounds that came back partly as this peer's own values.
+
+    For a reducer that failed (and, in `CheckedTensorPartContainer`, one whose answer was refused) hivemind keeps this
+    peer's own values on that reducer's slices and reports the round as a success, with one warning line in the
+    averager's process ("received 53.0% results"). On those slices this peer then holds a state nobody else does: seen
+    as two DiLoCo peers that "shared" a state yet differed by 6 % of what they had moved (CI, 2026-12-04). The training
+    process reads the count (cairn/peer/state_sync.py) and treats such a round as one that diverged.
+    """
+
+    # a multiprocessing Value shared with the training process, installed in the averager's process before each
+    # all-reduce (cairn/peer/diloco.py PeerGradientAverager); None: not counted
+    partial_rounds: Any = None
+
+    def finalize(self) -> None:
+        counter = self.partial_rounds
+        if counter is not None and not self.finished.is_set() and self.failed_size:
+            with counter.get_lock():
+                counter.value += 1
+        super().finalize()
+
+
+class CheckedTensorPartContainer(PartialRoundCountingContainer):
     """hivemind's part container, checking each reducer's answer before it reaches this peer's tensors."""
 
     peer_names: Sequence[str] = ()  # set by RobustAllReduceRunner: peer ids for the log
@@ -330,7 +354,7 @@ def install_aggregation(rule: str) -> None:
         raise ValueError(f"unknown aggregation rule {rule!r}; choose mean or one of {', '.join(RULES)}")
     check_hivemind()  # the classes replaced here are hivemind internals: refuse, in one line, a hivemind without them
     if rule == "mean":
-        allreduce.TensorPartReducer, allreduce.TensorPartContainer = STOCK["reducer"], STOCK["container"]
+        allreduce.TensorPartReducer, allreduce.TensorPartContainer = STOCK["reducer"], PartialRoundCountingContainer
         averager.AllReduceRunner, averager.Matchmaking = STOCK["runner"], STOCK["matchmaking"]
         return
     RobustTensorPartReducer.rule = rule

@@ -44,9 +44,12 @@ import multiprocessing as mp
 import statistics
 import time
 from collections import deque
-from typing import Any
+from typing import Any, AsyncIterator
 
 from hivemind.averaging.partition import AllreduceException
+from hivemind.p2p import P2PContext
+from hivemind.proto import averaging_pb2
+from hivemind.utils.asyncio import achain, anext, as_aiter
 
 logger = logging.getLogger("cairn.peer.deadlines")
 
@@ -141,6 +144,35 @@ class GroupQuorum:
         result = await super()._aggregate_with_group(group_info, *args, **kwargs)  # type: ignore[misc]
         self._last_group = len(group_info.peer_ids)
         return result
+
+
+class LateGroupRegistration:
+    """Mixin for a hivemind DecentralizedAverager (before it in the MRO): a groupmate's part for a group this averager
+    has not registered yet waits for the registration (bounded) instead of being answered BAD_GROUP_ID.
+
+    hivemind registers a group only once its own step has been triggered, and a part that arrives earlier waits on an
+    event that the step clears when its matchmaking begins. With overlapped outer rounds the next round's matchmaking
+    (pre-scheduled a matchmaking time ahead) begins while the previous round's all-reduce is still running, and that
+    round's end sets the event again: a groupmate whose step was triggered first (0.1 s earlier, in a logged test run)
+    then got BAD_GROUP_ID, treated this averager as a failed reducer and kept its own values for this averager's slice
+    ("received 53.0% results"), and this averager's reducer averaged without that groupmate's part: two peers that
+    both reported a successful round ended apart by most of a round's update. Waiting for the group id itself, not for
+    the event, closes that; a group that never registers is answered as hivemind would, after `GROUP_WAIT_SECONDS`.
+    """
+
+    GROUP_WAIT_SECONDS = 5.0  # hivemind's next_chunk_timeout (Cairn's floor): how long the sender waits for an answer
+    GROUP_POLL_SECONDS = 0.02
+
+    # hivemind reads an RPC handler's request and reply types off these annotations (ServicerBase._collect_rpc_handlers)
+    async def rpc_aggregate_part(
+        self, stream: AsyncIterator[averaging_pb2.AveragingData], context: P2PContext
+    ) -> AsyncIterator[averaging_pb2.AveragingData]:  # in the averager's process
+        request = await anext(stream)
+        deadline = time.monotonic() + self.GROUP_WAIT_SECONDS
+        while request.group_id not in self._running_groups and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            await asyncio.sleep(self.GROUP_POLL_SECONDS)
+        async for message in super().rpc_aggregate_part(achain(as_aiter(request), stream), context):  # type: ignore[misc]
+            yield message
 
 
 def expect_group(optimizer: Any, quorum: bool) -> None:

@@ -54,8 +54,9 @@ from hivemind.optim.grad_averager import GradientAverager
 
 from cairn.network.hivemind_contract import hivemind_wire_name
 from cairn.network.trusted_state import BoundedOptimizer, BoundedStateAverager
-from cairn.peer.aggregation import CheckedTensorPartContainer
-from cairn.peer.deadlines import AdaptiveDeadlines, GroupQuorum
+from cairn.peer.aggregation import CheckedTensorPartContainer, PartialRoundCountingContainer
+from cairn.peer.deadlines import AdaptiveDeadlines, GroupQuorum, LateGroupRegistration
+from cairn.peer.error_feedback import ErrorFeedbackTopK
 from cairn.protocol.encoder import TextEncoder
 
 
@@ -86,8 +87,10 @@ class GradientSteps:
     def shared_state_into_model(self) -> None:
         """Nothing to do: the model's parameters are the shared ones."""
 
-    def leave(self) -> None:
-        """Nothing to do: the model's parameters are the shared ones."""
+    def leave(self) -> bool:
+        """Nothing to do: the model's parameters are the shared ones. True: what the peer keeps is the swarm's state
+        as far as this peer knows (`OverlappedDiLoCoSteps.leave` can say otherwise)."""
+        return True
 
 
 def outer_parameters(model: TextEncoder) -> list[torch.nn.Parameter]:
@@ -116,21 +119,30 @@ def outer_round_scale(optimizer: hivemind.Optimizer) -> float:
     return scale if math.isfinite(scale) else 0.0
 
 
-class PeerGradientAverager(AdaptiveDeadlines, GroupQuorum, GradientAverager):
+class PeerGradientAverager(LateGroupRegistration, AdaptiveDeadlines, GroupQuorum, GradientAverager):
     """hivemind's GradientAverager as a Cairn peer runs it, in both averaging modes:
 
     - its all-reduces run under deadlines that follow the rounds its groups take (`AdaptiveDeadlines`,
       cairn/peer/deadlines.py);
-    - as a leader it starts a group as soon as every expected peer has joined (`GroupQuorum`, same module);
+    - as a leader it starts a group as soon as every expected peer has joined (`GroupQuorum`, same module), and a
+      groupmate's part that arrives before this averager registered the group waits for it (`LateGroupRegistration`);
     - it judges the reducers' answers against at least a floor set by the training process
       (`CheckedTensorPartContainer.floor`, cairn/peer/aggregation.py: why a DiLoCo newcomer needs one). The all-reduce
       runs in the averager's own (forked) process: the floor goes there through a shared value written before each
-      round and is installed in that process just before its all-reduce builds the part container."""
+      round and is installed in that process just before its all-reduce builds the part container;
+    - it counts the rounds that came back partly as this peer's own values (`partial_rounds`, read by
+      cairn/peer/state_sync.py), which hivemind reports as successes;
+    - with `topk` (DiLoCo's `SwarmConfig.outer_topk`), a round sends only the largest values of what this peer owes
+      and keeps the rest for the next round (cairn/peer/error_feedback.py). Only a round takes them: a fallback after
+      a round alone or a failed one loads the accumulators again and applies them whole, as hivemind does."""
 
     _get_handle_name = hivemind_wire_name(GradientAverager)  # on the wire, hivemind's GradientAverager
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, topk: float = 0.0, **kwargs: Any) -> None:
+        self.error_feedback = ErrorFeedbackTopK(topk) if topk else None
+        self._taking_round = False  # inside step(): the accumulators are loaded for a round, not for a fallback
         self.plausibility_floor = mp.Value(ctypes.c_double, 0.0)  # before hivemind forks the averager's process
+        self.partial_rounds = mp.Value(ctypes.c_long, 0)  # rounds that came back partly as this peer's own values
         # hivemind.Optimizer.load_state_from_peers downloads the gradient averager's buffers too (fp32, the size of the
         # parameters: 31 MB for the default encoder, as much again as the state itself) and throws them away, since it
         # resets the accumulators right after. A peer that serves none makes every join and catch-up that much shorter.
@@ -139,7 +151,22 @@ class PeerGradientAverager(AdaptiveDeadlines, GroupQuorum, GradientAverager):
 
     async def _run_allreduce_inplace_(self, tensors, group_info, group_id=None, **kwargs):  # in the averager's process
         CheckedTensorPartContainer.floor = float(self.plausibility_floor.value)
+        PartialRoundCountingContainer.partial_rounds = self.partial_rounds  # Checked... inherits it
         return await super()._run_allreduce_inplace_(tensors, group_info, group_id, **kwargs)
+
+    def step(self, *args, **kwargs):
+        self._taking_round = True
+        try:
+            return super().step(*args, **kwargs)
+        finally:
+            self._taking_round = False
+
+    @torch.no_grad()
+    def load_accumulators_into_averager_(self) -> None:
+        super().load_accumulators_into_averager_()
+        if self._taking_round and self.error_feedback is not None:
+            with self.get_tensors() as averaged:
+                self.error_feedback.sparsify_(averaged)
 
 
 class DiLoCoSteps:
@@ -213,9 +240,10 @@ class DiLoCoSteps:
         round, with no inner step since): continue from it."""
         self.shared_state_into_model()
 
-    def leave(self) -> None:
+    def leave(self) -> bool:
         """What the peer keeps when it stops is the swarm's shared state, not a half-finished inner round."""
         self.shared_state_into_model()
+        return True
 
 
 class OuterGradientAverager(PeerGradientAverager):
@@ -233,15 +261,7 @@ class OuterGradientAverager(PeerGradientAverager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sent: list[torch.Tensor] | None = None
-        self._taking_round = False
         self.rounds_taken = 0
-
-    def step(self, *args, **kwargs):
-        self._taking_round = True
-        try:
-            return super().step(*args, **kwargs)
-        finally:
-            self._taking_round = False
 
     @torch.no_grad()
     def load_accumulators_into_averager_(self) -> None:
@@ -250,7 +270,7 @@ class OuterGradientAverager(PeerGradientAverager):
                 for tensor, sent in zip(averaged, self._sent):
                     tensor.copy_(sent)
             return
-        super().load_accumulators_into_averager_()
+        super().load_accumulators_into_averager_()  # with top-k: the values this round sends
         self.rounds_taken += 1
         if self._taking_round:  # the all-reduce overwrites these buffers in place: keep this peer's part
             with self.get_tensors() as averaged:
@@ -295,7 +315,7 @@ class OverlappedOuterOptimizer(BoundedOptimizer):
     state_averager_class = OuterStateAverager
 
 
-def overlap_options(request_timeout: float) -> dict:
+def overlap_options(request_timeout: float, topk: float = 0.0) -> dict:
     """hivemind.Optimizer keyword arguments of an overlapped outer round (for an `OverlappedOuterOptimizer`)."""
     from cairn.network.hivemind_contract import check_hivemind
 
@@ -304,7 +324,7 @@ def overlap_options(request_timeout: float) -> dict:
         delay_grad_averaging=True,
         delay_optimizer_step=True,
         offload_optimizer=True,
-        grad_averager_factory=partial(OuterGradientAverager, request_timeout=request_timeout),
+        grad_averager_factory=partial(OuterGradientAverager, request_timeout=request_timeout, topk=topk),
     )
 
 
@@ -394,11 +414,19 @@ class OverlappedDiLoCoSteps(DiLoCoSteps):
         finally:
             self._copy(saved, self.local)
 
-    def leave(self) -> None:
+    def leave(self) -> bool:
         """Let a round in flight finish first (bounded by hivemind's all-reduce timeout): the others' round needs this
-        peer's part, and what the peer keeps is then the last round's shared state, the one its partners keep too."""
+        peer's part, and what the peer keeps is then the last round's shared state, the one its partners keep too.
+
+        False when the round in flight did not land in that time (hivemind cancels it): the peer then keeps the
+        previous round's state while its partners applied this one. Seen in a test where two peers left together:
+        one's last round completed and the other's timed out, and the two saved states differed by most of one
+        outer step (0.6 x the previous round's update) although both said their state was the swarm's."""
+        in_flight = [update for update in list(self.optimizer.state_averager.pending_updates) if not update.done()]
         self.optimizer.state_averager.step(wait_for_delayed_updates=True)
+        landed = all(update.done() and not update.cancelled() and update.exception() is None for update in in_flight)
         self.shared_state_into_model()
+        return landed
 
     @torch.no_grad()
     def shared_state_into_model(self) -> None:

@@ -38,7 +38,7 @@ from cairn.training.task import (
 )
 
 from cairn.peer.aggregation import install_aggregation
-from cairn.peer.compression import install_exact_zero_blockwise, make_state_compression
+from cairn.peer.compression import install_wire_formats, make_state_compression
 from cairn.peer.deadlines import expect_group, follow_round_deadline
 from cairn.peer.diloco import OverlappedOuterOptimizer, PeerGradientAverager, overlap_options
 from cairn.peer.gradients import sanitize_gradients
@@ -61,7 +61,7 @@ class PeerOptions:
     name: str = "anonymous"
     device: str = "auto"
     identity: Path | None = None
-    compression: str | None = None  # override the run's; none|fp16|uniform8|blockwise8
+    compression: str | None = None  # override the run's; none|fp16|uniform8|blockwise8|sparse8
     client_mode: bool = False
     host: str = "0.0.0.0"
     port: int = 0
@@ -126,7 +126,7 @@ def make_optimizer(
     `epoch_limit`: the highest global step to believe, from the coordinator; `state_check`: what a downloaded state
     must pass before it is loaded (cairn/network/trusted_state.py, state_gate.py)."""
     swarm, training = config.swarm, config.training
-    install_exact_zero_blockwise()  # the reducers' replies too, not only what this peer sends
+    install_wire_formats()  # the reducers' replies too, not only what this peer sends
     install_aggregation(swarm.aggregation)  # before the averagers fork: they keep the reducer installed now
     diloco = swarm.averaging == "diloco"
     # parameters in fp16, Adam's statistics in fp32, DiLoCo's outer momentum in fp16 (make_state_compression says why)
@@ -138,7 +138,7 @@ def make_optimizer(
     overlap = diloco and swarm.outer_overlap
     # an overlapped outer round: hivemind's delayed all-reduce and outer step, made safe for DiLoCo (cairn/peer/diloco.py)
     optimizer_class, overlap_kwargs = (
-        (OverlappedOuterOptimizer, overlap_options(swarm.request_timeout)) if overlap else (BoundedOptimizer, {})
+        (OverlappedOuterOptimizer, overlap_options(swarm.request_timeout, swarm.outer_topk)) if overlap else (BoundedOptimizer, {})
     )
     return optimizer_class(
         epoch_limit=epoch_limit or (lambda: None),
@@ -162,7 +162,10 @@ def make_optimizer(
         # what goes on the wire every epoch: the gradient, or DiLoCo's pseudo-gradient
         grad_compression=make_compression(compression, sent, received),
         average_state_every=swarm.average_state_every,
-        **(overlap_kwargs or dict(grad_averager_factory=partial(PeerGradientAverager, request_timeout=swarm.request_timeout))),
+        **(
+            overlap_kwargs
+            or dict(grad_averager_factory=partial(PeerGradientAverager, request_timeout=swarm.request_timeout, topk=swarm.outer_topk))
+        ),
         state_averaging_compression=state_compression,
         load_state_compression=make_state_compression("fp16", statistics),
         # DiLoCo writes its pseudo-gradient into the outer parameters' .grad, which hivemind then averages as is. The
@@ -271,7 +274,7 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         params,
         config,
         batch_size,
-        options.compression or config.swarm.compression,
+        options.compression or config.swarm.wire_compression,
         traffic.sent,
         traffic.received,
         key,
@@ -281,6 +284,9 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
     )
     steps = make_steps(model, optimizer, params, config)
     sync.expected_peers = lambda: optimizer.tracker.global_progress.num_peers
+    partial_rounds = getattr(optimizer.grad_averager, "partial_rounds", None)
+    if partial_rounds is not None:
+        sync.partial_rounds = lambda: int(partial_rounds.value)
     stop.reinstall()
     lease = ShardLease(
         dht,
@@ -346,7 +352,11 @@ def run_peer(options: PeerOptions, stop: StopFlag | None = None) -> PeerStats:
         session.run()
     finally:
         lease.release()
-        steps.leave()  # what this peer keeps is the swarm's shared state, not a half-finished inner round
+        # what this peer keeps is the swarm's shared state, not a half-finished inner round; unless the outer round in
+        # flight did not land before leaving: then it is the previous round's, and the summary says so
+        if not steps.leave():
+            sync.diverged = True
+            logger.warning("the outer round in flight did not land before leaving: the saved state is the previous round's")
         _save_local_state(model, options.workdir)
         optimizer.shutdown()
         dht.shutdown()
@@ -608,7 +618,7 @@ class TrainingSession:
                 "epoch_arrivals": self.epoch_arrivals,
                 "shards_completed": self.stats.shards_completed,
                 "shards_read": self.shards_read,
-                "compression": self.options.compression or self.config.swarm.compression,
+                "compression": self.options.compression or self.config.swarm.wire_compression,
                 "averaging": self.config.swarm.averaging,
                 "compat_parent": self.parent.version if self.parent is not None else None,
                 "collapsed": self.collapse.collapsed,

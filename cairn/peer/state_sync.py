@@ -30,14 +30,19 @@ logger = logging.getLogger(__name__)
 
 # hivemind's TrainingStateAverager, after a state averaging round (cairn/network/hivemind_contract.py checks it)
 STATE_AVERAGED = re.compile(r"^Averaged parameters with (\d+) peers")
-DIVERGING_OUTCOMES = ("failure", "timeout")  # cairn.peer.instrumentation's outcomes that applied this peer's own update
+# cairn.peer.instrumentation's outcomes that applied this peer's own update (on some slices, for "partial")
+DIVERGING_OUTCOMES = ("failure", "timeout", "partial")
 
 
 class StateSync:
     """Follows what made this peer's shared state its own, and what made it the swarm's again."""
 
-    def __init__(self, expected_peers: Callable[[], int] = lambda: 0):
+    def __init__(self, expected_peers: Callable[[], int] = lambda: 0, partial_rounds: Callable[[], int] = lambda: 0):
         self.expected_peers = expected_peers  # training peers the tracker knows, this one included
+        # rounds so far that came back partly as this peer's own values (cairn/peer/aggregation.py
+        # PartialRoundCountingContainer): hivemind reports them as successes
+        self.partial_rounds = partial_rounds
+        self._partial_seen = 0
         self.diverged = False
         self.download_tried = False  # catch_up asks once per divergence: a swarm with no donor is not asked forever
         self.catch_ups = 0  # downloads catch_up applied, for the peer's summary
@@ -45,9 +50,14 @@ class StateSync:
         self._lock = threading.Lock()
 
     def round_ended(self, outcome: str) -> None:
-        """A gradient (or pseudo-gradient) round ended so (cairn.peer.instrumentation outcomes)."""
-        if outcome in DIVERGING_OUTCOMES:
-            with self._lock:
+        """A gradient (or pseudo-gradient) round ended so (cairn.peer.instrumentation outcomes). A "success" whose
+        all-reduce kept this peer's own values on some slices (a reducer failed or was refused) diverges too."""
+        partial = self.partial_rounds()
+        with self._lock:
+            if partial != self._partial_seen:
+                self._partial_seen = partial
+                outcome = "partial" if outcome == "success" else outcome
+            if outcome in DIVERGING_OUTCOMES:
                 self.diverged, self.download_tried = True, False
 
     def state_averaged(self, group_size: int) -> None:

@@ -22,7 +22,7 @@ from cairn.protocol.errors import CairnError, ProtocolMismatch
 from cairn.protocol.settings import check_ranges, setting
 from cairn.protocol.tokenizer import VOCABULARIES
 
-COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8")
+COMPRESSIONS = ("none", "fp16", "uniform8", "blockwise8", "sparse8")
 # how peers combine their work: an all-reduce of gradients every global step, or DiLoCo's local steps and outer rounds
 AVERAGING = ("gradients", "diloco")
 # how a reducer combines the senders' parts of a slice: hivemind's weighted mean, or a robust rule (cairn/peer/aggregation.py)
@@ -177,6 +177,15 @@ class SwarmConfig:
     outer_lr: float = setting(
         0.35, "diloco: learning rate of the outer Nesterov step (1 with no momentum = plain averaging)", min=0.0, max=10.0, min_open=True
     )
+    # measured in docs/benchmarks.md section 10 ("top-k pseudo-gradients with error feedback"); Covenant-72B sends 1.6 %
+    outer_topk: float = setting(
+        0.0,
+        "diloco: send only this fraction of each pseudo-gradient tensor's largest values every outer round and carry "
+        "the rest into the next one (top-k with error feedback; blockwise8 then leaves out the zeros: sparse8); "
+        "0 sends every value",
+        min=0.0,
+        max=1.0,
+    )
     # measured in docs/benchmarks.md section 10 ("overlapped outer rounds"): the synchronous round stops every peer
     # for the all-reduce, which behind a home link costs a large share of the wall time
     outer_overlap: bool = setting(
@@ -199,6 +208,18 @@ class SwarmConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.outer_topk and self.averaging != "diloco":
+            raise ValueError("outer_topk (--outer-topk) sparsifies DiLoCo's pseudo-gradients: it needs averaging diloco")
+        if self.outer_topk and self.aggregation == "trimmed_mean":
+            # a value only one peer of the group sent is an extreme of its coordinate, and trimmed away
+            raise ValueError(
+                "outer_topk (--outer-topk) with trimmed_mean aggregation drops every value only one peer sent: use centered_clip or mean"
+            )
+
+    @property
+    def wire_compression(self) -> str:
+        """What gradients travel as: `compression`, except that top-k pseudo-gradients leave out their zeros (sparse8)."""
+        return "sparse8" if self.outer_topk and self.compression == "blockwise8" else self.compression
 
     @property
     def samples_per_epoch(self) -> int:
