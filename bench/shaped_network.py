@@ -16,6 +16,8 @@ Side by side, same link, same number of peers, one fresh coordinator workdir eac
   checkout's `cairn coordinator init --help` lists `--averaging`;
 - `diloco-sync`, `diloco-overlap` (on request): the same init with the run's `outer_overlap` set to false / true
   in the copy's run.json (one init for both: the two differ in that one field, and an init takes 1-2 minutes).
+- `+topk` after a DiLoCo mode: the same init with the run's `outer_topk` set to `--topk` (top-k pseudo-gradients with
+  error feedback; `diloco-overlap,diloco-overlap+topk` measures it side by side with every value sent).
 For each: utilisation (forward/backward time / wall time, peer-summary.json), samples, global steps,
 averaging payload per sample (peer-summary.json bytes_sent) and bytes on the wire per sample (the
 veth counters: everything a peer sent, DHT, state downloads and release pulls included), the peak
