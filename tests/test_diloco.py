@@ -505,6 +505,7 @@ def test_top_k_rounds_average_each_peer_s_largest_values_and_carry_the_rest_on_t
             assert torch.equal(result == 0, expected == 0)  # nonzero only where a peer sent a value
             assert float((result - expected).norm() / expected.norm()) < 0.03  # 8-bit values
             assert torch.allclose(averager.error_feedback.held[0] + sent, grad)  # the rest is held, nothing lost
+            assert math.isclose(averager.error_feedback.held_norm(), float((grad - sent).norm()), rel_tol=1e-5)  # the summary's
         assert sent_bytes.value < 0.25 * 2 * size  # blockwise 8-bit would send a byte per value, each way
         # the next round (no new pseudo-gradient) sends the largest of what was held back
         second = [top_k(grad - sent) for grad, sent in zip(grads, first)]

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import bitsandbytes.functional  # noqa: F401  (pitfall: lazy import inside averager threads crashes)
 import hivemind
@@ -628,8 +628,16 @@ class TrainingSession:
                 # its own (no probe since: cairn/peer/state_sync.py)
                 "state_catch_ups": self.sync.catch_ups,
                 "state_diverged": self.sync.diverged,
+                # --outer-topk: the L2 norm of what this peer computed and has not sent yet (bounded in a healthy run)
+                "topk_held_norm": _held_back_norm(self.optimizer),
             },
         )
+
+
+def _held_back_norm(optimizer: Any) -> float | None:
+    """What a top-k peer still holds back (cairn/peer/error_feedback.py); None when the run sends every value."""
+    feedback = getattr(getattr(optimizer, "grad_averager", None), "error_feedback", None)
+    return feedback.held_norm() if feedback is not None else None
 
 
 @torch.no_grad()
