@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import os
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -343,10 +344,13 @@ def test_failures_kill_9_peer_late_joiner_and_coordinator_restart(tmp_path: Path
         late_summary = summaries["dan"]
         # the newcomer loaded the swarm's state (at least the global step it joined at; the donor may be one behind)
         assert late_summary["start_epoch"] >= max(step_at_join - 1, 1), (step_at_join, late_summary)
-        # and it trained from there: its first batch loss is below a fresh model's (the veterans' first batches;
-        # single batches of 32 vary by ~1.4 between peers, so their mean)
-        fresh = (summaries["ann"]["first_loss"] + summaries["ben"]["first_loss"]) / 2
-        assert late_summary["first_loss"] < fresh, (late_summary, fresh)
+        # and it trained from there: its opening batches' loss is below a fresh model's (the veterans' opening batches,
+        # all before the first global step). Their means, not first batches: single batches of 32 vary by ~1.4 between
+        # peers, and in one CI run (2026-12-04) the newcomer's first batch (3.15) was above the veterans' two (2.85)
+        fresh = statistics.mean(summaries["ann"]["opening_losses"] + summaries["ben"]["opening_losses"])
+        started = statistics.mean(late_summary["opening_losses"])
+        print(f"opening losses: newcomer {started:.3f} ({late_summary['opening_losses']}), fresh {fresh:.3f}")
+        assert started < fresh, (late_summary, fresh)
 
 
 def _next_minor(version: str) -> str:

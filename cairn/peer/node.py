@@ -384,6 +384,8 @@ class Traffic:
 REPORT_EVERY_S = 3.0
 RECORD_TTL_S = 60.0  # a record not refreshed within a minute means the peer is gone
 SUMMARY_FILE = "peer-summary.json"
+# batches whose losses the summary keeps from the start: within a peer's share of its first global step in the tests' swarms
+OPENING_BATCHES = 4
 
 
 class TrainingSession:
@@ -427,6 +429,9 @@ class TrainingSession:
         self.traffic_seen = (0, 0)
         self.compute_seconds = 0.0  # forward + backward: what utilisation divides by wall time
         self.first_loss: float | None = None
+        # the losses of the first OPENING_BATCHES batches: one batch of 32 varies by more than a few epochs of training
+        # change it, so whether a newcomer started from the swarm's state is read from their mean
+        self.opening_losses: list[float] = []
         self.collapse = CollapseDetector()
         self.epochs_at_start = optimizer.local_epoch
         self.started = time.monotonic()
@@ -541,6 +546,8 @@ class TrainingSession:
         self.stats.loss = loss
         if self.first_loss is None:
             self.first_loss = loss
+        if len(self.opening_losses) < OPENING_BATCHES:
+            self.opening_losses.append(loss)
         self.metrics.samples.inc(len(batch))
         self.metrics.steps.inc()
         self.metrics.loss.set(loss)
@@ -609,6 +616,7 @@ class TrainingSession:
                 "start_epoch": self.epochs_at_start,
                 "final_epoch": self.optimizer.local_epoch,
                 "first_loss": self.first_loss,
+                "opening_losses": self.opening_losses,
                 "micro_batch": self.micro_batch,
                 "last_loss": self.stats.loss,
                 "bytes_sent": self.traffic.sent.value,
