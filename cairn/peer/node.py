@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import bitsandbytes.functional  # noqa: F401  (pitfall: lazy import inside averager threads crashes)
 import hivemind
@@ -384,7 +384,7 @@ class Traffic:
 REPORT_EVERY_S = 3.0
 RECORD_TTL_S = 60.0  # a record not refreshed within a minute means the peer is gone
 SUMMARY_FILE = "peer-summary.json"
-# batches whose losses the summary keeps from the start: within a peer's share of its first global step in the tests' swarms
+# batches whose losses the summary keeps from the start: about a peer's share of its first global step in the tests' swarms
 OPENING_BATCHES = 4
 
 
@@ -428,9 +428,9 @@ class TrainingSession:
         self.throughput = 0.0
         self.traffic_seen = (0, 0)
         self.compute_seconds = 0.0  # forward + backward: what utilisation divides by wall time
-        self.first_loss: float | None = None
-        # the losses of the first OPENING_BATCHES batches: one batch of 32 varies by more than a few epochs of training
-        # change it, so whether a newcomer started from the swarm's state is read from their mean
+        # the losses of the first OPENING_BATCHES batches (the first is the summary's first_loss): one batch of 32
+        # varies by more than a few epochs of training change it, so whether a newcomer started from the swarm's state
+        # is read from their mean
         self.opening_losses: list[float] = []
         self.collapse = CollapseDetector()
         self.epochs_at_start = optimizer.local_epoch
@@ -544,8 +544,6 @@ class TrainingSession:
         self.stats.samples += len(batch)
         self.stats.steps += 1
         self.stats.loss = loss
-        if self.first_loss is None:
-            self.first_loss = loss
         if len(self.opening_losses) < OPENING_BATCHES:
             self.opening_losses.append(loss)
         self.metrics.samples.inc(len(batch))
@@ -602,6 +600,7 @@ class TrainingSession:
 
         wall = time.monotonic() - self.started
         epochs = self.optimizer.local_epoch - self.epochs_at_start
+        feedback = getattr(self.optimizer.grad_averager, "error_feedback", None)
         atomic_write_json(
             self.options.workdir / SUMMARY_FILE,
             {
@@ -615,7 +614,7 @@ class TrainingSession:
                 "epochs": epochs,
                 "start_epoch": self.epochs_at_start,
                 "final_epoch": self.optimizer.local_epoch,
-                "first_loss": self.first_loss,
+                "first_loss": self.opening_losses[0] if self.opening_losses else None,
                 "opening_losses": self.opening_losses,
                 "micro_batch": self.micro_batch,
                 "last_loss": self.stats.loss,
@@ -636,16 +635,11 @@ class TrainingSession:
                 # its own (no probe since: cairn/peer/state_sync.py)
                 "state_catch_ups": self.sync.catch_ups,
                 "state_diverged": self.sync.diverged,
-                # --outer-topk: the L2 norm of what this peer computed and has not sent yet (bounded in a healthy run)
-                "topk_held_norm": _held_back_norm(self.optimizer),
+                # --outer-topk: the L2 norm of what this peer computed and has not sent yet (bounded in a healthy run;
+                # cairn/peer/error_feedback.py); None when the run sends every value
+                "topk_held_norm": feedback.held_norm() if feedback is not None else None,
             },
         )
-
-
-def _held_back_norm(optimizer: Any) -> float | None:
-    """What a top-k peer still holds back (cairn/peer/error_feedback.py); None when the run sends every value."""
-    feedback = getattr(getattr(optimizer, "grad_averager", None), "error_feedback", None)
-    return feedback.held_norm() if feedback is not None else None
 
 
 @torch.no_grad()
