@@ -11,6 +11,7 @@ run in forked processes, so the counters are multiprocessing Values created befo
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,15 +29,26 @@ class RoundCounters:
     failure: int = 0
     timeout: int = 0
     last_outcome: str = ""
+    # successful gradient rounds by the size of the group they closed with: a swarm split into groups reports every
+    # round a success on every peer (docs/benchmarks.md §10, "a split swarm"), and only the sizes show it
+    group_sizes: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def snapshot(self) -> dict[str, int]:
         with self.lock:
             return {"success": self.success, "alone": self.alone, "failure": self.failure, "timeout": self.timeout}
 
+    def sizes(self) -> dict[int, int]:
+        with self.lock:
+            return dict(sorted(self.group_sizes.items()))
+
     def total(self) -> int:
         """Rounds ended so far, whatever their outcome: a change across a call means a round ended in it."""
         return sum(self.snapshot().values())
+
+
+# hivemind.Optimizer's message for a successful gradient round (cairn/network/hivemind_contract.py checks the prefix)
+AVERAGED_GRADIENTS = re.compile(r"^Averaged gradients with (\d+) peers")
 
 
 class RoundOutcomeHandler(logging.Handler):
@@ -64,9 +76,13 @@ class RoundOutcomeHandler(logging.Handler):
             outcome = "success"  # a background parameter-averaging round completed
         if outcome is None:
             return
+        averaged = AVERAGED_GRADIENTS.match(message)
         with self.counters.lock:
             setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
             self.counters.last_outcome = outcome
+            if averaged is not None:
+                size = int(averaged.group(1))
+                self.counters.group_sizes[size] = self.counters.group_sizes.get(size, 0) + 1
         if self.on_outcome is not None and outcome != "alone":
             self.on_outcome(outcome, time.monotonic() - self.round_started)
 

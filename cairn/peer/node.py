@@ -622,6 +622,7 @@ class TrainingSession:
                 "bytes_received": self.traffic.received.value,
                 "bytes_sent_per_epoch": self.traffic.sent.value / epochs if epochs else None,
                 "rounds": self.rounds.snapshot(),
+                "group_sizes": self.rounds.sizes(),
                 "epoch_arrivals": self.epoch_arrivals,
                 "shards_completed": self.stats.shards_completed,
                 "shards_read": self.shards_read,
