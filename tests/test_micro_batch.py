@@ -1,6 +1,6 @@
 """A batch stepped in chunks (GradCache, `TrainingTask.backward`) has the gradient of the whole batch, and a peer sizes
-its chunk from the memory a step takes (cairn/peer/sizing.py). CPU only: the CUDA path is the same code with
-`torch.cuda`'s memory counters, not run here (no GPU machine)."""
+its chunk from the memory a step takes (cairn/peer/sizing.py). CPU only: the CUDA path, the same code with
+`torch.cuda`'s memory counters, is tests/test_gpu_sizing.py (skipped without a GPU)."""
 
 from __future__ import annotations
 

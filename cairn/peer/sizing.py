@@ -9,7 +9,7 @@ at that chunk so that PyTorch's caching allocator holds the memory from the star
 starts later meets a GPU already taken, rather than this peer meeting an out-of-memory error an hour in.
 A CPU peer steps with the whole batch (host memory is not the limit there; `--micro-batch` still applies).
 
-Checked on CPU only: no GPU machine was lent to issue 13 (docs/benchmarks.md, section 10).
+Checked on an H200 by tests/test_gpu_sizing.py and bench/gpu_sizing.py (docs/benchmarks.md, section 16).
 """
 
 from __future__ import annotations
