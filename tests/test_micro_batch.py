@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cairn.corpora import load_corpus
-from cairn.peer.sizing import MemoryFit, micro_batch
+from cairn.peer.sizing import MemoryFit, micro_batch, small_chunk_advice
 from cairn.protocol.run_config import TrainingConfig
 from cairn.training.task import TrainingTask, initial_encoder, prepare_run, reference_texts
 
@@ -108,3 +108,9 @@ def test_a_cpu_peer_steps_its_whole_batch_unless_told_otherwise(corpus):
     assert micro_batch(task, pairs, BATCH) == BATCH
     assert micro_batch(task, pairs, BATCH, requested=4) == 4
     assert micro_batch(task, pairs, BATCH, requested=64) == BATCH
+
+
+def test_a_chunk_too_small_to_be_fast_on_a_gpu_gets_one_line_of_advice():
+    assert small_chunk_advice(8, 1024) is not None and "--device cpu" in small_chunk_advice(8, 1024)
+    assert small_chunk_advice(64, 1024) is None and small_chunk_advice(1024, 1024) is None
+    assert small_chunk_advice(12, 12) is None  # a small batch stepped whole is not a small chunk

@@ -29,6 +29,19 @@ BUDGET = 0.8
 """Share of the free GPU memory a peer plans to use: the rest absorbs allocator fragmentation and the batch-wide loss."""
 PROBE_CHUNKS = (4, 16)
 """Chunk sizes the memory fit is measured at: small enough for any GPU, far enough apart for a slope."""
+SLOW_CHUNK = 64
+"""Below this many texts a forward pass is launch-bound on a GPU: on an H200 the tiny encoder at chunk 8 stepped 20x
+slower than whole (docs/benchmarks.md, section 16)."""
+
+
+def small_chunk_advice(chunk: int, batch_size: int) -> str | None:
+    """One line for the log when the chunk that fits is small enough to cost most of the GPU's speed."""
+    if chunk >= min(SLOW_CHUNK, batch_size):
+        return None
+    return (
+        f"only {chunk} texts per forward pass fit in the GPU memory free now: a step in chunks this small is slower "
+        "than whole by 10x or more; free GPU memory and start again, or run with --device cpu"
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,9 @@ def micro_batch(task: TrainingTask, pairs: list[Pair], batch_size: int, requeste
         chunk,
         "" if chunk >= batch_size else f" (batch {batch_size} in {math.ceil(batch_size / chunk)} chunks)",
     )
+    advice = small_chunk_advice(chunk, batch_size)
+    if advice is not None:
+        logger.warning(advice)
     return chunk
 
 
