@@ -69,13 +69,13 @@ def test_malformed_config_documents_raise_the_project_error():
 
 @pytest.mark.slow  # real libp2p daemons
 @pytest.mark.timeout(120)
-def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Path):
+def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Path, caplog):
 
     import hivemind
 
     from swarm_util import wait_for
 
-    from cairn.network.trusted_state import CoordinatorEpochBound
+    from cairn.network.trusted_state import CoordinatorEpochBound, _ask_epoch_bound
     from cairn.peer.run_setup import coordinator_peer_id, fetch_config
 
     key = load_or_create_identity(tmp_path / "coordinator.pem")
@@ -98,6 +98,15 @@ def test_a_peer_fetches_the_config_from_the_coordinator_over_libp2p(tmp_path: Pa
         wait_for(lambda: (bound.maybe_refresh(), (bound.limit() or 0) >= FixedBackend.EPOCH_LIMIT)[1], timeout=30, interval=0.2)
         with pytest.raises(CairnError, match="must end with /p2p/"):
             coordinator_peer_id("/ip4/127.0.0.1/tcp/1")
+        # a coordinator that cannot be reached (down or restarting): the answer is the cause in one line, returned by
+        # the coroutine in the DHT's process rather than raised there (hivemind logs a raised one with its traceback)
+        unreachable = "QmSxMqyywb46sCvpqikY1rw19UTWYFXmhAwhMWaihmjTaL"
+        answer = peer.run_coroutine(partial(_ask_epoch_bound, coordinator=unreachable))
+        assert isinstance(answer, str) and answer.startswith("P2PDaemonError: ") and "\n" not in answer, answer
+        gone = CoordinatorEpochBound(peer, unreachable)
+        gone.refresh()
+        assert gone.limit() is None
+        assert f"did not say how far the swarm can be ({answer})" in caplog.text, caplog.text
     finally:
         if peer is not None:
             peer.shutdown()

@@ -37,6 +37,7 @@ from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.utils import MPFuture
 
 from cairn.network.hivemind_contract import hivemind_wire_name
+from cairn.protocol.errors import CairnError
 
 logger = logging.getLogger(__name__)
 
@@ -345,13 +346,24 @@ class BoundedOptimizer(hivemind.Optimizer):
         return int(self.state_averager.refused_downloads.value)
 
 
-async def _ask_epoch_bound(dht: hivemind.DHT, node: Any, coordinator: str) -> int:
-    """Runs in the DHT's process (so a module-level function: run_coroutine pickles it)."""
+async def _ask_epoch_bound(dht: hivemind.DHT, node: Any, coordinator: str) -> int | str:
+    """The coordinator's epoch bound, or why it could not be had, in one line. Runs in the DHT's process (so a
+    module-level function: run_coroutine pickles it). A failure is returned, not raised: hivemind logs a coroutine's
+    exception with a full traceback there, and a coordinator that is restarting ("failed to dial") is no bug."""
     from hivemind.p2p import PeerID
 
     from cairn.protocol.rpc import fetch_epoch_bound
 
-    return await fetch_epoch_bound(node.p2p, PeerID.from_base58(coordinator))
+    try:
+        return await fetch_epoch_bound(node.p2p, PeerID.from_base58(coordinator))
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def _bound_or_raise(answer: int | str) -> int:
+    if isinstance(answer, str):
+        raise CairnError(answer)
+    return answer
 
 
 class CoordinatorEpochBound:
@@ -373,9 +385,9 @@ class CoordinatorEpochBound:
         """Ask now and wait for the answer (at start, before the first state download)."""
         self._asked_at = time.monotonic()
         try:
-            self.bound.set(self.dht.run_coroutine(partial(_ask_epoch_bound, coordinator=self.coordinator)))
+            self.bound.set(_bound_or_raise(self.dht.run_coroutine(partial(_ask_epoch_bound, coordinator=self.coordinator))))
         except Exception as error:  # an older coordinator, or none reachable: downloads stay unbounded until one answers
-            logger.warning("the coordinator did not say how far the swarm can be (%r); state downloads are not bounded yet", error)
+            logger.warning("the coordinator did not say how far the swarm can be (%s); state downloads are not bounded yet", error)
 
     def maybe_refresh(self) -> None:
         """Take a finished answer; ask again when the last question is `refresh_seconds` old."""
@@ -383,7 +395,7 @@ class CoordinatorEpochBound:
             if not self._pending.done():
                 return
             try:
-                self.bound.set(self._pending.result())
+                self.bound.set(_bound_or_raise(self._pending.result()))
             except Exception as error:  # the coordinator restarting: the last bound keeps growing with the clock
                 logger.debug("epoch bound not refreshed: %r", error)
             self._pending = None

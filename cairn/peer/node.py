@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import bitsandbytes.functional  # noqa: F401  (pitfall: lazy import inside averager threads crashes)
 import hivemind
 import torch
+from hivemind.averaging.control import AveragingStage
 
 from cairn.protocol import PROTOCOL_VERSION
 from cairn.protocol.encoder import TextEncoder, build_encoder, load_encoder, pick_device
@@ -384,6 +385,7 @@ class Traffic:
 REPORT_EVERY_S = 3.0
 RECORD_TTL_S = 60.0  # a record not refreshed within a minute means the peer is gone
 SUMMARY_FILE = "peer-summary.json"
+LEAVE_GRACE_S = 5.0  # how long past the matchmaking time a leaving peer waits for its formed group's round
 # batches whose losses the summary keeps from the start: about a peer's share of its first global step in the tests' swarms
 OPENING_BATCHES = 4
 
@@ -435,6 +437,7 @@ class TrainingSession:
         self.collapse = CollapseDetector()
         self.epochs_at_start = optimizer.local_epoch
         self.started = time.monotonic()
+        self.leaving_since: float | None = None  # when a stop or a limit came while this peer's group waited on it
         # (wall-clock time, global step) each time this peer's shared state moved on: how long rounds took, and the
         # longest stall around a peer leaving or joining, read across peers by bench/shaped_network.py
         self.epoch_arrivals: list[tuple[float, int]] = []
@@ -449,7 +452,7 @@ class TrainingSession:
         window = (0, time.monotonic())
         with Progress(SpinnerColumn(), TextColumn("{task.fields[text]}"), disable=not self.options.progress) as progress:
             bar = progress.add_task("peer", text="joining", total=None)
-            while not self.stop and not self._limit_reached():
+            while self._going_on():
                 if not self._ensure_shard():
                     progress.update(bar, text="no free shard; waiting for one")
                     self.stop.event.wait(2.0)
@@ -504,6 +507,27 @@ class TrainingSession:
         was = self.collapse.collapsed
         if self.collapse.observe(batch_size, parts["abs"], parts["mean_cos"]) and not was:
             logger.warning(self.collapse.warning(batch_size, parts["abs"], parts["mean_cos"]))
+
+    def _going_on(self) -> bool:
+        """Train on until stopped or a limit is reached; then on until the round this peer's group formed for has
+        run, for at most `LEAVE_GRACE_S` beyond the round's matchmaking time.
+
+        A round's group forms (hivemind pre-schedules its matchmaking) a matchmaking time before the swarm's samples
+        reach the global step. A peer that leaves then joins that round with weight zero (hivemind's
+        `Optimizer.shutdown`): its groupmates' round counts a success with it, they apply a step of their own
+        gradients alone, and this peer keeps the state before that step. Two peers stopped together ended a global
+        step apart that way (20 against 21, in a CI run of the two-peer test). Stepping on to the round instead
+        puts this peer's samples in it and leaves every groupmate on the same step; a round still looking for its
+        group is cancelled at shutdown, as before."""
+        if not self.stop and not self._limit_reached():
+            return True
+        scheduled = getattr(self.optimizer, "scheduled_grads", None)
+        if scheduled is None or scheduled.done() or scheduled.stage != AveragingStage.AWAITING_TRIGGER:
+            return False
+        if self.leaving_since is None:
+            self.leaving_since = time.monotonic()
+            logger.info("leaving after the averaging round this peer's group has formed for")
+        return time.monotonic() - self.leaving_since < self.config.swarm.round_matchmaking_time + LEAVE_GRACE_S
 
     def _limit_reached(self) -> bool:
         if self.options.max_samples is not None and self.stats.samples >= self.options.max_samples:
