@@ -323,6 +323,13 @@ class BoundedOptimizer(hivemind.Optimizer):
             client_mode=self.client_mode,
             auxiliary=self.auxiliary,
             start=True,
+            # hivemind gives the optimizer its state slots (one zero-gradient step: AdamW moves nothing) only when its
+            # state_dict holds no tensor, and AdamWTowardStart's always holds its start point. Without the slots a
+            # download before this peer's first step had nowhere to put the donor's Adam moments and step counts and
+            # dropped them silently: a per-step newcomer restarted Adam from zero, its updates near lr x sign(g) where
+            # its partners' were damped, and drifted from them on the same averaged gradients (0.109 x the distance
+            # moved from its donor at one epoch in a CI run; tests/test_state_download_exactness.py)
+            initialize_optimizer=True,
             epoch_limit=self.epoch_limit,
             state_check=self.state_check,
             **kwargs,
