@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cairn.corpora import load_corpus
-from cairn.peer.sizing import BUDGET, PROBE_CHUNKS, MemoryFit, micro_batch
+from cairn.peer.sizing import BUDGET, PROBE_CHUNKS, MemoryFit, micro_batch, step_peak_bytes
 from cairn.protocol.run_config import TrainingConfig
 from cairn.training.task import TrainingTask, initial_encoder, prepare_run, reference_texts
 
@@ -49,16 +49,6 @@ def task_and_pairs(tmp_path_factory) -> tuple[TrainingTask, list]:
     return TrainingTask(model, tokenizer, landmarks, reference_texts(corpus, config.reference_size), config), corpus.train
 
 
-def _peak_of_step(task: TrainingTask, pairs: list, chunk: int | None) -> int:
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    task.backward(pairs, chunk)
-    torch.cuda.synchronize()
-    task.model.zero_grad(set_to_none=True)
-    return torch.cuda.max_memory_allocated() - before
-
-
 def _free_bytes() -> int:
     return torch.cuda.mem_get_info()[0]
 
@@ -69,7 +59,7 @@ def test_a_gpu_with_room_steps_the_whole_batch_and_holds_its_memory_from_the_sta
     chunk = micro_batch(task, pairs, BATCH)
     held = torch.cuda.memory_reserved()
     assert chunk == BATCH  # a free H200 (or any card with a few GiB free) holds the whole batch's activations
-    whole_peak = _peak_of_step(task, pairs[:BATCH], None)
+    whole_peak = step_peak_bytes(task, pairs[:BATCH], CUDA, None)
     # the sizing step left the allocator holding at least one whole step's memory: a job that starts later meets it taken
     assert held >= whole_peak, (held, whole_peak)
 
@@ -78,9 +68,9 @@ def test_a_gpu_short_of_memory_steps_in_chunks_that_fit_where_the_whole_batch_do
     """Another process's memory is stood in for by a filler tensor: free memory is what `mem_get_info` sees."""
     task, pairs = task_and_pairs
     longest = sorted(pairs[: 4 * BATCH], key=lambda p: len(p.a) + len(p.b), reverse=True)[:BATCH]
-    peaks = [(n, _peak_of_step(task, longest[:n], None)) for n in PROBE_CHUNKS]
+    peaks = [(n, step_peak_bytes(task, longest[:n], CUDA, None)) for n in PROBE_CHUNKS]
     fit = MemoryFit.through(*peaks)
-    whole = _peak_of_step(task, longest, None)
+    whole = step_peak_bytes(task, longest, CUDA, None)
     # the linear fit predicts the whole batch's step within a third (attention's padding grows with the longest text)
     assert abs(fit.fixed + fit.per_pair * BATCH - whole) < whole / 3, (fit, whole)
     torch.cuda.empty_cache()
@@ -92,7 +82,7 @@ def test_a_gpu_short_of_memory_steps_in_chunks_that_fit_where_the_whole_batch_do
         chunk = micro_batch(task, pairs, BATCH)
         assert 1 <= chunk < BATCH and chunk & (chunk - 1) == 0, chunk  # a power of two below the batch
         assert chunk <= fit.largest_chunk(free, BATCH) * 2, (chunk, free)
-        peak = _peak_of_step(task, longest, chunk)  # the whole batch, in chunks: no out-of-memory error
+        peak = step_peak_bytes(task, longest, CUDA, chunk)  # the whole batch, in chunks: no out-of-memory error
         assert peak <= free, (peak, free)
         with pytest.raises(torch.cuda.OutOfMemoryError):
             bigger = torch.empty(free + 2**20, dtype=torch.uint8, device=CUDA)  # the memory really is that short

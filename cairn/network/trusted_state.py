@@ -37,7 +37,6 @@ from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.utils import MPFuture
 
 from cairn.network.hivemind_contract import hivemind_wire_name
-from cairn.protocol.errors import CairnError
 
 logger = logging.getLogger(__name__)
 
@@ -367,12 +366,6 @@ async def _ask_epoch_bound(dht: hivemind.DHT, node: Any, coordinator: str) -> in
         return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
-def _bound_or_raise(answer: int | str) -> int:
-    if isinstance(answer, str):
-        raise CairnError(answer)
-    return answer
-
-
 class CoordinatorEpochBound:
     """The coordinator's epoch bound (`EpochBound` RPC), extrapolated by this peer's clock and asked again every
     `refresh_seconds` without blocking training. `limit` is what `BoundedOptimizer` takes."""
@@ -391,20 +384,22 @@ class CoordinatorEpochBound:
     def refresh(self) -> None:
         """Ask now and wait for the answer (at start, before the first state download)."""
         self._asked_at = time.monotonic()
-        try:
-            self.bound.set(_bound_or_raise(self.dht.run_coroutine(partial(_ask_epoch_bound, coordinator=self.coordinator))))
-        except Exception as error:  # an older coordinator, or none reachable: downloads stay unbounded until one answers
-            logger.warning("the coordinator did not say how far the swarm can be (%s); state downloads are not bounded yet", error)
+        answer = self.dht.run_coroutine(partial(_ask_epoch_bound, coordinator=self.coordinator))
+        if isinstance(answer, str):  # an older coordinator, or none reachable: downloads stay unbounded until one answers
+            logger.warning("the coordinator did not say how far the swarm can be (%s); state downloads are not bounded yet", answer)
+        else:
+            self.bound.set(answer)
 
     def maybe_refresh(self) -> None:
         """Take a finished answer; ask again when the last question is `refresh_seconds` old."""
         if self._pending is not None:
             if not self._pending.done():
                 return
-            try:
-                self.bound.set(_bound_or_raise(self._pending.result()))
-            except Exception as error:  # the coordinator restarting: the last bound keeps growing with the clock
-                logger.debug("epoch bound not refreshed: %r", error)
+            answer = self._pending.result()
+            if isinstance(answer, str):  # the coordinator restarting: the last bound keeps growing with the clock
+                logger.debug("epoch bound not refreshed: %s", answer)
+            else:
+                self.bound.set(answer)
             self._pending = None
         if time.monotonic() - self._asked_at >= self.refresh_seconds:
             self._asked_at = time.monotonic()

@@ -75,11 +75,11 @@ def micro_batch(task: TrainingTask, pairs: list[Pair], batch_size: int, requeste
     if device.type != "cuda":
         return batch_size
     sample = sorted(pairs[: 4 * batch_size], key=lambda pair: len(pair.a) + len(pair.b), reverse=True)[:batch_size]
-    peaks = [(n, _step_peak_bytes(task, sample[:n], device)) for n in PROBE_CHUNKS]
+    peaks = [(n, step_peak_bytes(task, sample[:n], device)) for n in PROBE_CHUNKS]
     fit = MemoryFit.through(*peaks)
     free, total = torch.cuda.mem_get_info(device)
     chunk = fit.largest_chunk(free, batch_size)
-    _step_peak_bytes(task, sample[:batch_size], device, chunk)  # take the memory now (module doc)
+    step_peak_bytes(task, sample[:batch_size], device, chunk)  # take the memory now (module doc)
     logger.info(
         "GPU: %.1f of %.1f GiB free; a step needs %.0f MiB + %.2f MiB per pair: %d texts per forward pass%s",
         free / 2**30,
@@ -95,7 +95,7 @@ def micro_batch(task: TrainingTask, pairs: list[Pair], batch_size: int, requeste
     return chunk
 
 
-def _step_peak_bytes(task: TrainingTask, pairs: list[Pair], device: torch.device, chunk: int | None = None) -> int:
+def step_peak_bytes(task: TrainingTask, pairs: list[Pair], device: torch.device, chunk: int | None = None) -> int:
     """Peak bytes a forward and backward of `pairs` allocates beyond what was allocated before; gradients cleared after."""
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
